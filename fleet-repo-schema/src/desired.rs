@@ -1,0 +1,224 @@
+//! The desired fleet: every coin with its settings resolved (defaults applied, image
+//! repository filled in) and the list of node slots the coin should have.
+
+use crate::files::{Approval, Probe};
+use crate::values::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Built-in defaults, used where neither the coin nor fleet.yaml's `defaults` set a value.
+pub mod builtin {
+    /// `rollout.max_unavailable`.
+    pub const MAX_UNAVAILABLE: u32 = 1;
+    /// `rollout.bake`, seconds.
+    pub const BAKE_SECS: u64 = 600;
+    /// `rollout.approval`.
+    pub const APPROVAL: super::Approval = super::Approval::Major;
+    /// `health.max_lag_blocks`.
+    pub const MAX_LAG_BLOCKS: u64 = 3;
+    /// `health.stall_timeout`, seconds.
+    pub const STALL_TIMEOUT_SECS: u64 = 1800;
+    /// `health.sync_timeout`, seconds.
+    pub const SYNC_TIMEOUT_SECS: u64 = 43_200;
+    /// `instance.root_volume_gb`.
+    pub const ROOT_VOLUME_GB: u32 = 16;
+}
+
+/// The whole desired state of a fleet repository.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Desired {
+    /// Fleet-wide settings.
+    pub fleet: Fleet,
+    /// Coins by name.
+    pub coins: BTreeMap<String, Coin>,
+}
+
+impl Desired {
+    /// Every node slot of every coin, coins in name order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeSlot> {
+        self.coins.values().flat_map(|c| c.nodes.iter())
+    }
+}
+
+/// fleet.yaml, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fleet {
+    /// AWS region.
+    pub region: Region,
+    /// DNS domain of the nodes.
+    pub internal_domain: DomainName,
+    /// Route53 hosted zone of `internal_domain`.
+    pub hosted_zone_id: HostedZoneId,
+    /// VPC.
+    pub vpc_id: VpcId,
+    /// Subnet of each zone.
+    pub subnets: BTreeMap<Zone, SubnetId>,
+    /// Security groups of every node.
+    pub security_groups: Vec<SecurityGroupId>,
+    /// Node AMI.
+    pub node_ami: AmiId,
+    /// Node instance profile.
+    pub instance_profile: InstanceProfile,
+    /// Image registry prefix.
+    pub image_registry: ImageRepo,
+    /// Slack channel, if any.
+    pub slack_channel: Option<SlackChannel>,
+    /// Who may approve rollouts.
+    pub approvers: Vec<SlackUserId>,
+}
+
+/// One coin, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Coin {
+    /// Name.
+    pub name: CoinName,
+    /// The file it came from, e.g. `coins/bitcoin.yaml`.
+    pub file: String,
+    /// Daemon version.
+    pub version: Version,
+    /// Image repository (resolved) and optional digest pin.
+    pub image: ImageRef,
+    /// Release source, if watched.
+    pub upstream: Option<UpstreamSpec>,
+    /// EC2 instance type.
+    pub instance_type: InstanceType,
+    /// Root volume, GiB.
+    pub root_volume_gb: u32,
+    /// Data volume, GiB.
+    pub data_volume_gb: u32,
+    /// Zones in rollout order.
+    pub zones: Vec<Zone>,
+    /// Nodes per zone.
+    pub nodes_per_zone: u32,
+    /// RPC ports (internal).
+    pub rpc_ports: Vec<u16>,
+    /// P2P ports (public).
+    pub p2p_ports: Vec<u16>,
+    /// Health gate.
+    pub health: HealthSpec,
+    /// Rollout policy.
+    pub rollout: RolloutSpec,
+    /// Snapshot behaviour.
+    pub snapshots: SnapshotSpec,
+    /// Secrets Manager secret, if any.
+    pub secrets: Option<SecretName>,
+    /// Host environment (/etc/sysconfig/node), without the keys fleet writes itself.
+    pub host_config: BTreeMap<EnvName, EnvValue>,
+    /// Container environment (/etc/opt/node-config).
+    pub container_config: BTreeMap<EnvName, EnvValue>,
+    /// Metric name to script path in the repository.
+    pub custom_metrics: BTreeMap<MetricName, RepoPath>,
+    /// Extra AWS tags.
+    pub tags: BTreeMap<TagKey, TagValue>,
+    /// The node slots, zone by zone in rollout order.
+    pub nodes: Vec<NodeSlot>,
+}
+
+/// Image repository and pin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageRef {
+    /// Repository without tag.
+    pub repository: ImageRepo,
+    /// Digest pin of the version's tag.
+    pub digest: Option<Digest>,
+}
+
+/// Release-watch settings with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpstreamSpec {
+    /// owner/name.
+    pub github: GithubRepo,
+    /// Tag pattern (the default one when the coin sets none).
+    pub tag_pattern: TagPattern,
+    /// Whether prereleases are proposed.
+    pub prereleases: bool,
+    /// Minimum age of a release before it is proposed.
+    pub min_release_age: Duration,
+}
+
+/// Health gate settings with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthSpec {
+    /// Probe type.
+    pub probe: Probe,
+    /// Port probed (None only with probe `none` and no rpc port).
+    pub rpc_port: Option<u16>,
+    /// Allowed lag behind the reference height.
+    pub max_lag_blocks: u64,
+    /// Height not advancing this long fails the gate.
+    pub stall_timeout: Duration,
+    /// Not in sync this long after restart fails the gate.
+    pub sync_timeout: Duration,
+    /// http probe settings.
+    pub http: Option<HttpSpec>,
+}
+
+/// http probe settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpSpec {
+    /// Request path.
+    pub path: HttpPath,
+    /// Pointer to the height.
+    pub height_pointer: JsonPointer,
+    /// Pointer to the best known height.
+    pub target_pointer: Option<JsonPointer>,
+}
+
+/// Rollout policy with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutSpec {
+    /// Nodes that may be down at once.
+    pub max_unavailable: u32,
+    /// How long a zone must stay healthy before the next starts.
+    pub bake: Duration,
+    /// Which changes need approval.
+    pub approval: Approval,
+}
+
+/// Snapshot behaviour with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnapshotSpec {
+    /// Snapshot before a version change.
+    pub before_upgrade: bool,
+    /// Restore new nodes from the latest snapshot.
+    pub restore_new_nodes: bool,
+}
+
+/// One node a coin should have: (coin, zone, index) and its DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct NodeSlot {
+    /// Coin.
+    pub coin: CoinName,
+    /// Availability zone.
+    pub zone: Zone,
+    /// 1..=nodes_per_zone within the zone.
+    pub index: u32,
+    /// N of `node<N>`: counts from 1 across the coin's zones in placement order.
+    pub ordinal: u32,
+    /// `node<N>.<coin>.<internal_domain>`.
+    pub dns_name: String,
+}
+
+/// The node slots of `coin` placed in `zones`, `per_zone` each.
+pub fn node_slots(
+    coin: &CoinName,
+    zones: &[Zone],
+    per_zone: u32,
+    domain: &DomainName,
+) -> Vec<NodeSlot> {
+    let mut out = Vec::with_capacity(zones.len() * per_zone as usize);
+    let mut ordinal = 0;
+    for zone in zones {
+        for index in 1..=per_zone {
+            ordinal += 1;
+            out.push(NodeSlot {
+                coin: coin.clone(),
+                zone: zone.clone(),
+                index,
+                ordinal,
+                dns_name: format!("node{ordinal}.{coin}.{domain}"),
+            });
+        }
+    }
+    out
+}

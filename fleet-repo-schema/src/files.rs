@@ -1,0 +1,248 @@
+//! The two file kinds of a fleet repository, as written (before defaults are applied).
+//!
+//! The doc comments here are the field documentation: they become the JSON Schema's
+//! descriptions (shown by editors on hover) and the "add `x:` (…)" hints of errors.
+
+use crate::decode::{Entries, Spanned};
+use crate::values::*;
+use crate::{yaml_enum, yaml_struct};
+
+yaml_enum! {
+    /// Which version changes need a Slack approval before they roll out.
+    pub enum Approval {
+        /// Never.
+        None = "none",
+        /// When the major version changes (1.x to 2.x; 0.20 to 0.21 counts as major below 1.0).
+        Major = "major",
+        /// When the major or minor version changes.
+        Minor = "minor",
+        /// Every change.
+        Always = "always",
+    }
+}
+
+yaml_enum! {
+    /// How a node's health and sync state is read.
+    pub enum Probe {
+        /// Bitcoin Core style JSON-RPC `getblockchaininfo` (bitcoind, litecoind, dogecoind…).
+        Bitcoin = "bitcoin",
+        /// Ethereum JSON-RPC `eth_syncing` and `eth_blockNumber` (geth, erigon, nethermind…).
+        Ethereum = "ethereum",
+        /// An HTTP GET whose JSON response holds the height at `health.http.height_pointer`.
+        Http = "http",
+        /// No probe: the gate only waits for `bake`. Use only for nodes without any RPC.
+        None = "none",
+    }
+}
+
+yaml_struct! {
+    /// Rollout policy: how many nodes may be down, how long a zone bakes, which changes need approval.
+    pub struct RolloutSettings {
+        /// Nodes of this coin that may be down at once, fleet-wide (at least 1).
+        opt max_unavailable: Spanned<MaxUnavailable>,
+        /// How long a zone must stay healthy before the next zone starts, e.g. 10m.
+        opt bake: Duration,
+        /// Which version changes need a Slack approval: none, major, minor or always.
+        opt approval: Spanned<Approval>,
+    }
+}
+
+yaml_struct! {
+    /// Fleet-wide health gate defaults.
+    pub struct HealthDefaults {
+        /// Blocks a node may trail the reference height (the highest of the coin's other healthy nodes).
+        opt max_lag_blocks: LagBlocks,
+        /// A node whose height does not advance for this long fails its gate, e.g. 30m.
+        opt stall_timeout: Duration,
+        /// A node not in sync this long after its restart fails its gate, e.g. 12h.
+        opt sync_timeout: Duration,
+    }
+}
+
+yaml_struct! {
+    /// Settings every coin inherits unless it sets its own.
+    pub struct Defaults {
+        /// Default rollout policy.
+        opt rollout: RolloutSettings,
+        /// Default health gate thresholds.
+        opt health: HealthDefaults,
+    }
+}
+
+yaml_struct! {
+    /// The network the nodes run in.
+    pub struct Network {
+        /// The VPC of the fleet.
+        req vpc_id: VpcId,
+        /// One public subnet per availability zone the fleet may use (zone: subnet id).
+        req subnets: Entries<Zone, SubnetId>,
+        /// Security groups attached to every node.
+        req security_groups: Vec<SecurityGroupId>,
+    }
+}
+
+yaml_struct! {
+    /// Where fleet reports.
+    pub struct Notifications {
+        /// Slack channel for rollout reports and approval requests.
+        opt slack_channel: SlackChannel,
+    }
+}
+
+yaml_struct! {
+    /// fleet.yaml: the fleet-wide settings. Exactly one, at the repository root.
+    pub struct FleetFile {
+        /// AWS region of the fleet, e.g. eu-central-1.
+        req region: Spanned<Region>,
+        /// DNS domain of the nodes: node<N>.<coin>.<internal_domain>, e.g. node1.bitcoin.internal.
+        req internal_domain: DomainName,
+        /// Route53 private hosted zone for internal_domain.
+        req hosted_zone_id: HostedZoneId,
+        /// VPC, subnets per zone and security groups.
+        req network: Network,
+        /// AMI built for the nodes (Docker, node@.service, monitoring agent).
+        req node_ami: AmiId,
+        /// IAM instance profile of the nodes (SSM, ECR pull, secrets).
+        req instance_profile: InstanceProfile,
+        /// Image registry prefix; a coin's image defaults to <image_registry>/<coin>.
+        req image_registry: ImageRepo,
+        /// Settings every coin inherits unless it sets its own.
+        opt defaults: Defaults,
+        /// Where fleet reports rollouts.
+        opt notifications: Notifications,
+        /// Slack user ids allowed to approve rollouts.
+        opt approvers: Vec<Spanned<SlackUserId>>,
+    }
+}
+
+yaml_struct! {
+    /// The daemon's container image.
+    pub struct Image {
+        /// Image repository without tag; default <image_registry>/<coin>.
+        opt repository: ImageRepo,
+        /// Optional pin of the version's tag: sha256:<64 hex digits>.
+        opt digest: Digest,
+    }
+}
+
+yaml_struct! {
+    /// Where releases come from, for the release-watch bot.
+    pub struct Upstream {
+        /// GitHub repository publishing the releases, owner/name.
+        req github: GithubRepo,
+        /// Regular expression a release tag must match; must capture `version`.
+        opt tag_pattern: Spanned<TagPattern>,
+        /// Propose prereleases too (default false).
+        opt prereleases: bool,
+        /// Wait this long after publication before proposing a bump, e.g. 2d (default 0s).
+        opt min_release_age: Duration,
+    }
+}
+
+yaml_struct! {
+    /// The EC2 instance of each node.
+    pub struct Instance {
+        /// EC2 instance type, e.g. c5.large.
+        req instance_type as "type": InstanceType,
+        /// Root volume size in GiB (default 16).
+        opt root_volume_gb: RootVolumeGb,
+        /// EBS data volume size in GiB; may grow, never shrink.
+        req data_volume_gb: Spanned<DataVolumeGb>,
+    }
+}
+
+yaml_struct! {
+    /// Where the nodes run.
+    pub struct Placement {
+        /// Availability zones, in rollout order.
+        req zones: Vec<Spanned<Zone>>,
+        /// Nodes in each zone (at least 1).
+        req nodes_per_zone: NodesPerZone,
+    }
+}
+
+yaml_struct! {
+    /// Ports the container publishes.
+    pub struct Ports {
+        /// RPC ports, reachable from the internal network only.
+        opt rpc: Vec<Spanned<Port>>,
+        /// Peer-to-peer ports, public.
+        opt p2p: Vec<Spanned<Port>>,
+    }
+}
+
+yaml_struct! {
+    /// Settings of the `http` probe.
+    pub struct HttpProbe {
+        /// Path of the endpoint on the rpc port, e.g. /api/core/v2/info.
+        req path: HttpPath,
+        /// JSON pointer to the height in the response, e.g. /confirmedMilestone/index.
+        req height_pointer: JsonPointer,
+        /// Optional JSON pointer to the best known height (like `headers`), e.g. /latestMilestone/index.
+        opt target_pointer: JsonPointer,
+    }
+}
+
+yaml_struct! {
+    /// How a node is judged healthy and in sync.
+    pub struct Health {
+        /// Probe type: bitcoin, ethereum, http or none.
+        req probe: Spanned<Probe>,
+        /// Port the probe talks to; default the first rpc port.
+        opt rpc_port: Spanned<Port>,
+        /// Blocks a node may trail the reference height; overrides defaults.health.
+        opt max_lag_blocks: LagBlocks,
+        /// A node whose height does not advance for this long fails its gate; overrides defaults.health.
+        opt stall_timeout: Duration,
+        /// A node not in sync this long after its restart fails its gate; overrides defaults.health.
+        opt sync_timeout: Duration,
+        /// Settings of the http probe (required with probe: http).
+        opt http: Spanned<HttpProbe>,
+    }
+}
+
+yaml_struct! {
+    /// EBS snapshots taken and used by fleet.
+    pub struct Snapshots {
+        /// Snapshot the data volume before each version change (default true).
+        opt before_upgrade: bool,
+        /// A new node's data volume starts from the coin's latest snapshot (default true).
+        opt restore_new_nodes: bool,
+    }
+}
+
+yaml_struct! {
+    /// coins/<coin>.yaml: one coin's nodes.
+    pub struct CoinFile {
+        /// The coin's name; equals the file name.
+        req coin: Spanned<CoinName>,
+        /// The daemon version to run: the image tag and the node@<version> unit.
+        req version: Spanned<Version>,
+        /// The daemon's container image (default <image_registry>/<coin>, unpinned).
+        opt image: Image,
+        /// Where releases come from, for the release-watch bot.
+        opt upstream: Upstream,
+        /// The EC2 instance and its volumes.
+        req instance: Instance,
+        /// Availability zones and nodes per zone.
+        req placement: Placement,
+        /// RPC and peer-to-peer ports.
+        req ports: Ports,
+        /// Health probe and gate thresholds.
+        req health: Health,
+        /// Rollout policy; overrides defaults.rollout.
+        opt rollout: RolloutSettings,
+        /// EBS snapshot behaviour.
+        opt snapshots: Snapshots,
+        /// AWS Secrets Manager secret whose keys become container environment variables.
+        opt secrets: SecretName,
+        /// Environment of the host's node@ unit (/etc/sysconfig/node), e.g. DATA_VOLUME.
+        opt host_config: Entries<EnvName, EnvValue>,
+        /// Environment of the container (/etc/opt/node-config).
+        opt container_config: Entries<EnvName, EnvValue>,
+        /// Metric name: path of a script in this repository, run on the node to publish it.
+        opt custom_metrics: Entries<MetricName, RepoPath>,
+        /// AWS tags added to the coin's resources.
+        opt tags: Entries<TagKey, TagValue>,
+    }
+}

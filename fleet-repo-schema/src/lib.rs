@@ -1,0 +1,34 @@
+//! # fleet-repo-schema
+//!
+//! The contract of a fleet repository (`fleet.yaml` and `coins/<coin>.yaml`) as Rust types:
+//! loading from any [`FileTree`] (a directory, memory, a git commit), every validation rule
+//! with a stable code and a file:line:column location, defaults inheritance, the typed
+//! [`Desired`] fleet with its node slots, and a JSON Schema for editors.
+//!
+//! This crate does no network I/O and knows nothing of AWS, GitHub or Slack.
+//!
+//! ```
+//! use fleet_repo_schema::{load, MemTree};
+//! let mut repo = MemTree::new();
+//! repo.insert("fleet.yaml", "region: eu-central-1\n");
+//! let loaded = load(&repo);
+//! assert!(loaded.desired.is_none());
+//! assert_eq!(loaded.diagnostics[0].code.as_str(), "E201"); // missing required field
+//! ```
+
+pub mod decode;
+pub mod desired;
+pub mod diag;
+pub mod files;
+pub mod load;
+pub mod schema;
+pub mod tree;
+pub mod values;
+pub mod yaml;
+
+pub use desired::{Coin, Desired, Fleet, NodeSlot};
+pub use diag::{Code, Color, Diagnostic, Severity, render_human};
+pub use files::{Approval, CoinFile, FleetFile, Probe};
+pub use load::{Loaded, load};
+pub use tree::{DirTree, FileTree, MemTree, ReadError};
+pub use values::Version;

@@ -1,0 +1,800 @@
+//! Loading a fleet repository: read, parse, decode, check every rule, resolve defaults.
+
+use crate::decode::{Cx, Decode, Spanned};
+use crate::desired::{self, *};
+use crate::diag::{Code, Diagnostic, Pos, Severity, Span};
+use crate::files::*;
+use crate::tree::{FileTree, ReadError};
+use crate::values::*;
+use crate::yaml;
+use std::collections::{BTreeMap, HashMap};
+
+/// Largest file read (fleet files are a few KiB).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Most coin files a repository may hold.
+pub const MAX_COINS: usize = 5000;
+/// The fleet-wide file.
+pub const FLEET_FILE: &str = "fleet.yaml";
+/// The directory of coin files.
+pub const COINS_DIR: &str = "coins";
+
+/// The outcome of loading a repository.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The desired state, when there are no errors (warnings allowed).
+    pub desired: Option<Desired>,
+    /// Every error and warning, sorted by file and position.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The text of each file read, for showing source lines.
+    pub sources: BTreeMap<String, String>,
+}
+
+impl Loaded {
+    /// Number of errors.
+    pub fn errors(&self) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+    /// Number of warnings.
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
+struct Loader<'t> {
+    tree: &'t dyn FileTree,
+    diagnostics: Vec<Diagnostic>,
+    sources: BTreeMap<String, String>,
+}
+
+impl Loader<'_> {
+    fn push(&mut self, d: Diagnostic) {
+        self.diagnostics.push(d);
+    }
+
+    /// Read and parse one file into a tree of nodes.
+    fn parse_file(&mut self, path: &str) -> Option<yaml::Node> {
+        let bytes = match self.tree.read(path, MAX_FILE_BYTES) {
+            Ok(b) => b,
+            Err(e) => {
+                let (code, help) = match &e {
+                    ReadError::NotFound if path == FLEET_FILE => (
+                        Code::MissingFleetFile,
+                        "create fleet.yaml at the repository root, or point fleet at the repository's root directory",
+                    ),
+                    ReadError::TooLarge { .. } => (
+                        Code::FileTooLarge,
+                        "fleet files are a few KiB: remove the file from the repository or move it out of coins/",
+                    ),
+                    ReadError::SymlinkOutside { .. } | ReadError::NotAFile => (
+                        Code::SymlinkOutside,
+                        "replace the link with a regular file holding the content, so the repository is self-contained",
+                    ),
+                    ReadError::NotFound | ReadError::Io(_) => (
+                        Code::Io,
+                        "check the file's permissions and that it still exists",
+                    ),
+                };
+                let msg = match &e {
+                    ReadError::NotFound if path == FLEET_FILE => {
+                        "the repository has no fleet.yaml".to_string()
+                    }
+                    other => format!("cannot read {path}: {other}"),
+                };
+                self.push(Diagnostic::error(code, path, Span::FILE_START, msg).with_help(help));
+                return None;
+            }
+        };
+        if let Some(i) = bytes.iter().position(|b| *b == 0) {
+            let p = position_of_byte(&bytes, i);
+            self.push(
+                Diagnostic::error(Code::Binary, path, Span::point(p), "binary file: it contains NUL bytes".into())
+                    .with_help("a fleet file is YAML text; remove this file or replace it with the YAML it should hold"),
+            );
+            return None;
+        }
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let p = position_of_byte(&bytes, e.valid_up_to());
+                self.push(
+                    Diagnostic::error(
+                        Code::NotUtf8,
+                        path,
+                        Span::point(p),
+                        format!("not valid UTF-8 (byte 0x{:02x})", bytes[e.valid_up_to()]),
+                    )
+                    .with_help("save the file as UTF-8"),
+                );
+                return None;
+            }
+        };
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        self.sources.insert(path.to_string(), text.to_string());
+        let parsed = yaml::parse(path, text);
+        self.diagnostics.extend(parsed.diagnostics);
+        match parsed.root {
+            Some(root) => Some(root),
+            None if !self.diagnostics.iter().any(|d| d.file == path) => {
+                self.push(
+                    Diagnostic::error(Code::EmptyDocument, path, Span::FILE_START, format!("{path} holds no YAML document"))
+                        .with_help(if path == FLEET_FILE {
+                            "fill in the fleet-wide settings: region, internal_domain, hosted_zone_id, network, node_ami, instance_profile, image_registry"
+                        } else {
+                            "delete the file, or fill in the coin: coin, version, instance, placement, ports, health"
+                        }),
+                );
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn decode<T: Decode>(&mut self, path: &str, root: &yaml::Node) -> Option<T> {
+        let mut cx = Cx::new(path, &T::schema());
+        // A struct with an unknown field next to good ones still decodes (the unknown
+        // field is reported), so the cross-file rules below run and report more.
+        let v = T::decode(root, &mut cx);
+        self.diagnostics.extend(cx.diagnostics);
+        v
+    }
+}
+
+/// 1-based line and column of byte `i` of `bytes` (columns count UTF-8 characters).
+fn position_of_byte(bytes: &[u8], i: usize) -> Pos {
+    let before = &bytes[..i];
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
+    let line = before.iter().filter(|b| **b == b'\n').count() as u32 + 1;
+    let col = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count() as u32
+        + 1;
+    Pos { line, col }
+}
+
+/// Load the repository held by `tree`: every error of every file, and the desired state
+/// when there are none.
+pub fn load(tree: &dyn FileTree) -> Loaded {
+    let mut l = Loader {
+        tree,
+        diagnostics: Vec::new(),
+        sources: BTreeMap::new(),
+    };
+
+    let fleet: Option<FleetFile> = l
+        .parse_file(FLEET_FILE)
+        .and_then(|root| l.decode(FLEET_FILE, &root));
+
+    let mut coins: Vec<(String, CoinFile)> = Vec::new();
+    match tree.list(COINS_DIR) {
+        Ok(names) => {
+            let yaml_files: Vec<String> = names
+                .into_iter()
+                .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+                .collect();
+            if yaml_files.len() > MAX_COINS {
+                l.push(Diagnostic::error(
+                    Code::Io,
+                    COINS_DIR,
+                    Span::FILE_START,
+                    format!(
+                        "{} coin files, more than the {MAX_COINS} supported",
+                        yaml_files.len()
+                    ),
+                ));
+            }
+            for name in yaml_files.into_iter().take(MAX_COINS) {
+                let path = format!("{COINS_DIR}/{name}");
+                if let Some(root) = l.parse_file(&path) {
+                    if let Some(coin) = l.decode::<CoinFile>(&path, &root) {
+                        coins.push((path, coin));
+                    }
+                }
+            }
+        }
+        Err(e) => l.push(Diagnostic::error(
+            Code::Io,
+            COINS_DIR,
+            Span::FILE_START,
+            format!("cannot list {COINS_DIR}/: {e}"),
+        )),
+    }
+
+    if let Some(f) = &fleet {
+        check_fleet(&mut l.diagnostics, f);
+    }
+    let mut seen: HashMap<String, (String, Span)> = HashMap::new();
+    for (path, coin) in &coins {
+        check_coin(&mut l.diagnostics, tree, fleet.as_ref(), path, coin);
+        let name = coin.coin.value.as_str().to_string();
+        if let Some((first, span)) = seen.get(&name) {
+            l.diagnostics.push(
+                Diagnostic::error(
+                    Code::DuplicateCoin,
+                    path,
+                    coin.coin.span,
+                    format!(
+                        "coin `{name}` is already defined in {first}:{}:{}",
+                        span.start.line, span.start.col
+                    ),
+                )
+                .with_help("keep one file per coin: delete or rename one of them"),
+            );
+        } else {
+            seen.insert(name, (path.clone(), coin.coin.span));
+        }
+    }
+
+    let mut diagnostics = l.diagnostics;
+    diagnostics.sort_by(|a, b| (&a.file, a.span, a.code).cmp(&(&b.file, b.span, b.code)));
+    diagnostics.dedup();
+    let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
+    let desired = match (has_errors, fleet) {
+        (false, Some(f)) => Some(resolve(&f, &coins)),
+        _ => None,
+    };
+    Loaded {
+        desired,
+        diagnostics,
+        sources: l.sources,
+    }
+}
+
+fn err(out: &mut Vec<Diagnostic>, code: Code, file: &str, span: Span, msg: String, help: &str) {
+    out.push(Diagnostic::error(code, file, span, msg).with_help(help));
+}
+
+fn check_fleet(out: &mut Vec<Diagnostic>, f: &FleetFile) {
+    for (zone, _) in &f.network.subnets.0 {
+        if !zone.value.in_region(&f.region.value) {
+            err(
+                out,
+                Code::ZoneNotInRegion,
+                FLEET_FILE,
+                zone.span,
+                format!(
+                    "subnet zone `{}` is not in region `{}`",
+                    zone.value, f.region.value
+                ),
+                &format!(
+                    "list only zones of {} (e.g. {}a), or change `region`",
+                    f.region.value, f.region.value
+                ),
+            );
+        }
+    }
+    if f.network.security_groups.is_empty() {
+        let span = f
+            .network
+            .subnets
+            .0
+            .first()
+            .map_or(Span::FILE_START, |(k, _)| k.span);
+        err(
+            out,
+            Code::MissingField,
+            FLEET_FILE,
+            span,
+            "`network.security_groups` is empty".into(),
+            "list at least one security group id (sg-…) for the nodes",
+        );
+    }
+}
+
+fn effective_approval(f: Option<&FleetFile>, c: &CoinFile) -> Approval {
+    c.rollout
+        .as_ref()
+        .and_then(|r| r.approval.as_ref().map(|a| a.value))
+        .or_else(|| {
+            f.and_then(|f| f.defaults.as_ref())
+                .and_then(|d| d.rollout.as_ref())
+                .and_then(|r| r.approval.as_ref().map(|a| a.value))
+        })
+        .unwrap_or(builtin::APPROVAL)
+}
+
+/// Key names that hint at a credential.
+const SECRET_WORDS: &[&str] = &[
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "PRIVATE_KEY",
+    "PRIVKEY",
+    "API_KEY",
+    "APIKEY",
+    "ACCESS_KEY",
+    "CREDENTIAL",
+    "RPCAUTH",
+    "AUTH_KEY",
+    "MNEMONIC",
+    "SEED_PHRASE",
+];
+
+/// Whether a value is a reference to a secret rather than the secret itself.
+fn is_reference(v: &str) -> bool {
+    v.is_empty()
+        || v.starts_with('/')
+        || (v.starts_with("${") && v.ends_with('}'))
+        || (v.starts_with('<') && v.ends_with('>'))
+        || v.starts_with("arn:aws:secretsmanager:")
+        || v.starts_with("arn:aws:ssm:")
+        || v.eq_ignore_ascii_case("changeme")
+}
+
+/// Why `value` (under `key`) looks like a credential, if it does.
+pub fn credential_reason(key: &str, value: &str) -> Option<&'static str> {
+    static PATTERNS: std::sync::LazyLock<Vec<(regex::Regex, &'static str)>> =
+        std::sync::LazyLock::new(|| {
+            [
+                (
+                    r"(?:^|[^A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?:$|[^A-Z0-9])",
+                    "an AWS access key id",
+                ),
+                (r"-----BEGIN [A-Z ]*PRIVATE KEY-----", "a private key"),
+                (r"xox[abposr]-[A-Za-z0-9-]{10,}", "a Slack token"),
+                (
+                    r"(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,}",
+                    "a GitHub token",
+                ),
+                (
+                    r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@",
+                    "a URL with a password",
+                ),
+            ]
+            .into_iter()
+            .map(|(p, why)| (regex::Regex::new(p).expect("valid"), why))
+            .collect()
+        });
+    if let Some((_, why)) = PATTERNS.iter().find(|(re, _)| re.is_match(value)) {
+        return Some(why);
+    }
+    let upper = key.to_ascii_uppercase();
+    if SECRET_WORDS.iter().any(|w| upper.contains(w)) && !is_reference(value) {
+        return Some("a credential (its name says so)");
+    }
+    None
+}
+
+fn check_env(
+    out: &mut Vec<Diagnostic>,
+    file: &str,
+    section: &str,
+    env: &Entries<EnvName, EnvValue>,
+) {
+    for (k, v) in &env.0 {
+        if let Some(why) = credential_reason(k.value.as_str(), v.value.as_str()) {
+            let mut d = Diagnostic::error(
+                Code::Credential,
+                file,
+                v.span,
+                format!("`{section}.{}` holds what looks like {why}, in clear text", k.value),
+            )
+            .with_help("move it into the coin's Secrets Manager secret (`secrets:`); its keys become container environment variables");
+            d.redact_source = true;
+            out.push(d);
+        }
+    }
+}
+
+use crate::decode::Entries;
+
+fn check_coin(
+    out: &mut Vec<Diagnostic>,
+    tree: &dyn FileTree,
+    f: Option<&FleetFile>,
+    path: &str,
+    c: &CoinFile,
+) {
+    // coins/<coin>.yaml
+    let stem = path
+        .strip_prefix("coins/")
+        .and_then(|n| n.strip_suffix(".yaml").or_else(|| n.strip_suffix(".yml")))
+        .unwrap_or(path);
+    if stem != c.coin.value.as_str() {
+        err(
+            out,
+            Code::CoinFileMismatch,
+            path,
+            c.coin.span,
+            format!("`coin` is `{}` but the file is named {stem}", c.coin.value),
+            &format!(
+                "rename the file to coins/{}.yaml, or set `coin: {stem}`",
+                c.coin.value
+            ),
+        );
+    }
+
+    // Zones.
+    if c.placement.zones.is_empty() {
+        err(
+            out,
+            Code::MissingField,
+            path,
+            Span::FILE_START,
+            "`placement.zones` is empty".into(),
+            "list the availability zones the coin runs in, in rollout order",
+        );
+    }
+    let mut seen: HashMap<&Zone, Span> = HashMap::new();
+    for z in &c.placement.zones {
+        if let Some(first) = seen.get(&z.value) {
+            err(
+                out,
+                Code::DuplicateZone,
+                path,
+                z.span,
+                format!(
+                    "zone `{}` is listed twice in `placement.zones` (first at line {})",
+                    z.value, first.start.line
+                ),
+                "list each zone once; raise `placement.nodes_per_zone` for more nodes per zone",
+            );
+            continue;
+        }
+        seen.insert(&z.value, z.span);
+        let Some(f) = f else { continue };
+        if !z.value.in_region(&f.region.value) {
+            err(
+                out,
+                Code::ZoneNotInRegion,
+                path,
+                z.span,
+                format!(
+                    "zone `{}` is not in the fleet's region `{}`",
+                    z.value, f.region.value
+                ),
+                &format!("use zones of {} (fleet.yaml `region`)", f.region.value),
+            );
+        } else if !f.network.subnets.0.iter().any(|(k, _)| k.value == z.value) {
+            let have: Vec<String> = f
+                .network
+                .subnets
+                .0
+                .iter()
+                .map(|(k, _)| k.value.to_string())
+                .collect();
+            err(
+                out,
+                Code::ZoneWithoutSubnet,
+                path,
+                z.span,
+                format!(
+                    "zone `{}` has no subnet in fleet.yaml `network.subnets`",
+                    z.value
+                ),
+                &format!(
+                    "add a subnet for it to fleet.yaml, or use one of: {}",
+                    have.join(", ")
+                ),
+            );
+        }
+    }
+
+    // Ports.
+    let rpc = c.ports.rpc.as_deref().unwrap_or_default();
+    let p2p = c.ports.p2p.as_deref().unwrap_or_default();
+    let mut seen_ports: HashMap<u16, Span> = HashMap::new();
+    for p in rpc.iter().chain(p2p) {
+        if let Some(first) = seen_ports.get(&p.value.0) {
+            err(
+                out,
+                Code::DuplicatePort,
+                path,
+                p.span,
+                format!(
+                    "port {} is used twice (first at line {}, column {})",
+                    p.value.0, first.start.line, first.start.col
+                ),
+                "list each port once, under either `rpc` or `p2p`",
+            );
+        } else {
+            seen_ports.insert(p.value.0, p.span);
+        }
+    }
+
+    // Health.
+    let h = &c.health;
+    if let Some(rp) = &h.rpc_port {
+        if !rpc.iter().any(|p| p.value == rp.value) {
+            let list: Vec<String> = rpc.iter().map(|p| p.value.0.to_string()).collect();
+            err(
+                out,
+                Code::RpcPort,
+                path,
+                rp.span,
+                format!(
+                    "`health.rpc_port` {} is not among `ports.rpc` [{}]",
+                    rp.value.0,
+                    list.join(", ")
+                ),
+                "use one of the rpc ports, or add this port to `ports.rpc`",
+            );
+        }
+    } else if h.probe.value != Probe::None && rpc.is_empty() {
+        err(
+            out,
+            Code::RpcPort,
+            path,
+            h.probe.span,
+            format!(
+                "probe `{}` needs an rpc port, but `ports.rpc` is empty",
+                h.probe.value
+            ),
+            "add the node's RPC port to `ports.rpc`, or use `probe: none`",
+        );
+    }
+    match (&h.http, h.probe.value) {
+        (None, Probe::Http) => err(
+            out,
+            Code::HttpProbe,
+            path,
+            h.probe.span,
+            "probe `http` needs `health.http` with `path` and `height_pointer`".into(),
+            "add e.g. `http: { path: /api/core/v2/info, height_pointer: /confirmedMilestone/index }` under `health`",
+        ),
+        (Some(hp), p) if p != Probe::Http => err(
+            out,
+            Code::HttpProbe,
+            path,
+            hp.span,
+            format!("`health.http` is set but the probe is `{p}`"),
+            "remove `health.http`, or set `probe: http`",
+        ),
+        _ => {}
+    }
+
+    // Approvals need approvers.
+    if let Some(f) = f {
+        let approval = effective_approval(Some(f), c);
+        if approval != Approval::None && f.approvers.as_ref().is_none_or(Vec::is_empty) {
+            let span = c
+                .rollout
+                .as_ref()
+                .and_then(|r| r.approval.as_ref().map(|a| a.span))
+                .unwrap_or(c.coin.span);
+            err(
+                out,
+                Code::NoApprovers,
+                path,
+                span,
+                format!(
+                    "rollouts of `{}` need approval (`{approval}`) but fleet.yaml lists no `approvers`",
+                    c.coin.value
+                ),
+                "add Slack user ids to fleet.yaml `approvers`, or set `rollout.approval: none`",
+            );
+        }
+    }
+
+    // Environment.
+    if let Some(env) = &c.host_config {
+        for (k, _) in &env.0 {
+            if ["IMAGE", "COIN", "PORTS"].contains(&k.value.as_str()) {
+                let field = match k.value.as_str() {
+                    "IMAGE" => "image.repository and version",
+                    "COIN" => "coin",
+                    _ => "ports",
+                };
+                err(
+                    out,
+                    Code::ReservedEnv,
+                    path,
+                    k.span,
+                    format!("`host_config.{}` is written by fleet", k.value),
+                    &format!("remove it; fleet sets it from `{field}`"),
+                );
+            }
+        }
+        check_env(out, path, "host_config", env);
+    }
+    if let Some(env) = &c.container_config {
+        check_env(out, path, "container_config", env);
+    }
+
+    // Metrics scripts live in the repository.
+    if let Some(m) = &c.custom_metrics {
+        for (name, script) in &m.0 {
+            let p = script.value.as_str();
+            if p.split('/').any(|s| s == "." || s == "..") {
+                err(
+                    out,
+                    Code::MetricsScript,
+                    path,
+                    script.span,
+                    format!(
+                        "`custom_metrics.{}` path `{p}` leaves the repository or uses `.`",
+                        name.value
+                    ),
+                    "write the path from the repository root without `.` or `..`, e.g. metrics/bitcoin.sh",
+                );
+            } else if !tree.is_file(p) {
+                err(
+                    out,
+                    Code::MetricsScript,
+                    path,
+                    script.span,
+                    format!(
+                        "`custom_metrics.{}` script `{p}` does not exist in the repository",
+                        name.value
+                    ),
+                    "add the script to the repository, or fix the path (relative to the repository root)",
+                );
+            }
+        }
+    }
+
+    // Tags.
+    if let Some(t) = &c.tags {
+        for (k, _) in &t.0 {
+            let lower = k.value.as_str().to_ascii_lowercase();
+            if lower.starts_with("fleet:") || lower.starts_with("aws:") {
+                err(
+                    out,
+                    Code::ReservedTag,
+                    path,
+                    k.span,
+                    format!("tag key `{}` uses a reserved prefix", k.value),
+                    "`fleet:` tags record fleet's ownership and `aws:` belongs to AWS: choose another key",
+                );
+            }
+        }
+    }
+}
+
+fn spanned_value<T: Clone>(s: &Spanned<T>) -> T {
+    s.value.clone()
+}
+
+fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
+    let dr = f.defaults.as_ref().and_then(|d| d.rollout.as_ref());
+    let dh = f.defaults.as_ref().and_then(|d| d.health.as_ref());
+    let fleet = Fleet {
+        region: f.region.value.clone(),
+        internal_domain: f.internal_domain.clone(),
+        hosted_zone_id: f.hosted_zone_id.clone(),
+        vpc_id: f.network.vpc_id.clone(),
+        subnets: f.network.subnets.to_map(),
+        security_groups: f.network.security_groups.clone(),
+        node_ami: f.node_ami.clone(),
+        instance_profile: f.instance_profile.clone(),
+        image_registry: f.image_registry.clone(),
+        slack_channel: f
+            .notifications
+            .as_ref()
+            .and_then(|n| n.slack_channel.clone()),
+        approvers: f.approvers.iter().flatten().map(spanned_value).collect(),
+    };
+    let mut out = BTreeMap::new();
+    for (path, c) in coins {
+        let name = c.coin.value.clone();
+        let cr = c.rollout.as_ref();
+        let ch = &c.health;
+        let repository = c
+            .image
+            .as_ref()
+            .and_then(|i| i.repository.clone())
+            .unwrap_or_else(|| {
+                ImageRepo::parse(&format!("{}/{}", f.image_registry, name))
+                    .expect("registry and coin name are both valid, so is their join")
+            });
+        let rpc_ports: Vec<u16> = c.ports.rpc.iter().flatten().map(|p| p.value.0).collect();
+        let zones: Vec<Zone> = c.placement.zones.iter().map(spanned_value).collect();
+        let coin = Coin {
+            nodes: desired::node_slots(
+                &name,
+                &zones,
+                c.placement.nodes_per_zone.0,
+                &f.internal_domain,
+            ),
+            name: name.clone(),
+            file: path.clone(),
+            version: c.version.value.clone(),
+            image: ImageRef {
+                repository,
+                digest: c.image.as_ref().and_then(|i| i.digest.clone()),
+            },
+            upstream: c.upstream.as_ref().map(|u| UpstreamSpec {
+                github: u.github.clone(),
+                tag_pattern: u
+                    .tag_pattern
+                    .as_ref()
+                    .map(spanned_value)
+                    .unwrap_or_else(|| {
+                        TagPattern::parse(TagPattern::DEFAULT).expect("default pattern compiles")
+                    }),
+                prereleases: u.prereleases.unwrap_or(false),
+                min_release_age: u
+                    .min_release_age
+                    .unwrap_or(Duration(std::time::Duration::ZERO)),
+            }),
+            instance_type: c.instance.instance_type.clone(),
+            root_volume_gb: c
+                .instance
+                .root_volume_gb
+                .map_or(builtin::ROOT_VOLUME_GB, |v| v.0),
+            data_volume_gb: c.instance.data_volume_gb.value.0,
+            zones,
+            nodes_per_zone: c.placement.nodes_per_zone.0,
+            rpc_ports: rpc_ports.clone(),
+            p2p_ports: c.ports.p2p.iter().flatten().map(|p| p.value.0).collect(),
+            health: HealthSpec {
+                probe: ch.probe.value,
+                rpc_port: ch
+                    .rpc_port
+                    .as_ref()
+                    .map(|p| p.value.0)
+                    .or(rpc_ports.first().copied()),
+                max_lag_blocks: ch
+                    .max_lag_blocks
+                    .or(dh.and_then(|d| d.max_lag_blocks))
+                    .map_or(builtin::MAX_LAG_BLOCKS, |v| v.0),
+                stall_timeout: ch
+                    .stall_timeout
+                    .or(dh.and_then(|d| d.stall_timeout))
+                    .unwrap_or(Duration(std::time::Duration::from_secs(
+                        builtin::STALL_TIMEOUT_SECS,
+                    ))),
+                sync_timeout: ch
+                    .sync_timeout
+                    .or(dh.and_then(|d| d.sync_timeout))
+                    .unwrap_or(Duration(std::time::Duration::from_secs(
+                        builtin::SYNC_TIMEOUT_SECS,
+                    ))),
+                http: ch.http.as_ref().map(|h| HttpSpec {
+                    path: h.value.path.clone(),
+                    height_pointer: h.value.height_pointer.clone(),
+                    target_pointer: h.value.target_pointer.clone(),
+                }),
+            },
+            rollout: RolloutSpec {
+                max_unavailable: cr
+                    .and_then(|r| r.max_unavailable.as_ref())
+                    .or(dr.and_then(|d| d.max_unavailable.as_ref()))
+                    .map_or(builtin::MAX_UNAVAILABLE, |v| v.value.0),
+                bake: cr
+                    .and_then(|r| r.bake)
+                    .or(dr.and_then(|d| d.bake))
+                    .unwrap_or(Duration(std::time::Duration::from_secs(builtin::BAKE_SECS))),
+                approval: effective_approval(Some(f), c),
+            },
+            snapshots: SnapshotSpec {
+                before_upgrade: c
+                    .snapshots
+                    .as_ref()
+                    .and_then(|s| s.before_upgrade)
+                    .unwrap_or(true),
+                restore_new_nodes: c
+                    .snapshots
+                    .as_ref()
+                    .and_then(|s| s.restore_new_nodes)
+                    .unwrap_or(true),
+            },
+            secrets: c.secrets.clone(),
+            host_config: c
+                .host_config
+                .as_ref()
+                .map(Entries::to_map)
+                .unwrap_or_default(),
+            container_config: c
+                .container_config
+                .as_ref()
+                .map(Entries::to_map)
+                .unwrap_or_default(),
+            custom_metrics: c
+                .custom_metrics
+                .as_ref()
+                .map(Entries::to_map)
+                .unwrap_or_default(),
+            tags: c.tags.as_ref().map(Entries::to_map).unwrap_or_default(),
+        };
+        out.insert(name.as_str().to_string(), coin);
+    }
+    Desired { fleet, coins: out }
+}

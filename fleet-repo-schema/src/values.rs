@@ -1,0 +1,616 @@
+//! Validated scalar types. Each can only be built through its check, so code that holds a
+//! [`Version`] knows it matches the version rule (that is what lets the reconciler put it
+//! into `systemctl start node@<version>`).
+
+use crate::decode::{Cx, Decode};
+use crate::diag::Code;
+use crate::yaml::{Node, ScalarKind};
+use regex::Regex;
+use serde_json::{Value as Json, json};
+use std::fmt;
+use std::sync::LazyLock;
+
+/// Declare a string newtype checked by a regular expression.
+macro_rules! pattern_string {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident, $code:expr, $pattern:literal, max $max:literal, $expected:literal, $help:literal;
+    )*) => {$(
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The pattern every value matches (also in the JSON Schema).
+            pub const PATTERN: &'static str = $pattern;
+            /// What a valid value looks like, for error messages.
+            pub const EXPECTED: &'static str = $expected;
+
+            /// Check `s` and wrap it.
+            pub fn parse(s: &str) -> Result<$name, String> {
+                static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new($pattern).expect("valid pattern"));
+                if s.chars().count() <= $max && RE.is_match(s) {
+                    Ok($name(s.to_string()))
+                } else {
+                    Err(format!("expected {}", $expected))
+                }
+            }
+
+            /// The value.
+            pub fn as_str(&self) -> &str { &self.0 }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(&self.0) }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str { &self.0 }
+        }
+
+        impl Decode for $name {
+            fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+                let text = String::decode(node, cx)?;
+                match $name::parse(&text) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        let p = cx.path();
+                        let shown = show(&text);
+                        cx.report($code, node.span,
+                            format!("`{p}` is {shown}: expected {}", $expected),
+                            $help);
+                        None
+                    }
+                }
+            }
+            fn schema() -> Json {
+                json!({"type": "string", "pattern": $pattern, "maxLength": $max})
+            }
+        }
+    )*};
+}
+
+/// Quote a user value for a message, shortened and with control characters escaped.
+pub(crate) fn show(s: &str) -> String {
+    let mut out: String = s.chars().take(80).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 80 {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}
+
+pattern_string! {
+    /// A daemon version: the image tag and the `node@<version>` unit instance. It ends up in a
+    /// shell command, so nothing outside this pattern may pass.
+    Version, Code::Version, r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$", max 64,
+        "a version of letters, digits, '.', '_', '+', '-' (1-64 characters, starting with a letter or digit)",
+        "the version becomes the image tag and the argument of `systemctl start node@<version>`, so only these characters pass: use the upstream version number, e.g. \"28.1\" or 1.14.12";
+    /// A pinned image digest.
+    Digest, Code::Digest, r"^sha256:[0-9a-f]{64}$", max 71,
+        "`sha256:` followed by 64 lowercase hex digits",
+        "copy the digest from ECR or `docker buildx imagetools inspect <image>:<version>`, or remove `digest` to run the tag unpinned";
+    /// A coin's name: a DNS label, a file name, a tag value.
+    CoinName, Code::CoinName, r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$", max 32,
+        "1-32 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+        "coin names are lowercase DNS labels, e.g. bitcoin or bitcoin-cash";
+    /// An AWS region, e.g. `eu-central-1`.
+    Region, Code::Identifier, r"^[a-z]{2}(?:-[a-z]+)+-[0-9]+$", max 32,
+        "an AWS region such as eu-central-1",
+        "use the region code, e.g. eu-central-1, not its name";
+    /// An availability zone, e.g. `eu-central-1a` (or a local zone, `us-west-2-lax-1a`).
+    Zone, Code::Identifier, r"^[a-z]{2}(?:-[a-z]+)+-[0-9]+(?:-[a-z]+-[0-9]+)?[a-z]$", max 40,
+        "an availability zone such as eu-central-1a",
+        "use the zone name, e.g. eu-central-1a (not a zone id such as euc1-az1)";
+    /// A VPC id.
+    VpcId, Code::Identifier, r"^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$", max 21,
+        "a VPC id: vpc- and 8 or 17 hex digits",
+        "copy the id from the VPC console or `aws ec2 describe-vpcs`";
+    /// A subnet id.
+    SubnetId, Code::Identifier, r"^subnet-(?:[0-9a-f]{8}|[0-9a-f]{17})$", max 24,
+        "a subnet id: subnet- and 8 or 17 hex digits",
+        "copy the id from `aws ec2 describe-subnets`";
+    /// A security group id.
+    SecurityGroupId, Code::Identifier, r"^sg-(?:[0-9a-f]{8}|[0-9a-f]{17})$", max 20,
+        "a security group id: sg- and 8 or 17 hex digits",
+        "use the group id (sg-…), not its name";
+    /// An AMI id.
+    AmiId, Code::Identifier, r"^ami-(?:[0-9a-f]{8}|[0-9a-f]{17})$", max 21,
+        "an AMI id: ami- and 8 or 17 hex digits",
+        "copy the AMI id from the Packer build output or `aws ec2 describe-images`";
+    /// A Route53 hosted zone id.
+    HostedZoneId, Code::Identifier, r"^Z[A-Z0-9]{1,32}$", max 33,
+        "a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ",
+        "copy the id from `aws route53 list-hosted-zones` without the /hostedzone/ prefix";
+    /// An IAM instance profile name.
+    InstanceProfile, Code::Identifier, r"^[A-Za-z0-9+=,.@_-]{1,128}$", max 128,
+        "an IAM instance profile name (letters, digits and +=,.@_-)",
+        "use the instance profile's name, not its ARN";
+    /// An image repository without tag or digest, e.g. `123456789012.dkr.ecr.eu-central-1.amazonaws.com/coin-daemons/bitcoin`.
+    ImageRepo, Code::Identifier, r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+$", max 255,
+        "an image repository such as 123456789012.dkr.ecr.eu-central-1.amazonaws.com/coin-daemons/bitcoin (no tag, no digest)",
+        "write the repository without `:tag` or `@digest`: the version is the tag, and `image.digest` pins it";
+    /// An EC2 instance type, e.g. `c5.large`.
+    InstanceType, Code::Identifier, r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", max 32,
+        "an EC2 instance type such as c5.large",
+        "use an EC2 instance type name, e.g. c5.large or m6i.2xlarge";
+    /// A DNS domain of lowercase labels.
+    DomainName, Code::Identifier, r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$", max 200,
+        "a DNS name of lowercase labels such as internal or nodes.example.com",
+        "use lowercase DNS labels separated by dots, without a trailing dot";
+    /// A Slack user id (names and e-mails can change; ids cannot).
+    SlackUserId, Code::SlackUserId, r"^[UW][A-Z0-9]{2,20}$", max 21,
+        "a Slack user id such as U012ABCDEF",
+        "use Slack member ids (profile, \"Copy member ID\"), not names or e-mail addresses";
+    /// A Slack channel, by name (`#node-fleet`) or id (`C0123ABCD`).
+    SlackChannel, Code::Identifier, r"^(?:#[a-z0-9][a-z0-9._-]{0,79}|[CG][A-Z0-9]{2,20})$", max 81,
+        "a Slack channel such as #node-fleet or a channel id such as C0123ABCD",
+        "write the channel as #name (quoted in YAML: \"#node-fleet\") or its id";
+    /// A GitHub repository, `owner/name`.
+    GithubRepo, Code::Identifier, r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$", max 140,
+        "a GitHub repository as owner/name, e.g. bitcoin/bitcoin",
+        "write owner/name as in the repository's URL, e.g. bitcoin/bitcoin";
+    /// An AWS Secrets Manager secret name.
+    SecretName, Code::Identifier, r"^[A-Za-z0-9/_+=.@-]{1,512}$", max 512,
+        "a Secrets Manager secret name (letters, digits and /_+=.@-)",
+        "use the secret's name, e.g. nodes/bitcoin/rpc";
+    /// An environment variable name.
+    EnvName, Code::Identifier, r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", max 128,
+        "an environment variable name (letters, digits and _, not starting with a digit)",
+        "environment variable names are letters, digits and _, e.g. RPC_PORT";
+    /// A custom metric's name.
+    MetricName, Code::Identifier, r"^[A-Za-z0-9_.-]{1,128}$", max 128,
+        "a metric name (letters, digits and _.-)",
+        "use letters, digits and _.- in metric names, e.g. block_height";
+    /// A path inside the fleet repository, relative to its root.
+    RepoPath, Code::MetricsScript, r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*$", max 256,
+        "a relative path inside the repository such as metrics/bitcoin.sh",
+        "write the path from the repository root, e.g. metrics/bitcoin.sh";
+    /// An AWS tag key.
+    TagKey, Code::Identifier, r"^[\p{L}\p{Z}\p{N}_.:/=+@-]{1,128}$", max 128,
+        "an AWS tag key (1-128 letters, digits, spaces and _.:/=+-@)",
+        "AWS tag keys are 1-128 letters, digits, spaces and _.:/=+-@";
+    /// An AWS tag value.
+    TagValue, Code::Identifier, r"^[\p{L}\p{Z}\p{N}_.:/=+@-]{0,256}$", max 256,
+        "an AWS tag value (up to 256 letters, digits, spaces and _.:/=+-@)",
+        "AWS tag values are up to 256 letters, digits, spaces and _.:/=+-@";
+    /// The path of an HTTP health endpoint.
+    HttpPath, Code::Identifier, r"^/[!-~]*$", max 512,
+        "an absolute HTTP path such as /api/v1/info, without spaces",
+        "write the path of the endpoint starting with /, e.g. /api/core/v2/info";
+    /// A JSON pointer (RFC 6901) to a number in a JSON document.
+    JsonPointer, Code::Identifier, r"^(?:/(?:[^~/]|~[01])*)+$", max 256,
+        "a JSON pointer such as /data/blockHeight",
+        "write a JSON pointer (RFC 6901) starting with /, e.g. /status/confirmedMilestone/index";
+}
+
+impl Zone {
+    /// Whether this zone belongs to `region` (`eu-central-1a` to `eu-central-1`).
+    pub fn in_region(&self, region: &Region) -> bool {
+        match self.0.strip_prefix(region.as_str()) {
+            Some(rest) => {
+                (rest.len() == 1 && rest.as_bytes()[0].is_ascii_lowercase())
+                    || rest.starts_with('-')
+            }
+            None => false,
+        }
+    }
+}
+
+/// An environment value written to an env file: one line, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct EnvValue(String);
+
+impl EnvValue {
+    /// Check `s` and wrap it.
+    pub fn parse(s: &str) -> Result<EnvValue, String> {
+        if s.chars().count() > 4096 {
+            return Err("longer than 4096 characters".into());
+        }
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "contains the control character {}",
+                c.escape_debug()
+            ));
+        }
+        Ok(EnvValue(s.to_string()))
+    }
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Decode for EnvValue {
+    fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+        let text = String::decode(node, cx)?;
+        EnvValue::parse(&text)
+            .map_err(|why| {
+                let p = cx.path();
+                cx.report(
+                    Code::EnvValue,
+                    node.span,
+                    format!("`{p}` {why}"),
+                    "env values are single lines: no line breaks, tabs or other control characters",
+                );
+            })
+            .ok()
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "maxLength": 4096, "pattern": "^[^\\u0000-\\u001f\\u007f]*$"})
+    }
+}
+
+/// Declare an integer newtype with a range.
+macro_rules! bounded_int {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident($int:ty), $min:literal ..= $max:literal, $low_code:expr, $high_code:expr;
+    )*) => {$(
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub $int);
+
+        impl $name {
+            /// Smallest allowed value.
+            pub const MIN: $int = $min;
+            /// Largest allowed value.
+            pub const MAX: $int = $max;
+        }
+
+        impl Decode for $name {
+            fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+                let v = i128::decode(node, cx)?;
+                if v < $min as i128 || v > $max as i128 {
+                    let p = cx.path();
+                    let code = if v < $min as i128 { $low_code } else { $high_code };
+                    cx.report(code, node.span,
+                        format!("`{p}` is {v}, outside {}..={}", $min, $max),
+                        &format!("use a number from {} to {}", $min, $max));
+                    return None;
+                }
+                Some($name(v as $int))
+            }
+            fn schema() -> Json {
+                json!({"type": "integer", "minimum": $min, "maximum": $max})
+            }
+        }
+    )*};
+}
+
+bounded_int! {
+    /// A TCP port.
+    Port(u16), 1 ..= 65535, Code::PortRange, Code::PortRange;
+    /// Nodes per availability zone.
+    NodesPerZone(u32), 1 ..= 100, Code::NodesPerZone, Code::OutOfRange;
+    /// Nodes of a coin that may be down at once.
+    MaxUnavailable(u32), 1 ..= 1000, Code::MaxUnavailable, Code::OutOfRange;
+    /// Root volume size in GiB.
+    RootVolumeGb(u32), 8 ..= 16384, Code::OutOfRange, Code::OutOfRange;
+    /// Data volume size in GiB (gp3/io2 allow up to 64 TiB).
+    DataVolumeGb(u32), 1 ..= 65536, Code::OutOfRange, Code::OutOfRange;
+    /// Blocks a node may trail the reference height by.
+    LagBlocks(u64), 0 ..= 1000000, Code::OutOfRange, Code::OutOfRange;
+}
+
+/// A duration written as `30s`, `10m`, `12h`, `2d`, `1w` or combinations (`1h30m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    /// Parse `30s`, `10m`, `1h30m`… Up to 10 years; at least one part.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let mut total: u64 = 0;
+        let mut rest = s.trim();
+        if rest.is_empty() {
+            return Err("empty".into());
+        }
+        while !rest.is_empty() {
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(format!("expected a number at `{rest}`"));
+            }
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| "number too large".to_string())?;
+            rest = &rest[digits..];
+            let unit = rest
+                .chars()
+                .next()
+                .ok_or("a number needs a unit (s, m, h, d, w)")?;
+            let secs = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                'w' => 604_800,
+                _ => return Err(format!("unknown unit `{unit}` (use s, m, h, d or w)")),
+            };
+            rest = &rest[1..];
+            total = n
+                .checked_mul(secs)
+                .and_then(|v| total.checked_add(v))
+                .filter(|v| *v <= 10 * 365 * 86_400)
+                .ok_or("longer than 10 years")?;
+        }
+        Ok(Duration(std::time::Duration::from_secs(total)))
+    }
+
+    /// Whole seconds.
+    pub fn as_secs(&self) -> u64 {
+        self.0.as_secs()
+    }
+}
+
+impl fmt::Display for Duration {
+    /// The shortest spelling in the YAML syntax (`90s` is shown as `1m30s`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = self.0.as_secs();
+        if s == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, len) in [
+            ("w", 604_800),
+            ("d", 86_400),
+            ("h", 3600),
+            ("m", 60),
+            ("s", 1),
+        ] {
+            if s >= len {
+                write!(f, "{}{unit}", s / len)?;
+                s %= len;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Decode for Duration {
+    fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+        let text = match node.scalar() {
+            Some(s) if matches!(s.kind(), ScalarKind::Str | ScalarKind::Int) => s.text.clone(),
+            _ => {
+                cx.wrong_type(node, "a duration such as 10m");
+                return None;
+            }
+        };
+        Duration::parse(&text)
+            .map_err(|why| {
+                let p = cx.path();
+                cx.report(
+                    Code::Duration,
+                    node.span,
+                    format!("`{p}` is {}, not a duration: {why}", show(&text)),
+                    "write a number and a unit, e.g. 30s, 10m, 12h, 2d, 1w or 1h30m",
+                );
+            })
+            .ok()
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "pattern": "^([0-9]+[smhdw])+$"})
+    }
+}
+
+/// `upstream.tag_pattern`: a regular expression with a `version` group.
+#[derive(Debug, Clone)]
+pub struct TagPattern {
+    source: String,
+    regex: Regex,
+}
+
+impl PartialEq for TagPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl TagPattern {
+    /// The pattern used when a coin sets none: `v1.2.3`, `1.2`, `v2.0.0-rc.8`…
+    pub const DEFAULT: &'static str =
+        r"^v?(?P<version>[0-9]+(?:\.[0-9]+)*(?:[-.+]?[A-Za-z0-9.]+)?)$";
+
+    /// Compile `source`; the error says which rule failed.
+    pub fn parse(source: &str) -> Result<TagPattern, (Code, String)> {
+        let regex = regex::RegexBuilder::new(source)
+            .size_limit(1 << 20)
+            .nest_limit(64)
+            .build()
+            .map_err(|e| {
+                let msg = e.to_string();
+                let last = msg.lines().last().unwrap_or("").trim().to_string();
+                (Code::TagPattern, last)
+            })?;
+        if !regex.capture_names().flatten().any(|n| n == "version") {
+            return Err((
+                Code::TagPatternGroup,
+                "the pattern has no group named `version`".into(),
+            ));
+        }
+        Ok(TagPattern {
+            source: source.to_string(),
+            regex,
+        })
+    }
+
+    /// The version a tag carries, if the tag matches.
+    pub fn version_of<'t>(&self, tag: &'t str) -> Option<&'t str> {
+        self.regex
+            .captures(tag)
+            .and_then(|c| c.name("version"))
+            .map(|m| m.as_str())
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl serde::Serialize for TagPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+impl Decode for TagPattern {
+    fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+        let text = String::decode(node, cx)?;
+        TagPattern::parse(&text)
+            .map_err(|(code, why)| {
+                let p = cx.path();
+                let help = if code == Code::TagPatternGroup {
+                    r"capture the version in a named group, e.g. '^v(?P<version>\d+\.\d+(?:\.\d+)?)$'"
+                } else {
+                    "fix the regular expression; in YAML, single-quote it so backslashes stay as written"
+                };
+                cx.report(code, node.span, format!("`{p}` does not compile: {why}"), help);
+            })
+            .ok()
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "format": "regex"})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_rule_rejects_shell_syntax() {
+        for ok in [
+            "0.20.0",
+            "22.0",
+            "v1.14.12",
+            "2.0.0-rc.8",
+            "25.0rc1",
+            "1.2.3+build_4",
+        ] {
+            assert!(Version::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-1",
+            ".1",
+            "1 2",
+            "1;rm -rf /",
+            "$(id)",
+            "`id`",
+            "1/2",
+            "a'b",
+            "1\n2",
+            "1.0\u{0}",
+            "é1",
+            &"1".repeat(65),
+        ] {
+            assert!(Version::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_pattern_compiles() {
+        // parse() compiles its pattern on first use; a pattern that fails would panic there.
+        let _ = (
+            Version::parse("1"),
+            Digest::parse("x"),
+            CoinName::parse("x"),
+        );
+        let _ = (Region::parse("x"), Zone::parse("x"), VpcId::parse("x"));
+        let _ = (
+            SubnetId::parse("x"),
+            SecurityGroupId::parse("x"),
+            AmiId::parse("x"),
+        );
+        let _ = (
+            HostedZoneId::parse("x"),
+            InstanceProfile::parse("x"),
+            ImageRepo::parse("x"),
+        );
+        let _ = (
+            InstanceType::parse("x"),
+            DomainName::parse("x"),
+            SlackUserId::parse("x"),
+        );
+        let _ = (
+            SlackChannel::parse("x"),
+            GithubRepo::parse("x"),
+            SecretName::parse("x"),
+        );
+        let _ = (
+            EnvName::parse("x"),
+            MetricName::parse("x"),
+            RepoPath::parse("x"),
+        );
+        let _ = (
+            TagKey::parse("x"),
+            TagValue::parse("x"),
+            HttpPath::parse("x"),
+        );
+        let _ = JsonPointer::parse("x");
+        assert!(TagKey::parse("Component").is_ok());
+        assert!(TagValue::parse("nodes/bitcoin").is_ok());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Duration::parse("10m").unwrap().as_secs(), 600);
+        assert_eq!(Duration::parse("1h30m").unwrap().as_secs(), 5400);
+        assert_eq!(Duration::parse("2d").unwrap().as_secs(), 172_800);
+        assert_eq!(Duration::parse("0s").unwrap().as_secs(), 0);
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10x",
+            "1.5h",
+            "-1m",
+            "99999999999999999999s",
+            "11000d",
+        ] {
+            assert!(Duration::parse(bad).is_err(), "{bad}");
+        }
+        for s in ["1m30s", "12h", "2d", "1w", "0s"] {
+            assert_eq!(Duration::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn zones_and_regions() {
+        let r = Region::parse("eu-central-1").unwrap();
+        assert!(Zone::parse("eu-central-1a").unwrap().in_region(&r));
+        assert!(!Zone::parse("eu-central-2a").unwrap().in_region(&r));
+        assert!(!Zone::parse("eu-west-1a").unwrap().in_region(&r));
+        let r = Region::parse("us-west-2").unwrap();
+        assert!(Zone::parse("us-west-2-lax-1a").unwrap().in_region(&r));
+    }
+
+    #[test]
+    fn tag_patterns() {
+        let p = TagPattern::parse(r"^v(?P<version>\d+\.\d+(?:\.\d+)?)$").unwrap();
+        assert_eq!(p.version_of("v0.21.1"), Some("0.21.1"));
+        assert_eq!(p.version_of("v25.0rc1"), None);
+        assert_eq!(TagPattern::parse("^v(").unwrap_err().0, Code::TagPattern);
+        assert_eq!(
+            TagPattern::parse(r"^v(\d+)$").unwrap_err().0,
+            Code::TagPatternGroup
+        );
+        let d = TagPattern::parse(TagPattern::DEFAULT).unwrap();
+        assert_eq!(d.version_of("v2.0.0-rc.8"), Some("2.0.0-rc.8"));
+        assert_eq!(d.version_of("v1.14.12"), Some("1.14.12"));
+    }
+
+    #[test]
+    fn env_values_are_single_lines() {
+        assert!(EnvValue::parse("/node/data").is_ok());
+        assert!(EnvValue::parse("a\nB=1").is_err());
+        assert!(EnvValue::parse("a\rb").is_err());
+    }
+}

@@ -1,0 +1,696 @@
+//! A YAML document as a tree of nodes that remember where they came from.
+//!
+//! Serde-based loaders stop at the first error and forget positions once a value is
+//! deserialized. fleet needs every error of a file, each with line and column, so it
+//! builds its own small tree from `yaml-rust2`'s event stream, with hard limits that make
+//! hostile input cheap to reject:
+//!
+//! * nesting deeper than [`MAX_DEPTH`] is refused while parsing (the tree is never built,
+//!   so dropping it can't overflow the stack);
+//! * aliases are expanded against a budget of [`MAX_NODES`] nodes in total, so an
+//!   alias bomb ("billion laughs") fails after a few thousand node copies, not after gigabytes;
+//! * duplicate mapping keys are errors (YAML says they are; many parsers keep the last);
+//! * only one document per file; keys must be scalars; tags other than `!!str` are refused.
+//!
+//! Plain scalars are typed by the YAML 1.2 core schema (`true`, `12`, `1.5`, `~` are not
+//! strings); quoted and block scalars are always strings.
+
+use crate::diag::{Code, Diagnostic, Pos, Span};
+use std::collections::HashMap;
+use yaml_rust2::Event;
+use yaml_rust2::parser::Parser;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Deepest nesting of sequences and mappings accepted. The fleet files need 4.
+pub const MAX_DEPTH: usize = 32;
+/// Most nodes a document may have, counting every copy an alias makes.
+pub const MAX_NODES: usize = 20_000;
+
+/// A scalar's text and how it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar {
+    /// The scalar's value after YAML unescaping and folding.
+    pub text: String,
+    /// Written without quotes or block indicator: subject to core-schema typing.
+    pub plain: bool,
+}
+
+/// What a node holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A scalar (string, number, boolean or null, see [`Scalar::kind`]).
+    Scalar(Scalar),
+    /// A sequence (list).
+    Seq(Vec<Node>),
+    /// A mapping, in source order. Keys are scalars (enforced while building).
+    Map(Vec<(Node, Node)>),
+}
+
+/// One YAML node and the place it starts in its file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// The node's value.
+    pub value: Value,
+    /// Where the node is written.
+    pub span: Span,
+}
+
+/// The core-schema type of a plain scalar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarKind {
+    /// `~`, `null`, or nothing at all.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer (decimal, `0o` octal or `0x` hex).
+    Int,
+    /// A floating point number.
+    Float,
+    /// Anything else, and every quoted or block scalar.
+    Str,
+}
+
+impl Scalar {
+    /// The YAML 1.2 core-schema type of this scalar.
+    pub fn kind(&self) -> ScalarKind {
+        if !self.plain {
+            return ScalarKind::Str;
+        }
+        let t = self.text.as_str();
+        match t {
+            "" | "~" | "null" | "Null" | "NULL" => return ScalarKind::Null,
+            "true" | "True" | "TRUE" => return ScalarKind::Bool(true),
+            "false" | "False" | "FALSE" => return ScalarKind::Bool(false),
+            ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf"
+            | "-.INF" | ".nan" | ".NaN" | ".NAN" => return ScalarKind::Float,
+            _ => {}
+        }
+        if is_core_int(t) {
+            ScalarKind::Int
+        } else if is_core_float(t) {
+            ScalarKind::Float
+        } else {
+            ScalarKind::Str
+        }
+    }
+
+    /// The integer value of a plain core-schema integer, if it fits in an `i128`.
+    pub fn as_int(&self) -> Option<i128> {
+        if self.kind() != ScalarKind::Int {
+            return None;
+        }
+        let t = self.text.as_str();
+        if let Some(h) = t.strip_prefix("0x") {
+            i128::from_str_radix(h, 16).ok()
+        } else if let Some(o) = t.strip_prefix("0o") {
+            i128::from_str_radix(o, 8).ok()
+        } else {
+            t.parse().ok()
+        }
+    }
+}
+
+fn is_core_int(t: &str) -> bool {
+    let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
+    if let Some(h) = t.strip_prefix("0x") {
+        return digits(h, 16);
+    }
+    if let Some(o) = t.strip_prefix("0o") {
+        return digits(o, 8);
+    }
+    let body = t.strip_prefix(['-', '+']).unwrap_or(t);
+    digits(body, 10)
+}
+
+fn is_core_float(t: &str) -> bool {
+    // [-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?
+    let s = t.strip_prefix(['-', '+']).unwrap_or(t);
+    let (mantissa, exp) = match s.find(['e', 'E']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let mantissa_ok = match mantissa.split_once('.') {
+        Some((int, frac)) => {
+            int.chars().all(|c| c.is_ascii_digit())
+                && frac.chars().all(|c| c.is_ascii_digit())
+                && !(int.is_empty() && frac.is_empty())
+        }
+        None => !mantissa.is_empty() && mantissa.chars().all(|c| c.is_ascii_digit()),
+    };
+    let exp_ok = exp.is_none_or(|e| {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    });
+    mantissa_ok && exp_ok
+}
+
+impl Node {
+    /// A short name of what this node is, for "expected X, found Y" messages.
+    pub fn describe(&self) -> &'static str {
+        match &self.value {
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+            Value::Scalar(s) => match s.kind() {
+                ScalarKind::Null => "an empty value (null)",
+                ScalarKind::Bool(_) => "a boolean",
+                ScalarKind::Int => "an integer",
+                ScalarKind::Float => "a number",
+                ScalarKind::Str => "a string",
+            },
+        }
+    }
+
+    /// The scalar, if this node is one.
+    pub fn scalar(&self) -> Option<&Scalar> {
+        match &self.value {
+            Value::Scalar(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether this node is a null scalar.
+    pub fn is_null(&self) -> bool {
+        matches!(&self.value, Value::Scalar(s) if s.kind() == ScalarKind::Null)
+    }
+
+    /// Number of nodes in this subtree (itself included).
+    fn size(&self) -> usize {
+        match &self.value {
+            Value::Scalar(_) => 1,
+            Value::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
+            Value::Map(entries) => {
+                1 + entries
+                    .iter()
+                    .map(|(k, v)| k.size() + v.size())
+                    .sum::<usize>()
+            }
+        }
+    }
+}
+
+/// The outcome of parsing one file.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The document, or `None` when the file holds no document or could not be parsed.
+    pub root: Option<Node>,
+    /// Errors found while parsing (a syntax error ends parsing; duplicate keys do not).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Source text with a table of line starts, to turn positions into spans.
+#[derive(Debug)]
+pub(crate) struct Lines<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> Lines<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines { text, starts }
+    }
+
+    /// The text of 1-based line `line`, without its line break.
+    pub(crate) fn line(&self, line: u32) -> Option<&'a str> {
+        let i = (line as usize).checked_sub(1)?;
+        let start = *self.starts.get(i)?;
+        let end = self.starts.get(i + 1).map_or(self.text.len(), |e| e - 1);
+        Some(self.text[start..end].trim_end_matches('\r'))
+    }
+}
+
+/// Where a marker points, as a 1-based line and column.
+fn pos(m: &Marker) -> Pos {
+    Pos {
+        line: m.line().max(1) as u32,
+        col: m.col() as u32 + 1,
+    }
+}
+
+/// The span of a scalar starting at `p`: to the end of its token on that line.
+fn scalar_span(lines: &Lines<'_>, p: Pos, style: TScalarStyle, text: &str) -> Span {
+    let Some(line) = lines.line(p.line) else {
+        return Span::point(p);
+    };
+    let rest: Vec<char> = line.chars().skip(p.col as usize - 1).collect();
+    let len = match style {
+        TScalarStyle::DoubleQuoted | TScalarStyle::SingleQuoted => {
+            let q = if style == TScalarStyle::DoubleQuoted {
+                '"'
+            } else {
+                '\''
+            };
+            let mut i = 1;
+            let mut end = rest.len();
+            while i < rest.len() {
+                if q == '"' && rest[i] == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if rest[i] == q {
+                    if q == '\'' && rest.get(i + 1) == Some(&'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    end = i + 1;
+                    break;
+                }
+                i += 1;
+            }
+            end
+        }
+        TScalarStyle::Plain if !text.contains('\n') => {
+            let n = text.chars().count();
+            if rest.iter().take(n).copied().eq(text.chars()) {
+                n
+            } else {
+                1
+            }
+        }
+        _ => 1,
+    };
+    Span {
+        start: p,
+        len: len.max(1) as u32,
+    }
+}
+
+enum Frame {
+    Seq {
+        items: Vec<Node>,
+        span: Span,
+        anchor: usize,
+    },
+    Map {
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+        span: Option<Span>,
+        anchor: usize,
+        seen: HashMap<String, Pos>,
+    },
+}
+
+struct Builder<'a> {
+    file: &'a str,
+    lines: &'a Lines<'a>,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    nodes: usize,
+    root: Option<Node>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Builder<'_> {
+    fn error(&self, code: Code, span: Span, message: String, help: &str) -> Diagnostic {
+        Diagnostic::error(code, self.file, span, message).with_help(help)
+    }
+
+    /// Attach a finished node to its parent (or make it the root).
+    fn push(&mut self, node: Node) {
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map {
+                entries,
+                key,
+                span,
+                seen,
+                ..
+            }) => match key.take() {
+                None => {
+                    if span.is_none() {
+                        *span = Some(node.span);
+                    }
+                    let key_text = match &node.value {
+                        Value::Scalar(s) => Some(s.text.clone()),
+                        _ => None,
+                    };
+                    match key_text {
+                        None => {
+                            let d = Diagnostic::error(
+                                Code::UnsupportedYaml,
+                                self.file,
+                                node.span,
+                                format!("a mapping key must be a plain name, found {}", node.describe()),
+                            )
+                            .with_help("write keys as names, e.g. `zones:`; complex keys (`? [a, b]`) are not used in fleet files");
+                            self.diagnostics.push(d);
+                            // Keep a placeholder so the value that follows pairs up.
+                            *key = Some(node);
+                        }
+                        Some(text) => {
+                            if let Some(first) = seen.get(&text) {
+                                let d = Diagnostic::error(
+                                    Code::DuplicateKey,
+                                    self.file,
+                                    node.span,
+                                    format!("duplicate key `{text}` (first defined at line {}, column {})", first.line, first.col),
+                                )
+                                .with_help("a key may appear once in a mapping: remove one of the two, or merge their contents");
+                                self.diagnostics.push(d);
+                            } else {
+                                seen.insert(text, node.span.start);
+                            }
+                            *key = Some(node);
+                        }
+                    }
+                }
+                Some(k) => {
+                    // Duplicate keys were reported; keep the first definition only.
+                    let first = k.scalar().map(|s| s.text.as_str());
+                    let dup = first.is_some_and(|t| {
+                        entries
+                            .iter()
+                            .any(|(ek, _)| ek.scalar().map(|s| s.text.as_str()) == Some(t))
+                    });
+                    if !dup {
+                        entries.push((k, node));
+                    }
+                }
+            },
+        }
+    }
+
+    fn count(&mut self, n: usize, span: Span) -> Result<(), Diagnostic> {
+        self.nodes += n;
+        if self.nodes > MAX_NODES {
+            return Err(self.error(
+                Code::AliasBomb,
+                span,
+                format!("document expands to more than {MAX_NODES} nodes (aliases included)"),
+                "fleet files are small: this looks like an alias bomb; write the values out instead of nesting aliases",
+            ));
+        }
+        Ok(())
+    }
+
+    fn record_anchor(&mut self, anchor: usize, node: &Node) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+    }
+
+    fn on_event(&mut self, ev: Event, m: &Marker) -> Result<(), Diagnostic> {
+        let p = pos(m);
+        let is_seq = matches!(ev, Event::SequenceStart(..));
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let span = scalar_span(self.lines, p, style, &text);
+                self.count(1, span)?;
+                let mut plain = style == TScalarStyle::Plain;
+                if let Some(tag) = tag {
+                    let is_str = tag.suffix == "str"
+                        && (tag.handle == "!!" || tag.handle == "tag:yaml.org,2002:");
+                    if !is_str {
+                        return Err(self.error(
+                            Code::UnsupportedYaml,
+                            span,
+                            format!("YAML tag `{}{}` is not supported", tag.handle, tag.suffix),
+                            "remove the tag; to force a string, quote the value instead",
+                        ));
+                    }
+                    plain = false;
+                }
+                let node = Node {
+                    value: Value::Scalar(Scalar { text, plain }),
+                    span,
+                };
+                self.record_anchor(anchor, &node);
+                self.push(node);
+            }
+            Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) => {
+                let span = Span::point(p);
+                if let Some(tag) = tag {
+                    return Err(self.error(
+                        Code::UnsupportedYaml,
+                        span,
+                        format!("YAML tag `{}{}` is not supported", tag.handle, tag.suffix),
+                        "remove the tag",
+                    ));
+                }
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(self.error(
+                        Code::TooDeep,
+                        span,
+                        format!("nesting deeper than {MAX_DEPTH} levels"),
+                        "fleet files nest at most 4 levels; this file is not a fleet file or is corrupted",
+                    ));
+                }
+                self.count(1, span)?;
+                self.stack.push(if is_seq {
+                    Frame::Seq {
+                        items: Vec::new(),
+                        span,
+                        anchor,
+                    }
+                } else {
+                    Frame::Map {
+                        entries: Vec::new(),
+                        key: None,
+                        span: None,
+                        anchor,
+                        seen: HashMap::new(),
+                    }
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.stack.pop() {
+                    Some(Frame::Seq {
+                        items,
+                        span,
+                        anchor,
+                    }) => (
+                        Node {
+                            value: Value::Seq(items),
+                            span,
+                        },
+                        anchor,
+                    ),
+                    Some(Frame::Map {
+                        entries,
+                        span,
+                        anchor,
+                        ..
+                    }) => (
+                        Node {
+                            value: Value::Map(entries),
+                            span: span.unwrap_or(Span::point(p)),
+                        },
+                        anchor,
+                    ),
+                    None => return Ok(()),
+                };
+                self.record_anchor(anchor, &node);
+                self.push(node);
+            }
+            Event::Alias(id) => {
+                let span = Span::point(p);
+                let Some(target) = self.anchors.get(&id) else {
+                    return Err(self.error(
+                        Code::Syntax,
+                        span,
+                        "alias refers to an unknown anchor".into(),
+                        "define the anchor (`&name`) before using it (`*name`)",
+                    ));
+                };
+                let size = target.size();
+                let mut node = target.clone();
+                self.count(size, span)?;
+                node.span = span;
+                self.push(node);
+            }
+            Event::DocumentStart => {
+                if self.root.is_some() {
+                    return Err(self.error(
+                        Code::MultipleDocuments,
+                        Span::point(p),
+                        "a second YAML document (`---`) in one file".into(),
+                        "a fleet file holds exactly one document: remove the second `---` and what follows, or move it to its own file",
+                    ));
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+        }
+        Ok(())
+    }
+}
+
+/// Parse `text` (already known to be UTF-8) from file `file` into a located tree.
+pub fn parse(file: &str, text: &str) -> Parsed {
+    let lines = Lines::new(text);
+    let mut b = Builder {
+        file,
+        lines: &lines,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        nodes: 0,
+        root: None,
+        diagnostics: Vec::new(),
+    };
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((ev, m)) => {
+                if let Err(d) = b.on_event(ev, &m) {
+                    b.diagnostics.push(d);
+                    return Parsed {
+                        root: None,
+                        diagnostics: b.diagnostics,
+                    };
+                }
+            }
+            Err(e) => {
+                let p = pos(e.marker());
+                // The scanner reports a tab where it gave up, which can be the line before
+                // the tab (a plain scalar continues onto the next line): find the tab.
+                let tab_at = (p.line..p.line + 3).find_map(|n| {
+                    let l = lines.line(n)?;
+                    let indent: &str = &l[..l.len() - l.trim_start_matches([' ', '\t']).len()];
+                    indent.find('\t').map(|i| Pos {
+                        line: n,
+                        col: i as u32 + 1,
+                    })
+                });
+                let d = if e.info().contains("recursion limit") {
+                    Diagnostic::error(
+                        Code::TooDeep,
+                        file,
+                        Span::point(p),
+                        format!("nesting deeper than the parser's limit ({})", e.info()),
+                    )
+                    .with_help("fleet files nest at most 4 levels; this file is not a fleet file or is corrupted")
+                } else if let Some(at) = tab_at.filter(|_| e.info().contains("tab")) {
+                    Diagnostic::error(
+                        Code::Tab,
+                        file,
+                        Span::point(at),
+                        "tab character used for indentation".into(),
+                    )
+                    .with_help("YAML indents with spaces only: replace the tab with spaces (2 per level is usual)")
+                } else {
+                    Diagnostic::error(
+                        Code::Syntax,
+                        file,
+                        Span::point(p),
+                        format!("YAML syntax error: {}", e.info()),
+                    )
+                    .with_help("check indentation, colons after keys, and that quotes and brackets are closed")
+                };
+                b.diagnostics.push(d);
+                return Parsed {
+                    root: None,
+                    diagnostics: b.diagnostics,
+                };
+            }
+        }
+    }
+    Parsed {
+        root: b.root,
+        diagnostics: b.diagnostics,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(src: &str) -> Node {
+        let p = parse("t.yaml", src);
+        assert!(p.diagnostics.is_empty(), "{:?}", p.diagnostics);
+        p.root.unwrap()
+    }
+
+    #[test]
+    fn positions_are_one_based_and_span_the_token() {
+        let r = root("a: 1\nbé: \"x\\\"y\" # c\n");
+        let Value::Map(e) = r.value else { panic!() };
+        assert_eq!(
+            e[1].0.span,
+            Span {
+                start: Pos { line: 2, col: 1 },
+                len: 2
+            }
+        );
+        assert_eq!(
+            e[1].1.span,
+            Span {
+                start: Pos { line: 2, col: 5 },
+                len: 6
+            }
+        );
+        assert_eq!(
+            e[0].1.span,
+            Span {
+                start: Pos { line: 1, col: 4 },
+                len: 1
+            }
+        );
+    }
+
+    #[test]
+    fn core_schema_typing() {
+        let s = |t: &str| {
+            Scalar {
+                text: t.into(),
+                plain: true,
+            }
+            .kind()
+        };
+        assert_eq!(s("22.0"), ScalarKind::Float);
+        assert_eq!(s("0.20.0"), ScalarKind::Str);
+        assert_eq!(s("5000"), ScalarKind::Int);
+        assert_eq!(s("0x1F"), ScalarKind::Int);
+        assert_eq!(s("1e3"), ScalarKind::Float);
+        assert_eq!(s("yes"), ScalarKind::Str, "YAML 1.2: yes is a string");
+        assert_eq!(s("~"), ScalarKind::Null);
+        assert_eq!(s("."), ScalarKind::Str);
+        assert_eq!(
+            Scalar {
+                text: "5000".into(),
+                plain: false
+            }
+            .kind(),
+            ScalarKind::Str
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_and_parsing_goes_on() {
+        let p = parse("t.yaml", "a: 1\nb: 2\na: 3\nc: [x, x]\n");
+        assert_eq!(p.diagnostics.len(), 1);
+        assert_eq!(p.diagnostics[0].code, Code::DuplicateKey);
+        assert_eq!(p.diagnostics[0].span.start, Pos { line: 3, col: 1 });
+        let Value::Map(e) = p.root.unwrap().value else {
+            panic!()
+        };
+        assert_eq!(e.len(), 3, "first definition kept, duplicate dropped");
+    }
+
+    #[test]
+    fn alias_bomb_is_cut_off() {
+        let mut src = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            src.push_str(&format!("a{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+        }
+        let p = parse("t.yaml", &src);
+        assert_eq!(p.diagnostics[0].code, Code::AliasBomb);
+        assert!(p.root.is_none());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let src = "[".repeat(100_000);
+        let p = parse("t.yaml", &src);
+        assert_eq!(p.diagnostics[0].code, Code::TooDeep);
+    }
+
+    #[test]
+    fn small_aliases_are_fine() {
+        let r = root("a: &p [1, 2]\nb: *p\n");
+        let Value::Map(e) = r.value else { panic!() };
+        assert_eq!(e[0].1.value, e[1].1.value);
+    }
+}

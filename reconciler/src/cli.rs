@@ -1,0 +1,393 @@
+//! The `fleet` command line.
+//!
+//! [`run`] takes the arguments and the output streams, and returns the exit code, so the
+//! test suite runs exactly what the binary runs, in-process.
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use fleet_repo_schema::schema::{self, Kind};
+use fleet_repo_schema::{Code, Color, DirTree, Loaded, Severity, load, render_human};
+use serde::Serialize;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Exit code: success (valid repository, command done).
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the fleet repository is invalid.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code: bad usage, or an I/O error (no such directory, unreadable file).
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet",
+    version,
+    about = "GitOps for fleets of cryptocurrency nodes",
+    long_about = "fleet keeps a fleet of cryptocurrency nodes (bitcoind, geth, hornet, …) on AWS \
+in the state a Git repository describes: daemon versions, instance types, nodes per \
+availability zone, volume sizes. It rolls changes out one availability zone at a time and \
+moves on only when the nodes are back in sync with their chain.\n\n\
+The fleet repository holds fleet.yaml and one coins/<coin>.yaml per coin; `fleet schema` \
+prints its JSON Schema and `fleet validate` checks it.",
+    after_help = "Exit codes: 0 success, 1 invalid fleet repository, 2 usage or I/O error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a fleet repository and report every problem with file, line and column.
+    ///
+    /// Reads fleet.yaml and coins/*.yaml under PATH, checks every rule of the fleet
+    /// format (see `--explain CODE`) and prints each error like a compiler does, with the
+    /// source line and a caret. Run it in the fleet repository's CI on every pull request.
+    ///
+    /// Exit status: 0 valid (warnings allowed unless --deny-warnings), 1 invalid,
+    /// 2 usage or I/O error (PATH missing or unreadable).
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of fleet.yaml or of a coin file, for editors.
+    ///
+    /// yaml-language-server (VS Code's YAML extension, Neovim, Helix…) completes and
+    /// checks a file that starts with a modeline such as
+    /// `# yaml-language-server: $schema=../schema/coin.schema.json`.
+    /// Write both schemas into the fleet repository with `fleet schema --out schema/`.
+    Schema(SchemaArgs),
+    /// Print a shell completion script.
+    ///
+    /// bash: `fleet completions bash > /etc/bash_completion.d/fleet`;
+    /// zsh: `fleet completions zsh > "${fpath[1]}/_fleet"`;
+    /// fish: `fleet completions fish > ~/.config/fish/completions/fleet.fish`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Compiler-style messages with source lines.
+    Human,
+    /// One JSON document, for tools.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorChoice {
+    /// Color when printing to a terminal and NO_COLOR is unset.
+    Auto,
+    /// Always color.
+    Always,
+    /// Never color.
+    Never,
+}
+
+#[derive(Debug, clap::Args)]
+struct ValidateArgs {
+    /// Root of the fleet repository (the directory holding fleet.yaml).
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// Treat warnings as errors (exit 1 when there are any).
+    #[arg(long)]
+    deny_warnings: bool,
+    /// When to use colors in human output.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+    /// Explain an error code (e.g. E303) and exit; `--explain all` lists every code.
+    #[arg(long, value_name = "CODE")]
+    explain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SchemaKind {
+    /// fleet.yaml.
+    Fleet,
+    /// coins/<coin>.yaml.
+    Coin,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["kind", "out"]))]
+struct SchemaArgs {
+    /// Which file kind's schema to print.
+    #[arg(value_enum)]
+    kind: Option<SchemaKind>,
+    /// Write fleet.schema.json and coin.schema.json into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// Run the `fleet` command with `args` (program name first). `color` says whether
+/// `out` is a terminal that takes colors. Returns the process exit code.
+pub fn run(
+    args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    color: bool,
+) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = e.exit_code();
+            let text = if color {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
+            // --help and --version are successes and go to stdout.
+            let _ = if code == 0 {
+                write!(out, "{text}")
+            } else {
+                write!(err, "{text}")
+            };
+            return u8::try_from(code).unwrap_or(EXIT_USAGE);
+        }
+    };
+    let result = match cli.command {
+        Command::Validate(a) => validate(&a, out, color),
+        Command::Schema(a) => write_schema(&a, out),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "fleet", out);
+            Ok(EXIT_OK)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn write_schema(a: &SchemaArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        for kind in Kind::ALL {
+            let path = dir.join(kind.file_name());
+            std::fs::write(&path, schema::schema_text(kind))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            writeln!(out, "wrote {}", path.display())?;
+        }
+        return Ok(EXIT_OK);
+    }
+    let kind = match a.kind {
+        Some(SchemaKind::Fleet) => Kind::Fleet,
+        Some(SchemaKind::Coin) | None => Kind::Coin,
+    };
+    out.write_all(schema::schema_text(kind).as_bytes())?;
+    Ok(EXIT_OK)
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    path: String,
+    valid: bool,
+    errors: usize,
+    warnings: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coins: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    diagnostics: &'a [fleet_repo_schema::Diagnostic],
+}
+
+fn explain(code: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
+    if code.eq_ignore_ascii_case("all") {
+        for c in Code::ALL {
+            writeln!(out, "{c}  {}", c.title())?;
+        }
+        return Ok(EXIT_OK);
+    }
+    let Some(c) = Code::parse(code) else {
+        anyhow::bail!("unknown code `{code}`: `fleet validate --explain all` lists them");
+    };
+    writeln!(out, "{c}: {}\n\n{}", c.title(), c.explanation())?;
+    Ok(EXIT_OK)
+}
+
+fn validate(a: &ValidateArgs, out: &mut dyn Write, tty: bool) -> anyhow::Result<u8> {
+    if let Some(code) = &a.explain {
+        return explain(code, out);
+    }
+    let tree = open_repo(&a.path)?;
+    let loaded = load(&tree);
+    let invalid = loaded.errors() > 0 || (a.deny_warnings && loaded.warnings() > 0);
+    let io_failure = loaded.diagnostics.iter().any(|d| d.code == Code::Io);
+    match a.format {
+        Format::Json => {
+            let report = JsonReport {
+                path: a.path.display().to_string(),
+                valid: !invalid,
+                errors: loaded.errors(),
+                warnings: loaded.warnings(),
+                coins: loaded.desired.as_ref().map(|d| d.coins.len()),
+                nodes: loaded.desired.as_ref().map(|d| d.nodes().count()),
+                diagnostics: &loaded.diagnostics,
+            };
+            serde_json::to_writer_pretty(&mut *out, &report)?;
+            writeln!(out)?;
+        }
+        Format::Human => {
+            let color = match a.color {
+                ColorChoice::Always => Color::Always,
+                ColorChoice::Never => Color::Never,
+                ColorChoice::Auto if tty => Color::Always,
+                ColorChoice::Auto => Color::Never,
+            };
+            human_report(&a.path, &loaded, invalid, color, out)?;
+        }
+    }
+    Ok(if io_failure {
+        EXIT_USAGE
+    } else if invalid {
+        EXIT_INVALID
+    } else {
+        EXIT_OK
+    })
+}
+
+fn open_repo(path: &Path) -> anyhow::Result<DirTree> {
+    DirTree::new(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open fleet repository {}: {e}\nhint: give the directory that holds fleet.yaml",
+            path.display()
+        )
+    })
+}
+
+fn human_report(
+    path: &Path,
+    loaded: &Loaded,
+    invalid: bool,
+    color: Color,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for d in &loaded.diagnostics {
+        let src = loaded.sources.get(&d.file).map(String::as_str);
+        writeln!(out, "{}", render_human(d, src, color))?;
+    }
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    let warnings = loaded.warnings();
+    let files = {
+        let mut f: Vec<&str> = loaded.diagnostics.iter().map(|d| d.file.as_str()).collect();
+        f.dedup();
+        f.len()
+    };
+    if invalid {
+        let what = if loaded.errors() > 0 {
+            plural(loaded.errors(), "error")
+        } else {
+            format!("{} (denied)", plural(warnings, "warning"))
+        };
+        writeln!(
+            out,
+            "{}: {} is invalid: {what}{} in {}",
+            paint("error", color, Severity::Error),
+            path.display(),
+            if loaded.errors() > 0 && warnings > 0 {
+                format!(", {}", plural(warnings, "warning"))
+            } else {
+                String::new()
+            },
+            plural(files, "file"),
+        )?;
+    } else if let Some(d) = &loaded.desired {
+        writeln!(
+            out,
+            "ok: {} is valid: {}, {}{}",
+            path.display(),
+            plural(d.coins.len(), "coin"),
+            plural(d.nodes().count(), "node"),
+            if warnings > 0 {
+                format!(" ({})", plural(warnings, "warning"))
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    Ok(())
+}
+
+fn paint(s: &str, color: Color, sev: Severity) -> String {
+    match (color, sev) {
+        (Color::Never, _) => s.to_string(),
+        (Color::Always, Severity::Error) => format!("\x1b[1;31m{s}\x1b[0m"),
+        (Color::Always, Severity::Warning) => format!("\x1b[1;33m{s}\x1b[0m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_capture(args: &[&str]) -> (u8, String, String) {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = run(
+            std::iter::once("fleet").chain(args.iter().copied()),
+            &mut out,
+            &mut err,
+            false,
+        );
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn help_explains_each_subcommand() {
+        let (code, out, _) = run_capture(&["--help"]);
+        assert_eq!(code, 0);
+        for sub in ["validate", "schema", "completions"] {
+            assert!(out.contains(sub), "{out}");
+        }
+        let (code, out, _) = run_capture(&["validate", "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("Exit status: 0 valid"), "{out}");
+    }
+
+    #[test]
+    fn missing_directory_is_a_usage_error() {
+        let (code, _, err) = run_capture(&["validate", "/nonexistent/fleet"]);
+        assert_eq!(code, EXIT_USAGE);
+        assert!(err.contains("cannot open fleet repository"), "{err}");
+        let (code, _, _) = run_capture(&["validate", "--format", "xml"]);
+        assert_eq!(code, EXIT_USAGE);
+    }
+
+    #[test]
+    fn explain_prints_the_long_text() {
+        let (code, out, _) = run_capture(&["validate", "--explain", "e303"]);
+        assert_eq!(code, 0);
+        assert!(out.starts_with("E303: invalid version"), "{out}");
+        let (code, _, _) = run_capture(&["validate", "--explain", "E999"]);
+        assert_eq!(code, EXIT_USAGE);
+    }
+
+    #[test]
+    fn completions_for_bash() {
+        let (code, out, _) = run_capture(&["completions", "bash"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("_fleet()"), "{}", &out[..200.min(out.len())]);
+        assert!(out.contains("validate"));
+    }
+
+    #[test]
+    fn schema_needs_a_kind_or_out() {
+        let (code, _, _) = run_capture(&["schema"]);
+        assert_eq!(code, EXIT_USAGE);
+        let (code, out, _) = run_capture(&["schema", "coin"]);
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["title"], "coins/<coin>.yaml");
+    }
+}

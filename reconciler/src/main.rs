@@ -1,0 +1,16 @@
+//! The `fleet` command. All logic lives in the library (`reconciler::cli`), so tests drive
+//! the same code in-process.
+
+use std::io::IsTerminal;
+
+fn main() -> std::process::ExitCode {
+    let stdout = std::io::stdout();
+    let color = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let code = reconciler::cli::run(
+        std::env::args_os(),
+        &mut stdout.lock(),
+        &mut std::io::stderr().lock(),
+        color,
+    );
+    std::process::ExitCode::from(code)
+}
