@@ -389,7 +389,9 @@ impl<K: Decode, V: Decode> Decode for Entries<K, V> {
         // As for lists: bad entries are reported and left out, the rest are checked.
         let mut out = Vec::with_capacity(entries.len());
         for (k, v) in entries {
-            let name = k.scalar().map(|s| s.text.clone()).unwrap_or_default();
+            let Some(name) = k.scalar().map(|s| s.text.clone()) else {
+                continue; // a non-scalar key, reported by the parser
+            };
             let key = cx.at(name.clone(), k.span, |cx| Spanned::<K>::decode(k, cx));
             let val = cx.at(name, k.span, |cx| Spanned::<V>::decode(v, cx));
             if let (Some(k), Some(v)) = (key, val) {

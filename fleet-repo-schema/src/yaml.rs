@@ -276,6 +276,33 @@ fn scalar_span(lines: &Lines<'_>, p: Pos, style: TScalarStyle, text: &str) -> Sp
     }
 }
 
+/// The span of the `!tag` written before the node starting at `p` on the same line.
+fn tag_span(lines: &Lines<'_>, p: Pos) -> Span {
+    let Some(line) = lines.line(p.line) else {
+        return Span::point(p);
+    };
+    let before: Vec<char> = line.chars().take(p.col as usize - 1).collect();
+    let Some(bang) = before.iter().rposition(|c| *c == '!') else {
+        return Span::point(p);
+    };
+    // Back to the first `!` of the token (`!!binary`), forward to its end.
+    let start = before[..=bang]
+        .iter()
+        .rposition(|c| c.is_whitespace())
+        .map_or(0, |i| i + 1);
+    let len = before[start..]
+        .iter()
+        .position(|c| c.is_whitespace())
+        .unwrap_or(before.len() - start);
+    Span {
+        start: Pos {
+            line: p.line,
+            col: start as u32 + 1,
+        },
+        len: len.max(1) as u32,
+    }
+}
+
 enum Frame {
     Seq {
         items: Vec<Node>,
@@ -299,6 +326,9 @@ struct Builder<'a> {
     nodes: usize,
     root: Option<Node>,
     diagnostics: Vec<Diagnostic>,
+    /// A block mapping went over [`MAX_DEPTH`]; its start marker is imprecise, so the
+    /// error is reported at the next event (its first key).
+    too_deep: bool,
 }
 
 impl Builder<'_> {
@@ -394,6 +424,14 @@ impl Builder<'_> {
     fn on_event(&mut self, ev: Event, m: &Marker) -> Result<(), Diagnostic> {
         let p = pos(m);
         let is_seq = matches!(ev, Event::SequenceStart(..));
+        if self.too_deep {
+            return Err(self.error(
+                Code::TooDeep,
+                Span::point(p),
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+                "fleet files nest at most 4 levels; this file is not a fleet file or is corrupted",
+            ));
+        }
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let span = scalar_span(self.lines, p, style, &text);
@@ -405,7 +443,7 @@ impl Builder<'_> {
                     if !is_str {
                         return Err(self.error(
                             Code::UnsupportedYaml,
-                            span,
+                            tag_span(self.lines, p),
                             format!("YAML tag `{}{}` is not supported", tag.handle, tag.suffix),
                             "remove the tag; to force a string, quote the value instead",
                         ));
@@ -428,6 +466,10 @@ impl Builder<'_> {
                         format!("YAML tag `{}{}` is not supported", tag.handle, tag.suffix),
                         "remove the tag",
                     ));
+                }
+                if self.stack.len() >= MAX_DEPTH && !is_seq {
+                    self.too_deep = true;
+                    return Ok(());
                 }
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(self.error(
@@ -527,6 +569,7 @@ pub fn parse(file: &str, text: &str) -> Parsed {
         nodes: 0,
         root: None,
         diagnostics: Vec::new(),
+        too_deep: false,
     };
     let mut parser = Parser::new_from_str(text);
     loop {
@@ -570,13 +613,32 @@ pub fn parse(file: &str, text: &str) -> Parsed {
                     )
                     .with_help("YAML indents with spaces only: replace the tab with spaces (2 per level is usual)")
                 } else {
+                    // Name the innermost bracket still open, if any: the usual culprit.
+                    let open = b.stack.iter().rev().find_map(|f| {
+                        let span = match f {
+                            Frame::Seq { span, .. } => Some(*span),
+                            Frame::Map { .. } => None,
+                        }?;
+                        let c = lines
+                            .line(span.start.line)?
+                            .chars()
+                            .nth(span.start.col as usize - 1)?;
+                        (c == '[').then_some(span.start)
+                    });
+                    let help = match open {
+                        Some(o) => format!(
+                            "the `[` opened at line {}, column {} is not closed with `]`, or an item in it is malformed",
+                            o.line, o.col
+                        ),
+                        None => "check indentation, colons after keys, and that quotes and brackets are closed".to_string(),
+                    };
                     Diagnostic::error(
                         Code::Syntax,
                         file,
                         Span::point(p),
                         format!("YAML syntax error: {}", e.info()),
                     )
-                    .with_help("check indentation, colons after keys, and that quotes and brackets are closed")
+                    .with_help(help)
                 };
                 b.diagnostics.push(d);
                 return Parsed {

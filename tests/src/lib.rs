@@ -1,1 +1,52 @@
+//! Helpers shared by fleet's end-to-end tests.
 
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// What one `fleet` invocation printed and returned.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code.
+    pub code: u8,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Run the `fleet` command in-process (the same code as the binary) with `args`.
+pub fn fleet<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let argv: Vec<std::ffi::OsString> = std::iter::once("fleet".into())
+        .chain(args.iter().map(|a| a.as_ref().to_os_string()))
+        .collect();
+    let code = reconciler::cli::run(argv, &mut out, &mut err, false);
+    Output {
+        code,
+        stdout: String::from_utf8(out).expect("fleet prints UTF-8"),
+        stderr: String::from_utf8(err).expect("fleet prints UTF-8"),
+    }
+}
+
+/// Copy directory `from` into `to` recursively (regular files and directories only).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
