@@ -145,11 +145,15 @@ impl Loader<'_> {
 /// 1-based line and column of byte `i` of `bytes` (columns count UTF-8 characters).
 fn position_of_byte(bytes: &[u8], i: usize) -> Pos {
     let before = &bytes[..i];
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map_or(0, |p| p + 1);
-    let line = before.iter().filter(|b| **b == b'\n').count() as u32 + 1;
+    // Line breaks as YAML counts them: \n, \r\n, lone \r.
+    let mut line = 1;
+    let mut line_start = 0;
+    for (j, &c) in before.iter().enumerate() {
+        if c == b'\n' || (c == b'\r' && bytes.get(j + 1) != Some(&b'\n')) {
+            line += 1;
+            line_start = j + 1;
+        }
+    }
     let col = String::from_utf8_lossy(&before[line_start..])
         .chars()
         .count() as u32
@@ -231,6 +235,11 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
     }
 
     let mut diagnostics = l.diagnostics;
+    for d in &mut diagnostics {
+        if let Some(src) = l.sources.get(&d.file) {
+            d.span = yaml::Lines::new(src).clamp(d.span);
+        }
+    }
     diagnostics.sort_by(|a, b| (&a.file, a.span, a.code).cmp(&(&b.file, b.span, b.code)));
     diagnostics.dedup();
     let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);

@@ -199,24 +199,50 @@ pub struct Parsed {
 
 /// Source text with a table of line starts, to turn positions into spans.
 #[derive(Debug)]
-pub(crate) struct Lines<'a> {
+pub struct Lines<'a> {
     text: &'a str,
     starts: Vec<usize>,
 }
 
 impl<'a> Lines<'a> {
-    pub(crate) fn new(text: &'a str) -> Self {
+    /// Split at YAML line breaks: `\n`, `\r\n`, and a lone `\r` (as the parser counts them).
+    pub fn new(text: &'a str) -> Self {
         let mut starts = vec![0];
-        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let b = text.as_bytes();
+        for (i, &c) in b.iter().enumerate() {
+            if c == b'\n' || (c == b'\r' && b.get(i + 1) != Some(&b'\n')) {
+                starts.push(i + 1);
+            }
+        }
         Lines { text, starts }
     }
 
     /// The text of 1-based line `line`, without its line break.
-    pub(crate) fn line(&self, line: u32) -> Option<&'a str> {
+    pub fn line(&self, line: u32) -> Option<&'a str> {
         let i = (line as usize).checked_sub(1)?;
         let start = *self.starts.get(i)?;
         let end = self.starts.get(i + 1).map_or(self.text.len(), |e| e - 1);
         Some(self.text[start..end].trim_end_matches('\r'))
+    }
+
+    /// Number of lines.
+    pub fn count(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// `span` moved inside the text: the parser reports "end of input" one line past the
+    /// last, or one column past a line's end after some edits; point at the real end.
+    pub fn clamp(&self, span: Span) -> Span {
+        let last = self.count() as u32;
+        let mut start = span.start;
+        if start.line > last {
+            start.line = last;
+            start.col = u32::MAX;
+        }
+        let width = self.line(start.line).map_or(0, |l| l.chars().count()) as u32;
+        start.col = start.col.clamp(1, width + 1);
+        let len = span.len.min((width + 1).saturating_sub(start.col).max(1));
+        Span { start, len }
     }
 }
 
