@@ -467,10 +467,15 @@ impl Builder<'_> {
                     let is_str = tag.suffix == "str"
                         && (tag.handle == "!!" || tag.handle == "tag:yaml.org,2002:");
                     if !is_str {
+                        let handle = if tag.handle == "tag:yaml.org,2002:" {
+                            "!!"
+                        } else {
+                            tag.handle.as_str()
+                        };
                         return Err(self.error(
                             Code::UnsupportedYaml,
                             tag_span(self.lines, p),
-                            format!("YAML tag `{}{}` is not supported", tag.handle, tag.suffix),
+                            format!("YAML tag `{handle}{}` is not supported", tag.suffix),
                             "remove the tag; to force a string, quote the value instead",
                         ));
                     }
