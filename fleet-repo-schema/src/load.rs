@@ -201,12 +201,24 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
                 }
             }
         }
-        Err(e) => l.push(Diagnostic::error(
-            Code::Io,
-            COINS_DIR,
-            Span::FILE_START,
-            format!("cannot list {COINS_DIR}/: {e}"),
-        )),
+        Err(e) => {
+            let (code, help) = match e {
+                ReadError::SymlinkOutside { .. } => (
+                    Code::SymlinkOutside,
+                    "replace the link with a real coins/ directory inside the repository",
+                ),
+                _ => (Code::Io, "check the directory's permissions"),
+            };
+            l.push(
+                Diagnostic::error(
+                    code,
+                    COINS_DIR,
+                    Span::FILE_START,
+                    format!("cannot list {COINS_DIR}/: {e}"),
+                )
+                .with_help(help),
+            );
+        }
     }
 
     if let Some(f) = &fleet {

@@ -227,6 +227,17 @@ fn e108_a_symlink_out_of_the_repository_is_refused() {
 }
 
 #[test]
+fn e108_a_coins_directory_linked_to_outside_is_refused() {
+    let repo = base_copy();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::rename(repo.path().join("coins"), outside.path().join("coins")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("coins"), repo.path().join("coins")).unwrap();
+    let (got, code) = diagnostics(repo.path());
+    assert_eq!(got, BTreeSet::from(["E108 coins:1:1".to_string()]));
+    assert_eq!(code, 1);
+}
+
+#[test]
 fn e108_a_fifo_is_not_read() {
     // Reading a FIFO would block forever; it is refused as "not a regular file".
     let repo = base_copy();
