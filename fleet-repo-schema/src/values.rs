@@ -166,12 +166,13 @@ pattern_string! {
     RepoPath, Code::MetricsScript, r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*$", max 256,
         "a relative path inside the repository such as metrics/bitcoin.sh",
         "write the path from the repository root, e.g. metrics/bitcoin.sh";
-    /// An AWS tag key.
-    TagKey, Code::Identifier, r"^[\p{L}\p{Z}\p{N}_.:/=+@-]{1,128}$", max 128,
+    /// An AWS tag key. (Lengths are checked by `max`, not by `{m,n}` on Unicode classes,
+    /// which would compile to a very large automaton.)
+    TagKey, Code::Identifier, r"^[\p{L}\p{Z}\p{N}_.:/=+@-]+$", max 128,
         "an AWS tag key (1-128 letters, digits, spaces and _.:/=+-@)",
         "AWS tag keys are 1-128 letters, digits, spaces and _.:/=+-@";
     /// An AWS tag value.
-    TagValue, Code::Identifier, r"^[\p{L}\p{Z}\p{N}_.:/=+@-]{0,256}$", max 256,
+    TagValue, Code::Identifier, r"^[\p{L}\p{Z}\p{N}_.:/=+@-]*$", max 256,
         "an AWS tag value (up to 256 letters, digits, spaces and _.:/=+-@)",
         "AWS tag values are up to 256 letters, digits, spaces and _.:/=+-@";
     /// The path of an HTTP health endpoint.
@@ -476,7 +477,9 @@ impl Decode for TagPattern {
             .ok()
     }
     fn schema() -> Json {
-        json!({"type": "string", "format": "regex"})
+        // Not `format: regex`: editors check that as an ECMAScript regex, and Rust's
+        // `(?P<version>…)` is not ECMAScript syntax.
+        json!({"type": "string", "minLength": 1})
     }
 }
 

@@ -173,6 +173,35 @@ impl Node {
         matches!(&self.value, Value::Scalar(s) if s.kind() == ScalarKind::Null)
     }
 
+    /// This node as JSON, the way a JSON Schema validator (an editor) sees the YAML.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Scalar(s) => match s.kind() {
+                ScalarKind::Null => J::Null,
+                ScalarKind::Bool(b) => J::Bool(b),
+                ScalarKind::Int => match s.as_int().and_then(|i| i64::try_from(i).ok()) {
+                    Some(i) => J::from(i),
+                    None => J::from(s.text.parse::<f64>().unwrap_or(f64::MAX)),
+                },
+                ScalarKind::Float => s
+                    .text
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or(J::Null, J::Number),
+                ScalarKind::Str => J::String(s.text.clone()),
+            },
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.scalar()?.text.clone(), v.to_json())))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Number of nodes in this subtree (itself included).
     fn size(&self) -> usize {
         match &self.value {
