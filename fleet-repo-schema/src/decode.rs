@@ -370,6 +370,37 @@ impl<T: Decode> Decode for Vec<T> {
     }
 }
 
+/// A list that must hold at least one item (`minItems: 1` in the schema).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonEmpty<T>(pub Vec<T>);
+
+impl<T> std::ops::Deref for NonEmpty<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T: Decode> Decode for NonEmpty<T> {
+    fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+        let items = Vec::<T>::decode(node, cx)?;
+        if matches!(&node.value, Value::Seq(s) if s.is_empty()) {
+            let p = cx.path();
+            cx.report(
+                Code::MissingField,
+                node.span,
+                format!("`{p}` is empty"),
+                "list at least one item",
+            );
+            return None;
+        }
+        Some(NonEmpty(items))
+    }
+    fn schema() -> Json {
+        json!({"type": "array", "items": T::schema(), "minItems": 1})
+    }
+}
+
 /// A mapping with free-form keys (environment variables, tags, metrics), in source order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entries<K, V>(pub Vec<(Spanned<K>, Spanned<V>)>);

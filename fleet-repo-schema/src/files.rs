@@ -3,7 +3,7 @@
 //! The doc comments here are the field documentation: they become the JSON Schema's
 //! descriptions (shown by editors on hover) and the "add `x:` (…)" hints of errors.
 
-use crate::decode::{Entries, Spanned};
+use crate::decode::{Entries, NonEmpty, Spanned};
 use crate::values::*;
 use crate::{yaml_enum, yaml_struct};
 
@@ -77,7 +77,7 @@ yaml_struct! {
         /// One public subnet per availability zone the fleet may use (zone: subnet id).
         req subnets: Entries<Zone, SubnetId>,
         /// Security groups attached to every node.
-        req security_groups: Vec<SecurityGroupId>,
+        req security_groups: NonEmpty<SecurityGroupId>,
     }
 }
 
@@ -155,7 +155,7 @@ yaml_struct! {
     /// Where the nodes run.
     pub struct Placement {
         /// Availability zones, in rollout order.
-        req zones: Vec<Spanned<Zone>>,
+        req zones: NonEmpty<Spanned<Zone>>,
         /// Nodes in each zone (at least 1).
         req nodes_per_zone: NodesPerZone,
     }

@@ -1,6 +1,6 @@
 //! Loading a fleet repository: read, parse, decode, check every rule, resolve defaults.
 
-use crate::decode::{Cx, Decode, Spanned};
+use crate::decode::{Cx, Decode, Entries, Spanned};
 use crate::desired::{self, *};
 use crate::diag::{Code, Diagnostic, Pos, Severity, Span};
 use crate::files::*;
@@ -142,22 +142,13 @@ impl Loader<'_> {
     }
 }
 
-/// 1-based line and column of byte `i` of `bytes` (columns count UTF-8 characters).
+/// 1-based line and column of byte `i` of `bytes` (columns count characters; line breaks
+/// as YAML counts them, see [`yaml::Lines`]).
 fn position_of_byte(bytes: &[u8], i: usize) -> Pos {
-    let before = &bytes[..i];
-    // Line breaks as YAML counts them: \n, \r\n, lone \r.
-    let mut line = 1;
-    let mut line_start = 0;
-    for (j, &c) in before.iter().enumerate() {
-        if c == b'\n' || (c == b'\r' && bytes.get(j + 1) != Some(&b'\n')) {
-            line += 1;
-            line_start = j + 1;
-        }
-    }
-    let col = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count() as u32
-        + 1;
+    let before = String::from_utf8_lossy(&bytes[..i]);
+    let lines = yaml::Lines::new(&before);
+    let line = lines.count() as u32;
+    let col = lines.line(line).map_or(0, |l| l.chars().count()) as u32 + 1;
     Pos { line, col }
 }
 
@@ -289,22 +280,6 @@ fn check_fleet(out: &mut Vec<Diagnostic>, f: &FleetFile) {
             );
         }
     }
-    if f.network.security_groups.is_empty() {
-        let span = f
-            .network
-            .subnets
-            .0
-            .first()
-            .map_or(Span::FILE_START, |(k, _)| k.span);
-        err(
-            out,
-            Code::MissingField,
-            FLEET_FILE,
-            span,
-            "`network.security_groups` is empty".into(),
-            "list at least one security group id (sg-…) for the nodes",
-        );
-    }
 }
 
 fn effective_approval(f: Option<&FleetFile>, c: &CoinFile) -> Approval {
@@ -404,8 +379,6 @@ fn check_env(
     }
 }
 
-use crate::decode::Entries;
-
 fn check_coin(
     out: &mut Vec<Diagnostic>,
     tree: &dyn FileTree,
@@ -433,18 +406,8 @@ fn check_coin(
     }
 
     // Zones.
-    if c.placement.zones.is_empty() {
-        err(
-            out,
-            Code::MissingField,
-            path,
-            Span::FILE_START,
-            "`placement.zones` is empty".into(),
-            "list the availability zones the coin runs in, in rollout order",
-        );
-    }
     let mut seen: HashMap<&Zone, Span> = HashMap::new();
-    for z in &c.placement.zones {
+    for z in c.placement.zones.iter() {
         if let Some(first) = seen.get(&z.value) {
             err(
                 out,
@@ -690,7 +653,7 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
         hosted_zone_id: f.hosted_zone_id.clone(),
         vpc_id: f.network.vpc_id.clone(),
         subnets: f.network.subnets.to_map(),
-        security_groups: f.network.security_groups.clone(),
+        security_groups: f.network.security_groups.0.clone(),
         node_ami: f.node_ami.clone(),
         instance_profile: f.instance_profile.clone(),
         image_registry: f.image_registry.clone(),
