@@ -185,10 +185,10 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
             }
             for name in yaml_files.into_iter().take(MAX_COINS) {
                 let path = format!("{COINS_DIR}/{name}");
-                if let Some(root) = l.parse_file(&path) {
-                    if let Some(coin) = l.decode::<CoinFile>(&path, &root) {
-                        coins.push((path, coin));
-                    }
+                if let Some(root) = l.parse_file(&path)
+                    && let Some(coin) = l.decode::<CoinFile>(&path, &root)
+                {
+                    coins.push((path, coin));
                 }
             }
         }

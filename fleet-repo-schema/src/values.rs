@@ -49,6 +49,15 @@ macro_rules! pattern_string {
             fn as_ref(&self) -> &str { &self.0 }
         }
 
+        /// Deserializing checks the pattern too: a value read back from a state file or an
+        /// API is as trustworthy as one read from the fleet repo.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                $name::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+
         impl Decode for $name {
             fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
                 let text = String::decode(node, cx)?;
@@ -119,8 +128,8 @@ pattern_string! {
         "an AMI id: ami- and 8 or 17 hex digits",
         "copy the AMI id from the Packer build output or `aws ec2 describe-images`";
     /// A Route53 hosted zone id.
-    HostedZoneId, Code::Identifier, r"^Z[A-Z0-9]{1,32}$", max 33,
-        "a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ",
+    HostedZoneId, Code::Identifier, r"^[A-Z0-9]{1,32}$", max 32,
+        "a Route53 hosted zone id such as Z0123456789ABCDEFGHIJ (up to 32 uppercase letters and digits)",
         "copy the id from `aws route53 list-hosted-zones` without the /hostedzone/ prefix";
     /// An IAM instance profile name.
     InstanceProfile, Code::Identifier, r"^[A-Za-z0-9+=,.@_-]{1,128}$", max 128,

@@ -1,0 +1,1087 @@
+//! The production provider: EC2 (instances, EBS volumes, snapshots), Route53 (node records)
+//! and SSM Run Command (restarting daemons), through the official AWS SDK for Rust.
+//!
+//! - Credentials come from the standard chain (environment, profiles, SSO, instance role);
+//!   the endpoint can be overridden (an emulator, a VPC endpoint).
+//! - Retries are the SDK's adaptive mode: throttling is retried with back-off and a client-side
+//!   rate limit; a call still throttled after `max_attempts` becomes [`ProviderError::Throttled`].
+//! - Observing costs O(pages), not O(instances): DescribeInstances (1,000 a page),
+//!   DescribeVolumes (500), DescribeSnapshots (1,000) and ListResourceRecordSets (300). Every
+//!   SDK operation is counted by an interceptor ([`CallStats`]).
+//! - SSM commands always name their one instance, are waited for with a bound, and are read
+//!   back with GetCommandInvocation (never ListCommandInvocations).
+
+use super::*;
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataOptionsRequest, ResourceType, Tag, TagSpecification, VolumeType,
+};
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+use aws_sdk_ssm::types::CommandInvocationStatus;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
+use aws_smithy_runtime_api::client::interceptors::{Intercept, SharedInterceptor};
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The device name of the data volume.
+pub const DATA_DEVICE: &str = "/dev/sdf";
+/// Error codes AWS uses for throttling.
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "PriorRequestNotComplete",
+    "SlowDown",
+];
+
+/// How to reach AWS.
+#[derive(Debug, Clone)]
+pub struct AwsOptions {
+    /// Region (default: the fleet repo's `region`, else the standard chain's).
+    pub region: Option<String>,
+    /// Named profile.
+    pub profile: Option<String>,
+    /// Endpoint override for every service.
+    pub endpoint_url: Option<String>,
+    /// Attempts per call, throttling included.
+    pub max_attempts: u32,
+    /// Adaptive retry (default): on throttling, also slow the client's own request rate.
+    /// The rate limiter is shared by every client of a service in the process. `false` is
+    /// the SDK's standard mode (back-off only).
+    pub adaptive: bool,
+    /// First retry back-off.
+    pub initial_backoff: Duration,
+    /// How long to wait for an SSM command.
+    pub command_timeout: Duration,
+    /// How often to poll an SSM command or an instance state.
+    pub poll_interval: Duration,
+    /// Extra SDK interceptors (tests use them to inject faults and isolate emulator state).
+    pub interceptors: Vec<SharedInterceptor>,
+}
+
+impl Default for AwsOptions {
+    fn default() -> Self {
+        AwsOptions {
+            region: None,
+            profile: None,
+            endpoint_url: None,
+            max_attempts: 5,
+            adaptive: true,
+            initial_backoff: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(2),
+            interceptors: Vec::new(),
+        }
+    }
+}
+
+/// Calls and attempts made, per operation (`ec2:DescribeInstances`…).
+#[derive(Debug, Default)]
+pub struct CallStats {
+    calls: AtomicU64,
+    attempts: AtomicU64,
+    by_op: Mutex<BTreeMap<String, u64>>,
+}
+
+impl CallStats {
+    /// Operations started (an operation retried three times counts once).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+    /// HTTP attempts, retries included.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+    /// Calls per `service:Operation`.
+    pub fn by_operation(&self) -> BTreeMap<String, u64> {
+        self.by_op.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+struct CountCalls(Arc<CallStats>);
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "fleet-call-counter"
+    }
+    fn read_before_serialization(
+        &self,
+        _ctx: &BeforeSerializationInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = cfg.load::<Metadata>()
+            && let Ok(mut by_op) = self.0.by_op.lock()
+        {
+            *by_op
+                .entry(format!("{}:{}", m.service(), m.name()))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+    fn read_before_attempt(
+        &self,
+        _ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.attempts.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The AWS provider.
+#[derive(Debug, Clone)]
+pub struct AwsProvider {
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+    r53: aws_sdk_route53::Client,
+    stats: Arc<CallStats>,
+    opts: AwsOptions,
+}
+
+impl AwsProvider {
+    /// Load the standard configuration chain and build the clients.
+    pub async fn connect(opts: AwsOptions) -> AwsProvider {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = &opts.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(p) = &opts.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(e) = &opts.endpoint_url {
+            loader = loader.endpoint_url(e);
+        }
+        let sdk = loader.load().await;
+        AwsProvider::from_sdk_config(&sdk, opts)
+    }
+
+    /// Build the clients from an SDK configuration.
+    pub fn from_sdk_config(sdk: &aws_config::SdkConfig, opts: AwsOptions) -> AwsProvider {
+        let retry = if opts.adaptive {
+            RetryConfig::adaptive()
+        } else {
+            RetryConfig::standard()
+        };
+        let retry = retry
+            .with_max_attempts(opts.max_attempts.max(1))
+            .with_initial_backoff(opts.initial_backoff);
+        let stats = Arc::new(CallStats::default());
+        let counter = SharedInterceptor::new(CountCalls(stats.clone()));
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(sdk).retry_config(retry.clone());
+        let mut ssm = aws_sdk_ssm::config::Builder::from(sdk).retry_config(retry.clone());
+        let mut r53 = aws_sdk_route53::config::Builder::from(sdk).retry_config(retry);
+        for i in std::iter::once(&counter).chain(opts.interceptors.iter()) {
+            ec2.push_interceptor(i.clone());
+            ssm.push_interceptor(i.clone());
+            r53.push_interceptor(i.clone());
+        }
+        AwsProvider {
+            ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
+            ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
+            r53: aws_sdk_route53::Client::from_conf(r53.build()),
+            stats,
+            opts,
+        }
+    }
+
+    /// Calls made so far.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    fn err<E>(&self, op: &str, instance: Option<&str>, e: SdkError<E>) -> ProviderError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let code = e.code().map(str::to_string);
+        match code {
+            Some(code) if THROTTLING.contains(&code.as_str()) => ProviderError::Throttled {
+                op: op.to_string(),
+                attempts: self.opts.max_attempts,
+                code,
+            },
+            Some(code) if code.starts_with("InvalidInstanceID") => ProviderError::NotFound {
+                instance: instance.unwrap_or("?").to_string(),
+            },
+            Some(code) => ProviderError::Api {
+                op: op.to_string(),
+                message: e.message().unwrap_or("").to_string(),
+                code,
+                instance: instance.map(str::to_string),
+            },
+            None => ProviderError::Api {
+                op: op.to_string(),
+                code: match &e {
+                    SdkError::TimeoutError(_) => "timeout",
+                    SdkError::DispatchFailure(_) => "connection",
+                    SdkError::ResponseError(_) => "bad-response",
+                    _ => "error",
+                }
+                .into(),
+                message: DisplayErrorContext(&e).to_string(),
+                instance: instance.map(str::to_string),
+            },
+        }
+    }
+
+    fn filter(name: &str, values: &[&str]) -> Filter {
+        let mut f = Filter::builder().name(name);
+        for v in values {
+            f = f.values(*v);
+        }
+        f.build()
+    }
+
+    /// One managed, non-terminated instance by id.
+    async fn instance(
+        &self,
+        node: &NodeRef,
+    ) -> Result<aws_sdk_ec2::types::Instance, ProviderError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .instance_ids(&node.instance_id)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeInstances", Some(&node.instance_id), e))?;
+        let inst = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(node.instance_id.as_str()))
+            .cloned();
+        match inst {
+            Some(i)
+                if tag_map(i.tags()).get(tags::MANAGED).map(String::as_str) == Some("true")
+                    && !matches!(
+                        i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+                        Some("terminated" | "shutting-down")
+                    ) =>
+            {
+                Ok(i)
+            }
+            _ => Err(ProviderError::NotFound {
+                instance: node.instance_id.clone(),
+            }),
+        }
+    }
+
+    async fn create_tags(&self, id: &str, tags: &[(&str, &str)]) -> Result<(), ProviderError> {
+        let mut req = self.ec2.create_tags().resources(id);
+        for (k, v) in tags {
+            req = req.tags(Tag::builder().key(*k).value(*v).build());
+        }
+        req.send()
+            .await
+            .map_err(|e| self.err("ec2:CreateTags", Some(id), e))?;
+        Ok(())
+    }
+
+    async fn delete_tag(&self, id: &str, key: &str) -> Result<(), ProviderError> {
+        self.ec2
+            .delete_tags()
+            .resources(id)
+            .tags(Tag::builder().key(key).build())
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DeleteTags", Some(id), e))?;
+        Ok(())
+    }
+
+    /// Run one shell command on one instance and wait for its result.
+    async fn run_command(
+        &self,
+        node: &NodeRef,
+        command: &str,
+        comment: &str,
+    ) -> Result<String, ProviderError> {
+        let id = node.instance_id.as_str();
+        let out = self
+            .ssm
+            .send_command()
+            .document_name("AWS-RunShellScript")
+            .instance_ids(id)
+            .parameters("commands", vec![command.to_string()])
+            .timeout_seconds(self.opts.command_timeout.as_secs().clamp(30, 2_592_000) as i32)
+            .comment(comment.chars().take(100).collect::<String>())
+            .send()
+            .await
+            .map_err(|e| self.err("ssm:SendCommand", Some(id), e))?;
+        let command_id = out
+            .command()
+            .and_then(|c| c.command_id())
+            .ok_or_else(|| ProviderError::Api {
+                op: "ssm:SendCommand".into(),
+                code: "bad-response".into(),
+                message: "no command id in the response".into(),
+                instance: Some(id.to_string()),
+            })?
+            .to_string();
+        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+        loop {
+            let r = self
+                .ssm
+                .get_command_invocation()
+                .command_id(&command_id)
+                .instance_id(id)
+                .send()
+                .await;
+            match r {
+                Ok(inv) => match inv.status() {
+                    Some(CommandInvocationStatus::Success) => {
+                        return Ok(inv.standard_output_content().unwrap_or("").to_string());
+                    }
+                    Some(
+                        s @ (CommandInvocationStatus::Failed
+                        | CommandInvocationStatus::Cancelled
+                        | CommandInvocationStatus::TimedOut),
+                    ) => {
+                        return Err(ProviderError::CommandFailed {
+                            instance: id.to_string(),
+                            status: s.as_str().to_string(),
+                            exit_code: inv.response_code(),
+                            stderr: inv.standard_error_content().unwrap_or("").to_string(),
+                        });
+                    }
+                    _ => {}
+                },
+                // Right after SendCommand the invocation may not exist yet.
+                Err(e) if e.code() == Some("InvocationDoesNotExist") => {}
+                Err(e) => return Err(self.err("ssm:GetCommandInvocation", Some(id), e)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::CommandTimeout {
+                    instance: id.to_string(),
+                    command_id,
+                    secs: self.opts.command_timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+        }
+    }
+
+    async fn wait_state(&self, node: &NodeRef, want: &str) -> Result<(), ProviderError> {
+        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+        loop {
+            let i = self.instance(node).await?;
+            if i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some(want) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::Api {
+                    op: "ec2:DescribeInstances".into(),
+                    code: "timeout".into(),
+                    message: format!("instance did not become {want} within the bound"),
+                    instance: Some(node.instance_id.clone()),
+                });
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+        }
+    }
+
+    /// The record `name` in the zone, if it exists.
+    async fn record(&self, zone: &str, name: &str) -> Result<Option<DnsRecord>, ProviderError> {
+        let out = self
+            .r53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .start_record_name(name)
+            .start_record_type(RrType::A)
+            .max_items(1)
+            .send()
+            .await
+            .map_err(|e| self.err("route53:ListResourceRecordSets", None, e))?;
+        Ok(out
+            .resource_record_sets()
+            .iter()
+            .filter_map(to_record)
+            .find(|r| r.name == name))
+    }
+
+    async fn change_record(
+        &self,
+        zone: &str,
+        action: ChangeAction,
+        rec: &DnsRecord,
+    ) -> Result<(), ProviderError> {
+        let build = || -> Result<ChangeBatch, aws_sdk_route53::error::BuildError> {
+            let mut set = ResourceRecordSet::builder()
+                .name(&rec.name)
+                .r#type(RrType::A)
+                .ttl(rec.ttl);
+            for v in &rec.values {
+                set = set.resource_records(ResourceRecord::builder().value(v).build()?);
+            }
+            ChangeBatch::builder()
+                .comment("fleet")
+                .changes(
+                    Change::builder()
+                        .action(action)
+                        .resource_record_set(set.build()?)
+                        .build()?,
+                )
+                .build()
+        };
+        let batch = build().map_err(|e| ProviderError::Setup(format!("Route53 change: {e}")))?;
+        self.r53
+            .change_resource_record_sets()
+            .hosted_zone_id(zone)
+            .change_batch(batch)
+            .send()
+            .await
+            .map_err(|e| self.err("route53:ChangeResourceRecordSets", None, e))?;
+        Ok(())
+    }
+
+    async fn upsert_record(&self, target: &DnsTarget, ip: &str) -> Result<Outcome, ProviderError> {
+        let want = DnsRecord {
+            name: target.name.clone(),
+            values: vec![ip.to_string()],
+            ttl: 60,
+        };
+        if self
+            .record(&target.hosted_zone_id, &target.name)
+            .await?
+            .as_ref()
+            == Some(&want)
+        {
+            return Ok(Outcome::AlreadyDone);
+        }
+        self.change_record(&target.hosted_zone_id, ChangeAction::Upsert, &want)
+            .await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn snapshot_instance(
+        &self,
+        node: &NodeRef,
+        inst: &aws_sdk_ec2::types::Instance,
+        reason: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let Some(vol) = data_volume_id(inst) else {
+            return Ok(None);
+        };
+        let tags = tag_map(inst.tags());
+        let zone = inst
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .unwrap_or(&node.key.zone)
+            .to_string();
+        let index = node.key.index.to_string();
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
+        for (k, v) in [
+            (tags::MANAGED, "true"),
+            (tags::COIN, node.key.coin.as_str()),
+            (tags::ZONE, zone.as_str()),
+            (tags::INDEX, index.as_str()),
+            (tags::REASON, reason),
+            (
+                tags::VERSION,
+                tags.get(tags::VERSION).map(String::as_str).unwrap_or(""),
+            ),
+        ] {
+            spec = spec.tags(Tag::builder().key(k).value(v).build());
+        }
+        let out = self
+            .ec2
+            .create_snapshot()
+            .volume_id(&vol)
+            .description(format!(
+                "fleet: {} {} ({reason})",
+                node.key, node.instance_id
+            ))
+            .tag_specifications(spec.build())
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:CreateSnapshot", Some(&node.instance_id), e))?;
+        Ok(out.snapshot_id().map(str::to_string))
+    }
+}
+
+fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
+        .collect()
+}
+
+fn data_volume_id(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
+    i.block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(DATA_DEVICE))
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_id())
+        .map(str::to_string)
+}
+
+fn to_record(r: &ResourceRecordSet) -> Option<DnsRecord> {
+    if r.r#type() != &RrType::A || r.alias_target().is_some() {
+        return None;
+    }
+    let name = r.name().trim_end_matches('.').to_ascii_lowercase();
+    Some(DnsRecord {
+        name,
+        values: r
+            .resource_records()
+            .iter()
+            .map(|v| v.value().to_string())
+            .collect(),
+        ttl: r.ttl().unwrap_or(0),
+    })
+}
+
+fn millis(t: Option<&aws_smithy_types::DateTime>) -> u64 {
+    t.and_then(|t| t.to_millis().ok()).unwrap_or(0).max(0) as u64
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn observe(&self, desired: &Desired) -> Result<Observed, ProviderError> {
+        let before = self.stats.calls();
+        // Instances: every managed one that is not terminated.
+        let mut raw = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_instances()
+                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .filters(Self::filter(
+                    "instance-state-name",
+                    &["pending", "running", "stopping", "stopped", "shutting-down"],
+                ))
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DescribeInstances", None, e))?;
+            for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = i.instance_id() else { continue };
+                raw.push(RawInstance {
+                    instance_id: id.to_string(),
+                    tags: tag_map(i.tags()),
+                    state: InstanceState::parse(
+                        i.state()
+                            .and_then(|s| s.name())
+                            .map(|n| n.as_str())
+                            .unwrap_or("unknown"),
+                    ),
+                    instance_type: i
+                        .instance_type()
+                        .map(|t| t.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                    private_ip: i.private_ip_address().map(str::to_string),
+                    data_volume: data_volume_id(i).map(|v| ObservedVolume {
+                        volume_id: v,
+                        size_gb: 0,
+                        snapshot_id: None,
+                    }),
+                });
+            }
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        // Data volumes: sizes and origins.
+        let mut volumes: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_volumes()
+                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .filters(Self::filter("attachment.device", &[DATA_DEVICE]))
+                .max_results(500)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DescribeVolumes", None, e))?;
+            for v in out.volumes() {
+                if let Some(id) = v.volume_id() {
+                    volumes.insert(
+                        id.to_string(),
+                        (
+                            v.size().unwrap_or(0).max(0) as u32,
+                            v.snapshot_id()
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_string),
+                        ),
+                    );
+                }
+            }
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        for r in &mut raw {
+            if let Some(v) = &mut r.data_volume
+                && let Some((size, snap)) = volumes.get(&v.volume_id)
+            {
+                v.size_gb = *size;
+                v.snapshot_id = snap.clone();
+            }
+        }
+        // Snapshots fleet took.
+        let mut snapshots = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DescribeSnapshots", None, e))?;
+            for s in out.snapshots() {
+                let t = tag_map(s.tags());
+                snapshots.push(SnapshotInfo {
+                    snapshot_id: s.snapshot_id().unwrap_or("").to_string(),
+                    coin: t.get(tags::COIN).cloned().unwrap_or_default(),
+                    zone: t.get(tags::ZONE).cloned().unwrap_or_default(),
+                    size_gb: s.volume_size().unwrap_or(0).max(0) as u32,
+                    started_ms: millis(s.start_time()),
+                    state: s.state().map(|s| s.as_str()).unwrap_or("").to_string(),
+                    reason: t.get(tags::REASON).cloned().unwrap_or_default(),
+                });
+            }
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        // Node records.
+        let domain = desired.fleet.internal_domain.as_str();
+        let mut dns = Vec::new();
+        let mut start: Option<(String, RrType)> = None;
+        loop {
+            let (name, ty) = match start.take() {
+                Some((n, t)) => (Some(n), Some(t)),
+                None => (None, None),
+            };
+            let out = self
+                .r53
+                .list_resource_record_sets()
+                .hosted_zone_id(desired.fleet.hosted_zone_id.as_str())
+                .max_items(300)
+                .set_start_record_name(name)
+                .set_start_record_type(ty)
+                .send()
+                .await
+                .map_err(|e| self.err("route53:ListResourceRecordSets", None, e))?;
+            dns.extend(
+                out.resource_record_sets()
+                    .iter()
+                    .filter_map(to_record)
+                    .filter(|r| tags::node_record_coin(&r.name, domain).is_some()),
+            );
+            match (
+                out.is_truncated(),
+                out.next_record_name(),
+                out.next_record_type(),
+            ) {
+                (true, Some(n), Some(t)) => start = Some((n.to_string(), t.clone())),
+                _ => break,
+            }
+        }
+        let calls = self.stats.calls() - before;
+        Ok(Observed::assemble(desired, raw, dns, snapshots, calls))
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError> {
+        let key = NodeKey::of(&spec.slot);
+        let index = key.index.to_string();
+        let existing = self
+            .ec2
+            .describe_instances()
+            .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+            .filters(Self::filter(&format!("tag:{}", tags::COIN), &[&key.coin]))
+            .filters(Self::filter(&format!("tag:{}", tags::ZONE), &[&key.zone]))
+            .filters(Self::filter(&format!("tag:{}", tags::INDEX), &[&index]))
+            .filters(Self::filter(
+                "instance-state-name",
+                &["pending", "running", "stopping", "stopped"],
+            ))
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeInstances", None, e))?;
+        let mut found: Vec<(String, Option<String>)> = existing
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| {
+                Some((
+                    i.instance_id()?.to_string(),
+                    i.private_ip_address().map(str::to_string),
+                ))
+            })
+            .collect();
+        found.sort();
+        let (id, ip, launched) = match found.into_iter().next() {
+            Some((id, ip)) => (id, ip, false),
+            None => {
+                let root_device = self
+                    .ec2
+                    .describe_images()
+                    .image_ids(&spec.ami)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:DescribeImages", None, e))?
+                    .images()
+                    .first()
+                    .and_then(|i| i.root_device_name())
+                    .map(str::to_string)
+                    .ok_or_else(|| ProviderError::Refused {
+                        reason: format!(
+                            "AMI {} not found in this region; check `node_ami` in fleet.yaml",
+                            spec.ami
+                        ),
+                    })?;
+                let mut tags_inst =
+                    TagSpecification::builder().resource_type(ResourceType::Instance);
+                let mut tags_vol = TagSpecification::builder().resource_type(ResourceType::Volume);
+                for (k, v) in &spec.tags {
+                    tags_inst = tags_inst.tags(Tag::builder().key(k).value(v).build());
+                    if k != "Name" && k != tags::VERSION {
+                        tags_vol = tags_vol.tags(Tag::builder().key(k).value(v).build());
+                    }
+                }
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let token = format!("fleet-{}-{}-{}-{nanos:x}", key.coin, key.zone, key.index);
+                let mut req = self
+                    .ec2
+                    .run_instances()
+                    .image_id(&spec.ami)
+                    .instance_type(aws_sdk_ec2::types::InstanceType::from(
+                        spec.instance_type.as_str(),
+                    ))
+                    .min_count(1)
+                    .max_count(1)
+                    .subnet_id(&spec.subnet_id)
+                    .iam_instance_profile(
+                        IamInstanceProfileSpecification::builder()
+                            .name(&spec.instance_profile)
+                            .build(),
+                    )
+                    .user_data(aws_smithy_types::base64::encode(spec.user_data.as_bytes()))
+                    .metadata_options(
+                        InstanceMetadataOptionsRequest::builder()
+                            .http_tokens(HttpTokensState::Required)
+                            .build(),
+                    )
+                    .block_device_mappings(
+                        BlockDeviceMapping::builder()
+                            .device_name(root_device)
+                            .ebs(
+                                EbsBlockDevice::builder()
+                                    .volume_size(spec.root_volume_gb as i32)
+                                    .volume_type(VolumeType::Gp3)
+                                    .delete_on_termination(true)
+                                    .encrypted(true)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .block_device_mappings(
+                        BlockDeviceMapping::builder()
+                            .device_name(DATA_DEVICE)
+                            .ebs(
+                                EbsBlockDevice::builder()
+                                    .volume_size(spec.data_volume_gb as i32)
+                                    .volume_type(VolumeType::Gp3)
+                                    // retire snapshots the volume before terminating.
+                                    .delete_on_termination(true)
+                                    .encrypted(true)
+                                    .set_snapshot_id(spec.snapshot_id.clone())
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .tag_specifications(tags_inst.build())
+                    .tag_specifications(tags_vol.build())
+                    .client_token(token.chars().take(64).collect::<String>());
+                for sg in &spec.security_groups {
+                    req = req.security_group_ids(sg);
+                }
+                let out = req
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:RunInstances", None, e))?;
+                let inst = out.instances().first().ok_or_else(|| ProviderError::Api {
+                    op: "ec2:RunInstances".into(),
+                    code: "bad-response".into(),
+                    message: "no instance in the response".into(),
+                    instance: None,
+                })?;
+                (
+                    inst.instance_id().unwrap_or("").to_string(),
+                    inst.private_ip_address().map(str::to_string),
+                    true,
+                )
+            }
+        };
+        let ip = match ip {
+            Some(ip) => ip,
+            None => self
+                .instance(&NodeRef {
+                    key: key.clone(),
+                    instance_id: id.clone(),
+                })
+                .await?
+                .private_ip_address()
+                .map(str::to_string)
+                .ok_or_else(|| ProviderError::Api {
+                    op: "ec2:DescribeInstances".into(),
+                    code: "no-address".into(),
+                    message: "the instance has no private address yet; the next pass retries"
+                        .into(),
+                    instance: Some(id.clone()),
+                })?,
+        };
+        let dns = self.upsert_record(&spec.dns, &ip).await?;
+        let outcome = if launched || dns == Outcome::Done {
+            Outcome::Done
+        } else {
+            Outcome::AlreadyDone
+        };
+        Ok((id, outcome))
+    }
+
+    async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
+        let command = restart_command(version)?;
+        let inst = self.instance(node).await?;
+        let t = tag_map(inst.tags());
+        if t.get(tags::VERSION).map(String::as_str) == Some(version.as_str())
+            && !t.contains_key(tags::PENDING)
+        {
+            return Ok(Outcome::AlreadyDone);
+        }
+        let pending = PendingStep {
+            step: "upgrade".into(),
+            target: version.to_string(),
+        }
+        .to_tag();
+        self.create_tags(&node.instance_id, &[(tags::PENDING, &pending)])
+            .await?;
+        self.run_command(node, &command, &format!("fleet: {} to {version}", node.key))
+            .await?;
+        self.create_tags(&node.instance_id, &[(tags::VERSION, version.as_str())])
+            .await?;
+        self.delete_tag(&node.instance_id, tags::PENDING).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
+        let inst = self.instance(node).await?;
+        let vol = data_volume_id(&inst).ok_or_else(|| ProviderError::Refused {
+            reason: format!("instance {} has no data volume", node.instance_id),
+        })?;
+        let out = self
+            .ec2
+            .describe_volumes()
+            .volume_ids(&vol)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeVolumes", Some(&node.instance_id), e))?;
+        let current = out
+            .volumes()
+            .first()
+            .and_then(|v| v.size())
+            .unwrap_or(0)
+            .max(0) as u32;
+        if size_gb < current {
+            return Err(ProviderError::Refused {
+                reason: format!(
+                    "volume {vol} of {} is {current} GB; shrinking to {size_gb} GB would lose chain data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
+                    node.key
+                ),
+            });
+        }
+        if size_gb == current {
+            return Ok(Outcome::AlreadyDone);
+        }
+        self.ec2
+            .modify_volume()
+            .volume_id(&vol)
+            .size(size_gb as i32)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:ModifyVolume", Some(&node.instance_id), e))?;
+        self.run_command(
+            node,
+            GROW_FS_COMMAND,
+            &format!("fleet: grow {} to {size_gb} GB", node.key),
+        )
+        .await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn change_instance_type(
+        &self,
+        node: &NodeRef,
+        instance_type: &InstanceType,
+    ) -> Result<Outcome, ProviderError> {
+        let inst = self.instance(node).await?;
+        let state = inst
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string());
+        let t = tag_map(inst.tags());
+        let current = inst.instance_type().map(|t| t.as_str()).unwrap_or("");
+        if current == instance_type.as_str()
+            && matches!(state.as_deref(), Some("running" | "pending"))
+            && !t.contains_key(tags::PENDING)
+        {
+            return Ok(Outcome::AlreadyDone);
+        }
+        let pending = PendingStep {
+            step: "change-type".into(),
+            target: instance_type.to_string(),
+        }
+        .to_tag();
+        self.create_tags(&node.instance_id, &[(tags::PENDING, &pending)])
+            .await?;
+        if state.as_deref() != Some("stopped") {
+            self.ec2
+                .stop_instances()
+                .instance_ids(&node.instance_id)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:StopInstances", Some(&node.instance_id), e))?;
+            self.wait_state(node, "stopped").await?;
+        }
+        if current != instance_type.as_str() {
+            self.ec2
+                .modify_instance_attribute()
+                .instance_id(&node.instance_id)
+                .instance_type(
+                    aws_sdk_ec2::types::AttributeValue::builder()
+                        .value(instance_type.as_str())
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&node.instance_id), e))?;
+        }
+        self.ec2
+            .start_instances()
+            .instance_ids(&node.instance_id)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:StartInstances", Some(&node.instance_id), e))?;
+        self.delete_tag(&node.instance_id, tags::PENDING).await?;
+        Ok(Outcome::Done)
+    }
+
+    async fn snapshot(&self, node: &NodeRef, reason: &str) -> Result<String, ProviderError> {
+        let inst = self.instance(node).await?;
+        self.snapshot_instance(node, &inst, reason)
+            .await?
+            .ok_or_else(|| ProviderError::Refused {
+                reason: format!(
+                    "instance {} has no data volume to snapshot",
+                    node.instance_id
+                ),
+            })
+    }
+
+    async fn retire(
+        &self,
+        node: &NodeRef,
+        hosted_zone_id: &str,
+        dns: &[DnsRecord],
+    ) -> Result<Option<String>, ProviderError> {
+        let mut snap = None;
+        match self.instance(node).await {
+            Ok(inst) => {
+                // Snapshot first: the data volume is deleted with the instance.
+                snap = self.snapshot_instance(node, &inst, "retire").await?;
+                self.ec2
+                    .terminate_instances()
+                    .instance_ids(&node.instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:TerminateInstances", Some(&node.instance_id), e))?;
+            }
+            Err(ProviderError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        for r in dns {
+            self.delete_dns(hosted_zone_id, r).await?;
+        }
+        Ok(snap)
+    }
+
+    async fn set_dns(&self, node: &NodeRef, target: &DnsTarget) -> Result<Outcome, ProviderError> {
+        let inst = self.instance(node).await?;
+        let ip = inst
+            .private_ip_address()
+            .ok_or_else(|| ProviderError::Api {
+                op: "ec2:DescribeInstances".into(),
+                code: "no-address".into(),
+                message: "the instance has no private address".into(),
+                instance: Some(node.instance_id.clone()),
+            })?
+            .to_string();
+        self.upsert_record(target, &ip).await
+    }
+
+    async fn delete_dns(
+        &self,
+        hosted_zone_id: &str,
+        record: &DnsRecord,
+    ) -> Result<Outcome, ProviderError> {
+        match self
+            .change_record(hosted_zone_id, ChangeAction::Delete, record)
+            .await
+        {
+            Ok(()) => Ok(Outcome::Done),
+            // Already gone (or changed since it was observed: the next pass sees it again).
+            Err(ProviderError::Api { code, .. }) if code == "InvalidChangeBatch" => {
+                Ok(Outcome::AlreadyDone)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}

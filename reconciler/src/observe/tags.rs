@@ -1,0 +1,137 @@
+//! The tags that record ownership, identity and version in AWS. They are the only record
+//! fleet keeps in AWS itself; ARCHITECTURE.md documents them for operators.
+//!
+//! | tag | on | value |
+//! |---|---|---|
+//! | `fleet:managed` | instance, volumes, snapshots | `true`: fleet owns it |
+//! | `fleet:coin` | instance, volumes, snapshots | coin name |
+//! | `fleet:zone` | instance, volumes, snapshots | availability zone |
+//! | `fleet:index` | instance, volumes, snapshots | index within the zone, from 1 |
+//! | `fleet:version` | instance | version running, written only after the start succeeded |
+//! | `fleet:pending` | instance | `<step>:<target>` while a step is under way |
+//! | `fleet:reason` | snapshots | why the snapshot was taken |
+//! | `Name` | instance | `node<N>.<coin>.<domain>` at launch |
+
+use super::{NodeKey, ObservedVersion, PendingStep};
+use fleet_repo_schema::values::Version;
+use fleet_repo_schema::{Coin, NodeSlot};
+use std::collections::BTreeMap;
+
+/// `true` on everything fleet owns.
+pub const MANAGED: &str = "fleet:managed";
+/// Coin name.
+pub const COIN: &str = "fleet:coin";
+/// Availability zone.
+pub const ZONE: &str = "fleet:zone";
+/// Index within the zone.
+pub const INDEX: &str = "fleet:index";
+/// Version running (after success only).
+pub const VERSION: &str = "fleet:version";
+/// A step under way.
+pub const PENDING: &str = "fleet:pending";
+/// Why a snapshot was taken.
+pub const REASON: &str = "fleet:reason";
+
+/// The tags of a new node: the coin's own tags, then fleet's (which win).
+pub fn for_node(coin: &Coin, slot: &NodeSlot) -> BTreeMap<String, String> {
+    let mut t: BTreeMap<String, String> = coin
+        .tags
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_str().to_string()))
+        .collect();
+    t.insert("Name".into(), slot.dns_name.clone());
+    t.insert(MANAGED.into(), "true".into());
+    t.insert(COIN.into(), slot.coin.to_string());
+    t.insert(ZONE.into(), slot.zone.to_string());
+    t.insert(INDEX.into(), slot.index.to_string());
+    t.insert(VERSION.into(), coin.version.to_string());
+    t
+}
+
+/// The identity in `tags`, or what is wrong with it.
+pub fn node_key(tags: &BTreeMap<String, String>) -> Result<NodeKey, String> {
+    let get = |k: &str| {
+        tags.get(k)
+            .map(String::as_str)
+            .ok_or_else(|| format!("tag {k} is missing"))
+    };
+    let coin = get(COIN)?;
+    let zone = get(ZONE)?;
+    let index_s = get(INDEX)?;
+    let index: u32 = index_s
+        .parse()
+        .map_err(|_| format!("tag {INDEX}={index_s:?} is not a number"))?;
+    if coin.is_empty() || zone.is_empty() {
+        return Err(format!("tag {COIN} or {ZONE} is empty"));
+    }
+    Ok(NodeKey {
+        coin: coin.to_string(),
+        zone: zone.to_string(),
+        index,
+    })
+}
+
+/// The version in `tags`: known only with a valid `fleet:version` and no step pending.
+pub fn version(tags: &BTreeMap<String, String>, pending: Option<&PendingStep>) -> ObservedVersion {
+    if let Some(p) = pending {
+        return ObservedVersion::Unknown {
+            reason: format!(
+                "step `{}` towards {} began and did not finish (tag {PENDING})",
+                p.step, p.target
+            ),
+        };
+    }
+    match tags.get(VERSION) {
+        None => ObservedVersion::Unknown {
+            reason: format!("tag {VERSION} is missing"),
+        },
+        Some(v) => match Version::parse(v) {
+            Ok(version) => ObservedVersion::Known { version },
+            Err(_) => ObservedVersion::Unknown {
+                reason: format!("tag {VERSION}={v:?} is not a valid version"),
+            },
+        },
+    }
+}
+
+/// Parse `node<N>.<coin>.<domain>` (no trailing dot): the coin, if the name is a node record.
+pub fn node_record_coin<'a>(name: &'a str, domain: &str) -> Option<&'a str> {
+    let rest = name.strip_suffix(domain)?.strip_suffix('.')?;
+    let (node, coin) = rest.split_once('.')?;
+    let n = node.strip_prefix("node")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || coin.contains('.') {
+        return None;
+    }
+    Some(coin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_records_are_recognised() {
+        assert_eq!(
+            node_record_coin("node1.bitcoin.internal", "internal"),
+            Some("bitcoin")
+        );
+        assert_eq!(node_record_coin("api.bitcoin.internal", "internal"), None);
+        assert_eq!(node_record_coin("node1.a.b.internal", "internal"), None);
+        assert_eq!(node_record_coin("node.bitcoin.internal", "internal"), None);
+        assert_eq!(
+            node_record_coin("node1.bitcoin.xinternal", "internal"),
+            None
+        );
+    }
+
+    #[test]
+    fn version_is_unknown_while_a_step_is_pending() {
+        let mut t = BTreeMap::new();
+        t.insert(VERSION.to_string(), "28.1".to_string());
+        assert!(version(&t, None).known().is_some());
+        let p = PendingStep::from_tag("upgrade:29.0");
+        assert!(version(&t, Some(&p)).known().is_none());
+        t.insert(VERSION.to_string(), "bad version".to_string());
+        assert!(version(&t, None).known().is_none());
+    }
+}

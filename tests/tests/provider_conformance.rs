@@ -1,0 +1,434 @@
+//! One conformance suite, two providers: every case runs against the simulator and against
+//! the AWS provider (real SDK) on moto server on loopback. The cases state, in words, what
+//! any provider must do; a provider that passes can sit behind the planner and executor.
+
+use fleet_repo_schema::values::{InstanceType, Version};
+use fleet_tests::world::{AwsWorld, Fault, SimWorld, TestWorld};
+use reconciler::observe::{
+    DnsRecord, InstanceState, LaunchSpec, NodeKey, NodeRef, Observed, ObservedNode, OrphanReason,
+    Outcome, ProviderError,
+};
+
+fn v(s: &str) -> Version {
+    Version::parse(s).unwrap()
+}
+
+/// The launch spec of bitcoin's node in `zone_idx` (0..3), index `index`.
+fn spec(w: &dyn TestWorld, coin: &str, zone_idx: usize, snapshot: Option<String>) -> LaunchSpec {
+    let d = w.desired();
+    let c = &d.coins[coin];
+    let slot = &c.nodes[zone_idx * c.nodes_per_zone as usize];
+    LaunchSpec::new(&d.fleet, c, slot, snapshot).expect("spec")
+}
+
+async fn observe(w: &dyn TestWorld) -> Observed {
+    w.provider().observe(w.desired()).await.expect("observe")
+}
+
+async fn launch(w: &dyn TestWorld, coin: &str, zone_idx: usize) -> NodeRef {
+    let s = spec(w, coin, zone_idx, None);
+    let (id, outcome) = w.provider().launch(&s).await.expect("launch");
+    assert_eq!(outcome, Outcome::Done);
+    NodeRef {
+        key: NodeKey::of(&s.slot),
+        instance_id: id,
+    }
+}
+
+fn node<'a>(o: &'a Observed, r: &NodeRef) -> &'a ObservedNode {
+    o.node(&r.key)
+        .unwrap_or_else(|| panic!("{} not observed: {o:#?}", r.key))
+}
+
+/// An empty fleet observes as empty, and observing costs a handful of calls.
+async fn observe_empty(w: &dyn TestWorld) {
+    let o = observe(w).await;
+    assert!(
+        o.nodes.is_empty() && o.orphans.is_empty() && o.dns.is_empty(),
+        "{o:#?}"
+    );
+    assert!((1..=10).contains(&o.api_calls), "calls: {}", o.api_calls);
+}
+
+/// A launched node is observed in its slot with its type, version, data volume and record.
+async fn launch_then_observe(w: &dyn TestWorld) {
+    let r = launch(w, "bitcoin", 1).await;
+    let o = observe(w).await;
+    let n = node(&o, &r);
+    assert_eq!(n.instance_id, r.instance_id);
+    assert_eq!(n.key.zone, "eu-central-1b");
+    assert!(
+        matches!(n.state, InstanceState::Pending | InstanceState::Running),
+        "{:?}",
+        n.state
+    );
+    assert_eq!(n.instance_type, "c5.xlarge");
+    assert_eq!(n.version.known(), Some(&v("28.1")));
+    assert_eq!(n.pending, None);
+    let vol = n.data_volume.as_ref().expect("data volume");
+    assert_eq!(vol.size_gb, 1000);
+    assert_eq!(vol.snapshot_id, None);
+    assert_eq!(n.dns_names, vec!["node2.bitcoin.internal".to_string()]);
+    assert_eq!(o.dns.len(), 1);
+    assert_eq!(o.dns[0].values, vec![n.private_ip.clone().unwrap()]);
+    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+}
+
+/// Launching a slot that already has a node launches nothing.
+async fn launch_is_idempotent(w: &dyn TestWorld) {
+    let r = launch(w, "litecoin", 0).await;
+    let s = spec(w, "litecoin", 0, None);
+    let (again, outcome) = w.provider().launch(&s).await.unwrap();
+    assert_eq!(
+        (again.as_str(), outcome),
+        (r.instance_id.as_str(), Outcome::AlreadyDone)
+    );
+    let o = observe(w).await;
+    assert_eq!(o.nodes.len(), 1);
+    assert!(o.orphans.is_empty());
+}
+
+/// A node launched from a snapshot has its data volume created from it.
+async fn launch_restores_from_snapshot(w: &dyn TestWorld) {
+    let first = launch(w, "bitcoin", 0).await;
+    let snap = w.provider().snapshot(&first, "seed").await.unwrap();
+    let o = observe(w).await;
+    let latest = o
+        .latest_snapshot("bitcoin", "eu-central-1a")
+        .expect("snapshot observed");
+    assert_eq!(latest.snapshot_id, snap);
+    assert_eq!((latest.size_gb, latest.reason.as_str()), (1000, "seed"));
+    let s = spec(w, "bitcoin", 1, Some(snap.clone()));
+    let (id, _) = w.provider().launch(&s).await.unwrap();
+    let o = observe(w).await;
+    let n = o.node(&NodeKey::of(&s.slot)).unwrap();
+    assert_eq!(n.instance_id, id);
+    assert_eq!(
+        n.data_volume.as_ref().unwrap().snapshot_id.as_deref(),
+        Some(snap.as_str())
+    );
+}
+
+/// An upgrade sends exactly one command, to exactly that instance, then records the version;
+/// repeating it sends nothing.
+async fn upgrade_targets_one_instance(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    let b = launch(w, "dogecoin", 1).await;
+    assert_eq!(
+        w.provider().upgrade(&a, &v("1.14.10")).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        w.commands(),
+        vec![(
+            a.instance_id.clone(),
+            "systemctl stop 'node@*' && systemctl start 'node@1.14.10'".to_string()
+        )]
+    );
+    let o = observe(w).await;
+    assert_eq!(node(&o, &a).version.known(), Some(&v("1.14.10")));
+    assert_eq!(node(&o, &b).version.known(), Some(&v("1.14.9")));
+    assert_eq!(
+        w.provider().upgrade(&a, &v("1.14.10")).await.unwrap(),
+        Outcome::AlreadyDone
+    );
+    assert_eq!(w.commands().len(), 1, "no second restart");
+}
+
+/// A failed command surfaces its stderr and leaves the node's version unknown, not guessed;
+/// a retry converges.
+async fn failed_command_leaves_version_unknown(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 1).await;
+    w.inject(Fault::CommandFails {
+        stderr: "Error response from daemon: pull access denied for coin-daemons/dogecoin".into(),
+    });
+    match w.provider().upgrade(&a, &v("1.14.10")).await {
+        Err(ProviderError::CommandFailed {
+            instance, stderr, ..
+        }) => {
+            assert_eq!(instance, a.instance_id);
+            assert!(stderr.contains("pull access denied"), "{stderr}");
+        }
+        other => panic!("expected CommandFailed, got {other:?}"),
+    }
+    let o = observe(w).await;
+    let n = node(&o, &a);
+    assert_eq!(n.version.known(), None, "{:?}", n.version);
+    assert_eq!(
+        n.pending.as_ref().map(|p| p.to_tag()),
+        Some("upgrade:1.14.10".into())
+    );
+    w.clear_faults();
+    assert_eq!(
+        w.provider().upgrade(&a, &v("1.14.10")).await.unwrap(),
+        Outcome::Done
+    );
+    let o = observe(w).await;
+    assert_eq!(node(&o, &a).version.known(), Some(&v("1.14.10")));
+    assert_eq!(node(&o, &a).pending, None);
+}
+
+/// A crash between the pending mark and the command: the node reads as unknown, and the next
+/// attempt completes it.
+async fn crash_between_steps_converges(w: &dyn TestWorld) {
+    let a = launch(w, "monero", 0).await;
+    w.inject(Fault::FailOp {
+        op: "SendCommand",
+        times: 1,
+    });
+    assert!(w.provider().upgrade(&a, &v("0.18.4.0")).await.is_err());
+    let o = observe(w).await;
+    assert_eq!(node(&o, &a).version.known(), None);
+    assert!(w.commands().is_empty(), "the command never left");
+    assert_eq!(
+        w.provider().upgrade(&a, &v("0.18.4.0")).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        node(&observe(w).await, &a).version.known(),
+        Some(&v("0.18.4.0"))
+    );
+
+    // A launch that dies after RunInstances, before its DNS record: retrying it finds the
+    // instance, creates the record, and launches nothing twice.
+    w.inject(Fault::FailOp {
+        op: "ChangeResourceRecordSets",
+        times: 1,
+    });
+    let s = spec(w, "monero", 1, None);
+    assert!(w.provider().launch(&s).await.is_err());
+    let (id, outcome) = w.provider().launch(&s).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    let o = observe(w).await;
+    let n = o.node(&NodeKey::of(&s.slot)).unwrap();
+    assert_eq!(n.instance_id, id);
+    assert_eq!(n.dns_names, vec![s.dns.name.clone()]);
+    assert_eq!(o.nodes.len(), 2);
+    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+}
+
+/// Volumes grow (and the file system with them); shrinking is refused and changes nothing.
+async fn grow_volume_never_shrinks(w: &dyn TestWorld) {
+    let a = launch(w, "litecoin", 1).await;
+    assert_eq!(
+        w.provider().grow_volume(&a, 400).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        w.commands(),
+        vec![(
+            a.instance_id.clone(),
+            "xfs_growfs -d /node-data".to_string()
+        )]
+    );
+    assert_eq!(
+        w.provider().grow_volume(&a, 400).await.unwrap(),
+        Outcome::AlreadyDone
+    );
+    match w.provider().grow_volume(&a, 100).await {
+        Err(ProviderError::Refused { reason }) => assert!(reason.contains("shrink"), "{reason}"),
+        other => panic!("shrink must be refused, got {other:?}"),
+    }
+    let o = observe(w).await;
+    assert_eq!(node(&o, &a).data_volume.as_ref().unwrap().size_gb, 400);
+}
+
+/// Changing the instance type stops, modifies and starts; a stop that is interrupted before
+/// the start converges on the next attempt.
+async fn change_instance_type(w: &dyn TestWorld) {
+    let a = launch(w, "ethereum", 0).await;
+    let big = InstanceType::parse("m6i.4xlarge").unwrap();
+    w.inject(Fault::FailOp {
+        op: "StartInstances",
+        times: 1,
+    });
+    assert!(w.provider().change_instance_type(&a, &big).await.is_err());
+    let o = observe(w).await;
+    let n = node(&o, &a);
+    assert_eq!(n.state, InstanceState::Stopped);
+    assert_eq!(
+        n.pending.as_ref().map(|p| p.step.as_str()),
+        Some("change-type")
+    );
+    assert_eq!(
+        w.provider().change_instance_type(&a, &big).await.unwrap(),
+        Outcome::Done
+    );
+    let o = observe(w).await;
+    let n = node(&o, &a);
+    assert_eq!(n.instance_type, "m6i.4xlarge");
+    assert!(
+        matches!(n.state, InstanceState::Pending | InstanceState::Running),
+        "{:?}",
+        n.state
+    );
+    assert_eq!(n.pending, None);
+    assert_eq!(n.version.known(), Some(&v("1.14.12")));
+    assert_eq!(
+        w.provider().change_instance_type(&a, &big).await.unwrap(),
+        Outcome::AlreadyDone
+    );
+}
+
+/// Retiring snapshots the data volume first, terminates, removes the record; retiring again
+/// is harmless.
+async fn retire_snapshots_first(w: &dyn TestWorld) {
+    let a = launch(w, "iota", 1).await;
+    let o = observe(w).await;
+    let dns: Vec<DnsRecord> = o.dns.clone();
+    assert_eq!(dns.len(), 1);
+    let hz = w.desired().fleet.hosted_zone_id.to_string();
+    let snap = w
+        .provider()
+        .retire(&a, &hz, &dns)
+        .await
+        .unwrap()
+        .expect("snapshot");
+    let o = observe(w).await;
+    assert!(o.node(&a.key).is_none());
+    assert!(o.dns.is_empty(), "{:?}", o.dns);
+    let s = o
+        .snapshots
+        .iter()
+        .find(|s| s.snapshot_id == snap)
+        .expect("retire snapshot observed");
+    assert_eq!(
+        (s.coin.as_str(), s.zone.as_str(), s.reason.as_str()),
+        ("iota", "eu-central-1b", "retire")
+    );
+    assert_eq!(w.provider().retire(&a, &hz, &dns).await.unwrap(), None);
+    assert!(matches!(
+        w.provider().upgrade(&a, &v("2.0.3")).await,
+        Err(ProviderError::NotFound { .. })
+    ));
+}
+
+/// Managed things the desired state does not account for are reported as orphans.
+async fn orphans_are_reported(w: &dyn TestWorld) {
+    let d = w.desired();
+    // A node in a slot beyond the coin's count (dogecoin has 1 per zone).
+    let c = &d.coins["dogecoin"];
+    let mut slot = c.nodes[0].clone();
+    slot.index = 3;
+    slot.dns_name = "node9.dogecoin.internal".into();
+    let s = LaunchSpec::new(&d.fleet, c, &slot, None).unwrap();
+    let (extra, _) = w.provider().launch(&s).await.unwrap();
+    // A node whose record stays behind after it is retired.
+    let gone = launch(w, "litecoin", 1).await;
+    let hz = d.fleet.hosted_zone_id.to_string();
+    w.provider().retire(&gone, &hz, &[]).await.unwrap();
+    // A node of a coin the repo no longer has: observe with bitcoin removed.
+    let btc = launch(w, "bitcoin", 0).await;
+    let mut without = d.clone();
+    without.coins.remove("bitcoin");
+    let o = w.provider().observe(&without).await.unwrap();
+    let reasons: Vec<(Option<String>, OrphanReason)> = o
+        .orphans
+        .iter()
+        .map(|x| {
+            (
+                x.node.as_ref().map(|n| n.instance_id.clone()),
+                x.reason.clone(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons.contains(&(
+            Some(extra.clone()),
+            OrphanReason::IndexBeyondCount { nodes_per_zone: 1 }
+        )),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&(Some(btc.instance_id.clone()), OrphanReason::UnknownCoin)),
+        "{reasons:?}"
+    );
+    let stray: Vec<&str> = o
+        .orphans
+        .iter()
+        .filter(|x| x.reason == OrphanReason::StrayDns)
+        .filter_map(|x| x.dns.as_ref().map(|r| r.name.as_str()))
+        .collect();
+    let gone_name = spec(w, "litecoin", 1, None).dns.name;
+    assert_eq!(stray, vec![gone_name.as_str()]);
+    assert!(o.nodes.is_empty(), "{:#?}", o.nodes);
+}
+
+/// Throttling that stops within the retry budget is invisible except in the attempt count;
+/// throttling that does not stop is a clear error.
+async fn throttling(w: &dyn TestWorld) {
+    let before = w.attempts();
+    w.inject(Fault::Throttle {
+        op: Some("DescribeInstances"),
+        times: 2,
+    });
+    let o = observe(w).await;
+    assert!(o.nodes.is_empty());
+    assert!(
+        w.attempts() - before >= o.api_calls + 2,
+        "retries are attempts"
+    );
+    w.inject(Fault::Throttle {
+        op: Some("DescribeInstances"),
+        times: 1000,
+    });
+    match w.provider().observe(w.desired()).await {
+        Err(ProviderError::Throttled { op, attempts, .. }) => {
+            assert!(op.contains("DescribeInstances"), "{op}");
+            assert_eq!(attempts, 5);
+        }
+        other => panic!("expected Throttled, got {other:?}"),
+    }
+    w.clear_faults();
+    assert!(w.provider().observe(w.desired()).await.is_ok());
+}
+
+/// A version that could smuggle shell never reaches the provider: `Version` cannot hold it,
+/// and the command builder checks again.
+async fn versions_are_checked_before_the_shell(w: &dyn TestWorld) {
+    for bad in ["1.0; reboot", "$(curl x)", "1.0 && rm", "`id`"] {
+        assert!(Version::parse(bad).is_err(), "{bad}");
+    }
+    let _ = w;
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sim {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let w = SimWorld::new();
+                    super::$case(&w).await;
+                }
+            )*
+        }
+        mod aws {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let w = AwsWorld::new(concat!("conformance::", stringify!($case))).await;
+                    super::$case(&w).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    observe_empty,
+    launch_then_observe,
+    launch_is_idempotent,
+    launch_restores_from_snapshot,
+    upgrade_targets_one_instance,
+    failed_command_leaves_version_unknown,
+    crash_between_steps_converges,
+    grow_volume_never_shrinks,
+    change_instance_type,
+    retire_snapshots_first,
+    orphans_are_reported,
+    throttling,
+    versions_are_checked_before_the_shell,
+);
