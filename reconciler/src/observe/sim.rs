@@ -514,8 +514,10 @@ impl World {
         );
         let n = self.next_id;
         let private_ip = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+        // A seeded node has been up long enough to answer; a launched one boots first.
+        let settled = now.saturating_sub(self.params(spec.slot.coin.as_str()).start_delay_ms);
         let running_at_ms = if running {
-            now
+            settled
         } else {
             now + self.config.boot_ms
         };
@@ -533,12 +535,7 @@ impl World {
                 data_volume: Some(vol),
                 daemon: Daemon {
                     version: Some(spec.version.to_string()),
-                    started_ms: if running {
-                        // In sync already: as if started long ago.
-                        now.saturating_sub(self.params(spec.slot.coin.as_str()).start_delay_ms)
-                    } else {
-                        running_at_ms
-                    },
+                    started_ms: running_at_ms,
                     start_height: height,
                     stopped: false,
                 },

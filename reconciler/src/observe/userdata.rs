@@ -60,6 +60,30 @@ fn systemd_quote(s: &str) -> String {
     out
 }
 
+/// Replace each `{{NAME}}` of `template` in one pass, so that a value that happens to contain
+/// `{{…}}` is never expanded itself.
+fn substitute(template: &str, values: &[(&str, &str)]) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 1024);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "unterminated {{ in the template".to_string())?;
+        let name = &after[..end];
+        let value = values
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("the template names an unknown value {{{{{name}}}}}"))?;
+        out.push_str(value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Render the user data of `slot`.
 pub fn render(fleet: &Fleet, coin: &Coin, slot: &NodeSlot) -> Result<String, RenderError> {
     let node = slot.dns_name.clone();
@@ -121,17 +145,17 @@ pub fn render(fleet: &Fleet, coin: &Coin, slot: &NodeSlot) -> Result<String, Ren
         container.push_str(&format!("{}={}\n", k.as_str(), v.as_str()));
     }
 
-    let out = TEMPLATE
-        .replace("{{COIN}}", &shell_quote(coin.name.as_str()))
-        .replace("{{VERSION}}", &shell_quote(version.as_str()))
-        .replace("{{NODE_NAME}}", &shell_quote(&node))
-        .replace(
-            "{{SECRET_ID}}",
-            &shell_quote(coin.secrets.as_ref().map(|s| s.as_str()).unwrap_or("")),
-        )
-        .replace("{{HOST_ENV}}", host.trim_end())
-        .replace("{{CONTAINER_ENV}}", container.trim_end())
-        .replace("{{NODE_UNIT}}", NODE_UNIT.trim_end());
+    let secret = shell_quote(coin.secrets.as_ref().map(|s| s.as_str()).unwrap_or(""));
+    let values: [(&str, &str); 7] = [
+        ("COIN", &shell_quote(coin.name.as_str())),
+        ("VERSION", &shell_quote(version.as_str())),
+        ("NODE_NAME", &shell_quote(&node)),
+        ("SECRET_ID", &secret),
+        ("HOST_ENV", host.trim_end()),
+        ("CONTAINER_ENV", container.trim_end()),
+        ("NODE_UNIT", NODE_UNIT.trim_end()),
+    ];
+    let out = substitute(TEMPLATE, &values).map_err(bad)?;
     let _ = fleet;
     if out.len() > MAX_USER_DATA {
         return Err(RenderError::TooLarge {
@@ -150,6 +174,13 @@ mod tests {
     fn shell_quote_survives_quotes() {
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn substitution_is_one_pass() {
+        let out = substitute("a={{A}} b={{B}}", &[("A", "{{B}}"), ("B", "x")]).unwrap();
+        assert_eq!(out, "a={{B}} b=x");
+        assert!(substitute("{{C}}", &[]).is_err());
     }
 
     #[test]
