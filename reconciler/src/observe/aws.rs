@@ -948,6 +948,52 @@ impl Provider for AwsProvider {
             .send()
             .await
             .map_err(|e| self.err("ec2:ModifyVolume", Some(&node.instance_id), e))?;
+        // The instance sees the new size only once the modification is `optimizing` (or done);
+        // growing the file system before that would grow nothing.
+        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+        loop {
+            let out = self
+                .ec2
+                .describe_volumes_modifications()
+                .volume_ids(&vol)
+                .send()
+                .await
+                .map_err(|e| {
+                    self.err(
+                        "ec2:DescribeVolumesModifications",
+                        Some(&node.instance_id),
+                        e,
+                    )
+                })?;
+            let state = out
+                .volumes_modifications()
+                .iter()
+                .filter(|m| m.target_size() == Some(size_gb as i32))
+                .filter_map(|m| m.modification_state())
+                .map(|s| s.as_str().to_string())
+                .next();
+            match state.as_deref() {
+                Some("optimizing" | "completed") => break,
+                Some("failed") => {
+                    return Err(ProviderError::Api {
+                        op: "ec2:ModifyVolume".into(),
+                        code: "ModificationFailed".into(),
+                        message: format!("growing {vol} to {size_gb} GB failed"),
+                        instance: Some(node.instance_id.clone()),
+                    });
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::Api {
+                    op: "ec2:DescribeVolumesModifications".into(),
+                    code: "timeout".into(),
+                    message: format!("{vol} did not reach `optimizing` within the bound"),
+                    instance: Some(node.instance_id.clone()),
+                });
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+        }
         self.run_command(
             node,
             GROW_FS_COMMAND,

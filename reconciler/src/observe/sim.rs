@@ -866,6 +866,7 @@ impl Provider for SimProvider {
             if let Some(v) = w.volumes.get_mut(&vol_id) {
                 v.size_gb = size_gb;
             }
+            w.call("DescribeVolumesModifications")?;
             w.run_command(node, GROW_FS_COMMAND, now)?;
             Ok(Outcome::Done)
         })
