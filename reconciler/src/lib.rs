@@ -1,9 +1,9 @@
 //! # reconciler
 //!
 //! The engine of fleet and its `fleet` command: the command-line interface, the clock, the
-//! providers that observe and change the fleet (`observe`: `aws` and `sim`) and node health.
-//! The git source, planner, executor, probes, store and HTTP server join it as their issues
-//! land (see ARCHITECTURE.md).
+//! providers that observe and change the fleet (`observe`: `aws` and `sim`), node health
+//! (`health`: probes and the gate), the planner (`plan`), the executor (`apply`) and its
+//! journal (`store`). The git source and HTTP server join it with issue 5 (see ARCHITECTURE.md).
 
 pub mod cli;
 pub mod clock;
