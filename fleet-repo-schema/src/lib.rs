@@ -22,6 +22,7 @@ pub mod diag;
 pub mod files;
 pub mod load;
 pub mod schema;
+pub mod semver;
 pub mod tree;
 pub mod values;
 pub mod yaml;

@@ -54,6 +54,32 @@ enum Command {
     /// `# yaml-language-server: $schema=../schema/coin.schema.json`.
     /// Write both schemas into the fleet repository with `fleet schema --out schema/`.
     Schema(SchemaArgs),
+    /// Show what fleet would change to make the fleet match the repository, and why.
+    ///
+    /// Observes the fleet (AWS, or the simulator kept in --state-dir) and prints, per coin
+    /// and availability zone in rollout order, each step with its reason, the waves
+    /// `max_unavailable` allows, which coins need an approval, what fleet refuses to do
+    /// (shrinking a volume, a zone without a subnet…) and a rough duration. Changes nothing.
+    ///
+    /// Exit status: 0 success (with --detailed-exitcode: no changes), 1 error or a refused
+    /// change, 2 with --detailed-exitcode: there are changes.
+    Plan(PlanArgs),
+    /// Carry out the plan: zone by zone, each zone gated on its nodes being back in sync.
+    ///
+    /// Shows the plan and asks for confirmation (answering `yes` also approves the coins
+    /// whose policy needs an approval, recorded in the journal as cli:<user>), then applies
+    /// it with live progress. Ctrl-C stops between steps, never in the middle of one; run
+    /// apply again to continue.
+    ///
+    /// Exit status: 0 every coin completed, 1 a coin failed, was refused or cancelled.
+    Apply(ApplyArgs),
+    /// Watch fleet reconcile the example fleet in a simulator, in accelerated time.
+    ///
+    /// The example fleet repository (6 coins, 18 nodes, 3 zones) is compiled in. Its nodes
+    /// start at older versions in a simulated AWS; fleet plans, then upgrades them zone by
+    /// zone, moving to the next zone only when the last is in sync with its chain and has
+    /// baked. No AWS account, no network.
+    Demo(DemoArgs),
     /// Print a shell completion script.
     ///
     /// bash: `fleet completions bash > /etc/bash_completion.d/fleet`;
@@ -67,7 +93,7 @@ enum Command {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     /// Compiler-style messages with source lines.
     Human,
     /// One JSON document, for tools.
@@ -75,7 +101,7 @@ enum Format {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ColorChoice {
+pub(crate) enum ColorChoice {
     /// Color when printing to a terminal and NO_COLOR is unset.
     Auto,
     /// Always color.
@@ -101,6 +127,74 @@ struct ValidateArgs {
     /// Explain an error code (e.g. E303) and exit; `--explain all` lists every code.
     #[arg(long, value_name = "CODE")]
     explain: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProviderKind {
+    /// The built-in simulator, kept in --state-dir (no AWS account needed).
+    Sim,
+    /// AWS: EC2, EBS, Route53 and SSM through the standard credential chain.
+    Aws,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorldArgs {
+    /// Root of the fleet repository (the directory holding fleet.yaml).
+    #[arg(long, default_value = ".")]
+    pub(crate) repo: PathBuf,
+    /// Where the fleet is observed and changed.
+    #[arg(long, value_enum, default_value_t = ProviderKind::Sim)]
+    pub(crate) provider: ProviderKind,
+    /// fleet's own state: the journal (approvals, bakes, history) and, with --provider sim,
+    /// the simulated fleet.
+    #[arg(long, value_name = "DIR", default_value = ".fleet")]
+    pub(crate) state_dir: PathBuf,
+    /// With --provider aws: send every AWS call to this endpoint (an emulator).
+    #[arg(long, value_name = "URL")]
+    pub(crate) aws_endpoint: Option<String>,
+    /// With --provider sim: run the simulated clock this many times faster than real time.
+    #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+    pub(crate) sim_speed: f64,
+    /// When to use colors.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub(crate) color: ColorChoice,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    pub(crate) world: WorldArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub(crate) format: Format,
+    /// Exit 2 when there are changes, 0 when there are none (1 stays error).
+    #[arg(long)]
+    pub(crate) detailed_exitcode: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ApplyArgs {
+    #[command(flatten)]
+    pub(crate) world: WorldArgs,
+    /// Do not ask: apply, and approve the coins that need it, as the plan shows.
+    #[arg(long)]
+    pub(crate) yes: bool,
+    /// Coins rolled out at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub(crate) parallel: usize,
+    /// Seconds (of the provider's clock) between health readings.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub(crate) poll: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// How many times faster than real time the simulated fleet runs.
+    #[arg(long, value_name = "FACTOR", default_value_t = 200.0)]
+    pub(crate) speed: f64,
+    /// When to use colors.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    pub(crate) color: ColorChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +245,9 @@ pub fn run(
     let result = match cli.command {
         Command::Validate(a) => validate(&a, out, color),
         Command::Schema(a) => write_schema(&a, out),
+        Command::Plan(a) => crate::cli_apply::plan_cmd(&a, out, err, color),
+        Command::Apply(a) => crate::cli_apply::apply_cmd(&a, out, err, color),
+        Command::Demo(a) => crate::cli_apply::demo_cmd(&a, out, color),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "fleet", out);
             Ok(EXIT_OK)
@@ -253,7 +350,7 @@ fn validate(a: &ValidateArgs, out: &mut dyn Write, tty: bool) -> anyhow::Result<
     })
 }
 
-fn open_repo(path: &Path) -> anyhow::Result<DirTree> {
+pub(crate) fn open_repo(path: &Path) -> anyhow::Result<DirTree> {
     DirTree::new(path).map_err(|e| {
         anyhow::anyhow!(
             "cannot open fleet repository {}: {e}\nhint: give the directory that holds fleet.yaml",

@@ -1,17 +1,50 @@
 //! Time, passed in. Nothing in the engine reads the system clock directly: the simulator
 //! runs on a [`ManualClock`] in tests and on a [`ScaledClock`] in the demo.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 
-/// A source of the current time.
+/// A future that completes after a clock's duration.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A source of the current time, and of waiting on it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now, in unix milliseconds.
     fn now_ms(&self) -> Millis;
+    /// Wait `ms` of this clock's time (real time by default).
+    fn sleep(&self, ms: u64) -> Sleep {
+        Box::pin(tokio::time::sleep(Duration::from_millis(ms)))
+    }
+}
+
+/// Tokio's time from `start`: with tokio's paused time (tests, the rollout benchmark) waits
+/// cost nothing and coins waiting in parallel share one timeline exactly.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    start: Millis,
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Starts at `start` now. Call inside a tokio runtime.
+    pub fn new(start: Millis) -> TokioClock {
+        TokioClock {
+            start,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> Millis {
+        self.start + self.origin.elapsed().as_millis() as u64
+    }
 }
 
 /// The system clock.
@@ -50,6 +83,12 @@ impl Clock for ManualClock {
     fn now_ms(&self) -> Millis {
         self.0.load(Ordering::SeqCst)
     }
+    /// Moves the clock forward by `ms` at once (one waiter at a time: with several tasks
+    /// waiting in parallel use [`TokioClock`] under paused time instead).
+    fn sleep(&self, ms: u64) -> Sleep {
+        self.advance_ms(ms);
+        Box::pin(tokio::task::yield_now())
+    }
 }
 
 /// Real time sped up `factor` times from `start` (the demo's accelerated time).
@@ -74,5 +113,9 @@ impl ScaledClock {
 impl Clock for ScaledClock {
     fn now_ms(&self) -> Millis {
         self.start + (self.origin.elapsed().as_secs_f64() * 1000.0 * self.factor) as u64
+    }
+    fn sleep(&self, ms: u64) -> Sleep {
+        let real = Duration::from_secs_f64(ms as f64 / 1000.0 / self.factor.max(1e-9));
+        Box::pin(tokio::time::sleep(real))
     }
 }

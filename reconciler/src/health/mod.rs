@@ -16,7 +16,7 @@ use crate::clock::Millis;
 use crate::observe::NodeKey;
 use crate::observe::sim::SimProvider;
 use async_trait::async_trait;
-use fleet_repo_schema::HealthSpec;
+use fleet_repo_schema::desired::HealthSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fmt;
@@ -216,7 +216,11 @@ impl fmt::Display for GateFailure {
                 target,
                 after_ms,
             } => {
-                write!(f, "not in sync after {} (sync_timeout)", human_ms(*after_ms))?;
+                write!(
+                    f,
+                    "not in sync after {} (sync_timeout)",
+                    human_ms(*after_ms)
+                )?;
                 match (height, target) {
                     (Some(h), Some(t)) => write!(f, ": at {h} of {t}"),
                     (Some(h), None) => write!(f, ": at {h}"),

@@ -912,6 +912,34 @@ impl Provider for AwsProvider {
         Ok(Outcome::Done)
     }
 
+    async fn confirm_version(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+    ) -> Result<bool, ProviderError> {
+        let command = is_active_command(version)?;
+        let inst = self.instance(node).await?;
+        let t = tag_map(inst.tags());
+        if t.get(tags::VERSION).map(String::as_str) == Some(version.as_str())
+            && !t.contains_key(tags::PENDING)
+        {
+            return Ok(true);
+        }
+        match self
+            .run_command(node, &command, &format!("fleet: is node@{version} active"))
+            .await
+        {
+            Ok(_) => {}
+            // `systemctl is-active` exits 3 when the unit is not active.
+            Err(ProviderError::CommandFailed { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.create_tags(&node.instance_id, &[(tags::VERSION, version.as_str())])
+            .await?;
+        self.delete_tag(&node.instance_id, tags::PENDING).await?;
+        Ok(true)
+    }
+
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
         let inst = self.instance(node).await?;
         let vol = data_volume_id(&inst).ok_or_else(|| ProviderError::Refused {

@@ -176,6 +176,10 @@ pub struct ObservedNode {
     pub instance_type: String,
     /// The version it runs.
     pub version: ObservedVersion,
+    /// The version recorded in `fleet:version`, even while a step is pending (during a
+    /// `change-type` the daemon keeps running this version).
+    #[serde(default)]
+    pub recorded_version: Option<Version>,
     /// A step that began and has not finished.
     pub pending: Option<PendingStep>,
     /// Private IPv4 address (what the DNS record points at; never dialled by tests).
@@ -428,12 +432,17 @@ impl RawInstance {
             .get(tags::PENDING)
             .map(|v| PendingStep::from_tag(v));
         let version = tags::version(&self.tags, pending.as_ref());
+        let recorded_version = self
+            .tags
+            .get(tags::VERSION)
+            .and_then(|v| Version::parse(v).ok());
         ObservedNode {
             key,
             instance_id: self.instance_id,
             state: self.state,
             instance_type: self.instance_type,
             version,
+            recorded_version,
             pending,
             private_ip: self.private_ip,
             data_volume: self.data_volume,
@@ -634,6 +643,17 @@ pub trait Provider: Send + Sync {
     /// node@<version>` via SSM), then record the version. No-op when it already runs it.
     async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError>;
 
+    /// After a crash in the middle of an upgrade to `version` (the node's `fleet:pending` is
+    /// `upgrade:<version>`, its version unknown): ask the node whether `node@<version>` is
+    /// active (`systemctl is-active`, via SSM). If it is, record the version and clear the
+    /// marker without restarting anything and return true; otherwise change nothing and
+    /// return false (the caller then upgrades). True at once when the version is recorded.
+    async fn confirm_version(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+    ) -> Result<bool, ProviderError>;
+
     /// Grow the data volume to `size_gb` and the file system with it. Refuses to shrink.
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError>;
 
@@ -683,6 +703,13 @@ pub fn restart_command(version: &Version) -> Result<String, ProviderError> {
     Ok(format!(
         "systemctl stop 'node@*' && systemctl start 'node@{v}'"
     ))
+}
+
+/// The shell command that succeeds exactly when `node@<version>` is active; the version is
+/// checked as in [`restart_command`].
+pub fn is_active_command(version: &Version) -> Result<String, ProviderError> {
+    restart_command(version)?;
+    Ok(format!("systemctl is-active --quiet 'node@{version}'"))
 }
 
 /// The command that grows the data file system after its volume grew (xfs, mounted at

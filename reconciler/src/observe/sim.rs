@@ -843,6 +843,47 @@ impl Provider for SimProvider {
         })
     }
 
+    async fn confirm_version(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+    ) -> Result<bool, ProviderError> {
+        let command = is_active_command(version)?;
+        self.with(|w, now| {
+            w.call("DescribeInstances")?;
+            let i = w.live(node)?;
+            if i.tags.get(tags::VERSION).map(String::as_str) == Some(version.as_str())
+                && !i.tags.contains_key(tags::PENDING)
+            {
+                return Ok(true);
+            }
+            let active = !i.stopped
+                && !i.daemon.stopped
+                && i.daemon.version.as_deref() == Some(version.as_str());
+            // The command's answer is the daemon's real state; injected command failures
+            // (FailCommand) are for commands that change something, so not consumed here.
+            w.call("SendCommand")?;
+            w.call("GetCommandInvocation")?;
+            w.commands.push(CommandRecord {
+                at_ms: now,
+                instance_id: node.instance_id.clone(),
+                key: node.key.clone(),
+                command,
+                ok: active,
+            });
+            if !active {
+                return Ok(false);
+            }
+            w.call("CreateTags")?;
+            w.live_mut(node)?
+                .tags
+                .insert(tags::VERSION.into(), version.to_string());
+            w.call("DeleteTags")?;
+            w.live_mut(node)?.tags.remove(tags::PENDING);
+            Ok(true)
+        })
+    }
+
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
         self.with(|w, now| {
             w.call("DescribeInstances")?;

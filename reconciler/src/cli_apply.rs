@@ -1,0 +1,444 @@
+//! `fleet plan`, `fleet apply` and `fleet demo`: the commands that observe and change a fleet.
+
+use crate::apply::{ApplyReport, Event, ExecOptions, Executor, Notifier, approval_version};
+use crate::cli::{
+    ApplyArgs, ColorChoice, DemoArgs, EXIT_INVALID, EXIT_OK, EXIT_USAGE, Format, PlanArgs,
+    ProviderKind, WorldArgs, open_repo,
+};
+use crate::clock::{Clock, Millis, ScaledClock, SystemClock};
+use crate::demo::DemoWorld;
+use crate::health::probe::{DnsResolver, RpcCredentials, RpcProber};
+use crate::health::{Prober, SimProber, human_ms};
+use crate::observe::Provider;
+use crate::observe::aws::{AwsOptions, AwsProvider};
+use crate::observe::sim::{SimConfig, SimProvider};
+use crate::plan::{Plan, plan};
+use crate::render::{Progress, Style, plan_human, summary};
+use crate::store::{Decision, Journal, Record};
+use fleet_repo_schema::{Color, Desired, load, render_human};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code of `plan --detailed-exitcode` when there are changes.
+pub const EXIT_CHANGES: u8 = 2;
+
+fn style(c: ColorChoice, tty: bool) -> Style {
+    Style {
+        color: match c {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => tty && std::env::var_os("NO_COLOR").is_none(),
+        },
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Everything a command needs to observe and change one fleet.
+struct World {
+    desired: Arc<Desired>,
+    provider: Arc<dyn Provider>,
+    prober: Arc<dyn Prober>,
+    clock: Arc<dyn Clock>,
+    /// What approvals are tied to: the repository's content.
+    commit: String,
+}
+
+/// A stable id of the repository's content (FNV-1a over the resolved desired state): an
+/// approval given for one content does not carry over to another.
+fn content_id(desired: &Desired) -> String {
+    let bytes = serde_json::to_vec(desired).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("worktree-{h:016x}")
+}
+
+/// Load the repository (printing its diagnostics on failure) and open the provider.
+async fn open_world(
+    a: &WorldArgs,
+    err: &mut dyn Write,
+    tty: bool,
+) -> anyhow::Result<Result<World, u8>> {
+    let tree = open_repo(&a.repo)?;
+    let loaded = load(&tree);
+    let Some(desired) = loaded.desired.clone() else {
+        let color = if style(a.color, tty).color {
+            Color::Always
+        } else {
+            Color::Never
+        };
+        for d in &loaded.diagnostics {
+            let src = loaded.sources.get(&d.file).map(String::as_str);
+            writeln!(err, "{}", render_human(d, src, color))?;
+        }
+        writeln!(
+            err,
+            "error: {} is invalid ({} errors): nothing is planned or changed; `fleet validate {}` shows the same",
+            a.repo.display(),
+            loaded.errors(),
+            a.repo.display()
+        )?;
+        return Ok(Err(EXIT_INVALID));
+    };
+    let desired = Arc::new(desired);
+    let commit = content_id(&desired);
+    Ok(Ok(match a.provider {
+        ProviderKind::Sim => {
+            if !(a.sim_speed.is_finite() && a.sim_speed > 0.0) {
+                anyhow::bail!("--sim-speed must be a positive number");
+            }
+            let clock: Arc<dyn Clock> = if a.sim_speed == 1.0 {
+                Arc::new(SystemClock)
+            } else {
+                Arc::new(ScaledClock::new(SystemClock.now_ms(), a.sim_speed))
+            };
+            let sim = SimProvider::open(&a.state_dir, Arc::clone(&clock), SimConfig::default())?;
+            World {
+                desired,
+                prober: Arc::new(SimProber(sim.clone())),
+                provider: Arc::new(sim),
+                clock,
+                commit,
+            }
+        }
+        ProviderKind::Aws => {
+            let opts = AwsOptions {
+                region: Some(desired.fleet.region.to_string()),
+                endpoint_url: a.aws_endpoint.clone(),
+                ..AwsOptions::default()
+            };
+            let aws = AwsProvider::connect(opts).await;
+            let creds = RpcCredentials::from_env(desired.coins.keys().map(String::as_str));
+            World {
+                prober: Arc::new(RpcProber::new(
+                    Arc::new(DnsResolver),
+                    creds,
+                    std::time::Duration::from_secs(10),
+                )),
+                provider: Arc::new(aws),
+                clock: Arc::new(SystemClock),
+                desired,
+                commit,
+            }
+        }
+    }))
+}
+
+/// `fleet plan`.
+pub(crate) fn plan_cmd(
+    a: &PlanArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    tty: bool,
+) -> anyhow::Result<u8> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let w = match open_world(&a.world, err, tty).await? {
+            Ok(w) => w,
+            Err(code) => return Ok(code),
+        };
+        let observed = w.provider.observe(&w.desired).await?;
+        let p = plan(&w.desired, &observed, w.clock.now_ms());
+        match a.format {
+            Format::Human => {
+                let st = style(a.world.color, tty);
+                out.write_all(plan_human(&p, &w.desired, st).as_bytes())?;
+                writeln!(
+                    out,
+                    "{}",
+                    st.dim(&format!(
+                        "(observed {} nodes through the {} provider with {} API calls; `fleet plan` changes nothing)",
+                        observed.nodes.len(),
+                        w.provider.name(),
+                        observed.api_calls
+                    ))
+                )?;
+            }
+            Format::Json => {
+                #[derive(serde::Serialize)]
+                struct J<'a> {
+                    provider: &'a str,
+                    commit: &'a str,
+                    changes: bool,
+                    api_calls: u64,
+                    plan: &'a Plan,
+                }
+                serde_json::to_writer_pretty(
+                    &mut *out,
+                    &J {
+                        provider: w.provider.name(),
+                        commit: &w.commit,
+                        changes: !p.is_empty(),
+                        api_calls: observed.api_calls,
+                        plan: &p,
+                    },
+                )?;
+                writeln!(out)?;
+            }
+        }
+        Ok(if p.has_refusals() {
+            EXIT_INVALID
+        } else if a.detailed_exitcode && !p.is_empty() {
+            EXIT_CHANGES
+        } else {
+            EXIT_OK
+        })
+    })
+}
+
+/// Forwards events to the command's output loop.
+struct ChannelNotifier(mpsc::UnboundedSender<(Millis, Event)>);
+
+impl Notifier for ChannelNotifier {
+    fn notify(&self, at_ms: Millis, event: &Event) {
+        let _ = self.0.send((at_ms, event.clone()));
+    }
+}
+
+/// Run `exec` on `plan`, printing progress to `out`; Ctrl-C cancels between steps.
+async fn run_with_progress(
+    exec: Arc<Executor>,
+    desired: &Arc<Desired>,
+    p: &Plan,
+    mut rx: mpsc::UnboundedReceiver<(Millis, Event)>,
+    out: &mut dyn Write,
+    st: Style,
+    live: bool,
+) -> anyhow::Result<ApplyReport> {
+    let cancel = CancellationToken::new();
+    let mut progress = Progress::new(st, live, exec.clock.now_ms());
+    let apply = {
+        let (exec, desired, p, cancel) = (
+            Arc::clone(&exec),
+            Arc::clone(desired),
+            p.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move { exec.apply(&desired, &p, &cancel).await })
+    };
+    tokio::pin!(apply);
+    let mut interrupted = false;
+    let report = loop {
+        tokio::select! {
+            r = &mut apply => break r?,
+            Some((at, e)) = rx.recv() => {
+                out.write_all(progress.event(at, &e).as_bytes())?;
+                out.flush()?;
+            }
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                cancel.cancel();
+                writeln!(out, "\ninterrupted: stopping between steps (no step is cut in half); run apply again to continue")?;
+            }
+        }
+    };
+    while let Ok((at, e)) = rx.try_recv() {
+        out.write_all(progress.event(at, &e).as_bytes())?;
+    }
+    Ok(report)
+}
+
+/// `fleet apply`.
+pub(crate) fn apply_cmd(
+    a: &ApplyArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    tty: bool,
+) -> anyhow::Result<u8> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let w = match open_world(&a.world, err, tty).await? {
+            Ok(w) => w,
+            Err(code) => return Ok(code),
+        };
+        let st = style(a.world.color, tty);
+        let (journal, warnings) = Journal::open(&a.world.state_dir)?;
+        for warn in warnings {
+            writeln!(err, "warning: {warn}")?;
+        }
+        let journal = Arc::new(journal);
+        let observed = w.provider.observe(&w.desired).await?;
+        let p = plan(&w.desired, &observed, w.clock.now_ms());
+        out.write_all(plan_human(&p, &w.desired, st).as_bytes())?;
+        if p.is_empty() {
+            return Ok(EXIT_OK);
+        }
+        let needs: Vec<&crate::plan::CoinPlan> = p
+            .coins
+            .iter()
+            .filter(|c| c.approval.is_some() && c.refusals.is_empty())
+            .filter(|c| {
+                journal
+                    .approval(&c.coin, &approval_version(c), &w.commit)
+                    .is_none()
+            })
+            .collect();
+        if !a.yes {
+            if !std::io::stdin().is_terminal() {
+                writeln!(
+                    err,
+                    "error: not applying without confirmation: standard input is not a terminal; review the plan and pass --yes"
+                )?;
+                return Ok(EXIT_USAGE);
+            }
+            if !needs.is_empty() {
+                writeln!(
+                    out,
+                    "Answering yes also approves: {}.",
+                    needs
+                        .iter()
+                        .map(|c| format!("{} {}", c.coin, approval_version(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )?;
+            }
+            write!(out, "Apply this plan? Only 'yes' is accepted: ")?;
+            out.flush()?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            if line.trim() != "yes" {
+                writeln!(out, "Not applied.")?;
+                return Ok(EXIT_OK);
+            }
+        }
+        let by = format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+        );
+        for c in &needs {
+            journal.append(Record::Approval {
+                coin: c.coin.clone(),
+                version: approval_version(c),
+                commit: w.commit.clone(),
+                decision: Decision::Approved,
+                by: by.clone(),
+                at_ms: w.clock.now_ms(),
+            })?;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let exec = Arc::new(Executor {
+            provider: Arc::clone(&w.provider),
+            prober: Arc::clone(&w.prober),
+            journal,
+            notifier: Arc::new(ChannelNotifier(tx)),
+            clock: Arc::clone(&w.clock),
+            opts: ExecOptions {
+                parallel_coins: a.parallel.max(1),
+                poll_ms: a.poll.max(1) * 1000,
+                commit: w.commit.clone(),
+            },
+        });
+        let report = run_with_progress(exec, &w.desired, &p, rx, out, st, tty).await?;
+        writeln!(out, "\n{}", st.bold("Summary:"))?;
+        out.write_all(summary(&report, st).as_bytes())?;
+        Ok(if report.all_completed() {
+            EXIT_OK
+        } else {
+            EXIT_INVALID
+        })
+    })
+}
+
+/// `fleet demo`.
+pub(crate) fn demo_cmd(a: &DemoArgs, out: &mut dyn Write, tty: bool) -> anyhow::Result<u8> {
+    if !(a.speed.is_finite() && a.speed >= 1.0) {
+        anyhow::bail!("--speed must be at least 1");
+    }
+    let st = style(a.color, tty);
+    let real = std::time::Instant::now();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let world = DemoWorld::new(a.speed).map_err(anyhow::Error::msg)?;
+        let d = &world.desired;
+        writeln!(
+            out,
+            "{}\n\
+             The example fleet repository (examples/fleet: {} coins, {} nodes in {} availability zones) is\n\
+             compiled into fleet. Its nodes run in a simulated AWS, one release behind the repository.\n\
+             fleet plans the change, then upgrades each coin zone by zone: a zone starts only when every\n\
+             node of the previous one is back in sync with its chain (blocks == headers, within\n\
+             max_lag_blocks of the coin's other nodes) and stayed so for the coin's bake time.\n\
+             Simulated time runs {}x faster than real time; times below are simulated.\n",
+            st.bold("fleet demo"),
+            d.coins.len(),
+            d.nodes().count(),
+            d.fleet.subnets.len(),
+            a.speed
+        )?;
+        let p = world.plan().await.map_err(anyhow::Error::msg)?;
+        writeln!(out, "{}", st.bold("1. The plan (what `fleet plan` prints):"))?;
+        out.write_all(plan_human(&p, d, st).as_bytes())?;
+        let approvals: Vec<String> = p
+            .coins
+            .iter()
+            .filter(|c| c.approval.is_some())
+            .map(|c| c.coin.clone())
+            .collect();
+        writeln!(
+            out,
+            "\n{}\n{}",
+            st.bold("2. Approvals:"),
+            if approvals.is_empty() {
+                "none needed".to_string()
+            } else {
+                format!(
+                    "{} need{} an approval under their rollout.approval policy; in production it comes from\n\
+                     an approver in Slack or from `fleet apply`'s confirmation. The demo approves as demo-operator.",
+                    approvals.join(", "),
+                    if approvals.len() == 1 { "s" } else { "" }
+                )
+            }
+        )?;
+        writeln!(out, "\n{}", st.bold("3. The rollout (what `fleet apply` shows):"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let exec = world.executor(&p, "demo-operator", Arc::new(ChannelNotifier(tx)));
+        let sim_start = world.clock.now_ms();
+        let calls_before = world.sim.call_counts().0;
+        let report = run_with_progress(exec, &world.desired, &p, rx, out, st, tty).await?;
+        let sim_ms = world.clock.now_ms() - sim_start;
+        let calls = world.sim.call_counts().0 - calls_before;
+        writeln!(out, "\n{}", st.bold("4. Summary:"))?;
+        out.write_all(summary(&report, st).as_bytes())?;
+        let after = world.plan().await.map_err(anyhow::Error::msg)?;
+        let commands = world.sim.commands().len();
+        writeln!(
+            out,
+            "\n{} simulated in {:.1}s real time; {} provider API calls, {} SSM commands.",
+            human_ms(sim_ms),
+            real.elapsed().as_secs_f64(),
+            calls,
+            commands
+        )?;
+        if after.is_empty() && report.all_completed() {
+            writeln!(
+                out,
+                "{} the plan is now empty: all {} nodes run the repository's versions.",
+                st.green("Converged:"),
+                d.nodes().count()
+            )?;
+            writeln!(
+                out,
+                "Next: `fleet plan --repo examples/fleet` and `fleet apply` on your own fleet (see README.md)."
+            )?;
+            Ok(EXIT_OK)
+        } else {
+            writeln!(
+                out,
+                "{} {} steps still planned.",
+                st.red("Not converged:"),
+                after.step_count()
+            )?;
+            Ok(EXIT_INVALID)
+        }
+    })
+}
