@@ -7,10 +7,8 @@ use crate::cli::{
 };
 use crate::clock::{Clock, Millis, ScaledClock, SystemClock};
 use crate::demo::DemoWorld;
-use crate::health::probe::{DnsResolver, RpcCredentials, RpcProber};
 use crate::health::{Prober, SimProber, human_ms};
 use crate::observe::Provider;
-use crate::observe::aws::{AwsOptions, AwsProvider};
 use crate::observe::sim::{SimConfig, SimProvider};
 use crate::plan::{Plan, plan};
 use crate::render::{Progress, Style, plan_human, summary};
@@ -111,7 +109,16 @@ async fn open_world(
                 commit,
             }
         }
+        #[cfg(not(feature = "aws"))]
         ProviderKind::Aws => {
+            anyhow::bail!(
+                "this fleet was built without the `aws` feature (the simulator only); build it with default features for --provider aws"
+            );
+        }
+        #[cfg(feature = "aws")]
+        ProviderKind::Aws => {
+            use crate::health::probe::{DnsResolver, RpcCredentials, RpcProber};
+            use crate::observe::aws::{AwsOptions, AwsProvider};
             let opts = AwsOptions {
                 region: Some(desired.fleet.region.to_string()),
                 endpoint_url: a.aws_endpoint.clone(),

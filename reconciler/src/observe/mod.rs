@@ -10,6 +10,7 @@
 //! writes a `fleet:pending` marker first and clears it last, so a half-done step shows up in
 //! the next observation as [`ObservedVersion::Unknown`], never as a guess.
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod sim;
 pub mod tags;

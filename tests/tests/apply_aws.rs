@@ -1,0 +1,177 @@
+//! The executor on the aws provider, against moto server on loopback: a full upgrade of a
+//! coin across three zones goes through the real SDK, and its SSM commands are issued zone
+//! by zone, each zone only after the previous one passed its gate.
+//!
+//! moto's instances run no daemon (and their 10.x addresses are never dialled), so the
+//! nodes' chains are played by a prober that answers like a restarted node: unreachable, then
+//! catching up for a few readings, then in sync. It learns of restarts from the SSM commands
+//! moto received (recorded by the test interceptor), so a gate that did not wait would be seen.
+
+use async_trait::async_trait;
+use fleet_repo_schema::values::{Duration, Version};
+use fleet_tests::world::{AwsWorld, TestWorld};
+use reconciler::apply::{Event, ExecOptions, Executor, RecordingNotifier, approval_version};
+use reconciler::clock::{Clock, SystemClock};
+use reconciler::health::{ChainStatus, ProbeError, ProbeTarget, Prober, Verdict};
+use reconciler::observe::{LaunchSpec, ObservedVersion, Provider};
+use reconciler::plan::plan;
+use reconciler::store::{Decision, Journal, Record};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Answers like a node: after each restart, one unreachable reading, three catching up, then
+/// in sync.
+struct RestartingNodes {
+    world: Arc<AwsWorld>,
+    /// instance -> (restarts seen, readings since the last one).
+    seen: Mutex<BTreeMap<String, (usize, u32)>>,
+}
+
+#[async_trait]
+impl Prober for RestartingNodes {
+    async fn probe(&self, t: &ProbeTarget) -> Result<ChainStatus, ProbeError> {
+        let restarts = self
+            .world
+            .commands()
+            .iter()
+            .filter(|(id, cmd)| *id == t.instance_id && cmd.contains("systemctl start"))
+            .count();
+        let mut seen = self.seen.lock().unwrap();
+        let e = seen.entry(t.instance_id.clone()).or_insert((0, 0));
+        if restarts > e.0 {
+            *e = (restarts, 0);
+        }
+        e.1 += 1;
+        let synced = ChainStatus {
+            blocks: 1_000,
+            headers: 1_000,
+            initial_block_download: false,
+        };
+        match (e.0, e.1) {
+            (0, _) => Ok(synced),
+            (_, 1) => Err(ProbeError::Unreachable {
+                node: t.key.to_string(),
+                addr: "loopback-script".into(),
+                detail: "connection refused".into(),
+            }),
+            (_, n @ 2..=4) => Ok(ChainStatus {
+                blocks: 990 + u64::from(n),
+                headers: 1_000,
+                initial_block_download: false,
+            }),
+            _ => Ok(synced),
+        }
+    }
+}
+
+#[tokio::test]
+async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
+    let world = Arc::new(AwsWorld::new("apply_three_zones").await);
+    let mut desired = world.desired().clone();
+    desired.coins.retain(|k, _| k == "bitcoin");
+    let coin = desired.coins.get_mut("bitcoin").unwrap();
+    coin.rollout.bake = Duration(std::time::Duration::from_secs(1));
+    assert_eq!(coin.zones.len(), 3);
+    // The fleet as it was: bitcoin 27.2 in three zones.
+    let mut old = coin.clone();
+    old.version = Version::parse("27.2").unwrap();
+    for slot in &old.nodes {
+        let spec = LaunchSpec::new(&desired.fleet, &old, slot, None).unwrap();
+        world.aws.launch(&spec).await.unwrap();
+    }
+    let desired = Arc::new(desired);
+    let observed = world.aws.observe(&desired).await.unwrap();
+    let zone_of: BTreeMap<String, String> = observed
+        .nodes
+        .iter()
+        .map(|n| (n.instance_id.clone(), n.key.zone.clone()))
+        .collect();
+    let p = plan(&desired, &observed, SystemClock.now_ms());
+    let cp = p.coin("bitcoin").unwrap();
+    let zones: Vec<&str> = cp.waves.iter().map(|w| w.zone.as_str()).collect();
+    assert_eq!(zones, ["eu-central-1a", "eu-central-1b", "eu-central-1c"]);
+    assert!(cp.approval.is_some(), "27.2 → 28.1 is major");
+
+    let journal = Arc::new(Journal::in_memory());
+    journal
+        .append(Record::Approval {
+            coin: "bitcoin".into(),
+            version: approval_version(cp),
+            commit: "c1".into(),
+            decision: Decision::Approved,
+            by: "U012ABCDEF".into(),
+            at_ms: 0,
+        })
+        .unwrap();
+    let rec = Arc::new(RecordingNotifier::default());
+    let exec = Arc::new(Executor {
+        provider: Arc::new(world.aws.clone()),
+        prober: Arc::new(RestartingNodes {
+            world: Arc::clone(&world),
+            seen: Mutex::default(),
+        }),
+        journal,
+        notifier: rec.clone(),
+        clock: Arc::new(SystemClock),
+        opts: ExecOptions {
+            parallel_coins: 4,
+            poll_ms: 50,
+            commit: "c1".into(),
+        },
+    });
+    let before = world.commands().len();
+    let report = exec.apply(&desired, &p, &CancellationToken::new()).await;
+    assert!(report.all_completed(), "{report:#?}");
+
+    // Exactly one restart per node, zone by zone, each naming its one instance.
+    let restarts: Vec<(String, String)> = world.commands()[before..]
+        .iter()
+        .filter(|(_, c)| c.contains("systemctl start"))
+        .cloned()
+        .collect();
+    let order: Vec<&str> = restarts.iter().map(|(id, _)| zone_of[id].as_str()).collect();
+    assert_eq!(order, ["eu-central-1a", "eu-central-1b", "eu-central-1c"]);
+    for (_, c) in &restarts {
+        assert_eq!(c, "systemctl stop 'node@*' && systemctl start 'node@28.1'");
+    }
+    // Each zone's node was seen catching up and then in sync before the next zone's step.
+    let events = rec.events();
+    for (a, b) in [("eu-central-1a", "eu-central-1b"), ("eu-central-1b", "eu-central-1c")] {
+        let waited = events
+            .iter()
+            .position(|(_, e)| matches!(e, Event::Gate { zone, verdict: Verdict::Waiting { .. }, .. } if zone == a))
+            .expect("the gate waited");
+        let synced = events
+            .iter()
+            .position(|(_, e)| matches!(e, Event::Gate { zone, verdict: Verdict::InSync { .. }, .. } if zone == a))
+            .expect("the gate passed");
+        let passed = events
+            .iter()
+            .position(|(_, e)| matches!(e, Event::ZonePassed { zone, .. } if zone == a))
+            .expect("the zone passed");
+        let next = events
+            .iter()
+            .position(|(_, e)| matches!(e, Event::StepStarted { node, .. } if node.zone == b))
+            .expect("the next zone started");
+        assert!(waited < synced && synced < passed && passed < next, "{a} → {b}");
+    }
+    // What AWS now records: the version, no pending marker, a snapshot taken before each upgrade.
+    let after = world.aws.observe(&desired).await.unwrap();
+    for n in &after.nodes {
+        assert_eq!(
+            n.version,
+            ObservedVersion::Known {
+                version: Version::parse("28.1").unwrap()
+            }
+        );
+        assert!(n.pending.is_none());
+    }
+    let snaps = after
+        .snapshots
+        .iter()
+        .filter(|s| s.reason == "before-upgrade:28.1")
+        .count();
+    assert_eq!(snaps, 3);
+    assert!(plan(&desired, &after, SystemClock.now_ms()).is_empty());
+}

@@ -1,0 +1,509 @@
+//! The executor against the simulator, on tokio's paused time (a rollout of hours of
+//! simulated time takes a moment, and coins waiting in parallel share one exact timeline).
+//!
+//! Invariants checked on every rollout here, by a monitor that reads every node's chain status
+//! every 5 simulated seconds, independently of the executor:
+//! - never more nodes of a coin out of sync than its `max_unavailable`;
+//! - a coin's restart commands go zone by zone in `placement.zones` order, and a zone's first
+//!   command comes only after the previous zone passed its gate and its bake;
+//! - after a failure the coin stops: no command reaches a later zone.
+
+use fleet_repo_schema::values::Version;
+use fleet_repo_schema::{Desired, Probe};
+use fleet_tests::world::{desired_of, example_tree};
+use reconciler::apply::{
+    CoinOutcome, Event, ExecOptions, Executor, RecordingNotifier, approval_version,
+};
+use reconciler::clock::{Clock, TokioClock};
+use reconciler::health::SimProber;
+use reconciler::observe::sim::{SimConfig, SimFault, SimProvider};
+use reconciler::observe::{NodeKey, ObservedVersion, Provider};
+use reconciler::plan::{Plan, plan};
+use reconciler::store::{Decision, Journal, Record};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+const T0: u64 = 1_700_000_000_000;
+
+struct Rig {
+    desired: Arc<Desired>,
+    sim: SimProvider,
+    clock: Arc<dyn Clock>,
+    journal: Arc<Journal>,
+    rec: Arc<RecordingNotifier>,
+}
+
+fn older() -> BTreeMap<String, Version> {
+    reconciler::demo::older_versions()
+}
+
+impl Rig {
+    /// The example fleet seeded at older versions. Call inside a paused runtime.
+    fn new() -> Rig {
+        let desired = Arc::new(desired_of(&example_tree()));
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
+        let sim = SimProvider::new(Arc::clone(&clock), SimConfig::default());
+        sim.seed(&desired, &older()).unwrap();
+        Rig {
+            desired,
+            sim,
+            clock,
+            journal: Arc::new(Journal::in_memory()),
+            rec: Arc::new(RecordingNotifier::default()),
+        }
+    }
+
+    async fn plan(&self) -> Plan {
+        let o = self.sim.observe(&self.desired).await.unwrap();
+        plan(&self.desired, &o, self.clock.now_ms())
+    }
+
+    fn approve_all(&self, p: &Plan) {
+        for cp in p.coins.iter().filter(|c| c.approval.is_some()) {
+            self.journal
+                .append(Record::Approval {
+                    coin: cp.coin.clone(),
+                    version: approval_version(cp),
+                    commit: "c1".into(),
+                    decision: Decision::Approved,
+                    by: "U012ABCDEF".into(),
+                    at_ms: 0,
+                })
+                .unwrap();
+        }
+    }
+
+    fn executor(&self) -> Arc<Executor> {
+        Arc::new(Executor {
+            provider: Arc::new(self.sim.clone()),
+            prober: Arc::new(SimProber(self.sim.clone())),
+            journal: Arc::clone(&self.journal),
+            notifier: self.rec.clone(),
+            clock: Arc::clone(&self.clock),
+            opts: ExecOptions {
+                parallel_coins: 8,
+                poll_ms: 5_000,
+                commit: "c1".into(),
+            },
+        })
+    }
+
+    /// Plan, approve, apply while the monitor watches; returns the report and the monitor's
+    /// largest count of out-of-sync nodes per coin.
+    async fn apply(&self) -> (reconciler::apply::ApplyReport, BTreeMap<String, usize>) {
+        let p = self.plan().await;
+        self.approve_all(&p);
+        let stop = CancellationToken::new();
+        let mon = tokio::spawn(monitor(
+            self.sim.clone(),
+            Arc::clone(&self.desired),
+            Arc::clone(&self.clock),
+            stop.clone(),
+        ));
+        let report = self
+            .executor()
+            .apply(&self.desired, &p, &CancellationToken::new())
+            .await;
+        stop.cancel();
+        (report, mon.await.unwrap())
+    }
+}
+
+/// Reads every node's chain every 5 simulated seconds; returns, per coin, the most nodes seen
+/// out of sync at once (unreachable, in IBD, blocks behind headers, or behind the tip by more
+/// than max_lag_blocks).
+async fn monitor(
+    sim: SimProvider,
+    desired: Arc<Desired>,
+    clock: Arc<dyn Clock>,
+    stop: CancellationToken,
+) -> BTreeMap<String, usize> {
+    let mut worst: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        let o = sim.observe(&desired).await.unwrap();
+        let mut down: BTreeMap<String, usize> = BTreeMap::new();
+        for n in &o.nodes {
+            let coin = &desired.coins[n.key.coin.as_str()];
+            let tip = sim.tip(&n.key.coin);
+            let ok = match sim.chain_status(&n.instance_id) {
+                Ok(s) => {
+                    !s.initial_block_download
+                        && s.blocks == s.headers
+                        && s.blocks + coin.health.max_lag_blocks >= tip
+                }
+                Err(_) => false,
+            };
+            if !ok {
+                *down.entry(n.key.coin.clone()).or_default() += 1;
+            }
+        }
+        for (c, n) in down {
+            let w = worst.entry(c).or_default();
+            *w = (*w).max(n);
+        }
+        tokio::select! {
+            _ = clock.sleep(5_000) => {}
+            _ = stop.cancelled() => return worst,
+        }
+    }
+}
+
+/// Restart commands per coin: (time, zone, instance), in the order sent.
+fn restarts(sim: &SimProvider) -> BTreeMap<String, Vec<(u64, String, String)>> {
+    let mut out: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
+    for c in sim.commands() {
+        if c.command.contains("systemctl start") && c.ok {
+            out.entry(c.key.coin.clone()).or_default().push((
+                c.at_ms,
+                c.key.zone.clone(),
+                c.instance_id.clone(),
+            ));
+        }
+    }
+    out
+}
+
+fn zone_passed_at(rec: &RecordingNotifier, coin: &str, zone: &str) -> Option<u64> {
+    rec.events().into_iter().find_map(|(at, e)| match e {
+        Event::ZonePassed {
+            coin: c, zone: z, ..
+        } if c == coin && z == zone => Some(at),
+        _ => None,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn upgrades_every_coin_zone_by_zone_within_max_unavailable() {
+    let rig = Rig::new();
+    let (report, worst) = rig.apply().await;
+    assert!(report.all_completed(), "{report:#?}");
+    // Invariant: never more nodes of a coin out of sync than max_unavailable; and the
+    // rollout did take nodes down (the monitor is not blind).
+    for (coin, n) in &worst {
+        let max = rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize;
+        assert!(*n <= max, "{coin}: {n} nodes down at once, max_unavailable {max}");
+    }
+    assert_eq!(worst.get("bitcoin"), Some(&1));
+    assert_eq!(worst.get("monero"), Some(&2), "monero takes 2 at once");
+
+    let r = restarts(&rig.sim);
+    for (coin, cmds) in &r {
+        let c = &rig.desired.coins[coin.as_str()];
+        assert_eq!(cmds.len(), c.nodes.len(), "{coin}: one restart per node");
+        let order: Vec<usize> = cmds
+            .iter()
+            .map(|(_, z, _)| c.zones.iter().position(|x| x.as_str() == z).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "{coin}: {order:?}");
+        // A zone's first restart only after the previous zone passed gate and bake.
+        for w in c.zones.windows(2) {
+            let passed = zone_passed_at(&rig.rec, coin, w[0].as_str()).unwrap();
+            let first_next = cmds.iter().find(|(_, z, _)| z == w[1].as_str()).unwrap().0;
+            assert!(first_next >= passed, "{coin}: {} before {} passed", w[1], w[0]);
+            let last_prev = cmds.iter().rfind(|(_, z, _)| z == w[0].as_str()).unwrap().0;
+            let bake = c.rollout.bake.0.as_millis() as u64;
+            assert!(
+                passed >= last_prev + bake,
+                "{coin}: {} passed {} ms after its last restart, bake is {bake} ms",
+                w[0],
+                passed - last_prev
+            );
+        }
+    }
+    // Snapshots before each upgrade where the coin asks for them (all example coins do by
+    // default).
+    let o = rig.sim.observe(&rig.desired).await.unwrap();
+    let before: Vec<_> = o
+        .snapshots
+        .iter()
+        .filter(|s| s.reason.starts_with("before-upgrade:"))
+        .collect();
+    assert_eq!(before.len(), rig.desired.nodes().count());
+    // Converged: nothing left to do.
+    assert!(rig.plan().await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
+    let rig = Rig::new();
+    let victim = NodeKey {
+        coin: "ethereum".into(),
+        zone: "eu-central-1b".into(),
+        index: 1,
+    };
+    rig.sim.inject(SimFault::NeverSyncs {
+        key: victim.clone(),
+    });
+    let (report, worst) = rig.apply().await;
+    let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
+    let CoinOutcome::Failed { reason } = &eth.outcome else {
+        panic!("{:?}", eth.outcome)
+    };
+    assert!(reason.contains("ethereum/eu-central-1b/1"), "{reason}");
+    assert!(reason.contains("stall_timeout"), "{reason}");
+    // It failed after stall_timeout (30m), not before.
+    let stall = rig.desired.coins["ethereum"].health.stall_timeout.0.as_millis() as u64;
+    let r = restarts(&rig.sim);
+    let eth_cmds = &r["ethereum"];
+    let victim_restart = eth_cmds
+        .iter()
+        .find(|(_, z, _)| z == "eu-central-1b")
+        .unwrap()
+        .0;
+    let failed_at = rig
+        .rec
+        .events()
+        .into_iter()
+        .find_map(|(at, e)| matches!(e, Event::RolloutFailed { ref coin, .. } if coin == "ethereum").then_some(at))
+        .unwrap();
+    assert!(failed_at >= victim_restart + stall, "failed too early");
+    assert!(failed_at <= victim_restart + stall + 60_000, "failed too late");
+    // The next zone was never touched.
+    assert!(
+        !eth_cmds.iter().any(|(_, z, _)| z == "eu-central-1c"),
+        "{eth_cmds:?}"
+    );
+    // Every other coin completed.
+    for c in report.coins.iter().filter(|c| c.coin != "ethereum") {
+        assert_eq!(c.outcome, CoinOutcome::Completed, "{}", c.coin);
+    }
+    for (coin, n) in &worst {
+        assert!(*n <= rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize);
+    }
+    // The failure is journaled.
+    assert!(rig.journal.records().iter().any(|r| matches!(r,
+        Record::GateFailed { coin, node, .. } if coin == "ethereum" && node == "ethereum/eu-central-1b/1")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_stalls_below_the_reference_fails_and_later_zones_are_untouched() {
+    let rig = Rig::new();
+    let victim = NodeKey {
+        coin: "ethereum".into(),
+        zone: "eu-central-1a".into(),
+        index: 1,
+    };
+    // Blocks stop at today's tip: while the node is down for its upgrade the chain moves on,
+    // its headers follow, its blocks do not.
+    let tip = rig.sim.tip("ethereum");
+    rig.sim.inject(SimFault::StallAt {
+        key: victim,
+        height: tip,
+    });
+    let (report, _) = rig.apply().await;
+    let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
+    assert!(
+        matches!(&eth.outcome, CoinOutcome::Failed { reason } if reason.contains(&format!("stuck at {tip}"))),
+        "{:?}",
+        eth.outcome
+    );
+    let r = restarts(&rig.sim);
+    assert_eq!(r["ethereum"].len(), 1, "zone b never started: {:?}", r["ethereum"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_command_stops_the_coin_and_a_new_run_converges() {
+    let rig = Rig::new();
+    let victim = NodeKey {
+        coin: "dogecoin".into(),
+        zone: "eu-central-1c".into(),
+        index: 1,
+    };
+    rig.sim.inject(SimFault::FailCommand {
+        key: Some(victim.clone()),
+        times: 1,
+        stderr: "Job for node@1.14.9.service failed: image not found".into(),
+    });
+    let (report, _) = rig.apply().await;
+    let doge = report.coins.iter().find(|c| c.coin == "dogecoin").unwrap();
+    let CoinOutcome::Failed { reason } = &doge.outcome else {
+        panic!("{:?}", doge.outcome)
+    };
+    assert!(reason.contains("image not found"), "{reason}");
+    // The node's version is now unknown (the step began and did not finish), never guessed.
+    let o = rig.sim.observe(&rig.desired).await.unwrap();
+    let n = o.node(&victim).unwrap();
+    assert!(matches!(n.version, ObservedVersion::Unknown { .. }), "{:?}", n.version);
+    // A new run: the plan asks the node first (it is not running the target), then upgrades.
+    let p = rig.plan().await;
+    let steps: Vec<_> = p.coins.iter().flat_map(|c| c.waves.iter()).flat_map(|w| &w.steps).collect();
+    assert_eq!(steps.len(), 1, "{p:#?}");
+    let (report, _) = rig.apply().await;
+    assert!(report.all_completed(), "{report:#?}");
+    assert!(rig.plan().await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_unavailable_counts_nodes_down_for_other_reasons() {
+    let rig = Rig::new();
+    // A monero node in the last zone is broken before anything starts (its daemon stopped
+    // validating): with max_unavailable 2 and two nodes per zone, the first wave would take
+    // the coin to 3 down, so it must wait, and give up after stall_timeout.
+    let sick = NodeKey {
+        coin: "monero".into(),
+        zone: "eu-central-1c".into(),
+        index: 2,
+    };
+    rig.sim.inject(SimFault::NeverSyncs { key: sick });
+    // Let the chain move on so the sick node is visibly behind.
+    rig.clock.sleep(600_000).await;
+    let (report, _) = rig.apply().await;
+    let xmr = report.coins.iter().find(|c| c.coin == "monero").unwrap();
+    assert!(
+        matches!(&xmr.outcome, CoinOutcome::Failed { reason } if reason.contains("max_unavailable")),
+        "{:?}",
+        xmr.outcome
+    );
+    assert!(
+        !restarts(&rig.sim).contains_key("monero"),
+        "no monero node may be restarted"
+    );
+    assert!(rig.rec.events().iter().any(
+        |(_, e)| matches!(e, Event::Waiting { coin, .. } if coin == "monero")
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn approvals_gate_the_rollout_per_coin_version_and_commit() {
+    let rig = Rig::new();
+    let p = rig.plan().await;
+    // An approval for another commit does not count.
+    rig.journal
+        .append(Record::Approval {
+            coin: "bitcoin".into(),
+            version: "28.1".into(),
+            commit: "another-commit".into(),
+            decision: Decision::Approved,
+            by: "U012ABCDEF".into(),
+            at_ms: 0,
+        })
+        .unwrap();
+    rig.journal
+        .append(Record::Approval {
+            coin: "monero".into(),
+            version: "0.18.3.4".into(),
+            commit: "c1".into(),
+            decision: Decision::Rejected,
+            by: "U034GHIJKL".into(),
+            at_ms: 0,
+        })
+        .unwrap();
+    let report = rig
+        .executor()
+        .apply(&rig.desired, &p, &CancellationToken::new())
+        .await;
+    let by_coin: BTreeMap<_, _> = report.coins.iter().map(|c| (c.coin.as_str(), &c.outcome)).collect();
+    assert_eq!(by_coin["bitcoin"], &CoinOutcome::AwaitingApproval);
+    assert_eq!(
+        by_coin["monero"],
+        &CoinOutcome::Rejected {
+            by: "U034GHIJKL".into()
+        }
+    );
+    assert_eq!(by_coin["litecoin"], &CoinOutcome::Completed);
+    let r = restarts(&rig.sim);
+    assert!(!r.contains_key("bitcoin") && !r.contains_key("monero"), "{r:?}");
+    assert!(rig.rec.events().iter().any(|(_, e)| matches!(e,
+        Event::ApprovalNeeded { coin, version, commit, .. } if coin == "bitcoin" && version == "28.1" && commit == "c1")));
+}
+
+/// Kill the executor (drop its future: every task is aborted at its next await, i.e. between
+/// two provider calls) at many points of a rollout, then start a new executor on a fresh plan,
+/// sometimes with the journal lost. Each time: the fleet converges, the monitor never sees more
+/// than max_unavailable nodes down, and no node is restarted at the target version twice.
+#[tokio::test(start_paused = true)]
+async fn crashes_at_any_point_converge_without_double_restarts() {
+    let mut kill_points = 0;
+    // Kill times in simulated seconds after the start, spread over the whole rollout
+    // (the example fleet's rollout takes about 1h 32m simulated).
+    let mut times: Vec<u64> = (0..8).map(|i| i * 7).collect(); // the first minute: mid-steps
+    times.extend((1..=18).map(|i| i * 311)); // then every ~5 minutes
+    for (n, kill_after_s) in times.into_iter().enumerate() {
+        let rig = Rig::new();
+        let stop = CancellationToken::new();
+        let mon = tokio::spawn(monitor(
+            rig.sim.clone(),
+            Arc::clone(&rig.desired),
+            Arc::clone(&rig.clock),
+            stop.clone(),
+        ));
+        let p = rig.plan().await;
+        rig.approve_all(&p);
+        let exec = rig.executor();
+        let cancel = CancellationToken::new();
+        let run = exec.apply(&rig.desired, &p, &cancel);
+        let killed = tokio::select! {
+            _ = run => false,
+            _ = rig.clock.sleep(kill_after_s * 1000 + (n as u64 % 5) * 137) => true,
+        };
+        if killed {
+            kill_points += 1;
+        }
+        // Restart: a new executor, a new plan; every third time the journal is lost.
+        let rig2 = Rig {
+            desired: Arc::clone(&rig.desired),
+            sim: rig.sim.clone(),
+            clock: Arc::clone(&rig.clock),
+            journal: if n % 3 == 0 {
+                Arc::new(Journal::in_memory())
+            } else {
+                Arc::clone(&rig.journal)
+            },
+            rec: Arc::new(RecordingNotifier::default()),
+        };
+        let p2 = rig2.plan().await;
+        rig2.approve_all(&p2);
+        let report = rig2
+            .executor()
+            .apply(&rig2.desired, &p2, &CancellationToken::new())
+            .await;
+        stop.cancel();
+        let worst = mon.await.unwrap();
+        assert!(report.all_completed(), "kill at {kill_after_s}s: {report:#?}");
+        assert!(rig2.plan().await.is_empty(), "kill at {kill_after_s}s: not converged");
+        for (coin, k) in &worst {
+            let max = rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize;
+            assert!(*k <= max, "kill at {kill_after_s}s: {coin} had {k} down, max {max}");
+        }
+        // No node restarted twice at its target version.
+        let mut seen = BTreeSet::new();
+        for c in rig.sim.commands() {
+            if c.command.contains("systemctl start") && c.ok {
+                assert!(
+                    seen.insert((c.instance_id.clone(), c.command.clone())),
+                    "kill at {kill_after_s}s: {} restarted twice: {}",
+                    c.key,
+                    c.command
+                );
+            }
+        }
+    }
+    assert!(kill_points >= 20, "only {kill_points} kills landed mid-rollout");
+    eprintln!("crash test: {kill_points} kill points mid-rollout, all converged");
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_none_gates_on_running_and_bake() {
+    let mut desired = desired_of(&example_tree());
+    desired.coins.retain(|k, _| k == "iota");
+    let iota = desired.coins.get_mut("iota").unwrap();
+    iota.health.probe = Probe::None;
+    let desired = Arc::new(desired);
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
+    let sim = SimProvider::new(Arc::clone(&clock), SimConfig::default());
+    sim.seed(&desired, &older()).unwrap();
+    let rig = Rig {
+        desired,
+        sim,
+        clock,
+        journal: Arc::new(Journal::in_memory()),
+        rec: Arc::new(RecordingNotifier::default()),
+    };
+    let (report, _) = rig.apply().await;
+    assert!(report.all_completed(), "{report:#?}");
+    let passed_a = zone_passed_at(&rig.rec, "iota", "eu-central-1a").unwrap();
+    let r = restarts(&rig.sim);
+    assert!(r["iota"][1].0 >= passed_a);
+    assert!(passed_a >= r["iota"][0].0 + 600_000, "baked 10m");
+}
