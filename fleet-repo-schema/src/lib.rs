@@ -27,7 +27,7 @@ pub mod tree;
 pub mod values;
 pub mod yaml;
 
-pub use desired::{Coin, Desired, Fleet, NodeSlot};
+pub use desired::{Coin, Desired, Fleet, HealthSpec, NodeSlot};
 pub use diag::{Code, Color, Diagnostic, Severity, render_human};
 pub use files::{Approval, CoinFile, FleetFile, Probe};
 pub use load::{Loaded, load};
