@@ -92,11 +92,7 @@ fn run(parallel: usize) -> (u64, u64, String, usize) {
         let report = exec.apply(&desired, &p, &CancellationToken::new()).await;
         assert!(report.all_completed(), "{report:#?}");
         let makespan = report.finished_ms - report.started_ms;
-        let slowest = report
-            .coins
-            .iter()
-            .max_by_key(|c| c.gate_wait_ms)
-            .unwrap();
+        let slowest = report.coins.iter().max_by_key(|c| c.gate_wait_ms).unwrap();
         (
             makespan,
             slowest.gate_wait_ms,

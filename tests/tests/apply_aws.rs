@@ -130,14 +130,20 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
         .filter(|(_, c)| c.contains("systemctl start"))
         .cloned()
         .collect();
-    let order: Vec<&str> = restarts.iter().map(|(id, _)| zone_of[id].as_str()).collect();
+    let order: Vec<&str> = restarts
+        .iter()
+        .map(|(id, _)| zone_of[id].as_str())
+        .collect();
     assert_eq!(order, ["eu-central-1a", "eu-central-1b", "eu-central-1c"]);
     for (_, c) in &restarts {
         assert_eq!(c, "systemctl stop 'node@*' && systemctl start 'node@28.1'");
     }
     // Each zone's node was seen catching up and then in sync before the next zone's step.
     let events = rec.events();
-    for (a, b) in [("eu-central-1a", "eu-central-1b"), ("eu-central-1b", "eu-central-1c")] {
+    for (a, b) in [
+        ("eu-central-1a", "eu-central-1b"),
+        ("eu-central-1b", "eu-central-1c"),
+    ] {
         let waited = events
             .iter()
             .position(|(_, e)| matches!(e, Event::Gate { zone, verdict: Verdict::Waiting { .. }, .. } if zone == a))
@@ -154,7 +160,10 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
             .iter()
             .position(|(_, e)| matches!(e, Event::StepStarted { node, .. } if node.zone == b))
             .expect("the next zone started");
-        assert!(waited < synced && synced < passed && passed < next, "{a} → {b}");
+        assert!(
+            waited < synced && synced < passed && passed < next,
+            "{a} → {b}"
+        );
     }
     // What AWS now records: the version, no pending marker, a snapshot taken before each upgrade.
     let after = world.aws.observe(&desired).await.unwrap();

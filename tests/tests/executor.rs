@@ -122,11 +122,12 @@ async fn monitor(
     let mut worst: BTreeMap<String, usize> = BTreeMap::new();
     loop {
         let o = sim.observe(&desired).await.unwrap();
-        let mut down: BTreeMap<String, usize> = BTreeMap::new();
+        let mut down: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for n in &o.nodes {
             let coin = &desired.coins[n.key.coin.as_str()];
             let tip = sim.tip(&n.key.coin);
-            let ok = match sim.chain_status(&n.instance_id) {
+            let status = sim.chain_status(&n.instance_id);
+            let ok = match &status {
                 Ok(s) => {
                     !s.initial_block_download
                         && s.blocks == s.headers
@@ -135,12 +136,21 @@ async fn monitor(
                 Err(_) => false,
             };
             if !ok {
-                *down.entry(n.key.coin.clone()).or_default() += 1;
+                down.entry(n.key.coin.clone())
+                    .or_default()
+                    .push(format!("{} {status:?} tip {tip}", n.key));
             }
         }
-        for (c, n) in down {
+        for (c, nodes) in down {
+            let max = desired.coins[c.as_str()].rollout.max_unavailable as usize;
+            if nodes.len() > max {
+                eprintln!(
+                    "monitor at {}: {c} over budget: {nodes:?}",
+                    clock.now_ms() - T0
+                );
+            }
             let w = worst.entry(c).or_default();
-            *w = (*w).max(n);
+            *w = (*w).max(nodes.len());
         }
         tokio::select! {
             _ = clock.sleep(5_000) => {}
@@ -182,7 +192,10 @@ async fn upgrades_every_coin_zone_by_zone_within_max_unavailable() {
     // rollout did take nodes down (the monitor is not blind).
     for (coin, n) in &worst {
         let max = rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize;
-        assert!(*n <= max, "{coin}: {n} nodes down at once, max_unavailable {max}");
+        assert!(
+            *n <= max,
+            "{coin}: {n} nodes down at once, max_unavailable {max}"
+        );
     }
     assert_eq!(worst.get("bitcoin"), Some(&1));
     assert_eq!(worst.get("monero"), Some(&2), "monero takes 2 at once");
@@ -200,7 +213,12 @@ async fn upgrades_every_coin_zone_by_zone_within_max_unavailable() {
         for w in c.zones.windows(2) {
             let passed = zone_passed_at(&rig.rec, coin, w[0].as_str()).unwrap();
             let first_next = cmds.iter().find(|(_, z, _)| z == w[1].as_str()).unwrap().0;
-            assert!(first_next >= passed, "{coin}: {} before {} passed", w[1], w[0]);
+            assert!(
+                first_next >= passed,
+                "{coin}: {} before {} passed",
+                w[1],
+                w[0]
+            );
             let last_prev = cmds.iter().rfind(|(_, z, _)| z == w[0].as_str()).unwrap().0;
             let bake = c.rollout.bake.0.as_millis() as u64;
             assert!(
@@ -232,10 +250,29 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
         zone: "eu-central-1b".into(),
         index: 1,
     };
-    rig.sim.inject(SimFault::NeverSyncs {
-        key: victim.clone(),
-    });
-    let (report, worst) = rig.apply().await;
+    // The simulator's NeverSyncs freezes the daemon at the height it last started at, so
+    // inject it once the rollout is under way (zone a restarting): from then on the victim
+    // (in zone b) is behind on its own, and after its upgrade it never catches up.
+    let p = rig.plan().await;
+    rig.approve_all(&p);
+    let stop = CancellationToken::new();
+    let mon = tokio::spawn(monitor(
+        rig.sim.clone(),
+        Arc::clone(&rig.desired),
+        Arc::clone(&rig.clock),
+        stop.clone(),
+    ));
+    let inject = async {
+        rig.clock.sleep(40_000).await;
+        rig.sim.inject(SimFault::NeverSyncs {
+            key: victim.clone(),
+        });
+    };
+    let exec = rig.executor();
+    let never = CancellationToken::new();
+    let (report, ()) = tokio::join!(exec.apply(&rig.desired, &p, &never), inject);
+    stop.cancel();
+    let worst = mon.await.unwrap();
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
     let CoinOutcome::Failed { reason } = &eth.outcome else {
         panic!("{:?}", eth.outcome)
@@ -243,7 +280,11 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
     assert!(reason.contains("ethereum/eu-central-1b/1"), "{reason}");
     assert!(reason.contains("stall_timeout"), "{reason}");
     // It failed after stall_timeout (30m), not before.
-    let stall = rig.desired.coins["ethereum"].health.stall_timeout.0.as_millis() as u64;
+    let stall = rig.desired.coins["ethereum"]
+        .health
+        .stall_timeout
+        .0
+        .as_millis() as u64;
     let r = restarts(&rig.sim);
     let eth_cmds = &r["ethereum"];
     let victim_restart = eth_cmds
@@ -255,10 +296,15 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
         .rec
         .events()
         .into_iter()
-        .find_map(|(at, e)| matches!(e, Event::RolloutFailed { ref coin, .. } if coin == "ethereum").then_some(at))
+        .find_map(|(at, e)| {
+            matches!(e, Event::RolloutFailed { ref coin, .. } if coin == "ethereum").then_some(at)
+        })
         .unwrap();
     assert!(failed_at >= victim_restart + stall, "failed too early");
-    assert!(failed_at <= victim_restart + stall + 60_000, "failed too late");
+    assert!(
+        failed_at <= victim_restart + stall + 60_000,
+        "failed too late"
+    );
     // The next zone was never touched.
     assert!(
         !eth_cmds.iter().any(|(_, z, _)| z == "eu-central-1c"),
@@ -269,7 +315,8 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
         assert_eq!(c.outcome, CoinOutcome::Completed, "{}", c.coin);
     }
     for (coin, n) in &worst {
-        assert!(*n <= rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize);
+        let max = rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize;
+        assert!(*n <= max, "{coin}: {n} down at once, max_unavailable {max}");
     }
     // The failure is journaled.
     assert!(rig.journal.records().iter().any(|r| matches!(r,
@@ -299,7 +346,12 @@ async fn a_node_that_stalls_below_the_reference_fails_and_later_zones_are_untouc
         eth.outcome
     );
     let r = restarts(&rig.sim);
-    assert_eq!(r["ethereum"].len(), 1, "zone b never started: {:?}", r["ethereum"]);
+    assert_eq!(
+        r["ethereum"].len(),
+        1,
+        "zone b never started: {:?}",
+        r["ethereum"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -324,10 +376,19 @@ async fn a_failed_command_stops_the_coin_and_a_new_run_converges() {
     // The node's version is now unknown (the step began and did not finish), never guessed.
     let o = rig.sim.observe(&rig.desired).await.unwrap();
     let n = o.node(&victim).unwrap();
-    assert!(matches!(n.version, ObservedVersion::Unknown { .. }), "{:?}", n.version);
+    assert!(
+        matches!(n.version, ObservedVersion::Unknown { .. }),
+        "{:?}",
+        n.version
+    );
     // A new run: the plan asks the node first (it is not running the target), then upgrades.
     let p = rig.plan().await;
-    let steps: Vec<_> = p.coins.iter().flat_map(|c| c.waves.iter()).flat_map(|w| &w.steps).collect();
+    let steps: Vec<_> = p
+        .coins
+        .iter()
+        .flat_map(|c| c.waves.iter())
+        .flat_map(|w| &w.steps)
+        .collect();
     assert_eq!(steps.len(), 1, "{p:#?}");
     let (report, _) = rig.apply().await;
     assert!(report.all_completed(), "{report:#?}");
@@ -359,9 +420,12 @@ async fn max_unavailable_counts_nodes_down_for_other_reasons() {
         !restarts(&rig.sim).contains_key("monero"),
         "no monero node may be restarted"
     );
-    assert!(rig.rec.events().iter().any(
-        |(_, e)| matches!(e, Event::Waiting { coin, .. } if coin == "monero")
-    ));
+    assert!(
+        rig.rec
+            .events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Waiting { coin, .. } if coin == "monero"))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -393,7 +457,11 @@ async fn approvals_gate_the_rollout_per_coin_version_and_commit() {
         .executor()
         .apply(&rig.desired, &p, &CancellationToken::new())
         .await;
-    let by_coin: BTreeMap<_, _> = report.coins.iter().map(|c| (c.coin.as_str(), &c.outcome)).collect();
+    let by_coin: BTreeMap<_, _> = report
+        .coins
+        .iter()
+        .map(|c| (c.coin.as_str(), &c.outcome))
+        .collect();
     assert_eq!(by_coin["bitcoin"], &CoinOutcome::AwaitingApproval);
     assert_eq!(
         by_coin["monero"],
@@ -403,7 +471,10 @@ async fn approvals_gate_the_rollout_per_coin_version_and_commit() {
     );
     assert_eq!(by_coin["litecoin"], &CoinOutcome::Completed);
     let r = restarts(&rig.sim);
-    assert!(!r.contains_key("bitcoin") && !r.contains_key("monero"), "{r:?}");
+    assert!(
+        !r.contains_key("bitcoin") && !r.contains_key("monero"),
+        "{r:?}"
+    );
     assert!(rig.rec.events().iter().any(|(_, e)| matches!(e,
         Event::ApprovalNeeded { coin, version, commit, .. } if coin == "bitcoin" && version == "28.1" && commit == "c1")));
 }
@@ -460,11 +531,20 @@ async fn crashes_at_any_point_converge_without_double_restarts() {
             .await;
         stop.cancel();
         let worst = mon.await.unwrap();
-        assert!(report.all_completed(), "kill at {kill_after_s}s: {report:#?}");
-        assert!(rig2.plan().await.is_empty(), "kill at {kill_after_s}s: not converged");
+        assert!(
+            report.all_completed(),
+            "kill at {kill_after_s}s: {report:#?}"
+        );
+        assert!(
+            rig2.plan().await.is_empty(),
+            "kill at {kill_after_s}s: not converged"
+        );
         for (coin, k) in &worst {
             let max = rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize;
-            assert!(*k <= max, "kill at {kill_after_s}s: {coin} had {k} down, max {max}");
+            assert!(
+                *k <= max,
+                "kill at {kill_after_s}s: {coin} had {k} down, max {max}"
+            );
         }
         // No node restarted twice at its target version.
         let mut seen = BTreeSet::new();
@@ -479,8 +559,56 @@ async fn crashes_at_any_point_converge_without_double_restarts() {
             }
         }
     }
-    assert!(kill_points >= 20, "only {kill_points} kills landed mid-rollout");
-    eprintln!("crash test: {kill_points} kill points mid-rollout, all converged");
+    assert!(
+        kill_points >= 20,
+        "only {kill_points} kills landed mid-rollout"
+    );
+
+    // A provider step is atomic for a dropped future (the simulator runs it under one lock),
+    // so crashes *inside* a step are injected as calls that fail between two of its API
+    // calls: e.g. DeleteTags failing leaves a node restarted at its target with its
+    // `fleet:pending` marker still set.
+    let mut mid_step = 0;
+    for op in [
+        "CreateSnapshot",
+        "CreateTags",
+        "SendCommand",
+        "GetCommandInvocation",
+        "DeleteTags",
+    ] {
+        for times in [1, 3] {
+            let rig = Rig::new();
+            rig.sim.inject(SimFault::FailOp {
+                op: op.into(),
+                times,
+            });
+            let (first, worst1) = rig.apply().await;
+            assert!(!first.all_completed(), "{op}×{times}: nothing failed");
+            mid_step += 1;
+            rig.sim.clear_faults();
+            let (report, worst2) = rig.apply().await;
+            assert!(report.all_completed(), "{op}×{times}: {report:#?}");
+            assert!(rig.plan().await.is_empty(), "{op}×{times}: not converged");
+            for (coin, k) in worst1.iter().chain(worst2.iter()) {
+                let max = rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize;
+                assert!(*k <= max, "{op}×{times}: {coin} had {k} down");
+            }
+            let mut seen = BTreeSet::new();
+            for c in rig.sim.commands() {
+                if c.command.contains("systemctl start") && c.ok {
+                    assert!(
+                        seen.insert((c.instance_id.clone(), c.command.clone())),
+                        "{op}×{times}: {} restarted twice: {}",
+                        c.key,
+                        c.command
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "crash test: {kill_points} kill points mid-rollout and {mid_step} crashes inside a step, all converged"
+    );
 }
 
 #[tokio::test(start_paused = true)]
