@@ -202,7 +202,7 @@ pub struct ExecOptions {
 impl Default for ExecOptions {
     fn default() -> Self {
         ExecOptions {
-            parallel_coins: 8,
+            parallel_coins: 32,
             poll_ms: 5_000,
             commit: "local".into(),
         }

@@ -180,7 +180,7 @@ pub(crate) struct ApplyArgs {
     #[arg(long)]
     pub(crate) yes: bool,
     /// Coins rolled out at once.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = 32)]
     pub(crate) parallel: usize,
     /// Seconds (of the provider's clock) between health readings.
     #[arg(long, value_name = "SECS", default_value_t = 5)]

@@ -141,7 +141,7 @@ impl DemoWorld {
     ) -> Arc<Executor> {
         let journal = Arc::new(Journal::in_memory());
         let opts = ExecOptions {
-            parallel_coins: 8,
+            parallel_coins: 32,
             poll_ms: 5_000,
             commit: "embedded-example".into(),
         };
