@@ -895,6 +895,7 @@ impl Executor {
         };
         let cfg = GateConfig::of(&coin.health);
         let mut gates: BTreeMap<NodeKey, Gate> = BTreeMap::new();
+        let mut broken = false;
         let all = self.observe_coin(desired, coin).await?;
         loop {
             let (healthy, _) = self.health_now(coin, &all).await;
@@ -940,7 +941,11 @@ impl Executor {
             }
             let now = self.now();
             if !all_ok {
-                start = self.begin_bake(coin, zone)?.max(now);
+                broken = true;
+            } else if broken {
+                // Back in sync: the bake starts over (journaled once, not at every reading).
+                broken = false;
+                start = self.begin_bake(coin, zone)?;
             } else if now - start >= bake_ms {
                 let _ = self.journal.append(Record::ZonePassed {
                     coin: coin.name.to_string(),
@@ -950,14 +955,15 @@ impl Executor {
                 });
                 return Ok(());
             }
+            let elapsed_ms = if broken { 0 } else { now.saturating_sub(start) };
             self.emit(Event::Baking {
                 coin: coin.name.to_string(),
                 zone: zone.to_string(),
-                elapsed_ms: now.saturating_sub(start),
+                elapsed_ms,
                 bake_ms,
             });
             // Sleep to the end of the bake when it is near, so the bake is not overshot.
-            let left = bake_ms.saturating_sub(now.saturating_sub(start));
+            let left = bake_ms.saturating_sub(elapsed_ms);
             let wait = self.opts.poll_ms.min(left.max(1));
             tokio::select! {
                 _ = self.clock.sleep(wait) => {}

@@ -635,3 +635,60 @@ async fn probe_none_gates_on_running_and_bake() {
     assert!(r["iota"][1].0 >= passed_a);
     assert!(passed_a >= r["iota"][0].0 + 600_000, "baked 10m");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_falling_behind_during_the_bake_restarts_the_bake() {
+    let mut desired = desired_of(&example_tree());
+    desired.coins.retain(|k, _| k == "ethereum");
+    let desired = Arc::new(desired);
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
+    let sim = SimProvider::new(Arc::clone(&clock), SimConfig::default());
+    sim.seed(&desired, &older()).unwrap();
+    let rig = Rig {
+        desired,
+        sim,
+        clock,
+        journal: Arc::new(Journal::in_memory()),
+        rec: Arc::new(RecordingNotifier::default()),
+    };
+    let p = rig.plan().await;
+    rig.approve_all(&p);
+    let victim = NodeKey {
+        coin: "ethereum".into(),
+        zone: "eu-central-1a".into(),
+        index: 1,
+    };
+    // Two minutes into zone a's bake its node stops validating; three minutes later it
+    // recovers. The bake must start over then, and the zone pass a full bake after it.
+    let trouble = async {
+        rig.clock.sleep(150_000).await;
+        let tip = rig.sim.tip("ethereum");
+        rig.sim.inject(SimFault::StallAt {
+            key: victim.clone(),
+            height: tip,
+        });
+        rig.clock.sleep(180_000).await;
+        rig.sim.clear_faults();
+        rig.clock.now_ms()
+    };
+    let exec = rig.executor();
+    let never = CancellationToken::new();
+    let (report, recovered_at) = tokio::join!(exec.apply(&rig.desired, &p, &never), trouble);
+    assert!(report.all_completed(), "{report:#?}");
+    let passed = zone_passed_at(&rig.rec, "ethereum", "eu-central-1a").unwrap();
+    let bake = rig.desired.coins["ethereum"].rollout.bake.0.as_millis() as u64;
+    assert!(
+        passed >= recovered_at + bake,
+        "zone a passed {} s after the node recovered; bake is {} s",
+        (passed - recovered_at) / 1000,
+        bake / 1000
+    );
+    // The journal records the restarted bake once, not at every reading.
+    let bakes = rig
+        .journal
+        .records()
+        .iter()
+        .filter(|r| matches!(r, Record::BakeStarted { zone, .. } if zone == "eu-central-1a"))
+        .count();
+    assert_eq!(bakes, 2);
+}
