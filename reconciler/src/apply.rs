@@ -690,9 +690,14 @@ impl Executor {
         let mut healthy = BTreeMap::new();
         let mut down = BTreeSet::new();
         for n in nodes {
-            let running = n.state == InstanceState::Running && n.pending.is_none();
+            // A running node whose last step was cut off (`fleet:pending`) has an unknown
+            // version, but whether it serves is for its probe to say: counted down outright,
+            // it used up max_unavailable until its own zone's wave, so earlier zones could
+            // never start.
+            let running = n.state == InstanceState::Running;
             if coin.health.probe == Probe::None {
-                if running {
+                // Without a probe, running with no step pending is all that is known.
+                if running && n.pending.is_none() {
                     healthy.insert(n.key.clone(), 0);
                 } else {
                     down.insert(n.key.clone());
