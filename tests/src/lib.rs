@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod repo;
 pub mod world;
 
 /// The workspace root.
