@@ -304,10 +304,21 @@ impl fmt::Display for Action {
             Action::GrowVolume { from_gb, to_gb, .. } => {
                 write!(f, "grow data volume {from_gb} → {to_gb} GB")
             }
+            // A change of type that stopped half way, already at the wanted type.
+            Action::ChangeType { from, to } if from == to => {
+                write!(f, "finish the change of type to {to} (start it)")
+            }
             Action::ChangeType { from, to } => write!(f, "change type {from} → {to}"),
             Action::Start { instance_type } => write!(f, "start ({instance_type})"),
             Action::SetDns { name } => write!(f, "point {name} at the node"),
-            Action::Retire { .. } => write!(f, "retire: snapshot, terminate"),
+            Action::Retire { dns } => {
+                write!(f, "retire: snapshot, terminate")?;
+                for (i, r) in dns.iter().enumerate() {
+                    let sep = if i == 0 { ", delete record" } else { "," };
+                    write!(f, "{sep} {}", r.name)?;
+                }
+                Ok(())
+            }
             Action::DeleteDns { record } => write!(f, "delete record {}", record.name),
         }
     }

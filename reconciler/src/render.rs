@@ -122,7 +122,7 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
         }
         for w in &cp.waves {
             let head = match w.kind {
-                WaveKind::Repair => format!("{}  repair: nodes down now, back up first", w.zone),
+                WaveKind::Repair => format!("{}  repair: back up first", w.zone),
                 WaveKind::Rollout if w.parts > 1 => {
                     format!("{}  wave {}/{}", w.zone, w.part, w.parts)
                 }
