@@ -405,8 +405,8 @@ impl Executor {
         }
         let zones: Vec<String> = {
             let mut z: Vec<String> = Vec::new();
-            for w in &cp.waves {
-                if !w.zone.is_empty() && !z.contains(&w.zone) {
+            for w in cp.waves.iter().filter(|w| w.kind == WaveKind::Rollout) {
+                if !z.contains(&w.zone) {
                     z.push(w.zone.clone());
                 }
             }
@@ -464,6 +464,18 @@ impl Executor {
                 return Err(Stop::Cancelled);
             }
             match wave.kind {
+                WaveKind::Repair => {
+                    // Its nodes are down already: the budget check lets it through unless
+                    // one came back up meanwhile; no bake (the zone's rollout has its own).
+                    let coin = coin.ok_or_else(|| failed(None, None, "coin missing".into()))?;
+                    self.wait_for_budget(desired, coin, cp, wave, cancel)
+                        .await?;
+                    let ids = self
+                        .run_steps(desired, Some(coin), cp, wave, report, cancel)
+                        .await?;
+                    self.gate_wave(desired, coin, wave, &ids, cancel, report)
+                        .await?;
+                }
                 WaveKind::Rollout => {
                     let coin = coin.ok_or_else(|| failed(None, None, "coin missing".into()))?;
                     if !prechecked {
@@ -480,16 +492,8 @@ impl Executor {
                     let ids = self
                         .run_steps(desired, Some(coin), cp, wave, report, cancel)
                         .await?;
-                    if !disrupted.is_empty() {
-                        let t0 = self.now();
-                        let nodes: Vec<(NodeKey, String)> = disrupted
-                            .iter()
-                            .filter_map(|k| ids.get(*k).map(|id| ((*k).clone(), id.clone())))
-                            .collect();
-                        self.gate_nodes(desired, coin, &wave.zone, &nodes, cancel)
-                            .await?;
-                        report.gate_wait_ms += self.now() - t0;
-                    }
+                    self.gate_wave(desired, coin, wave, &ids, cancel, report)
+                        .await?;
                     let last_of_zone = cp
                         .waves
                         .get(wi + 1)
@@ -516,6 +520,31 @@ impl Executor {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Gate the nodes `wave` took down (`ids`: their instance ids).
+    async fn gate_wave(
+        &self,
+        desired: &Desired,
+        coin: &Coin,
+        wave: &Wave,
+        ids: &BTreeMap<NodeKey, String>,
+        cancel: &CancellationToken,
+        report: &mut CoinReport,
+    ) -> StepResult<()> {
+        let nodes: Vec<(NodeKey, String)> = wave
+            .disrupted()
+            .into_iter()
+            .filter_map(|k| ids.get(k).map(|id| (k.clone(), id.clone())))
+            .collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let t0 = self.now();
+        self.gate_nodes(desired, coin, &wave.zone, &nodes, cancel)
+            .await?;
+        report.gate_wait_ms += self.now() - t0;
         Ok(())
     }
 
@@ -690,9 +719,14 @@ impl Executor {
         let mut healthy = BTreeMap::new();
         let mut down = BTreeSet::new();
         for n in nodes {
-            let running = n.state == InstanceState::Running && n.pending.is_none();
+            // A running node whose last step was cut off (`fleet:pending`) has an unknown
+            // version, but whether it serves is for its probe to say: counted down outright,
+            // it used up max_unavailable until its own zone's wave, so earlier zones could
+            // never start.
+            let running = n.state == InstanceState::Running;
             if coin.health.probe == Probe::None {
-                if running {
+                // Without a probe, running with no step pending is all that is known.
+                if running && n.pending.is_none() {
                     healthy.insert(n.key.clone(), 0);
                 } else {
                     down.insert(n.key.clone());
@@ -747,7 +781,9 @@ impl Executor {
             let (_, down) = self.health_now(coin, &nodes).await;
             let others: Vec<&NodeKey> = down.iter().filter(|k| !disrupted.contains(*k)).collect();
             let would_be = others.len() + disrupted.len();
-            if would_be as u32 <= cp.max_unavailable {
+            // A wave whose nodes are all down already takes nothing down.
+            let adds = disrupted.iter().any(|k| !down.contains(k));
+            if !adds || would_be as u32 <= cp.max_unavailable {
                 return Ok(());
             }
             let reason = format!(

@@ -5,11 +5,14 @@
 //! calls a provider and never reads the clock, so it is tested with plain values and property
 //! tests, and bootstrap is simply the plan against an empty observation.
 //!
-//! Shape of a plan: per coin, waves in `placement.zones` order; a zone's nodes that must go
-//! down (upgrade, change of type, start, launch) are split into waves of at most
-//! `max_unavailable` nodes; steps that keep the node up (growing a volume, fixing a DNS
-//! record) ride along with the zone's first wave. Retirements come after every zone, then
-//! DNS clean-up. Whatever fleet will not do is a [`Refusal`] with its reason, never a silent
+//! Shape of a plan: per coin, first the repair waves: nodes that are down now (stopped, or
+//! stopped by a type change that did not finish) are brought back up, zone by zone, since
+//! that takes nothing down that is not down already and they would otherwise use up
+//! `max_unavailable` until their own zone's turn. Then waves in `placement.zones` order; a
+//! zone's nodes that must go down (upgrade, change of type, start, launch) are split into
+//! waves of at most `max_unavailable` nodes; steps that keep the node up (growing a volume,
+//! fixing a DNS record) ride along with the zone's first wave. Retirements come after every
+//! zone, then DNS clean-up. Whatever fleet will not do is a [`Refusal`] with its reason, never a silent
 //! skip; a coin with a refusal is not rolled out at all until the repository or the world is
 //! fixed.
 
@@ -109,6 +112,9 @@ pub struct ApprovalNeed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WaveKind {
+    /// Nodes of a zone that are down now are brought back up (started, or their type change
+    /// finished) before any rollout; they pass their gate, without a bake.
+    Repair,
     /// Nodes of a placed zone change (and then pass their gate; the zone bakes).
     Rollout,
     /// Nodes no longer wanted are snapshotted and terminated.
@@ -298,10 +304,21 @@ impl fmt::Display for Action {
             Action::GrowVolume { from_gb, to_gb, .. } => {
                 write!(f, "grow data volume {from_gb} → {to_gb} GB")
             }
+            // A change of type that stopped half way, already at the wanted type.
+            Action::ChangeType { from, to } if from == to => {
+                write!(f, "finish the change of type to {to} (start it)")
+            }
             Action::ChangeType { from, to } => write!(f, "change type {from} → {to}"),
             Action::Start { instance_type } => write!(f, "start ({instance_type})"),
             Action::SetDns { name } => write!(f, "point {name} at the node"),
-            Action::Retire { .. } => write!(f, "retire: snapshot, terminate"),
+            Action::Retire { dns } => {
+                write!(f, "retire: snapshot, terminate")?;
+                for (i, r) in dns.iter().enumerate() {
+                    let sep = if i == 0 { ", delete record" } else { "," };
+                    write!(f, "{sep} {}", r.name)?;
+                }
+                Ok(())
+            }
             Action::DeleteDns { record } => write!(f, "delete record {}", record.name),
         }
     }
@@ -543,8 +560,10 @@ fn plan_coin(
             reason: format!("{}: {e}", coin.file),
         });
     }
-    // Per zone: disruptive node step lists, and quiet steps.
+    // Per zone: disruptive node step lists, quiet steps, and the steps that bring nodes that
+    // are down now back up.
     let mut zones: Vec<(String, Vec<Vec<Step>>, Vec<Step>)> = Vec::new();
+    let mut repairs: Vec<(String, Vec<Step>)> = Vec::new();
     let newest_snapshot = observed
         .snapshots
         .iter()
@@ -555,6 +574,7 @@ fn plan_coin(
     for zone in &coin.zones {
         let mut disruptive: Vec<Vec<Step>> = Vec::new();
         let mut quiet: Vec<Step> = Vec::new();
+        let mut repair: Vec<Step> = Vec::new();
         if !desired.fleet.subnets.contains_key(zone) {
             refusals.push(Refusal {
                 node: None,
@@ -720,6 +740,13 @@ fn plan_coin(
                     "no record of this name points at the node".into(),
                 ));
             }
+            if stopped
+                && let Some(i) = steps.iter().position(|s| {
+                    matches!(s.action, Action::ChangeType { .. } | Action::Start { .. })
+                })
+            {
+                repair.push(steps.remove(i));
+            }
             if steps.iter().any(|s| s.action.disruptive()) {
                 disruptive.push(steps);
             } else {
@@ -727,6 +754,9 @@ fn plan_coin(
             }
         }
         zones.push((zone.to_string(), disruptive, quiet));
+        if !repair.is_empty() {
+            repairs.push((zone.to_string(), repair));
+        }
     }
 
     // Nodes already down that no step of this plan brings up: they eat into max_unavailable.
@@ -740,12 +770,29 @@ fn plan_coin(
             !zones
                 .iter()
                 .any(|(_, d, _)| d.iter().any(|steps| steps[0].node == n.key))
+                && !repairs
+                    .iter()
+                    .any(|(_, r)| r.iter().any(|s| s.node == n.key))
         })
         .count() as u32;
     let batch = max_unavailable.saturating_sub(down_elsewhere).max(1) as usize;
 
     let mut waves = Vec::new();
     let mut estimate_ms = 0;
+    for (zone, steps) in repairs {
+        estimate_ms += steps
+            .iter()
+            .map(|s| s.action.estimate_ms())
+            .max()
+            .unwrap_or(0);
+        waves.push(Wave {
+            kind: WaveKind::Repair,
+            zone,
+            part: 1,
+            parts: 1,
+            steps,
+        });
+    }
     for (zone, disruptive, quiet) in zones {
         let batches: Vec<&[Vec<Step>]> = disruptive.chunks(batch).collect();
         let parts = batches.len().max(1) as u32;

@@ -122,6 +122,7 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
         }
         for w in &cp.waves {
             let head = match w.kind {
+                WaveKind::Repair => format!("{}  repair: back up first", w.zone),
                 WaveKind::Rollout if w.parts > 1 => {
                     format!("{}  wave {}/{}", w.zone, w.part, w.parts)
                 }
@@ -129,7 +130,9 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
                 WaveKind::Retire => format!("{}  retire", w.zone),
                 WaveKind::Cleanup => "DNS clean-up".into(),
             };
-            let gated = if w.kind == WaveKind::Rollout && !w.disrupted().is_empty() {
+            let gated = if w.kind == WaveKind::Repair {
+                st.dim("  then gate")
+            } else if w.kind == WaveKind::Rollout && !w.disrupted().is_empty() {
                 st.dim(if w.part == w.parts {
                     "  then gate and bake"
                 } else {

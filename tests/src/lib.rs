@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod nodes;
+pub mod repo;
 pub mod world;
 
 /// The workspace root.
