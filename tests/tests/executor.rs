@@ -174,6 +174,21 @@ fn restarts(sim: &SimProvider) -> BTreeMap<String, Vec<(u64, String, String)>> {
     out
 }
 
+/// No node was restarted twice at the same version.
+fn assert_no_double_restart(sim: &SimProvider, context: &str) {
+    let mut seen = BTreeSet::new();
+    for c in sim.commands() {
+        if c.command.contains("systemctl start") && c.ok {
+            assert!(
+                seen.insert((c.instance_id.clone(), c.command.clone())),
+                "{context}: {} restarted twice: {}",
+                c.key,
+                c.command
+            );
+        }
+    }
+}
+
 fn zone_passed_at(rec: &RecordingNotifier, coin: &str, zone: &str) -> Option<u64> {
     rec.events().into_iter().find_map(|(at, e)| match e {
         Event::ZonePassed {
@@ -546,18 +561,7 @@ async fn crashes_at_any_point_converge_without_double_restarts() {
                 "kill at {kill_after_s}s: {coin} had {k} down, max {max}"
             );
         }
-        // No node restarted twice at its target version.
-        let mut seen = BTreeSet::new();
-        for c in rig.sim.commands() {
-            if c.command.contains("systemctl start") && c.ok {
-                assert!(
-                    seen.insert((c.instance_id.clone(), c.command.clone())),
-                    "kill at {kill_after_s}s: {} restarted twice: {}",
-                    c.key,
-                    c.command
-                );
-            }
-        }
+        assert_no_double_restart(&rig.sim, &format!("kill at {kill_after_s}s"));
     }
     assert!(
         kill_points >= 20,
@@ -593,17 +597,7 @@ async fn crashes_at_any_point_converge_without_double_restarts() {
                 let max = rig.desired.coins[coin.as_str()].rollout.max_unavailable as usize;
                 assert!(*k <= max, "{op}×{times}: {coin} had {k} down");
             }
-            let mut seen = BTreeSet::new();
-            for c in rig.sim.commands() {
-                if c.command.contains("systemctl start") && c.ok {
-                    assert!(
-                        seen.insert((c.instance_id.clone(), c.command.clone())),
-                        "{op}×{times}: {} restarted twice: {}",
-                        c.key,
-                        c.command
-                    );
-                }
-            }
+            assert_no_double_restart(&rig.sim, &format!("{op}×{times}"));
         }
     }
     eprintln!(
