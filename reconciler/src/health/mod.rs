@@ -386,7 +386,7 @@ impl Gate {
 pub fn human_ms(ms: u64) -> String {
     let s = ms / 1000;
     if s < 60 {
-        if ms < 10_000 && ms % 1000 != 0 {
+        if ms < 10_000 && !ms.is_multiple_of(1000) {
             return format!("{:.1}s", ms as f64 / 1000.0);
         }
         return format!("{s}s");
