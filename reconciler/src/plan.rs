@@ -18,7 +18,7 @@
 
 use crate::observe::{
     DnsRecord, InstanceState, NodeKey, Observed, ObservedNode, ObservedVersion, OrphanReason,
-    restart_command, tags,
+    SnapshotInfo, restart_command, tags,
 };
 use fleet_repo_schema::semver::{Class, classify};
 use fleet_repo_schema::values::Version;
@@ -413,11 +413,10 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
             }),
             (OrphanReason::StrayDns, _, Some(r)) => {
                 let coin = tags::node_record_coin(&r.name, desired.fleet.internal_domain.as_str());
-                let slot_name = desired
-                    .coins
-                    .values()
-                    .flat_map(|c| c.nodes.iter())
-                    .any(|s| s.dns_name == r.name);
+                // A slot's name names its own coin, so only that coin's slots can have it.
+                let slot_name = coin
+                    .and_then(|c| desired.coins.get(c))
+                    .is_some_and(|c| c.nodes.iter().any(|s| s.dns_name == r.name));
                 match coin {
                     // A slot's own name: its node's SetDns step repoints it.
                     _ if slot_name => {}
@@ -448,16 +447,12 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
     // went down or zones were reordered) but that still point at a node.
     for coin in desired.coins.values() {
         let names: BTreeSet<&str> = coin.nodes.iter().map(|s| s.dns_name.as_str()).collect();
-        for n in observed
-            .nodes
-            .iter()
-            .filter(|n| n.key.coin == coin.name.as_str())
-        {
+        for n in observed.nodes_of(coin.name.as_str()) {
             for name in &n.dns_names {
                 if names.contains(name.as_str()) {
                     continue;
                 }
-                if let Some(r) = observed.dns.iter().find(|r| &r.name == name)
+                if let Some(r) = observed.record(name)
                     && tags::node_record_coin(&r.name, desired.fleet.internal_domain.as_str())
                         == Some(coin.name.as_str())
                 {
@@ -475,11 +470,20 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         }
     }
 
+    // Snapshots by coin, looked up once rather than scanned for every coin.
+    let mut snapshots: BTreeMap<&str, Vec<&SnapshotInfo>> = BTreeMap::new();
+    for s in &observed.snapshots {
+        snapshots.entry(s.coin.as_str()).or_default().push(s);
+    }
     for coin in desired.coins.values() {
         let cp = plan_coin(
             desired,
             coin,
             observed,
+            snapshots
+                .get(coin.name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
             retire.remove(coin.name.as_str()).unwrap_or_default(),
             cleanup.remove(coin.name.as_str()).unwrap_or_default(),
         );
@@ -548,6 +552,7 @@ fn plan_coin(
     desired: &Desired,
     coin: &Coin,
     observed: &Observed,
+    snapshots: &[&SnapshotInfo],
     retire: Vec<Step>,
     cleanup: Vec<Step>,
 ) -> CoinPlan {
@@ -564,12 +569,11 @@ fn plan_coin(
     // are down now back up.
     let mut zones: Vec<(String, Vec<Vec<Step>>, Vec<Step>)> = Vec::new();
     let mut repairs: Vec<(String, Vec<Step>)> = Vec::new();
-    let newest_snapshot = observed
-        .snapshots
+    let coin_nodes = observed.nodes_of(coin.name.as_str());
+    let mut classes: BTreeMap<&str, Class> = BTreeMap::new();
+    let newest_snapshot = snapshots
         .iter()
-        .filter(|s| {
-            s.coin == coin.name.as_str() && s.state != "error" && s.size_gb <= coin.data_volume_gb
-        })
+        .filter(|s| s.state != "error" && s.size_gb <= coin.data_volume_gb)
         .max_by_key(|s| s.started_ms);
     for zone in &coin.zones {
         let mut disruptive: Vec<Vec<Step>> = Vec::new();
@@ -586,7 +590,8 @@ fn plan_coin(
         }
         for slot in coin.nodes.iter().filter(|s| &s.zone == zone) {
             let key = NodeKey::of(slot);
-            let Some(n) = observed.node(&key) else {
+            let found = coin_nodes.binary_search_by(|n| n.key.cmp(&key));
+            let Some(n) = found.ok().map(|i| &coin_nodes[i]) else {
                 let snapshot_id = if coin.snapshots.restore_new_nodes {
                     newest_snapshot.map(|s| s.snapshot_id.clone())
                 } else {
@@ -699,7 +704,10 @@ fn plan_coin(
             };
             if running != Some(&coin.version) {
                 let c = match running {
-                    Some(v) => classify(v.as_str(), coin.version.as_str()),
+                    // A coin's nodes mostly run one or two versions: classify each once.
+                    Some(v) => *classes
+                        .entry(v.as_str())
+                        .or_insert_with(|| classify(v.as_str(), coin.version.as_str())),
                     None => Class::Unknown,
                 };
                 match running {
@@ -761,10 +769,8 @@ fn plan_coin(
 
     // Nodes already down that no step of this plan brings up: they eat into max_unavailable.
     let max_unavailable = coin.rollout.max_unavailable.max(1);
-    let down_elsewhere = observed
-        .nodes
+    let down_elsewhere = coin_nodes
         .iter()
-        .filter(|n| n.key.coin == coin.name.as_str())
         .filter(|n| !matches!(n.state, InstanceState::Running))
         .filter(|n| {
             !zones
@@ -794,9 +800,8 @@ fn plan_coin(
         });
     }
     for (zone, disruptive, quiet) in zones {
-        let batches: Vec<&[Vec<Step>]> = disruptive.chunks(batch).collect();
-        let parts = batches.len().max(1) as u32;
-        if batches.is_empty() {
+        let parts = disruptive.len().div_ceil(batch) as u32;
+        if disruptive.is_empty() {
             if !quiet.is_empty() {
                 waves.push(Wave {
                     kind: WaveKind::Rollout,
@@ -809,18 +814,21 @@ fn plan_coin(
             continue;
         }
         let mut quiet = Some(quiet);
-        for (i, b) in batches.iter().enumerate() {
-            let mut steps: Vec<Step> = quiet.take().unwrap_or_default();
-            steps.extend(b.iter().flatten().cloned());
+        // Moved, not copied, into their waves.
+        let mut nodes = disruptive.into_iter();
+        for i in 0..parts {
+            let b: Vec<Vec<Step>> = nodes.by_ref().take(batch).collect();
             estimate_ms += b
                 .iter()
                 .map(|node| node.iter().map(|s| s.action.estimate_ms()).sum::<u64>())
                 .max()
                 .unwrap_or(0);
+            let mut steps: Vec<Step> = quiet.take().unwrap_or_default();
+            steps.extend(b.into_iter().flatten());
             waves.push(Wave {
                 kind: WaveKind::Rollout,
                 zone: zone.clone(),
-                part: i as u32 + 1,
+                part: i + 1,
                 parts,
                 steps,
             });
@@ -898,15 +906,16 @@ fn retire_waves(steps: Vec<Step>, batch: usize) -> Vec<Wave> {
     let mut waves = Vec::new();
     for (zone, mut steps) in by_zone {
         steps.sort_by(|a, b| a.node.cmp(&b.node));
-        let chunks: Vec<Vec<Step>> = steps.chunks(batch.max(1)).map(<[Step]>::to_vec).collect();
-        let parts = chunks.len() as u32;
-        for (i, c) in chunks.into_iter().enumerate() {
+        let batch = batch.max(1);
+        let parts = steps.len().div_ceil(batch) as u32;
+        let mut steps = steps.into_iter();
+        for i in 0..parts {
             waves.push(Wave {
                 kind: WaveKind::Retire,
                 zone: zone.clone(),
-                part: i as u32 + 1,
+                part: i + 1,
                 parts,
-                steps: c,
+                steps: steps.by_ref().take(batch).collect(),
             });
         }
     }

@@ -292,6 +292,17 @@ impl Observed {
             .ok()
             .map(|i| &self.nodes[i])
     }
+    /// The nodes of `coin` (a slice: [`Observed::nodes`] is sorted by key, coin first).
+    pub fn nodes_of(&self, coin: &str) -> &[ObservedNode] {
+        let lo = self.nodes.partition_point(|n| n.key.coin.as_str() < coin);
+        let hi = lo + self.nodes[lo..].partition_point(|n| n.key.coin == coin);
+        &self.nodes[lo..hi]
+    }
+    /// The record named `name` ([`Observed::dns`] is sorted by name).
+    pub fn record(&self, name: &str) -> Option<&DnsRecord> {
+        let i = self.dns.partition_point(|r| r.name.as_str() < name);
+        self.dns.get(i).filter(|r| r.name == name)
+    }
     /// The newest completed-or-pending snapshot of `coin` in `zone`.
     pub fn latest_snapshot(&self, coin: &str, zone: &str) -> Option<&SnapshotInfo> {
         self.snapshots
