@@ -509,16 +509,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
                     )],
                 }),
                 max_unavailable: 1,
-                estimate_ms: waves
-                    .iter()
-                    .map(|w| {
-                        w.steps
-                            .iter()
-                            .map(|s| s.action.estimate_ms())
-                            .max()
-                            .unwrap_or(0)
-                    })
-                    .sum(),
+                estimate_ms: parallel_waves_ms(&waves),
                 waves,
                 refusals: vec![],
             },
@@ -837,16 +828,7 @@ fn plan_coin(
     }
     let n_retire = retire.len();
     let rw = retire_waves(retire, batch);
-    estimate_ms += rw
-        .iter()
-        .map(|w| {
-            w.steps
-                .iter()
-                .map(|s| s.action.estimate_ms())
-                .max()
-                .unwrap_or(0)
-        })
-        .sum::<u64>();
+    estimate_ms += parallel_waves_ms(&rw);
     waves.extend(rw);
     if !cleanup.is_empty() {
         waves.push(Wave {
@@ -895,6 +877,20 @@ fn plan_coin(
         refusals,
         estimate_ms,
     }
+}
+
+/// Rough duration of waves run one after the other, each as long as its slowest step.
+fn parallel_waves_ms(waves: &[Wave]) -> u64 {
+    waves
+        .iter()
+        .map(|w| {
+            w.steps
+                .iter()
+                .map(|s| s.action.estimate_ms())
+                .max()
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// Retirements grouped by zone (sorted), `batch` nodes at a time.

@@ -41,7 +41,12 @@ fn older() -> BTreeMap<String, Version> {
 impl Rig {
     /// The example fleet seeded at older versions. Call inside a paused runtime.
     fn new() -> Rig {
-        let desired = Arc::new(desired_of(&example_tree()));
+        Rig::of(desired_of(&example_tree()))
+    }
+
+    /// `desired` seeded at older versions. Call inside a paused runtime.
+    fn of(desired: Desired) -> Rig {
+        let desired = Arc::new(desired);
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
         let sim = SimProvider::new(Arc::clone(&clock), SimConfig::default());
         sim.seed(&desired, &older()).unwrap();
@@ -92,6 +97,16 @@ impl Rig {
     /// Plan, approve, apply while the monitor watches; returns the report and the monitor's
     /// largest count of out-of-sync nodes per coin.
     async fn apply(&self) -> (reconciler::apply::ApplyReport, BTreeMap<String, usize>) {
+        let (report, worst, ()) = self.apply_during(async {}).await;
+        (report, worst)
+    }
+
+    /// As [`Rig::apply`], with `trouble` (fault injections on the clock) running alongside;
+    /// also returns what `trouble` returned.
+    async fn apply_during<T>(
+        &self,
+        trouble: impl std::future::Future<Output = T>,
+    ) -> (reconciler::apply::ApplyReport, BTreeMap<String, usize>, T) {
         let p = self.plan().await;
         self.approve_all(&p);
         let stop = CancellationToken::new();
@@ -101,12 +116,11 @@ impl Rig {
             Arc::clone(&self.clock),
             stop.clone(),
         ));
-        let report = self
-            .executor()
-            .apply(&self.desired, &p, &CancellationToken::new())
-            .await;
+        let exec = self.executor();
+        let never = CancellationToken::new();
+        let (report, t) = tokio::join!(exec.apply(&self.desired, &p, &never), trouble);
         stop.cancel();
-        (report, mon.await.unwrap())
+        (report, mon.await.unwrap(), t)
     }
 }
 
@@ -268,26 +282,13 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
     // The simulator's NeverSyncs freezes the daemon at the height it last started at, so
     // inject it once the rollout is under way (zone a restarting): from then on the victim
     // (in zone b) is behind on its own, and after its upgrade it never catches up.
-    let p = rig.plan().await;
-    rig.approve_all(&p);
-    let stop = CancellationToken::new();
-    let mon = tokio::spawn(monitor(
-        rig.sim.clone(),
-        Arc::clone(&rig.desired),
-        Arc::clone(&rig.clock),
-        stop.clone(),
-    ));
     let inject = async {
         rig.clock.sleep(40_000).await;
         rig.sim.inject(SimFault::NeverSyncs {
             key: victim.clone(),
         });
     };
-    let exec = rig.executor();
-    let never = CancellationToken::new();
-    let (report, ()) = tokio::join!(exec.apply(&rig.desired, &p, &never), inject);
-    stop.cancel();
-    let worst = mon.await.unwrap();
+    let (report, worst, ()) = rig.apply_during(inject).await;
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
     let CoinOutcome::Failed { reason } = &eth.outcome else {
         panic!("{:?}", eth.outcome)
@@ -611,17 +612,7 @@ async fn probe_none_gates_on_running_and_bake() {
     desired.coins.retain(|k, _| k == "iota");
     let iota = desired.coins.get_mut("iota").unwrap();
     iota.health.probe = Probe::None;
-    let desired = Arc::new(desired);
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
-    let sim = SimProvider::new(Arc::clone(&clock), SimConfig::default());
-    sim.seed(&desired, &older()).unwrap();
-    let rig = Rig {
-        desired,
-        sim,
-        clock,
-        journal: Arc::new(Journal::in_memory()),
-        rec: Arc::new(RecordingNotifier::default()),
-    };
+    let rig = Rig::of(desired);
     let (report, _) = rig.apply().await;
     assert!(report.all_completed(), "{report:#?}");
     let passed_a = zone_passed_at(&rig.rec, "iota", "eu-central-1a").unwrap();
@@ -634,19 +625,7 @@ async fn probe_none_gates_on_running_and_bake() {
 async fn a_node_falling_behind_during_the_bake_restarts_the_bake() {
     let mut desired = desired_of(&example_tree());
     desired.coins.retain(|k, _| k == "ethereum");
-    let desired = Arc::new(desired);
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
-    let sim = SimProvider::new(Arc::clone(&clock), SimConfig::default());
-    sim.seed(&desired, &older()).unwrap();
-    let rig = Rig {
-        desired,
-        sim,
-        clock,
-        journal: Arc::new(Journal::in_memory()),
-        rec: Arc::new(RecordingNotifier::default()),
-    };
-    let p = rig.plan().await;
-    rig.approve_all(&p);
+    let rig = Rig::of(desired);
     let victim = NodeKey {
         coin: "ethereum".into(),
         zone: "eu-central-1a".into(),
@@ -665,9 +644,7 @@ async fn a_node_falling_behind_during_the_bake_restarts_the_bake() {
         rig.sim.clear_faults();
         rig.clock.now_ms()
     };
-    let exec = rig.executor();
-    let never = CancellationToken::new();
-    let (report, recovered_at) = tokio::join!(exec.apply(&rig.desired, &p, &never), trouble);
+    let (report, _, recovered_at) = rig.apply_during(trouble).await;
     assert!(report.all_completed(), "{report:#?}");
     let passed = zone_passed_at(&rig.rec, "ethereum", "eu-central-1a").unwrap();
     let bake = rig.desired.coins["ethereum"].rollout.bake.0.as_millis() as u64;
