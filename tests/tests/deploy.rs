@@ -91,13 +91,15 @@ fn pascal(snake: &str) -> String {
         .collect()
 }
 
-/// The IAM prefix of an SDK crate (`aws_sdk_route53` → `route53`).
+/// The IAM prefix of an SDK crate (`aws_sdk_route53` → `route53`): the crate's name but for
+/// the few services whose IAM prefix differs.
 fn iam_prefix(krate: &str) -> String {
     match krate {
-        "cloudwatchlogs" => "logs".into(),
-        "secretsmanager" | "ec2" | "ssm" | "route53" | "s3" | "iam" | "sts" => krate.into(),
-        other => other.into(),
+        "cloudwatchlogs" => "logs",
+        "elasticloadbalancingv2" => "elasticloadbalancing",
+        other => other,
     }
+    .to_string()
 }
 
 /// The client fields of the provider: field name → IAM prefix (`r53: aws_sdk_route53::Client`).
@@ -221,6 +223,14 @@ fn granted_actions(p: &Value) -> BTreeMap<String, Vec<String>> {
     out
 }
 
+fn lines_or_none(lines: &[String]) -> String {
+    if lines.is_empty() {
+        "  none".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
 #[test]
 fn iam_policy_grants_exactly_the_calls_fleet_makes() {
     let need = needed_actions();
@@ -241,8 +251,8 @@ fn iam_policy_grants_exactly_the_calls_fleet_makes() {
         "deploy/iam-policy.json and {AWS_SOURCE} disagree.\n\
          Called by fleet but not granted (add them, scoped like their neighbours):\n{}\n\
          Granted but never called (remove them):\n{}",
-        if missing.is_empty() { "  none".into() } else { missing.join("\n") },
-        if unused.is_empty() { "  none".into() } else { unused.join("\n") },
+        lines_or_none(&missing),
+        lines_or_none(&unused),
     );
 }
 
@@ -342,7 +352,10 @@ fn iam_policy_placeholders_are_documented() {
 #[test]
 fn only_observe_aws_calls_aws() {
     let mut offenders = Vec::new();
-    let mut stack = vec![workspace_root().join("reconciler/src"), workspace_root().join("bots")];
+    let mut stack = vec![
+        workspace_root().join("reconciler/src"),
+        workspace_root().join("bots"),
+    ];
     let aws = workspace_root().join(AWS_SOURCE);
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -492,7 +505,9 @@ fn systemd_unit_is_hardened_and_writes_only_its_state_dir() {
     );
 
     // No capabilities at all: every assignment empty.
-    let caps = svc.get("CapabilityBoundingSet").expect("CapabilityBoundingSet=");
+    let caps = svc
+        .get("CapabilityBoundingSet")
+        .expect("CapabilityBoundingSet=");
     assert!(
         caps.iter().all(String::is_empty),
         "{UNIT}: CapabilityBoundingSet must be empty, is {caps:?}"
@@ -566,14 +581,17 @@ fn container_image_final_stage_runs_as_a_non_root_uid() {
         .map(|(_, a)| a.as_str())
         .unwrap_or_else(|| panic!("{file}: the final stage has no USER line, so it runs as root"));
     let uid = user.split(':').next().unwrap_or("");
-    let uid: u32 = uid
-        .parse()
-        .unwrap_or_else(|_| panic!("{file}: USER {user}: use a numeric uid (non-root is then checkable)"));
+    let uid: u32 = uid.parse().unwrap_or_else(|_| {
+        panic!("{file}: USER {user}: use a numeric uid (non-root is then checkable)")
+    });
     assert_ne!(uid, 0, "{file}: USER {user} is root");
     let has = |kw: &str, arg: &str| last_stage.iter().any(|(k, a)| k == kw && a.contains(arg));
     assert!(has("EXPOSE", "9400"), "{file}: EXPOSE 9400");
     assert!(has("VOLUME", STATE_DIR), "{file}: VOLUME {STATE_DIR}");
-    assert!(has("ENTRYPOINT", "\"fleet\""), "{file}: ENTRYPOINT [\"fleet\"]");
+    assert!(
+        has("ENTRYPOINT", "\"fleet\""),
+        "{file}: ENTRYPOINT [\"fleet\"]"
+    );
 
     let ignore = read(".dockerignore");
     let entries: BTreeSet<&str> = ignore
