@@ -124,6 +124,16 @@ pub enum Event {
         /// How long it took.
         took_ms: u64,
     },
+    /// A commit of the fleet repository failed validation: nothing of it is applied, the
+    /// last good commit stays in force (sent by `fleet run`, not the executor).
+    RepoInvalid {
+        /// The invalid commit.
+        commit: String,
+        /// The commit still in force, if any.
+        in_force: Option<String>,
+        /// `file:line:column: message` per error.
+        errors: Vec<String>,
+    },
     /// A coin's rollout stopped on a failure.
     RolloutFailed {
         /// Coin.

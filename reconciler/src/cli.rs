@@ -80,6 +80,22 @@ enum Command {
     /// zone, moving to the next zone only when the last is in sync with its chain and has
     /// baked. No AWS account, no network.
     Demo(DemoArgs),
+    /// Run the reconciler: watch the fleet repository and keep the fleet converged.
+    ///
+    /// Fetches the repository (a local path, file://, https:// with FLEET_GIT_TOKEN, or
+    /// ssh:// with a key) every poll interval, at once on a GitHub push webhook
+    /// (POST /hooks/github) and on a file-system change when it is on this machine. Each
+    /// valid revision is reconciled zone by zone like `fleet apply`; an invalid one is
+    /// reported (/status, /metrics, logs) and not applied: the last good revision stays in
+    /// force. Serves /healthz, /readyz, /metrics and /status. SIGTERM or SIGINT stop it
+    /// between steps.
+    ///
+    /// Settings come from --config (every key: examples/reconciler.yaml), flags override
+    /// them; secrets come only from the environment. With no config at all:
+    /// `fleet run --repo examples/fleet` runs against the simulator on 127.0.0.1:9400.
+    ///
+    /// Exit status: 0 stopped by a signal, 2 bad configuration or cannot start.
+    Run(RunArgs),
     /// Print a shell completion script.
     ///
     /// bash: `fleet completions bash > /etc/bash_completion.d/fleet`;
@@ -197,6 +213,50 @@ pub(crate) struct DemoArgs {
     pub(crate) color: ColorChoice,
 }
 
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// The configuration file (YAML; every key is optional and documented in
+    /// examples/reconciler.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The fleet repository: a local path (a git repository, or a plain directory read as
+    /// it is), file://, https:// or ssh:// URL. Overrides repo.url.
+    #[arg(long, value_name = "PATH|URL")]
+    pub(crate) repo: Option<String>,
+    /// Branch to follow (default: the remote's default branch). Overrides repo.branch.
+    #[arg(long)]
+    pub(crate) branch: Option<String>,
+    /// Where the fleet is observed and changed. Overrides `provider`.
+    #[arg(long, value_enum)]
+    pub(crate) provider: Option<ProviderKind>,
+    /// HTTP listen address (default 127.0.0.1:9400). Overrides `listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<String>,
+    /// fleet's state: journal, cache clone, lock, and the simulated fleet (default .fleet).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// How often to fetch the repository (default 30s). Overrides repo.poll_interval.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) poll_interval: Option<String>,
+    /// With --provider sim: simulated seconds per real second. Overrides sim.speed.
+    #[arg(long, value_name = "FACTOR")]
+    pub(crate) sim_speed: Option<f64>,
+    /// With --provider aws: send every AWS call to this endpoint (an emulator).
+    #[arg(long, value_name = "URL")]
+    pub(crate) aws_endpoint: Option<String>,
+    /// Log format (default: human on a terminal, JSON otherwise). Level: RUST_LOG.
+    #[arg(long, value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SchemaKind {
     /// fleet.yaml.
@@ -248,6 +308,7 @@ pub fn run(
         Command::Plan(a) => crate::cli_apply::plan_cmd(&a, out, err, color),
         Command::Apply(a) => crate::cli_apply::apply_cmd(&a, out, err, color),
         Command::Demo(a) => crate::cli_apply::demo_cmd(&a, out, color),
+        Command::Run(a) => Ok(crate::cli_run::run_cmd(&a, err)),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "fleet", out);
             Ok(EXIT_OK)

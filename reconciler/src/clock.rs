@@ -119,3 +119,82 @@ impl Clock for ScaledClock {
         Box::pin(tokio::time::sleep(real))
     }
 }
+
+/// A scaled clock whose origin is kept in a file, so that a simulated fleet's time goes on
+/// across restarts of the process (as AWS's does while the reconciler is down): simulated
+/// now = `sim_ms + (wall now - wall_ms) × speed`. Changing the speed re-anchors at the
+/// current simulated time, so time never jumps back.
+#[derive(Debug, Clone)]
+pub struct AnchoredClock {
+    anchor: Anchor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Anchor {
+    wall_ms: Millis,
+    sim_ms: Millis,
+    speed: f64,
+}
+
+impl Anchor {
+    fn at(&self, wall: Millis) -> Millis {
+        self.sim_ms + (wall.saturating_sub(self.wall_ms) as f64 * self.speed) as Millis
+    }
+}
+
+/// The anchor file inside the state directory.
+pub const ANCHOR_FILE: &str = "sim-clock.json";
+
+impl AnchoredClock {
+    /// Open (or create) the anchor in `state_dir` at `speed`.
+    pub fn open(state_dir: &std::path::Path, speed: f64) -> std::io::Result<AnchoredClock> {
+        let path = state_dir.join(ANCHOR_FILE);
+        let wall = SystemClock.now_ms();
+        let old = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Anchor>(&b).ok());
+        let anchor = match old {
+            Some(a) if a.speed == speed => a,
+            Some(a) => Anchor {
+                wall_ms: wall,
+                sim_ms: a.at(wall),
+                speed,
+            },
+            None => Anchor {
+                wall_ms: wall,
+                sim_ms: wall,
+                speed,
+            },
+        };
+        if old != Some(anchor) {
+            std::fs::create_dir_all(state_dir)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&anchor).unwrap_or_default())?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(AnchoredClock { anchor })
+    }
+
+    /// Read the anchor of `state_dir` without changing it (another process's clock).
+    pub fn read(state_dir: &std::path::Path) -> std::io::Result<AnchoredClock> {
+        let b = std::fs::read(state_dir.join(ANCHOR_FILE))?;
+        let anchor = serde_json::from_slice::<Anchor>(&b)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Ok(AnchoredClock { anchor })
+    }
+
+    /// The speed.
+    pub fn speed(&self) -> f64 {
+        self.anchor.speed
+    }
+}
+
+impl Clock for AnchoredClock {
+    fn now_ms(&self) -> Millis {
+        self.anchor.at(SystemClock.now_ms())
+    }
+    fn sleep(&self, ms: u64) -> Sleep {
+        let real = Duration::from_secs_f64(ms as f64 / 1000.0 / self.anchor.speed.max(1e-9));
+        Box::pin(tokio::time::sleep(real))
+    }
+}

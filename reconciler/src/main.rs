@@ -9,7 +9,9 @@ fn main() -> std::process::ExitCode {
     let code = reconciler::cli::run(
         std::env::args_os(),
         &mut stdout.lock(),
-        &mut std::io::stderr().lock(),
+        // Not locked for the whole run: `fleet run`'s log lines go to stderr from other
+        // threads, which would wait forever on a lock held here.
+        &mut std::io::stderr(),
         color,
     );
     std::process::ExitCode::from(code)

@@ -437,6 +437,14 @@ impl Progress {
                         .unwrap_or_default()
                 );
             }
+            Event::RepoInvalid { commit, errors, .. } => {
+                log = format!(
+                    "{} {} {commit}: {} errors; the last good commit stays in force",
+                    stamp.clone(),
+                    st.red("fleet repository invalid at"),
+                    errors.len()
+                );
+            }
         }
         if self.live {
             let minor = matches!(

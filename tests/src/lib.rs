@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod daemon;
 pub mod nodes;
 pub mod repo;
 pub mod world;

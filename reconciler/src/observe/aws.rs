@@ -560,6 +560,10 @@ impl Provider for AwsProvider {
         "aws"
     }
 
+    fn api_calls(&self) -> u64 {
+        self.stats.calls()
+    }
+
     async fn observe(&self, desired: &Desired) -> Result<Observed, ProviderError> {
         let before = self.stats.calls();
         // Instances: every managed one that is not terminated.

@@ -643,6 +643,11 @@ pub trait Provider: Send + Sync {
     /// `aws` or `sim`.
     fn name(&self) -> &'static str;
 
+    /// API calls made so far (each logical call once, however many retries it took).
+    fn api_calls(&self) -> u64 {
+        0
+    }
+
     /// Observe every managed instance, data volume, node DNS record and snapshot.
     async fn observe(&self, desired: &Desired) -> Result<Observed, ProviderError>;
 

@@ -266,6 +266,50 @@ impl SimProvider {
         Ok(p)
     }
 
+    /// The world saved in `state_dir` by another process, read-only (saving is a no-op):
+    /// what a test's monitor reads while a reconciler runs.
+    pub fn read_only(
+        state_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SimProvider, ProviderError> {
+        let path = state_dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ProviderError::Setup(format!("{}: cannot read: {e}", path.display())))?;
+        let world = serde_json::from_slice::<World>(&bytes).map_err(|e| {
+            ProviderError::Setup(format!(
+                "{}: not a simulator state file ({e})",
+                path.display()
+            ))
+        })?;
+        Ok(SimProvider {
+            world: Arc::new(Mutex::new(world)),
+            clock,
+            path: None,
+        })
+    }
+
+    /// Whether the world has no instance at all (a new simulated account).
+    pub fn is_empty(&self) -> bool {
+        self.lock().instances.is_empty()
+    }
+
+    /// Every live instance: (id, node key, chain status now or why it is unreachable).
+    pub fn nodes_now(&self) -> Vec<(String, Option<NodeKey>, Result<ChainStatus, String>)> {
+        let w = self.lock();
+        let now = self.clock.now_ms();
+        w.instances
+            .values()
+            .filter(|i| !i.terminated)
+            .map(|i| {
+                (
+                    i.id.clone(),
+                    tags::node_key(&i.tags).ok(),
+                    w.status(&i.id, now),
+                )
+            })
+            .collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, World> {
         // A panic while holding the lock would be a bug; the world is still consistent
         // between calls, so keep going with it.
@@ -686,6 +730,10 @@ fn pages(n: usize, size: usize) -> u64 {
 impl Provider for SimProvider {
     fn name(&self) -> &'static str {
         "sim"
+    }
+
+    fn api_calls(&self) -> u64 {
+        self.call_counts().0
     }
 
     async fn observe(&self, desired: &Desired) -> Result<Observed, ProviderError> {

@@ -1,0 +1,328 @@
+//! `fleet run`: wires the configuration, the source, the provider, the loop and the server
+//! together, and stops them on SIGTERM / SIGINT.
+
+use crate::apply::NoNotifier;
+use crate::cli::{EXIT_OK, EXIT_USAGE, LogFormat, ProviderKind, RunArgs};
+use crate::clock::{AnchoredClock, Clock};
+use crate::config::{Overrides, ProviderChoice, RunConfig, SimStart};
+use crate::daemon::{Backend, BackendFactory, LoopOptions, Shared, fetcher, reconcile_loop};
+use crate::health::SimProber;
+use crate::observe::sim::{SimConfig, SimProvider};
+use crate::server::{Secret, ServerState, serve};
+use crate::source::{GitAuth, Source};
+use crate::store::Journal;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The lock file that keeps two reconcilers off one state directory.
+pub const LOCK_FILE: &str = "fleet.lock";
+
+fn init_logs(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Human) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second `fleet run` in one process (tests) keeps the first subscriber.
+    let _ = if json {
+        b.json().flatten_event(true).try_init()
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
+}
+
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `fleet run`.
+pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
+    let flags = Overrides {
+        repo: a.repo.clone(),
+        branch: a.branch.clone(),
+        provider: a.provider.map(|p| {
+            match p {
+                ProviderKind::Sim => "sim",
+                ProviderKind::Aws => "aws",
+            }
+            .to_string()
+        }),
+        listen: a.listen.clone(),
+        state_dir: a.state_dir.clone(),
+        sim_speed: a.sim_speed,
+        aws_endpoint: a.aws_endpoint.clone(),
+        poll_interval: a.poll_interval.clone(),
+    };
+    let cfg = match RunConfig::load(a.config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    init_logs(a.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the runtime: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            tracing::error!(error = %format!("{e:#}"), "fleet run stopped");
+            EXIT_USAGE
+        }
+    }
+}
+
+async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the state directory {}: {e}",
+            cfg.state_dir.display()
+        )
+    })?;
+    let lock_path = cfg.state_dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another fleet run holds {}: one reconciler per state directory",
+            cfg.state_dir.display()
+        );
+    }
+    let (journal, warnings) = Journal::open(&cfg.state_dir)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let journal = Arc::new(journal);
+    let auth = GitAuth {
+        token: env_secret(&cfg.token_env),
+        ssh_key: cfg.ssh_key.clone(),
+        ssh_passphrase: env_secret(&cfg.ssh_passphrase_env),
+    };
+    let source = Source::for_repo(
+        &cfg.repo,
+        cfg.branch.clone(),
+        &cfg.subdir,
+        cfg.cache_dir.clone(),
+        auth,
+    )?;
+    let webhook_secret = env_secret(&cfg.webhook_secret_env).map(Secret::new);
+    let shared = Arc::new(Shared::default());
+    *shared.branch.lock().unwrap_or_else(|e| e.into_inner()) = cfg.branch.clone();
+    shared.status_mut(|s| {
+        s.source.kind = source.kind().into();
+        s.source.url = source.describe();
+        s.source.branch = cfg.branch.clone();
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e} (set `listen` or --listen)",
+                cfg.listen
+            )
+        })?;
+    let shutdown = CancellationToken::new();
+    tracing::info!(
+        repo = %source.describe(),
+        kind = source.kind(),
+        branch = cfg.branch.as_deref().unwrap_or("(remote default)"),
+        provider = ?cfg.provider,
+        listen = %format!("http://{}", listener.local_addr()?),
+        state_dir = %cfg.state_dir.display(),
+        webhook = webhook_secret.is_some(),
+        "fleet run started"
+    );
+    if webhook_secret.is_none() {
+        tracing::warn!(
+            variable = %cfg.webhook_secret_env,
+            "no webhook secret in the environment: POST /hooks/github answers 401"
+        );
+    }
+    let opts = LoopOptions {
+        poll_interval_ms: cfg.poll_interval_ms,
+        requeue_ms: cfg.requeue_ms,
+        backoff_min_ms: cfg.backoff_min_ms,
+        backoff_max_ms: cfg.backoff_max_ms,
+        exec: crate::apply::ExecOptions {
+            parallel_coins: cfg.parallel_coins,
+            poll_ms: cfg.gate_poll_ms,
+            commit: String::new(),
+        },
+    };
+    let server = tokio::spawn(serve(
+        listener,
+        ServerState {
+            shared: Arc::clone(&shared),
+            webhook_secret,
+        },
+        shutdown.clone(),
+    ));
+    let (good_tx, good_rx) = tokio::sync::watch::channel(None);
+    let notifier: Arc<dyn crate::apply::Notifier> = Arc::new(NoNotifier);
+    let fetch = tokio::spawn(fetcher(
+        source.clone(),
+        Arc::clone(&shared),
+        Arc::clone(&notifier),
+        good_tx,
+        opts.clone(),
+        shutdown.clone(),
+    ));
+    let _watcher = match (cfg.watch, source.watch_path()) {
+        (true, Some(path)) => {
+            let s = Arc::clone(&shared);
+            match crate::source::watch(&path, move || s.fetch_now.notify_one()) {
+                Ok(w) => {
+                    tracing::info!(path = %path.display(), "watching the repository for changes");
+                    Some(w)
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot watch the repository; polling only");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let factory = backend_factory(&cfg);
+    let lp = tokio::spawn(reconcile_loop(
+        Arc::clone(&shared),
+        good_rx,
+        factory,
+        journal,
+        notifier,
+        opts,
+        shutdown.clone(),
+    ));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: stopping between steps");
+            shutdown.cancel();
+        });
+    }
+    let r = lp.await;
+    shutdown.cancel();
+    let _ = fetch.await;
+    let _ = server.await;
+    drop(lock);
+    r.map_err(|e| anyhow::anyhow!("the reconcile loop ended abnormally: {e}"))?;
+    tracing::info!("fleet run stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn backend_factory(cfg: &RunConfig) -> BackendFactory {
+    let state_dir = cfg.state_dir.clone();
+    let speed = cfg.sim_speed;
+    let start = cfg.sim_start;
+    let provider = cfg.provider;
+    let region = cfg.aws_region.clone();
+    let endpoint = cfg.aws_endpoint.clone();
+    Box::new(move |desired| {
+        let (state_dir, region, endpoint) = (state_dir.clone(), region.clone(), endpoint.clone());
+        Box::pin(async move {
+            match provider {
+                ProviderChoice::Sim => {
+                    let clock: Arc<dyn Clock> = Arc::new(AnchoredClock::open(&state_dir, speed)?);
+                    let sim =
+                        SimProvider::open(&state_dir, Arc::clone(&clock), SimConfig::default())?;
+                    if sim.is_empty() && start == SimStart::InSync {
+                        tracing::info!(
+                            "new simulated fleet: every node of the revision in force, in sync"
+                        );
+                        sim.seed(&desired, &BTreeMap::new())?;
+                    }
+                    Ok(Backend {
+                        prober: Arc::new(SimProber(sim.clone())),
+                        provider: Arc::new(sim),
+                        clock,
+                    })
+                }
+                ProviderChoice::Aws => aws_backend(&desired, region, endpoint).await,
+            }
+        })
+    })
+}
+
+#[cfg(feature = "aws")]
+async fn aws_backend(
+    desired: &fleet_repo_schema::Desired,
+    region: Option<String>,
+    endpoint: Option<String>,
+) -> anyhow::Result<Backend> {
+    use crate::health::probe::{DnsResolver, RpcCredentials, RpcProber};
+    use crate::observe::aws::{AwsOptions, AwsProvider};
+    let opts = AwsOptions {
+        region: Some(region.unwrap_or_else(|| desired.fleet.region.to_string())),
+        endpoint_url: endpoint,
+        ..AwsOptions::default()
+    };
+    let aws = AwsProvider::connect(opts).await;
+    let creds = RpcCredentials::from_env(desired.coins.keys().map(String::as_str));
+    Ok(Backend {
+        prober: Arc::new(RpcProber::new(
+            Arc::new(DnsResolver),
+            creds,
+            std::time::Duration::from_secs(10),
+        )),
+        provider: Arc::new(aws),
+        clock: Arc::new(crate::clock::SystemClock),
+    })
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_backend(
+    _: &fleet_repo_schema::Desired,
+    _: Option<String>,
+    _: Option<String>,
+) -> anyhow::Result<Backend> {
+    anyhow::bail!(
+        "this fleet was built without the `aws` feature (the simulator only); build it with default features for --provider aws"
+    )
+}

@@ -1,0 +1,562 @@
+//! `fleet run`'s configuration: one YAML file (every key optional, documented in
+//! `examples/reconciler.yaml`), secrets from the environment only, flags over both.
+//!
+//! Precedence: flag > file > built-in default. Secrets (the webhook secret, the git token,
+//! the SSH key passphrase, node RPC credentials) are read from environment variables whose
+//! names the file may change, never from the file itself: a config file gets copied, pasted
+//! and committed.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, with where it is and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {message}")]
+    Read {
+        /// File.
+        path: String,
+        /// OS error.
+        message: String,
+    },
+    /// The file is not valid (YAML syntax, unknown key, wrong type).
+    #[error(
+        "{path}:{line}:{column}: {message}\nhelp: every key is described in examples/reconciler.yaml"
+    )]
+    Parse {
+        /// File.
+        path: String,
+        /// 1-based line (0: unknown).
+        line: usize,
+        /// 1-based column (0: unknown).
+        column: usize,
+        /// What serde_yaml said.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("{key}: {message}")]
+    Value {
+        /// Key (`repo.poll_interval`, or the flag).
+        key: String,
+        /// Why, and what would be right.
+        message: String,
+    },
+}
+
+/// The file, as written (every key optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The fleet repository.
+    /// (An empty section, `repo:` with nothing under it, is allowed.)
+    #[serde(default)]
+    pub repo: Option<RepoFile>,
+    /// `sim` or `aws`.
+    pub provider: Option<String>,
+    /// HTTP listen address.
+    pub listen: Option<String>,
+    /// State directory.
+    pub state_dir: Option<PathBuf>,
+    /// Loop timing.
+    /// (An empty section, `reconcile:` with nothing under it, is allowed.)
+    #[serde(default)]
+    pub reconcile: Option<ReconcileFile>,
+    /// AWS settings.
+    /// (An empty section, `aws:` with nothing under it, is allowed.)
+    #[serde(default)]
+    pub aws: Option<AwsFile>,
+    /// Simulator settings.
+    /// (An empty section, `sim:` with nothing under it, is allowed.)
+    #[serde(default)]
+    pub sim: Option<SimFile>,
+    /// GitHub webhook.
+    /// (An empty section, `webhook:` with nothing under it, is allowed.)
+    #[serde(default)]
+    pub webhook: Option<WebhookFile>,
+}
+
+/// The file with its sections filled in.
+struct Resolved {
+    repo: RepoFile,
+    provider: Option<String>,
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    reconcile: ReconcileFile,
+    aws: AwsFile,
+    sim: SimFile,
+    webhook: WebhookFile,
+}
+
+/// `repo:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoFile {
+    /// Path or URL.
+    pub url: Option<String>,
+    /// Branch (default: the remote's default branch).
+    pub branch: Option<String>,
+    /// Directory of the fleet inside the repository.
+    pub subdir: Option<String>,
+    /// Fetch interval (`30s`).
+    pub poll_interval: Option<String>,
+    /// Watch a local repository for changes.
+    pub watch: Option<bool>,
+    /// Cache clone location.
+    pub cache_dir: Option<PathBuf>,
+    /// SSH private key file.
+    pub ssh_key: Option<PathBuf>,
+    /// Env var holding the HTTPS token.
+    pub token_env: Option<String>,
+    /// Env var holding the SSH key's passphrase.
+    pub ssh_passphrase_env: Option<String>,
+}
+
+/// `reconcile:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileFile {
+    /// Safety-net period between passes.
+    pub requeue: Option<String>,
+    /// First retry delay after an error.
+    pub backoff_min: Option<String>,
+    /// Longest retry delay.
+    pub backoff_max: Option<String>,
+    /// Coins rolled out at once.
+    pub parallel_coins: Option<usize>,
+    /// Time between gate readings.
+    pub gate_poll: Option<String>,
+}
+
+/// `aws:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsFile {
+    /// Region (default: fleet.yaml's `region`).
+    pub region: Option<String>,
+    /// Endpoint override (an emulator).
+    pub endpoint_url: Option<String>,
+}
+
+/// `sim:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimFile {
+    /// Simulated seconds per real second.
+    pub speed: Option<f64>,
+    /// `in-sync` (default) or `empty`.
+    pub start: Option<String>,
+}
+
+/// `webhook:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    /// Env var holding the GitHub webhook secret.
+    pub secret_env: Option<String>,
+}
+
+/// What the flags of `fleet run` may set (None: not given).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// --repo
+    pub repo: Option<String>,
+    /// --branch
+    pub branch: Option<String>,
+    /// --provider
+    pub provider: Option<String>,
+    /// --listen
+    pub listen: Option<String>,
+    /// --state-dir
+    pub state_dir: Option<PathBuf>,
+    /// --sim-speed
+    pub sim_speed: Option<f64>,
+    /// --aws-endpoint
+    pub aws_endpoint: Option<String>,
+    /// --poll-interval
+    pub poll_interval: Option<String>,
+}
+
+/// Where the simulator starts when its state directory holds no fleet yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimStart {
+    /// Every node of the first valid commit, running its version, in sync.
+    InSync,
+    /// Nothing: the first pass launches every node.
+    Empty,
+}
+
+/// Which provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderChoice {
+    /// The simulator.
+    Sim,
+    /// AWS.
+    Aws,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Path or URL of the fleet repository.
+    pub repo: String,
+    /// Branch (None: the remote's default).
+    pub branch: Option<String>,
+    /// Fleet directory inside the repository.
+    pub subdir: String,
+    /// Fetch interval, ms.
+    pub poll_interval_ms: u64,
+    /// Watch a local repository.
+    pub watch: bool,
+    /// Cache clone.
+    pub cache_dir: PathBuf,
+    /// SSH key.
+    pub ssh_key: Option<PathBuf>,
+    /// Env var of the HTTPS token.
+    pub token_env: String,
+    /// Env var of the SSH passphrase.
+    pub ssh_passphrase_env: String,
+    /// Provider.
+    pub provider: ProviderChoice,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Requeue period, ms.
+    pub requeue_ms: u64,
+    /// Backoff bounds, ms.
+    pub backoff_min_ms: u64,
+    /// Backoff bounds, ms.
+    pub backoff_max_ms: u64,
+    /// Coins at once.
+    pub parallel_coins: usize,
+    /// Gate polling, ms.
+    pub gate_poll_ms: u64,
+    /// AWS region override.
+    pub aws_region: Option<String>,
+    /// AWS endpoint override.
+    pub aws_endpoint: Option<String>,
+    /// Simulator speed.
+    pub sim_speed: f64,
+    /// Simulator start.
+    pub sim_start: SimStart,
+    /// Env var of the webhook secret.
+    pub webhook_secret_env: String,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
+
+impl RunConfig {
+    /// Read `path` (if given), apply `flags`, check every value.
+    pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<RunConfig, ConfigError> {
+        let file = match path {
+            None => ConfigFile::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                parse(&text, &p.display().to_string())?
+            }
+        };
+        RunConfig::resolve(file, flags)
+    }
+
+    /// Resolve a parsed file with `flags`.
+    pub fn resolve(f: ConfigFile, flags: &Overrides) -> Result<RunConfig, ConfigError> {
+        let f = Resolved {
+            repo: f.repo.unwrap_or_default(),
+            provider: f.provider,
+            listen: f.listen,
+            state_dir: f.state_dir,
+            reconcile: f.reconcile.unwrap_or_default(),
+            aws: f.aws.unwrap_or_default(),
+            sim: f.sim.unwrap_or_default(),
+            webhook: f.webhook.unwrap_or_default(),
+        };
+        let state_dir = flags
+            .state_dir
+            .clone()
+            .or(f.state_dir)
+            .unwrap_or_else(|| PathBuf::from(".fleet"));
+        let provider = match flags
+            .provider
+            .clone()
+            .or(f.provider)
+            .as_deref()
+            .unwrap_or("sim")
+        {
+            "sim" => ProviderChoice::Sim,
+            "aws" => ProviderChoice::Aws,
+            other => {
+                return Err(ConfigError::Value {
+                    key: "provider".into(),
+                    message: format!("`{other}` is not a provider; use `sim` or `aws`"),
+                });
+            }
+        };
+        let listen_s = flags
+            .listen
+            .clone()
+            .or(f.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| ConfigError::Value {
+            key: "listen".into(),
+            message: format!("`{listen_s}` is not an address:port such as {DEFAULT_LISTEN}"),
+        })?;
+        let dur =
+            |key: &str, v: Option<String>, default: u64, min: u64| -> Result<u64, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => {
+                        let ms = parse_duration(&s).map_err(|m| ConfigError::Value {
+                            key: key.into(),
+                            message: m,
+                        })?;
+                        if ms < min {
+                            return Err(ConfigError::Value {
+                                key: key.into(),
+                                message: format!("`{s}` is below the minimum of {min} ms"),
+                            });
+                        }
+                        Ok(ms)
+                    }
+                }
+            };
+        let poll_interval_ms = dur(
+            "repo.poll_interval",
+            flags.poll_interval.clone().or(f.repo.poll_interval),
+            30_000,
+            100,
+        )?;
+        let requeue_ms = dur("reconcile.requeue", f.reconcile.requeue, 300_000, 100)?;
+        let backoff_min_ms = dur("reconcile.backoff_min", f.reconcile.backoff_min, 1_000, 10)?;
+        let backoff_max_ms = dur(
+            "reconcile.backoff_max",
+            f.reconcile.backoff_max,
+            300_000,
+            10,
+        )?;
+        if backoff_max_ms < backoff_min_ms {
+            return Err(ConfigError::Value {
+                key: "reconcile.backoff_max".into(),
+                message: "must not be below reconcile.backoff_min".into(),
+            });
+        }
+        let gate_poll_ms = dur("reconcile.gate_poll", f.reconcile.gate_poll, 5_000, 10)?;
+        let parallel_coins = f.reconcile.parallel_coins.unwrap_or(32);
+        if parallel_coins == 0 {
+            return Err(ConfigError::Value {
+                key: "reconcile.parallel_coins".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        let sim_speed = flags.sim_speed.or(f.sim.speed).unwrap_or(1.0);
+        if !(sim_speed.is_finite() && sim_speed > 0.0 && sim_speed <= 100_000.0) {
+            return Err(ConfigError::Value {
+                key: "sim.speed".into(),
+                message: format!("{sim_speed} is not a speed between 0 and 100000"),
+            });
+        }
+        let sim_start = match f.sim.start.as_deref().unwrap_or("in-sync") {
+            "in-sync" => SimStart::InSync,
+            "empty" => SimStart::Empty,
+            other => {
+                return Err(ConfigError::Value {
+                    key: "sim.start".into(),
+                    message: format!("`{other}`: use `in-sync` or `empty`"),
+                });
+            }
+        };
+        let env_name = |key: &str,
+                        v: Option<String>,
+                        default: &str|
+         -> Result<String, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ConfigError::Value {
+                    key: key.into(),
+                    message: format!(
+                        "`{v}` is not an environment variable name (letters, digits, _): the file names the variable, the secret stays in the environment"
+                    ),
+                });
+            }
+            Ok(v)
+        };
+        let repo = flags
+            .repo
+            .clone()
+            .or(f.repo.url)
+            .unwrap_or_else(|| ".".into());
+        let subdir = f.repo.subdir.unwrap_or_default();
+        if subdir.split('/').any(|c| c == "..") {
+            return Err(ConfigError::Value {
+                key: "repo.subdir".into(),
+                message: "must stay inside the repository (no `..`)".into(),
+            });
+        }
+        Ok(RunConfig {
+            cache_dir: f
+                .repo
+                .cache_dir
+                .unwrap_or_else(|| state_dir.join("repo-cache")),
+            repo,
+            branch: flags.branch.clone().or(f.repo.branch),
+            subdir,
+            poll_interval_ms,
+            watch: f.repo.watch.unwrap_or(true),
+            ssh_key: f.repo.ssh_key,
+            token_env: env_name("repo.token_env", f.repo.token_env, "FLEET_GIT_TOKEN")?,
+            ssh_passphrase_env: env_name(
+                "repo.ssh_passphrase_env",
+                f.repo.ssh_passphrase_env,
+                "FLEET_GIT_SSH_PASSPHRASE",
+            )?,
+            provider,
+            listen,
+            state_dir,
+            requeue_ms,
+            backoff_min_ms,
+            backoff_max_ms,
+            parallel_coins,
+            gate_poll_ms,
+            aws_region: f.aws.region,
+            aws_endpoint: flags.aws_endpoint.clone().or(f.aws.endpoint_url),
+            sim_speed,
+            sim_start,
+            webhook_secret_env: env_name(
+                "webhook.secret_env",
+                f.webhook.secret_env,
+                "FLEET_GITHUB_WEBHOOK_SECRET",
+            )?,
+        })
+    }
+}
+
+/// Parse the config file's text.
+pub fn parse(text: &str, path: &str) -> Result<ConfigFile, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(ConfigFile::default());
+    }
+    serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        ConfigError::Parse {
+            path: path.to_string(),
+            line,
+            column,
+            message: e
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        }
+    })
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `1d`, or a combination (`1h30m`).
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = || format!("`{s}` is not a duration such as 500ms, 30s, 5m, 1h30m");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let mult = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(500));
+        assert_eq!(parse_duration("30s"), Ok(30_000));
+        assert_eq!(parse_duration("1h30m"), Ok(5_400_000));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn defaults_make_a_working_sim_daemon() {
+        let c = RunConfig::resolve(ConfigFile::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.provider, ProviderChoice::Sim);
+        assert_eq!(c.poll_interval_ms, 30_000);
+        assert_eq!(c.cache_dir, PathBuf::from(".fleet/repo-cache"));
+        assert_eq!(c.webhook_secret_env, "FLEET_GITHUB_WEBHOOK_SECRET");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = parse(
+            "repo:\n  url: /srv/fleet\n  branch: main\n  poll_interval: 10s\nprovider: aws\nlisten: 0.0.0.0:9500\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let flags = Overrides {
+            branch: Some("staging".into()),
+            provider: Some("sim".into()),
+            ..Overrides::default()
+        };
+        let c = RunConfig::resolve(f, &flags).unwrap();
+        assert_eq!(c.repo, "/srv/fleet");
+        assert_eq!(c.branch.as_deref(), Some("staging"));
+        assert_eq!(c.provider, ProviderChoice::Sim);
+        assert_eq!(c.poll_interval_ms, 10_000);
+        assert_eq!(c.listen.port(), 9500);
+    }
+
+    #[test]
+    fn unknown_keys_are_located() {
+        let e = parse("repo:\n  url: x\n  brnch: main\n", "c.yaml").unwrap_err();
+        match e {
+            ConfigError::Parse { line, message, .. } => {
+                assert_eq!(line, 3);
+                assert!(message.contains("brnch"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_values_of_the_file() {
+        let f = parse("webhook:\n  secret_env: \"s3cr3t value\"\n", "c.yaml").unwrap();
+        let e = RunConfig::resolve(f, &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("environment variable name"), "{e}");
+        // No `secret:` key: a secret in the file is an unknown key.
+        assert!(parse("webhook:\n  secret: abc\n", "c.yaml").is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! The reconciler's HTTP server (one port): `/healthz`, `/readyz`, `/metrics`, `/status` and
+//! `POST /hooks/github`.
+//!
+//! The webhook is verified before anything else is read from the request: the body's
+//! HMAC-SHA256 under the shared secret must equal `X-Hub-Signature-256` (compared in
+//! constant time by `hmac`'s `verify_slice`). Anything unsigned, mis-signed, or sent while
+//! no secret is configured gets 401 and changes nothing. A verified push to the watched
+//! branch wakes the fetcher; the push's content is not trusted for anything else: fleet
+//! fetches the branch itself.
+
+use crate::daemon::Shared;
+use hmac::{KeyInit, Mac};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// GitHub caps webhook payloads at 25 MB; a push of a fleet repository is far below.
+pub const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// A webhook secret. `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// From the secret's bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Secret {
+        Secret(bytes.into())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Whether `header` (`sha256=<64 hex>`) is the HMAC-SHA256 of `body` under `secret`.
+/// Constant time in the signature's value.
+pub fn verify_github_signature(secret: &Secret, body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Some(sig) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret.0) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What the server needs.
+#[derive(Debug, Clone)]
+pub struct ServerState {
+    /// The daemon's shared state.
+    pub shared: Arc<Shared>,
+    /// The GitHub webhook secret (None: the webhook answers 401 to everything).
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Serve on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: ServerState, shutdown: CancellationToken) {
+    let state = Arc::new(state);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let state = Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(code: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut b = body.into();
+    b.push('\n');
+    reply(code, "text/plain; charset=utf-8", b)
+}
+
+async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (Method::GET, "/readyz") => {
+            if state.shared.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready")
+            } else {
+                let s = state.shared.status();
+                let why = if s.commit.is_none() {
+                    match (&s.source.last_fetch_error, &s.validation_error) {
+                        (Some(e), _) => format!("no valid revision yet: fetch failed: {e}"),
+                        (None, Some(v)) => {
+                            format!("no valid revision yet: {} is invalid", v.commit)
+                        }
+                        (None, None) => "no valid revision yet".to_string(),
+                    }
+                } else {
+                    "the fleet has not been observed yet".to_string()
+                };
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}"))
+            }
+        }
+        (Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.shared.metrics.render(),
+        ),
+        (Method::GET, "/status") => {
+            let s = state.shared.status();
+            match serde_json::to_vec_pretty(&s) {
+                Ok(b) => reply(StatusCode::OK, "application/json", b),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (Method::POST, "/hooks/github") => github(state, req).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
+        (_, "/hooks/github") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; endpoints: /healthz /readyz /metrics /status POST /hooks/github",
+        ),
+    }
+}
+
+async fn github(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let m = &state.shared.metrics;
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let signature = header("x-hub-signature-256");
+    let event = header("x-github-event").unwrap_or_default();
+    let delivery = header("x-github-delivery").unwrap_or_default();
+    let Some(secret) = &state.webhook_secret else {
+        m.webhook("unauthorized");
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "webhook secret not configured: set the variable named by webhook.secret_env (FLEET_GITHUB_WEBHOOK_SECRET)",
+        );
+    };
+    if signature.is_none() {
+        m.webhook("unauthorized");
+        return text(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            m.webhook("too_large");
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
+        }
+    };
+    if !verify_github_signature(secret, &body, signature.as_deref()) {
+        m.webhook("unauthorized");
+        tracing::warn!(delivery = %delivery, "webhook signature mismatch: rejected");
+        return text(StatusCode::UNAUTHORIZED, "signature does not match");
+    }
+    match event.as_str() {
+        "ping" => {
+            m.webhook("ping");
+            text(StatusCode::OK, "pong")
+        }
+        "push" => {
+            let git_ref = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("ref").and_then(|r| r.as_str()).map(str::to_string));
+            let Some(git_ref) = git_ref else {
+                m.webhook("bad_request");
+                return text(StatusCode::BAD_REQUEST, "push event without a `ref`");
+            };
+            let branch = state
+                .shared
+                .branch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let ours = match &branch {
+                Some(b) => git_ref == format!("refs/heads/{b}"),
+                None => git_ref.starts_with("refs/heads/"),
+            };
+            if ours {
+                m.webhook("accepted");
+                tracing::info!(delivery = %delivery, git_ref = %git_ref, "push webhook: fetching now");
+                state.shared.fetch_now.notify_one();
+                text(StatusCode::ACCEPTED, "fetching")
+            } else {
+                m.webhook("ignored");
+                text(
+                    StatusCode::ACCEPTED,
+                    format!("ignored: {git_ref} is not the watched branch"),
+                )
+            }
+        }
+        other => {
+            m.webhook("ignored");
+            text(StatusCode::ACCEPTED, format!("ignored event `{other}`"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of GitHub's documentation ("Validating webhook deliveries").
+    #[test]
+    fn githubs_published_test_vector() {
+        let secret = Secret::new("It's a Secret to Everybody");
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(verify_github_signature(
+            &secret,
+            b"Hello, World!",
+            Some(good)
+        ));
+        assert!(!verify_github_signature(
+            &secret,
+            b"Hello, World?",
+            Some(good)
+        ));
+        assert!(!verify_github_signature(
+            &Secret::new("wrong"),
+            b"Hello, World!",
+            Some(good)
+        ));
+        let flipped = good.replace("757107", "757108");
+        assert!(!verify_github_signature(
+            &secret,
+            b"Hello, World!",
+            Some(&flipped)
+        ));
+        assert!(!verify_github_signature(&secret, b"Hello, World!", None));
+        assert!(!verify_github_signature(
+            &secret,
+            b"Hello, World!",
+            Some(&good[7..])
+        ));
+        assert!(!verify_github_signature(
+            &secret,
+            b"Hello, World!",
+            Some("sha256=")
+        ));
+        assert!(!verify_github_signature(
+            &secret,
+            b"Hello, World!",
+            Some("sha1=757107ea0eb2509fc211221cce984b8a37570b6d")
+        ));
+        assert!(!verify_github_signature(
+            &secret,
+            b"Hello, World!",
+            Some(&good[..good.len() - 2])
+        ));
+        assert!(!format!("{secret:?}").contains("Secret to"));
+    }
+}

@@ -1,0 +1,369 @@
+//! `fleet run` end to end: the real binary, a real git repository driven by the `git` command
+//! line (a bare origin and a working clone, as GitHub and an operator's laptop), the
+//! simulator as the fleet, and the daemon's own HTTP endpoints as the only window into it.
+//!
+//! - A pushed version bump rolls out zone by zone: each zone's restarts come after the
+//!   previous zone's last restart plus its bake (read from the simulator's command log).
+//! - A broken commit is reported (status, metrics) and changes nothing; a fix resumes.
+//! - A force-push back to an older commit converges the fleet back to its version.
+//! - A webhook with a missing, wrong or tampered signature gets 401 and causes no fetch; a
+//!   signed push to the watched branch fetches at once.
+//! - SIGTERM stops it cleanly (exit 0).
+
+use fleet_tests::daemon::{Daemon, Remote, coin, coin_at, fleet_files, github_signature, http};
+use fleet_tests::{fleet, workspace_root};
+use serde_json::Value;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn config(url: &str, watch: bool) -> String {
+    format!(
+        "repo:\n  url: {url}\n  branch: main\n  poll_interval: 1h\n  watch: {watch}\n\
+         provider: sim\nsim:\n  speed: 600\n\
+         reconcile:\n  requeue: 1h\n  gate_poll: 10s\n  backoff_min: 100ms\n  backoff_max: 2s\n"
+    )
+}
+
+/// (zone, sim time) of each successful start of `node@<version>`, in order.
+fn starts(state_dir: &std::path::Path, version: &str) -> Vec<(String, u64)> {
+    let sim: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("sim.json")).expect("sim.json"))
+            .expect("sim.json is JSON");
+    let needle = format!("systemctl start 'node@{version}'");
+    sim["commands"]
+        .as_array()
+        .expect("commands")
+        .iter()
+        .filter(|c| c["ok"] == true && c["command"].as_str().is_some_and(|s| s.contains(&needle)))
+        .map(|c| {
+            (
+                c["key"]["zone"].as_str().unwrap_or("").to_string(),
+                c["at_ms"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+fn ssm_commands(state_dir: &std::path::Path) -> usize {
+    let sim: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("sim.json")).expect("sim.json"))
+            .expect("sim.json is JSON");
+    sim["commands"].as_array().map_or(0, Vec::len)
+}
+
+/// Zones in rollout order, each zone's restarts after the previous zone's last restart
+/// plus the bake (5 simulated minutes).
+fn assert_zone_by_zone(s: &[(String, u64)], zones: &[&str], per_zone: usize) {
+    let order: Vec<&str> = s.iter().map(|(z, _)| z.as_str()).collect();
+    let want: Vec<&str> = zones
+        .iter()
+        .flat_map(|z| std::iter::repeat_n(*z, per_zone))
+        .collect();
+    assert_eq!(order, want, "restarts not zone by zone: {s:?}");
+    for w in zones.windows(2) {
+        let last_prev = s
+            .iter()
+            .filter(|(z, _)| z == w[0])
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap_or(0);
+        let first_next = s
+            .iter()
+            .filter(|(z, _)| z == w[1])
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap_or(0);
+        assert!(
+            first_next >= last_prev + 300_000,
+            "{} started {} ms (simulated) after {}'s last restart, before its 5 min bake could end",
+            w[1],
+            first_next.saturating_sub(last_prev),
+            w[0]
+        );
+    }
+}
+
+#[test]
+fn commits_roll_out_zone_by_zone_bad_commits_change_nothing_force_push_goes_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ltc = |v: &str| coin("litecoin", v, 3, 2, 1);
+    let remote = Remote::new(tmp.path(), &fleet_files(&[ltc("0.21.4")]));
+    let c1 = fleet_tests::daemon::git(&remote.work, &["rev-parse", "HEAD"]);
+    let mut d = Daemon::start(tmp.path(), &config(&remote.url(), true), &[]);
+    d.wait_for("the first commit in force, in sync", LONG, |s| {
+        s["commit"] == c1.as_str() && coin_at(s, "litecoin", "0.21.4")
+    });
+    assert_eq!(d.get("/readyz").map(|r| r.status), Some(200));
+
+    // A version bump, pushed: seen by the file watcher (polling is 1 h), rolled out.
+    remote.write(&fleet_files(&[ltc("0.21.5")]));
+    let c2 = remote.commit_push("litecoin 0.21.5");
+    d.wait_for("0.21.5 everywhere", LONG, |s| {
+        s["commit"] == c2.as_str() && coin_at(s, "litecoin", "0.21.5")
+    });
+    let zones = ["eu-central-1a", "eu-central-1b", "eu-central-1c"];
+    assert_zone_by_zone(&starts(&d.state_dir, "0.21.5"), &zones, 2);
+
+    // A broken commit: reported with file, line and column; nothing applied.
+    let before = ssm_commands(&d.state_dir);
+    let broken = fleet_tests::repo::CoinSpec {
+        max_unavailable: 1,
+        ..ltc("0.21.9")
+    }
+    .yaml()
+    .replace("max_unavailable: 1", "max_unavailable: lots");
+    remote.write(&[("coins/litecoin.yaml".into(), broken)]);
+    let c3 = remote.commit_push("broken: max_unavailable is not a number");
+    let s = d.wait_for("the broken commit reported", LONG, |s| {
+        s["validation_error"]["commit"] == c3.as_str()
+    });
+    assert_eq!(
+        s["commit"],
+        c2.as_str(),
+        "the last good commit stays in force"
+    );
+    let e = &s["validation_error"]["errors"][0];
+    assert_eq!(e["file"], "coins/litecoin.yaml", "{s}");
+    assert!(
+        e["line"].as_u64().unwrap_or(0) > 0 && e["column"].as_u64().unwrap_or(0) > 0,
+        "{e}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_unavailable")
+            || e["message"].as_str().unwrap_or("").contains("lots"),
+        "{e}"
+    );
+    assert_eq!(d.metric("fleet_source_valid"), Some(0.0));
+    assert_eq!(
+        d.metric(&format!("fleet_invalid_commit_info{{commit=\"{c3}\"}}")),
+        Some(1.0)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ssm_commands(&d.state_dir),
+        before,
+        "an invalid commit changed the fleet"
+    );
+    assert!(coin_at(&d.status(), "litecoin", "0.21.5"));
+    assert!(
+        d.log().contains(&c3) && d.log().contains("coins/litecoin.yaml"),
+        "the error is logged"
+    );
+
+    // The fix (a newer version) resumes.
+    remote.write(&fleet_files(&[ltc("0.21.6")]));
+    let c4 = remote.commit_push("fix, and litecoin 0.21.6");
+    let s = d.wait_for("0.21.6 everywhere", LONG, |s| {
+        s["commit"] == c4.as_str() && coin_at(s, "litecoin", "0.21.6")
+    });
+    assert!(s["validation_error"].is_null(), "{s}");
+    assert_eq!(d.metric("fleet_source_valid"), Some(1.0));
+    assert_zone_by_zone(&starts(&d.state_dir, "0.21.6"), &zones, 2);
+
+    // A force-push back to c2: the branch head is the truth.
+    remote.force_push(&c2);
+    d.wait_for("back to 0.21.5 after the force-push", LONG, |s| {
+        s["commit"] == c2.as_str() && coin_at(s, "litecoin", "0.21.5")
+    });
+    assert_eq!(
+        starts(&d.state_dir, "0.21.5").len(),
+        12,
+        "6 nodes started 0.21.5 twice (up, then back)"
+    );
+    let passes = d
+        .metric("fleet_reconcile_passes_total{result=\"converged\"}")
+        .unwrap_or(0.0);
+    assert!(passes >= 1.0, "metrics count passes");
+
+    let st = d.terminate(Duration::from_secs(20));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "SIGTERM: clean exit, got {st:?}\n{}",
+        d.log_tail()
+    );
+    assert!(d.log().contains("stopped cleanly"));
+}
+
+#[test]
+fn webhook_fetches_at_once_and_bad_signatures_change_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ltc = |v: &str| coin("litecoin", v, 1, 1, 1);
+    let remote = Remote::new(tmp.path(), &fleet_files(&[ltc("0.21.4")]));
+    let c1 = fleet_tests::daemon::git(&remote.work, &["rev-parse", "HEAD"]);
+    let secret = "s3cret-for-the-test";
+    let mut d = Daemon::start(
+        tmp.path(),
+        &config(&remote.url(), false),
+        &[("FLEET_GITHUB_WEBHOOK_SECRET", secret)],
+    );
+    d.wait_for("the first commit", LONG, |s| s["commit"] == c1.as_str());
+    remote.write(&fleet_files(&[ltc("0.21.5")]));
+    let c2 = remote.commit_push("litecoin 0.21.5");
+    let fetches = || {
+        d.metric("fleet_git_fetches_total{result=\"ok\"}")
+            .unwrap_or(-1.0)
+    };
+    let f0 = fetches();
+    assert!(f0 >= 1.0);
+
+    let body = format!(
+        r#"{{"ref":"refs/heads/main","before":"{c1}","after":"{c2}","repository":{{"full_name":"example/fleet"}},"pusher":{{"name":"op"}}}}"#
+    );
+    let post = |sig: Option<&str>, event: &str, body: &str| {
+        let mut h = vec![
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+            ("Content-Type", "application/json"),
+        ];
+        if let Some(s) = sig {
+            h.push(("X-Hub-Signature-256", s));
+        }
+        http(d.addr, "POST", "/hooks/github", &h, body.as_bytes()).expect("webhook answers")
+    };
+    // Unsigned, signed with another secret, a tampered body, a sha1 signature: 401 each.
+    let wrong = github_signature("not-the-secret", body.as_bytes());
+    let of_other = github_signature(secret, b"{\"ref\":\"refs/heads/other\"}");
+    let sha1 = "sha1=0123456789abcdef0123456789abcdef01234567";
+    for sig in [
+        None,
+        Some(wrong.as_str()),
+        Some(of_other.as_str()),
+        Some(sha1),
+    ] {
+        let r = post(sig, "push", &body);
+        assert_eq!(r.status, 401, "{sig:?}: {}", r.body);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(fetches(), f0, "a rejected webhook caused a fetch");
+    assert_eq!(d.status()["commit"], c1.as_str());
+    assert_eq!(
+        d.metric("fleet_webhook_requests_total{result=\"unauthorized\"}"),
+        Some(4.0)
+    );
+
+    // Correctly signed but not a push to the watched branch: accepted, no fetch.
+    let ping = r#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+    assert_eq!(
+        post(
+            Some(&github_signature(secret, ping.as_bytes())),
+            "ping",
+            ping
+        )
+        .status,
+        200
+    );
+    let other = body.replace("refs/heads/main", "refs/heads/feature");
+    assert_eq!(
+        post(
+            Some(&github_signature(secret, other.as_bytes())),
+            "push",
+            &other
+        )
+        .status,
+        202
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fetches(), f0, "a push to another branch caused a fetch");
+
+    // The real thing: fetched at once, rolled out.
+    let r = post(
+        Some(&github_signature(secret, body.as_bytes())),
+        "push",
+        &body,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    d.wait_for("0.21.5 after the webhook", LONG, |s| {
+        s["commit"] == c2.as_str() && coin_at(s, "litecoin", "0.21.5")
+    });
+    assert_eq!(fetches(), f0 + 1.0);
+    let _ = d.terminate(Duration::from_secs(20));
+}
+
+#[test]
+fn a_plain_directory_runs_with_nothing_but_flags() {
+    // `fleet run --repo examples/fleet --provider sim`: the example is a directory inside
+    // fleet's own checkout, read as it is on disk.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let example = workspace_root().join("examples/fleet");
+    let mut d = Daemon::start_args(
+        tmp.path(),
+        &[
+            "--repo",
+            example.to_str().expect("utf-8"),
+            "--provider",
+            "sim",
+        ],
+        &[],
+    );
+    let s = d.wait_for("the example fleet in force and in sync", LONG, |s| {
+        s["commit"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("worktree-"))
+            && s["coins"].as_object().is_some_and(|c| c.len() == 6)
+            && s["coins"]
+                .as_object()
+                .is_some_and(|c| c.values().all(|c| c["state"] == "in-sync"))
+    });
+    assert_eq!(s["source"]["kind"], "directory");
+    assert_eq!(d.get("/readyz").map(|r| r.status), Some(200));
+    let m = d.get("/metrics").expect("metrics").body;
+    assert!(
+        m.contains("fleet_nodes{coin=\"bitcoin\",state=\"in_sync\"} 3"),
+        "{m}"
+    );
+    assert_eq!(d.get("/nope").map(|r| r.status), Some(404));
+    assert_eq!(d.get("/hooks/github").map(|r| r.status), Some(405));
+
+    // A second reconciler on the same state directory is refused.
+    let out = std::process::Command::new(fleet_tests::daemon::fleet_bin())
+        .args([
+            "run",
+            "--repo",
+            example.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(&d.state_dir)
+        .output()
+        .expect("run fleet");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another fleet run holds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = d.terminate(Duration::from_secs(20));
+}
+
+#[test]
+fn bad_configuration_is_located_and_stops_before_anything_starts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("c.yaml");
+    std::fs::write(&cfg, "repo:\n  url: /srv/fleet\n  poll_intervall: 30s\n").expect("write");
+    let out = fleet(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("c.yaml:3:"), "{}", out.stderr);
+    assert!(out.stderr.contains("poll_intervall"), "{}", out.stderr);
+    std::fs::write(&cfg, "repo:\n  poll_interval: soon\n").expect("write");
+    let out = fleet(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("repo.poll_interval") && out.stderr.contains("soon"),
+        "{}",
+        out.stderr
+    );
+    let out = fleet(&["run", "--listen", "nowhere", "--repo", "."]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("listen"), "{}", out.stderr);
+    // The example configuration is valid.
+    let example = workspace_root().join("examples/reconciler.yaml");
+    let text = std::fs::read_to_string(&example).expect("examples/reconciler.yaml");
+    let file = reconciler::config::parse(&text, "examples/reconciler.yaml").expect("parses");
+    reconciler::config::RunConfig::resolve(file, &reconciler::config::Overrides::default())
+        .expect("resolves");
+}
