@@ -1221,6 +1221,73 @@ async fn refresh_status(
 mod tests {
     use super::*;
 
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// A broken revision is reported to the notifier and on the status with its location,
+    /// and the good one stays published; the fix replaces it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invalid_revision_is_reported_and_the_last_good_one_stays() {
+        use crate::apply::RecordingNotifier;
+        use crate::source::DirSource;
+        let dir = tempfile::tempdir().unwrap();
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet");
+        copy(&example, dir.path());
+        let source = Source::Dir(Arc::new(DirSource::new(dir.path().to_path_buf())));
+        let shared = Arc::new(Shared::default());
+        let rec = Arc::new(RecordingNotifier::default());
+        let (tx, rx) = watch::channel(None);
+        let opts = LoopOptions {
+            poll_interval_ms: 20,
+            requeue_ms: 1_000,
+            backoff_min_ms: 10,
+            backoff_max_ms: 100,
+            exec: ExecOptions::default(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(fetcher(source, Arc::clone(&shared), rec.clone(), tx, opts, stop.clone()));
+        let wait = |f: &dyn Fn() -> bool| {
+            let ok = (0..500).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                f()
+            });
+            assert!(ok, "timed out");
+        };
+        wait(&|| rx.borrow().is_some());
+        let good = rx.borrow().as_ref().unwrap().rev.clone();
+        let path = dir.path().join("coins/litecoin.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("nodes_per_zone: 1", "nodes_per_zone: -3")).unwrap();
+        wait(&|| shared.status().validation_error.is_some());
+        let v = shared.status().validation_error.unwrap();
+        assert_ne!(v.commit, good);
+        assert_eq!(v.errors[0].file, "coins/litecoin.yaml");
+        assert!(v.errors[0].line > 1 && v.errors[0].column > 1, "{:?}", v.errors);
+        assert_eq!(rx.borrow().as_ref().unwrap().rev, good, "the good revision stays");
+        let events = rec.events();
+        assert!(
+            events.iter().any(|(_, e)| matches!(e, Event::RepoInvalid { commit, in_force, errors }
+                if *commit == v.commit && in_force.as_deref() == Some(good.as_str()) && errors[0].starts_with("coins/litecoin.yaml:"))),
+            "{events:?}"
+        );
+        assert!(shared.metrics.render().contains("fleet_source_valid 0"));
+        std::fs::write(&path, text.replace("nodes_per_zone: 1", "nodes_per_zone: 2")).unwrap();
+        wait(&|| rx.borrow().as_ref().is_some_and(|g| g.rev != good));
+        assert!(shared.status().validation_error.is_none());
+        assert!(shared.metrics.render().contains("fleet_source_valid 1"));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
     #[test]
     fn backoff_doubles_to_its_ceiling_and_resets() {
         let mut b = Backoff::new(1_000, 5_000);

@@ -94,6 +94,14 @@ impl ProcessGuard {
         }
     }
 
+    /// Guard a child spawned elsewhere (to read its stdout first).
+    pub fn adopt(name: &str, child: Child) -> ProcessGuard {
+        ProcessGuard {
+            name: name.to_string(),
+            child: Some(child),
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -94,14 +94,25 @@ fn sigkill_at_random_points_of_rollouts_converges_within_the_budget() {
     eprintln!("crash test seed: {seed} (FLEET_CRASH_SEED={seed} replays the kill moments)");
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let coins = |v: &str| vec![coin("litecoin", v, 3, 2, 1), coin("dogecoin", v, 3, 3, 2)];
+    // At ×100 a restarted daemon is unreachable for 300 ms of real time, longer than the
+    // reconciler takes to restart, so kills land while nodes are down and the restarted
+    // reconciler must find them down and wait (the budget check).
+    let coins = |v: &str| {
+        [coin("litecoin", v, 3, 2, 1), coin("dogecoin", v, 3, 3, 2)]
+            .into_iter()
+            .map(|mut c| {
+                c.bake = "1m".into();
+                c
+            })
+            .collect::<Vec<_>>()
+    };
     let limits: BTreeMap<String, usize> =
         [("litecoin".to_string(), 1), ("dogecoin".to_string(), 2)].into();
     let remote = Remote::new(tmp.path(), &fleet_files(&coins("1.14.0")));
     let config = format!(
         "repo:\n  url: {}\n  branch: main\n  poll_interval: 200ms\n  watch: true\n\
-         provider: sim\nsim:\n  speed: 600\n\
-         reconcile:\n  requeue: 1h\n  gate_poll: 10s\n  backoff_min: 100ms\n  backoff_max: 1s\n",
+         provider: sim\nsim:\n  speed: 100\n\
+         reconcile:\n  requeue: 1h\n  gate_poll: 5s\n  backoff_min: 100ms\n  backoff_max: 1s\n",
         remote.url()
     );
     let mut d = Daemon::start(tmp.path(), &config, &[]);
