@@ -1254,7 +1254,14 @@ mod tests {
             exec: ExecOptions::default(),
         };
         let stop = CancellationToken::new();
-        let task = tokio::spawn(fetcher(source, Arc::clone(&shared), rec.clone(), tx, opts, stop.clone()));
+        let task = tokio::spawn(fetcher(
+            source,
+            Arc::clone(&shared),
+            rec.clone(),
+            tx,
+            opts,
+            stop.clone(),
+        ));
         let wait = |f: &dyn Fn() -> bool| {
             let ok = (0..500).any(|_| {
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -1266,13 +1273,25 @@ mod tests {
         let good = rx.borrow().as_ref().unwrap().rev.clone();
         let path = dir.path().join("coins/litecoin.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replace("nodes_per_zone: 1", "nodes_per_zone: -3")).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("nodes_per_zone: 1", "nodes_per_zone: -3"),
+        )
+        .unwrap();
         wait(&|| shared.status().validation_error.is_some());
         let v = shared.status().validation_error.unwrap();
         assert_ne!(v.commit, good);
         assert_eq!(v.errors[0].file, "coins/litecoin.yaml");
-        assert!(v.errors[0].line > 1 && v.errors[0].column > 1, "{:?}", v.errors);
-        assert_eq!(rx.borrow().as_ref().unwrap().rev, good, "the good revision stays");
+        assert!(
+            v.errors[0].line > 1 && v.errors[0].column > 1,
+            "{:?}",
+            v.errors
+        );
+        assert_eq!(
+            rx.borrow().as_ref().unwrap().rev,
+            good,
+            "the good revision stays"
+        );
         let events = rec.events();
         assert!(
             events.iter().any(|(_, e)| matches!(e, Event::RepoInvalid { commit, in_force, errors }
@@ -1280,7 +1299,11 @@ mod tests {
             "{events:?}"
         );
         assert!(shared.metrics.render().contains("fleet_source_valid 0"));
-        std::fs::write(&path, text.replace("nodes_per_zone: 1", "nodes_per_zone: 2")).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("nodes_per_zone: 1", "nodes_per_zone: 2"),
+        )
+        .unwrap();
         wait(&|| rx.borrow().as_ref().is_some_and(|g| g.rev != good));
         assert!(shared.status().validation_error.is_none());
         assert!(shared.metrics.render().contains("fleet_source_valid 1"));

@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p fleet-tests --bench daemon_latency` (the `fleet` binary must be built:
 //! `cargo build --release --bin fleet`, or set FLEET_BIN). Samples per mode:
-//! FLEET_BENCH_SAMPLES (default 20; polling takes 5, each costs ~15 s on average).
+//! FLEET_BENCH_SAMPLES (default 20; polling takes at most 8, each costs ~30 s). Modes:
+//! FLEET_BENCH_MODES (default `webhook,watch,poll`).
 
 use fleet_tests::daemon::{Daemon, Remote, coin, coin_at, fleet_files, github_signature, http};
 use serde_json::Value;
@@ -50,7 +51,16 @@ fn run(mode: Mode, samples: usize) -> Vec<f64> {
         coin_at(s, "litecoin", "1.0.0")
     });
     let mut out = Vec::new();
+    let mut phase = 0x9e37_79b9_7f4a_7c15_u64;
     for i in 1..=samples {
+        if mode == Mode::Poll {
+            // Commits arrive at any moment of the poll cycle, not right after a poll (which
+            // is when the previous rollout converged): wait a pseudo-random part of it.
+            phase ^= phase << 13;
+            phase ^= phase >> 7;
+            phase ^= phase << 17;
+            std::thread::sleep(Duration::from_millis(phase % 30_000));
+        }
         let v = format!("1.0.{i}");
         remote.write(&fleet_files(&c(&v)));
         let before = commands(&d.state_dir);
@@ -100,11 +110,20 @@ fn main() {
         "commit-to-first-action latency (git push → first SSM command), fleet binary {}",
         fleet_tests::daemon::fleet_bin().display()
     );
+    let modes = std::env::var("FLEET_BENCH_MODES").unwrap_or_else(|_| "webhook,watch,poll".into());
     for (name, mode, n) in [
         ("webhook", Mode::Webhook, samples),
         ("file watch", Mode::Watch, samples),
-        ("poll 30s", Mode::Poll, samples.min(5)),
+        ("poll 30s", Mode::Poll, samples.min(8)),
     ] {
+        let key = match mode {
+            Mode::Webhook => "webhook",
+            Mode::Watch => "watch",
+            Mode::Poll => "poll",
+        };
+        if !modes.split(',').any(|m| m == key) {
+            continue;
+        }
         let v = run(mode, n);
         println!(
             "{name:>10}: n={n:>2}  p50 {:>8.1} ms  p90 {:>8.1} ms  min {:>8.1} ms  max {:>8.1} ms",

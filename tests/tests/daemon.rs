@@ -367,3 +367,40 @@ fn bad_configuration_is_located_and_stops_before_anything_starts() {
     reconciler::config::RunConfig::resolve(file, &reconciler::config::Overrides::default())
         .expect("resolves");
 }
+
+#[test]
+fn sigterm_mid_rollout_stops_between_steps_and_a_restart_finishes_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ltc = |v: &str| coin("litecoin", v, 3, 2, 1);
+    let remote = Remote::new(tmp.path(), &fleet_files(&[ltc("0.21.4")]));
+    // ×100: each zone takes a few seconds (restarts, then a 5 min bake = 3 s).
+    let cfg = config(&remote.url(), true).replace("speed: 600", "speed: 100");
+    let mut d = Daemon::start(tmp.path(), &cfg, &[]);
+    d.wait_for("in sync", LONG, |s| coin_at(s, "litecoin", "0.21.4"));
+    remote.write(&fleet_files(&[ltc("0.21.5")]));
+    let c2 = remote.commit_push("litecoin 0.21.5");
+    let s = d.wait_for("the rollout under way", LONG, |s| {
+        s["coins"]["litecoin"]["state"] == "rolling-out"
+            && s["coins"]["litecoin"]["steps_done"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(s["coins"]["litecoin"]["steps_total"], 6, "{s}");
+    let st = d.terminate(Duration::from_secs(20));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "SIGTERM mid-rollout: clean exit, got {st:?}\n{}",
+        d.log_tail()
+    );
+    assert!(d.log().contains("signal received"));
+    let done = starts(&d.state_dir, "0.21.5").len();
+    assert!(
+        done < 6,
+        "the rollout was not cut short ({done} of 6 started)"
+    );
+    d.restart(tmp.path(), &[]);
+    d.wait_for("the rollout finished after the restart", LONG, |s| {
+        s["commit"] == c2.as_str() && coin_at(s, "litecoin", "0.21.5")
+    });
+    let zones = ["eu-central-1a", "eu-central-1b", "eu-central-1c"];
+    assert_zone_by_zone(&starts(&d.state_dir, "0.21.5"), &zones, 2);
+    let _ = d.terminate(Duration::from_secs(20));
+}

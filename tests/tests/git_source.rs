@@ -42,7 +42,12 @@ fn http_server(root: &std::path::Path) -> Server {
     }
 }
 
-fn source(url: &str, branch: Option<&str>, cache: &std::path::Path, token: Option<&str>) -> GitSource {
+fn source(
+    url: &str,
+    branch: Option<&str>,
+    cache: &std::path::Path,
+    token: Option<&str>,
+) -> GitSource {
     GitSource::new(
         url,
         branch.map(str::to_string),
@@ -58,7 +63,10 @@ fn source(url: &str, branch: Option<&str>, cache: &std::path::Path, token: Optio
 #[test]
 fn https_style_token_auth_fetches_and_bad_tokens_fail_without_leaking() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let remote = Remote::new(tmp.path(), &fleet_files(&[coin("litecoin", "0.21.4", 1, 1, 1)]));
+    let remote = Remote::new(
+        tmp.path(),
+        &fleet_files(&[coin("litecoin", "0.21.4", 1, 1, 1)]),
+    );
     let head = git(&remote.work, &["rev-parse", "HEAD"]);
     let server = http_server(tmp.path());
     let url = format!("http://127.0.0.1:{}/origin.git", server.port);
@@ -67,7 +75,12 @@ fn https_style_token_auth_fetches_and_bad_tokens_fail_without_leaking() {
     let h = ok.fetch().expect("fetch with the token");
     assert_eq!(h.rev, head);
     let loaded = ok.load(&h.rev).expect("load the commit");
-    assert_eq!(loaded.desired.expect("valid").coins["litecoin"].version.as_str(), "0.21.4");
+    assert_eq!(
+        loaded.desired.expect("valid").coins["litecoin"]
+            .version
+            .as_str(),
+        "0.21.4"
+    );
 
     let wrong = "github_pat_WRONG_TOKEN_999";
     let e = source(&url, Some("main"), &tmp.path().join("cache2"), Some(wrong))
@@ -75,7 +88,10 @@ fn https_style_token_auth_fetches_and_bad_tokens_fail_without_leaking() {
         .expect_err("a wrong token fails");
     let msg = e.to_string();
     assert!(matches!(e, SourceError::Fetch { .. }), "{msg}");
-    assert!(!msg.contains(wrong) && !msg.contains(TOKEN), "the token leaked: {msg}");
+    assert!(
+        !msg.contains(wrong) && !msg.contains(TOKEN),
+        "the token leaked: {msg}"
+    );
 
     let e = source(&url, Some("main"), &tmp.path().join("cache3"), None)
         .fetch()
@@ -83,7 +99,10 @@ fn https_style_token_auth_fetches_and_bad_tokens_fail_without_leaking() {
     assert!(e.to_string().contains("FLEET_GIT_TOKEN"), "{e}");
 
     // A token in the URL is never shown.
-    let with_creds = format!("http://x-access-token:{TOKEN}@127.0.0.1:{}/origin.git", server.port);
+    let with_creds = format!(
+        "http://x-access-token:{TOKEN}@127.0.0.1:{}/origin.git",
+        server.port
+    );
     let s = source(&with_creds, Some("main"), &tmp.path().join("cache4"), None);
     assert!(!s.display_url().contains(TOKEN));
     assert_eq!(s.fetch().expect("credentials from the URL").rev, head);
@@ -92,13 +111,20 @@ fn https_style_token_auth_fetches_and_bad_tokens_fail_without_leaking() {
 #[test]
 fn force_push_moves_the_branch_and_missing_branches_are_named() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let remote = Remote::new(tmp.path(), &fleet_files(&[coin("litecoin", "0.21.4", 1, 1, 1)]));
+    let remote = Remote::new(
+        tmp.path(),
+        &fleet_files(&[coin("litecoin", "0.21.4", 1, 1, 1)]),
+    );
     let c1 = git(&remote.work, &["rev-parse", "HEAD"]);
     remote.write(&fleet_files(&[coin("litecoin", "0.21.5", 1, 1, 1)]));
     let c2 = remote.commit_push("bump");
     let cache = tmp.path().join("cache");
     let s = source(&remote.url(), None, &cache, None);
-    assert_eq!(s.fetch().expect("fetch").rev, c2, "the remote's default branch");
+    assert_eq!(
+        s.fetch().expect("fetch").rev,
+        c2,
+        "the remote's default branch"
+    );
 
     // Rewrite history: a different commit on top of c1, force-pushed.
     git(&remote.work, &["reset", "-q", "--hard", &c1]);
@@ -128,35 +154,78 @@ fn a_fleet_in_a_subdirectory_and_an_invalid_commit() {
         .chain([("README.md".to_string(), "# infra\n".to_string())])
         .collect();
     let remote = Remote::new(tmp.path(), &files);
-    let sub = GitSource::new(&remote.url(), Some("main".into()), "fleet", tmp.path().join("c"), GitAuth::default());
+    let sub = GitSource::new(
+        &remote.url(),
+        Some("main".into()),
+        "fleet",
+        tmp.path().join("c"),
+        GitAuth::default(),
+    );
     let h = sub.fetch().expect("fetch");
     assert!(sub.load(&h.rev).expect("load").desired.is_some());
-    let root = GitSource::new(&remote.url(), Some("main".into()), "", tmp.path().join("c"), GitAuth::default());
+    let root = GitSource::new(
+        &remote.url(),
+        Some("main".into()),
+        "",
+        tmp.path().join("c"),
+        GitAuth::default(),
+    );
     let loaded = root.load(&h.rev).expect("load");
     assert!(loaded.desired.is_none(), "no fleet.yaml at the root");
-    let missing = GitSource::new(&remote.url(), Some("main".into()), "nope", tmp.path().join("c"), GitAuth::default());
-    assert!(missing.load(&h.rev).unwrap_err().to_string().contains("repo.subdir"));
+    let missing = GitSource::new(
+        &remote.url(),
+        Some("main".into()),
+        "nope",
+        tmp.path().join("c"),
+        GitAuth::default(),
+    );
+    assert!(
+        missing
+            .load(&h.rev)
+            .unwrap_err()
+            .to_string()
+            .contains("repo.subdir")
+    );
 
     // An invalid commit loads as diagnostics with file and line, through the same path.
-    std::fs::write(remote.work.join("fleet/coins/litecoin.yaml"), "coin: litecoin\nversion: [1\n").expect("write");
+    std::fs::write(
+        remote.work.join("fleet/coins/litecoin.yaml"),
+        "coin: litecoin\nversion: [1\n",
+    )
+    .expect("write");
     let bad = remote.commit_push("broken");
     let h = sub.fetch().expect("fetch");
     assert_eq!(h.rev, bad);
     let loaded = sub.load(&bad).expect("load");
     assert!(loaded.desired.is_none());
     assert!(
-        loaded.diagnostics.iter().any(|d| d.file == "coins/litecoin.yaml" && d.span.start.line >= 2),
+        loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.file == "coins/litecoin.yaml" && d.span.start.line >= 2),
         "{:?}",
         loaded.diagnostics
     );
 
     // The root of a local repository is git; a directory inside it is read as it is.
     assert!(matches!(
-        Source::for_repo(remote.work.to_str().expect("utf-8"), None, "", tmp.path().join("c2"), GitAuth::default()),
+        Source::for_repo(
+            remote.work.to_str().expect("utf-8"),
+            None,
+            "",
+            tmp.path().join("c2"),
+            GitAuth::default()
+        ),
         Ok(Source::Git(_))
     ));
     assert!(matches!(
-        Source::for_repo(remote.work.join("fleet").to_str().expect("utf-8"), None, "", tmp.path().join("c3"), GitAuth::default()),
+        Source::for_repo(
+            remote.work.join("fleet").to_str().expect("utf-8"),
+            None,
+            "",
+            tmp.path().join("c3"),
+            GitAuth::default()
+        ),
         Ok(Source::Dir(_))
     ));
 }
