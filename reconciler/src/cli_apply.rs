@@ -12,7 +12,7 @@ use crate::observe::Provider;
 use crate::observe::sim::{SimConfig, SimProvider};
 use crate::plan::{Plan, plan};
 use crate::render::{Progress, Style, plan_human, summary};
-use crate::store::{Decision, Journal, Record};
+use crate::store::{Decision, Journal, Record, StateLock};
 use fleet_repo_schema::{Color, Desired, load, render_human};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -47,6 +47,8 @@ struct World {
     clock: Arc<dyn Clock>,
     /// What approvals are tied to: the repository's content.
     commit: String,
+    /// The state directory's lock, held while the command runs.
+    _lock: StateLock,
 }
 
 /// A stable id of the repository's content (FNV-1a over the resolved desired state): an
@@ -90,6 +92,15 @@ async fn open_world(
     };
     let desired = Arc::new(desired);
     let commit = content_id(&desired);
+    // One writer per state directory: a running `fleet run` (or another apply) would
+    // change the same fleet, and the simulator's state would be rewritten by both.
+    let lock = match StateLock::take(&a.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(Err(EXIT_USAGE));
+        }
+    };
     Ok(Ok(match a.provider {
         ProviderKind::Sim => {
             if !(a.sim_speed.is_finite() && a.sim_speed > 0.0) {
@@ -107,6 +118,7 @@ async fn open_world(
                 provider: Arc::new(sim),
                 clock,
                 commit,
+                _lock: lock,
             }
         }
         #[cfg(not(feature = "aws"))]
@@ -136,6 +148,7 @@ async fn open_world(
                 clock: Arc::new(SystemClock),
                 desired,
                 commit,
+                _lock: lock,
             }
         }
     }))

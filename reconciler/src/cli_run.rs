@@ -10,14 +10,11 @@ use crate::health::SimProber;
 use crate::observe::sim::{SimConfig, SimProvider};
 use crate::server::{Secret, ServerState, serve};
 use crate::source::{GitAuth, Source};
-use crate::store::Journal;
+use crate::store::{Journal, StateLock};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-/// The lock file that keeps two reconcilers off one state directory.
-pub const LOCK_FILE: &str = "fleet.lock";
 
 fn init_logs(format: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -79,7 +76,10 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
             return EXIT_USAGE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    let r = rt.block_on(run(cfg));
+    // Do not wait on a fetch stuck in libgit2 (a blocking thread) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match r {
         Ok(()) => EXIT_OK,
         Err(e) => {
             let _ = writeln!(err, "error: {e:#}");
@@ -90,25 +90,7 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
 }
 
 async fn run(cfg: RunConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot create the state directory {}: {e}",
-            cfg.state_dir.display()
-        )
-    })?;
-    let lock_path = cfg.state_dir.join(LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!(
-            "another fleet run holds {}: one reconciler per state directory",
-            cfg.state_dir.display()
-        );
-    }
+    let lock = StateLock::take(&cfg.state_dir).map_err(|e| anyhow::anyhow!(e))?;
     let (journal, warnings) = Journal::open(&cfg.state_dir)?;
     for w in warnings {
         tracing::warn!("{w}");
@@ -128,7 +110,13 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     )?;
     let webhook_secret = env_secret(&cfg.webhook_secret_env).map(Secret::new);
     let shared = Arc::new(Shared::default());
-    *shared.branch.lock().unwrap_or_else(|e| e.into_inner()) = cfg.branch.clone();
+    // The webhook filters pushes on the followed branch (resolved at the first fetch when
+    // the configuration leaves it to the remote's default).
+    let branch = match &source {
+        Source::Git(g) => g.branch(),
+        Source::Dir(_) => None,
+    };
+    *shared.branch.lock().unwrap_or_else(|e| e.into_inner()) = branch;
     shared.status_mut(|s| {
         s.source.kind = source.kind().into();
         s.source.url = source.describe();

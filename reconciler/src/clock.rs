@@ -51,12 +51,17 @@ impl Clock for TokioClock {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
+/// The latest wall time handed out: [`SystemClock`] never goes back, even when NTP steps the
+/// system clock back (bakes and timeouts are differences of two readings).
+static LATEST_WALL_MS: AtomicU64 = AtomicU64::new(0);
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> Millis {
-        SystemTime::now()
+        let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        LATEST_WALL_MS.fetch_max(wall, Ordering::SeqCst).max(wall)
     }
 }
 

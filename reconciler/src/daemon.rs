@@ -196,7 +196,7 @@ struct MetricsInner {
     webhooks: BTreeMap<String, u64>,
     source_valid: Option<bool>,
     invalid_commit: Option<String>,
-    last_error: Option<(String, f64)>,
+    last_error: BTreeMap<String, f64>,
     api_calls: u64,
     steps: BTreeMap<String, u64>,
 }
@@ -359,9 +359,9 @@ impl Metrics {
             &mut o,
             "fleet_last_error_timestamp_seconds",
             "gauge",
-            "When the last error of each kind happened (fetch, validation, observe, rollout).",
+            "When the last error of each kind happened (fetch, validation, pass: observing or the provider, rollout: a failed coin).",
         );
-        if let Some((k, t)) = &m.last_error {
+        for (k, t) in &m.last_error {
             let _ = writeln!(
                 o,
                 "fleet_last_error_timestamp_seconds{{kind=\"{}\"}} {t}",
@@ -422,6 +422,8 @@ pub struct Shared {
     pub branch: Mutex<Option<String>>,
     /// Fetches started (tests and the webhook's "no fetch" check).
     pub fetch_count: AtomicU64,
+    /// Steps carried out (outcome `done`), for telling progress from repetition.
+    pub steps_done: AtomicU64,
 }
 
 impl Shared {
@@ -528,6 +530,9 @@ fn located(d: &Diagnostic) -> LocatedError {
     }
 }
 
+/// Longest a fetch may take before it counts as failed.
+pub const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The fetcher: runs until `shutdown`.
 pub async fn fetcher(
     source: Source,
@@ -545,7 +550,24 @@ pub async fn fetcher(
     loop {
         shared.fetch_count.fetch_add(1, Ordering::SeqCst);
         let (src, k) = (source.clone(), known.clone());
-        let res = tokio::task::spawn_blocking(move || src.poll(k.as_deref())).await;
+        // libgit2 has no overall timeout: a remote that accepts and then stalls would hold
+        // the fetcher for ever. After FETCH_TIMEOUT the fetch counts as failed (the blocking
+        // thread is left to finish or fail on its own).
+        let res = match tokio::time::timeout(
+            FETCH_TIMEOUT,
+            tokio::task::spawn_blocking(move || src.poll(k.as_deref())),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Ok(Err(crate::source::SourceError::Fetch {
+                url: source.describe(),
+                message: format!(
+                    "no answer within {} s (the remote is unreachable or stalled)",
+                    FETCH_TIMEOUT.as_secs()
+                ),
+            })),
+        };
         let now = crate::clock::SystemClock.now_ms();
         let wait = match res {
             Ok(Ok((head, loaded))) => {
@@ -569,7 +591,7 @@ pub async fn fetcher(
                 tracing::warn!(error = %msg, "fetching the fleet repository failed; the last good revision stays in force");
                 shared.metrics.with(|m| {
                     *m.fetches.entry("error".into()).or_default() += 1;
-                    m.last_error = Some(("fetch".into(), wall_s()));
+                    m.last_error.insert("fetch".into(), wall_s());
                 });
                 shared.status_mut(|s| {
                     s.source.last_fetch_ms = Some(now);
@@ -628,7 +650,7 @@ fn take(
             shared.metrics.with(|m| {
                 m.source_valid = Some(false);
                 m.invalid_commit = Some(head.rev.clone());
-                m.last_error = Some(("validation".into(), wall_s()));
+                m.last_error.insert("validation".into(), wall_s());
             });
             notifier.notify(
                 now,
@@ -754,6 +776,9 @@ impl Notifier for StatusNotifier {
                 "done" | "already-done" => outcome.as_str(),
                 _ => "error",
             };
+            if k == "done" {
+                self.shared.steps_done.fetch_add(1, Ordering::SeqCst);
+            }
             self.shared
                 .metrics
                 .with(|m| *m.steps.entry(k.into()).or_default() += 1);
@@ -860,7 +885,14 @@ pub async fn reconcile_loop(
     // Coins whose rollout failed, held until the revision changes: (rev, reason).
     let mut held: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut wait_ms: Option<u64> = None; // None: wait for the first good revision
+    // Passes in a row that made progress: a plan that never empties (something the
+    // provider reports done but observation never shows) must not spin.
+    let mut streak = 0u32;
     loop {
+        if good_rx.has_changed().is_err() {
+            // The fetcher is gone (shutdown): nothing will ever change again.
+            return;
+        }
         // Wait for a reason to run.
         let w = wait_ms;
         let sleep = async move {
@@ -932,8 +964,22 @@ pub async fn reconcile_loop(
         // A newer revision seen during the pass (one that did not preempt it: same desired
         // state) is taken at once, so /status never shows a stale commit for long.
         let newer = good_rx.borrow().as_ref().is_some_and(|g| g.rev != good.rev);
+        streak = if matches!(r, Ok(PassResult::Progress)) {
+            streak + 1
+        } else {
+            0
+        };
         wait_ms = Some(match r {
             Ok(_) if newer => 0,
+            Ok(PassResult::Progress) if streak > 20 => {
+                let d = backoff.fail();
+                tracing::warn!(
+                    passes = streak,
+                    retry_in_ms = d,
+                    "the plan keeps changing the fleet without converging; slowing down"
+                );
+                d
+            }
             Ok(PassResult::Progress) | Ok(PassResult::Cancelled) => {
                 backoff.reset();
                 0
@@ -945,9 +991,9 @@ pub async fn reconcile_loop(
             Err(e) => {
                 let d = backoff.fail();
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = d, "reconcile pass failed");
-                shared
-                    .metrics
-                    .with(|m| m.last_error = Some(("observe".into(), wall_s())));
+                shared.metrics.with(|m| {
+                    m.last_error.insert("pass".into(), wall_s());
+                });
                 d
             }
         });
@@ -1017,6 +1063,7 @@ async fn pass(
         },
     });
     let cancel = shutdown.child_token();
+    let done_before = shared.steps_done.load(Ordering::SeqCst);
     let run = {
         let (exec, desired, p, cancel) = (
             Arc::clone(&exec),
@@ -1043,16 +1090,19 @@ async fn pass(
             }
         }
     };
-    let mut progress = false;
+    // Progress means a step actually changed something: steps found already done do not
+    // count, or a step the executor keeps finding done while the plan keeps asking for it
+    // would loop without pause.
+    let progress = shared.steps_done.load(Ordering::SeqCst) > done_before;
     let mut waiting = false;
     for c in &report.coins {
         match &c.outcome {
-            CoinOutcome::Completed => progress |= c.steps > 0,
+            CoinOutcome::Completed => {}
             CoinOutcome::Failed { reason } => {
                 held.insert(c.coin.clone(), (good.rev.clone(), reason.clone()));
-                shared
-                    .metrics
-                    .with(|m| m.last_error = Some(("rollout".into(), wall_s())));
+                shared.metrics.with(|m| {
+                    m.last_error.insert("rollout".into(), wall_s());
+                });
             }
             CoinOutcome::AwaitingApproval
             | CoinOutcome::Rejected { .. }

@@ -20,8 +20,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// GitHub caps webhook payloads at 25 MB; a push of a fleet repository is far below.
-pub const MAX_BODY: usize = 25 * 1024 * 1024;
+/// Largest webhook body read. GitHub caps payloads at 25 MB; a push to a fleet repository
+/// (a few commits of YAML) is far below, and an unauthenticated client can make the server
+/// buffer up to this much per connection before the signature is known.
+pub const MAX_BODY: usize = 5 * 1024 * 1024;
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time to send a whole request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A webhook secret. `Debug` never shows it.
 #[derive(Clone)]
@@ -78,7 +84,15 @@ pub struct ServerState {
 /// Serve on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: ServerState, shutdown: CancellationToken) {
     let state = Arc::new(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -93,6 +107,7 @@ pub async fn serve(listener: TcpListener, state: ServerState, shutdown: Cancella
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
@@ -102,9 +117,15 @@ pub async fn serve(listener: TcpListener, state: ServerState, shutdown: Cancella
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             tokio::pin!(conn);
+            // A connection lives at most 5 minutes (a keep-alive client cannot hold a slot
+            // for ever); on shutdown, the request under way is answered first.
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+                _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
+                }
             }
         });
     }
@@ -194,11 +215,25 @@ async fn github(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
         m.webhook("unauthorized");
         return text(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // Events fleet does not act on are not read at all.
+    if !matches!(event.as_str(), "push" | "ping") {
+        m.webhook("ignored");
+        return text(StatusCode::ACCEPTED, format!("ignored event `{event}`"));
+    }
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             m.webhook("too_large");
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "body over 25 MB");
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "body over 5 MB");
+        }
+        Err(_) => {
+            m.webhook("timeout");
+            return text(StatusCode::REQUEST_TIMEOUT, "body not received in time");
         }
     };
     if !verify_github_signature(secret, &body, signature.as_deref()) {

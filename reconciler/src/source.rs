@@ -118,7 +118,9 @@ pub struct Head {
 #[derive(Debug)]
 pub struct GitSource {
     url: String,
-    branch: Option<String>,
+    /// The branch followed: configured, or the remote's default resolved once at the first
+    /// fetch (a later `git checkout` in a local working copy does not change it).
+    branch: std::sync::Mutex<Option<String>>,
     subdir: String,
     cache: PathBuf,
     auth: GitAuth,
@@ -137,7 +139,7 @@ impl GitSource {
     ) -> GitSource {
         GitSource {
             url: url.to_string(),
-            branch,
+            branch: std::sync::Mutex::new(branch),
             subdir: subdir.trim_matches('/').to_string(),
             cache,
             auth,
@@ -149,10 +151,18 @@ impl GitSource {
         redact_url(&self.url)
     }
 
+    /// The branch followed, once known.
+    pub fn branch(&self) -> Option<String> {
+        self.branch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn fetch_err(&self, e: git2::Error) -> SourceError {
         SourceError::Fetch {
             url: self.display_url(),
-            message: scrub(e.message(), &self.auth),
+            message: scrub(e.message(), &self.auth).replace(&self.url, &self.display_url()),
         }
     }
 
@@ -175,7 +185,20 @@ impl GitSource {
     fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
         let mut cb = git2::RemoteCallbacks::new();
         let tries = AtomicU32::new(0);
-        cb.credentials(move |_url, user_from_url, allowed| {
+        let host = host_of(&self.url);
+        cb.credentials(move |url, user_from_url, allowed| {
+            // Credentials go only to the configured host (not to where a redirect leads),
+            // and never over plain http except on loopback (tests).
+            if host_of(url) != host {
+                return Err(git2::Error::from_str(
+                    "the remote redirected to another host; credentials are sent only to the configured one",
+                ));
+            }
+            if url.starts_with("http://") && !is_loopback(host.as_deref()) {
+                return Err(git2::Error::from_str(
+                    "refusing to send credentials over plain http; use an https:// URL",
+                ));
+            }
             // libgit2 asks again after a refused credential: give up instead of looping.
             if tries.fetch_add(1, Ordering::Relaxed) >= 3 {
                 return Err(git2::Error::from_str(
@@ -198,12 +221,15 @@ impl GitSource {
             let conn = remote
                 .connect_auth(git2::Direction::Fetch, Some(self.callbacks()), None)
                 .map_err(|e| self.fetch_err(e))?;
-            let branch = match &self.branch {
-                Some(b) => b.clone(),
+            let branch = match self.branch() {
+                Some(b) => b,
                 None => {
                     let d = conn.default_branch().map_err(|e| self.fetch_err(e))?;
                     let d = d.as_str().unwrap_or("refs/heads/main");
-                    d.strip_prefix("refs/heads/").unwrap_or(d).to_string()
+                    let b = d.strip_prefix("refs/heads/").unwrap_or(d).to_string();
+                    tracing::info!(branch = %b, "following the remote's default branch");
+                    *self.branch.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
+                    b
                 }
             };
             let want = format!("refs/heads/{branch}");
@@ -303,6 +329,28 @@ impl GitSource {
     }
 }
 
+/// The host of a URL (`https://user@host:443/x` → `host`), for scp-like addresses the part
+/// before `:`; None for local paths.
+fn host_of(url: &str) -> Option<String> {
+    let authority = if let Some((_, rest)) = url.split_once("://") {
+        rest.split('/').next().unwrap_or("")
+    } else if looks_like_scp(url) {
+        url.split(':').next().unwrap_or("")
+    } else {
+        return None;
+    };
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn is_loopback(host: Option<&str>) -> bool {
+    matches!(host, Some("localhost" | "127.0.0.1" | "::1"))
+}
+
 /// Remove credentials from a libgit2 message.
 fn scrub(msg: &str, auth: &GitAuth) -> String {
     let mut m = msg.to_string();
@@ -382,7 +430,7 @@ impl FileTree for GitTree<'_> {
     fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
         let e = self.entry(path).ok_or(ReadError::NotFound)?;
         match e.filemode() {
-            0o100644 | 0o100755 => {}
+            0o100644 | 0o100755 | 0o100664 => {}
             0o120000 => {
                 let target = e
                     .to_object(self.repo)
@@ -409,7 +457,7 @@ impl FileTree for GitTree<'_> {
 
     fn is_file(&self, path: &str) -> bool {
         self.entry(path)
-            .is_some_and(|e| matches!(e.filemode(), 0o100644 | 0o100755))
+            .is_some_and(|e| matches!(e.filemode(), 0o100644 | 0o100755 | 0o100664))
     }
 }
 
@@ -566,15 +614,20 @@ pub fn watch(
     on_change: impl Fn() + Send + 'static,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
     use notify::Watcher;
+    let root = path.to_path_buf();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
             if matches!(ev.kind, notify::EventKind::Access(_)) {
                 return;
             }
-            let relevant = ev
-                .paths
-                .iter()
-                .any(|p| !p.components().any(|c| c.as_os_str() == "objects"));
+            // Object writes of a git directory come before the ref update that matters;
+            // judged below the watched root, so a directory named `objects` above it is fine.
+            let relevant = ev.paths.iter().any(|p| {
+                !p.strip_prefix(&root)
+                    .unwrap_or(p)
+                    .components()
+                    .any(|c| c.as_os_str() == "objects")
+            });
             if relevant {
                 on_change();
             }
@@ -608,6 +661,22 @@ mod tests {
             scrub("bad token ghp_secret for user", &a),
             "bad token <redacted> for user"
         );
+    }
+
+    #[test]
+    fn hosts_of_urls() {
+        assert_eq!(
+            host_of("https://x:y@GitHub.com:443/o/r.git").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(
+            host_of("git@github.com:o/r.git").as_deref(),
+            Some("github.com")
+        );
+        assert_eq!(host_of("ssh://git@[::1]:2222/r").as_deref(), Some("::1"));
+        assert_eq!(host_of("/srv/fleet"), None);
+        assert!(is_loopback(host_of("http://127.0.0.1:9/x").as_deref()));
+        assert!(!is_loopback(host_of("http://example.com/x").as_deref()));
     }
 
     #[test]

@@ -310,3 +310,35 @@ mod tests {
         assert!(j.zone_passed("bitcoin", "eu-central-1a", "28.1"));
     }
 }
+
+/// The lock file that keeps two writers (a `fleet run`, a `fleet apply`) off one state
+/// directory: they would both change the fleet, and with the simulator both rewrite it.
+pub const LOCK_FILE: &str = "fleet.lock";
+
+/// An exclusive lock on a state directory, held until dropped (or the process dies: the
+/// kernel releases it, so a SIGKILLed reconciler leaves no stale lock).
+#[derive(Debug)]
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
+
+impl StateLock {
+    /// Take the lock of `dir` (created if missing), or say who to stop.
+    pub fn take(dir: &Path) -> Result<StateLock, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the state directory {}: {e}", dir.display()))?;
+        let path = dir.join(LOCK_FILE);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match f.try_lock() {
+            Ok(()) => Ok(StateLock(f)),
+            Err(_) => Err(format!(
+                "another fleet process (a `fleet run`, or an apply) holds {}: one writer per state directory. \
+                 While `fleet run` runs, read its state at GET /status",
+                dir.display()
+            )),
+        }
+    }
+}

@@ -333,10 +333,19 @@ fn a_plain_directory_runs_with_nothing_but_flags() {
         .expect("run fleet");
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another fleet run holds"),
+        String::from_utf8_lossy(&out.stderr).contains("another fleet process"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // So is an apply (or a plan: with the simulator both would rewrite the fleet's state).
+    let state = d.state_dir.to_str().expect("utf-8").to_string();
+    let ex = example.to_str().expect("utf-8").to_string();
+    let plan = fleet(&["plan", "--repo", &ex, "--state-dir", &state]);
+    let apply = fleet(&["apply", "--repo", &ex, "--state-dir", &state, "--yes"]);
+    for (cmd, out) in [("plan", plan), ("apply", apply)] {
+        assert_eq!(out.code, 2, "{cmd}: {}", out.stderr);
+        assert!(out.stderr.contains("GET /status"), "{cmd}: {}", out.stderr);
+    }
     let _ = d.terminate(Duration::from_secs(20));
 }
 
