@@ -1,9 +1,22 @@
 //! # bots
 //!
-//! The people side of fleet: the release-watch bot (new GitHub releases of a coin's
-//! upstream become bump pull requests on the fleet repository) and the Slack bot (rollout
-//! reports, approval requests, signed interaction callbacks).
+//! The people side of fleet:
 //!
-//! Not built yet: this crate is a placeholder that holds the workspace's shape. Issue 6
-//! builds it. It will depend only on `fleet-repo-schema`, and the reconciler will reach
-//! it through narrow traits (see ARCHITECTURE.md).
+//! - the **release watch** ([`watch`]): new GitHub releases of a coin's upstream become
+//!   bump pull requests on the fleet repository, one per coin bump, idempotently, through
+//!   [`github`] (octocrab, conditional requests, rate limits), [`release`] (which release to
+//!   propose), [`yaml_edit`] (the one-value change that keeps every other byte),
+//!   [`pr_body`] (what the reviewer reads) and [`registry`] (the image digest);
+//! - the **Slack bot** ([`slack`]): rollout reports threaded per rollout, approval requests
+//!   with buttons, the signed interaction callback (slack-morphism).
+//!
+//! Depends on `fleet-repo-schema` only; the reconciler reaches it through [`slack::Notice`],
+//! [`slack::SlackHandle`] and [`watch::cycle`].
+
+pub mod github;
+pub mod pr_body;
+pub mod registry;
+pub mod release;
+pub mod slack;
+pub mod watch;
+pub mod yaml_edit;

@@ -21,6 +21,20 @@ yaml_enum! {
     }
 }
 
+impl Approval {
+    /// Whether a version change of `class` needs an approval under this policy. An unknown
+    /// class (a version that is not number-led) counts as major.
+    pub fn requires(self, class: crate::semver::Class) -> bool {
+        use crate::semver::Class;
+        match self {
+            Approval::None => false,
+            Approval::Major => matches!(class, Class::Major | Class::Unknown),
+            Approval::Minor => matches!(class, Class::Major | Class::Minor | Class::Unknown),
+            Approval::Always => class != Class::None,
+        }
+    }
+}
+
 yaml_enum! {
     /// How a node's health and sync state is read.
     pub enum Probe {

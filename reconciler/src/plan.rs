@@ -342,23 +342,10 @@ pub struct Flag {
     pub reason: String,
 }
 
-/// Whether a version change of `class` needs approval under `policy`.
+/// Whether a version change of `class` needs approval under `policy`
+/// ([`Approval::requires`], shared with the release watch).
 pub fn needs_approval(policy: Approval, class: Class) -> bool {
-    match policy {
-        Approval::None => false,
-        Approval::Major => matches!(class, Class::Major | Class::Unknown),
-        Approval::Minor => matches!(class, Class::Major | Class::Minor | Class::Unknown),
-        Approval::Always => class != Class::None,
-    }
-}
-
-fn policy_name(p: Approval) -> &'static str {
-    match p {
-        Approval::None => "none",
-        Approval::Major => "major",
-        Approval::Minor => "minor",
-        Approval::Always => "always",
-    }
+    policy.requires(class)
 }
 
 /// The plan that takes `observed` to `desired`. Pure: `now` is only recorded.
@@ -857,7 +844,7 @@ fn plan_coin(
                 from.join(", ")
             },
             coin.version,
-            policy_name(coin.rollout.approval)
+            coin.rollout.approval.as_str()
         ));
     }
     if n_retire > 0 {

@@ -1,0 +1,629 @@
+//! What fleet says in Slack, as Block Kit (slack-morphism's models, so what is sent is what
+//! Slack's API documents). Pure and snapshot-tested: a [`Notice`] in, a message out.
+//!
+//! Text that comes from outside fleet (commit summaries, validation errors, gate reasons,
+//! release names) is escaped for Slack's mrkdwn (`&`, `<`, `>`), so it cannot forge a link
+//! or a mention.
+
+use serde::{Deserialize, Serialize};
+use slack_morphism::prelude::*;
+
+/// Button action ids.
+pub const APPROVE: &str = "fleet_approve";
+/// Button action ids.
+pub const REJECT: &str = "fleet_reject";
+
+/// What an approval is for: exactly one (coin, target version, commit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ApprovalKey {
+    /// Coin.
+    pub coin: String,
+    /// Target version (or `retire`).
+    pub version: String,
+    /// Commit of the fleet repository.
+    pub commit: String,
+}
+
+/// Approve or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Go ahead.
+    Approved,
+    /// Do not.
+    Rejected,
+}
+
+/// Something worth telling the channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Notice {
+    /// The release watch opened a bump pull request.
+    BumpOpened {
+        /// Coin.
+        coin: String,
+        /// Current version.
+        from: String,
+        /// Proposed version.
+        to: String,
+        /// Pull request number.
+        number: u64,
+        /// Its page.
+        url: String,
+        /// major / minor / patch.
+        class: String,
+        /// Whether the rollout will wait for an approval.
+        approval_needed: bool,
+        /// Pull request it replaces.
+        supersedes: Option<u64>,
+    },
+    /// A release tag failed the version rule and was not proposed.
+    ReleaseRejected {
+        /// Coin.
+        coin: String,
+        /// Tag.
+        tag: String,
+        /// Why.
+        reason: String,
+    },
+    /// A rollout needs a person.
+    ApprovalNeeded {
+        /// What.
+        key: ApprovalKey,
+        /// Versions running now.
+        from: Vec<String>,
+        /// Why an approval is needed.
+        reasons: Vec<String>,
+        /// Zones in rollout order.
+        zones: Vec<String>,
+        /// Steps.
+        steps: usize,
+        /// Who may approve.
+        approvers: Vec<String>,
+    },
+    /// Someone decided.
+    ApprovalDecided {
+        /// What.
+        key: ApprovalKey,
+        /// The decision.
+        verdict: Verdict,
+        /// Slack user id.
+        by: String,
+        /// When (unix ms).
+        at_ms: i64,
+    },
+    /// A rollout started.
+    RolloutStarted {
+        /// Coin.
+        coin: String,
+        /// Versions now.
+        from: Vec<String>,
+        /// Target (None: the coin is being removed).
+        to: Option<String>,
+        /// Commit.
+        commit: String,
+        /// Zones in order.
+        zones: Vec<String>,
+        /// Steps.
+        steps: usize,
+    },
+    /// A zone passed its gate and bake.
+    ZonePassed {
+        /// Coin.
+        coin: String,
+        /// Zone.
+        zone: String,
+        /// How long the zone took.
+        took_ms: u64,
+    },
+    /// A rollout completed.
+    RolloutFinished {
+        /// Coin.
+        coin: String,
+        /// How long it took.
+        took_ms: u64,
+    },
+    /// A rollout stopped on a failure (a gate, a step).
+    GateFailed {
+        /// Coin.
+        coin: String,
+        /// Zone.
+        zone: Option<String>,
+        /// Node.
+        node: Option<String>,
+        /// Why.
+        reason: String,
+        /// Last height read.
+        height: Option<u64>,
+        /// Height it had to reach.
+        target: Option<u64>,
+    },
+    /// A commit of the fleet repository is invalid.
+    RepoInvalid {
+        /// The commit.
+        commit: String,
+        /// The commit still in force.
+        in_force: Option<String>,
+        /// `file:line:col: code message` per error.
+        errors: Vec<String>,
+    },
+}
+
+impl Notice {
+    /// The rollout thread this notice belongs to, by coin (None: a message of its own).
+    pub fn coin(&self) -> Option<&str> {
+        match self {
+            Notice::RolloutStarted { coin, .. }
+            | Notice::ZonePassed { coin, .. }
+            | Notice::RolloutFinished { coin, .. }
+            | Notice::GateFailed { coin, .. } => Some(coin),
+            _ => None,
+        }
+    }
+
+    /// Alerts whose identical repetition is suppressed for a while.
+    pub fn is_alert(&self) -> bool {
+        matches!(
+            self,
+            Notice::GateFailed { .. } | Notice::RepoInvalid { .. } | Notice::ReleaseRejected { .. }
+        )
+    }
+}
+
+/// A message: the fallback text (notifications, screen readers) and the blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Fallback text.
+    pub text: String,
+    /// Blocks.
+    pub blocks: Vec<SlackBlock>,
+}
+
+impl Message {
+    /// slack-morphism's content.
+    pub fn content(&self) -> SlackMessageContent {
+        SlackMessageContent::new()
+            .with_text(self.text.clone())
+            .with_blocks(self.blocks.clone())
+    }
+
+    /// The blocks as the JSON Slack receives (for tests and snapshots).
+    pub fn blocks_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.blocks).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Escape text for mrkdwn.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn short(commit: &str) -> &str {
+    if commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &commit[..10]
+    } else {
+        commit
+    }
+}
+
+/// `1h 05m`, `12m 30s`, `45s`.
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn section(md: String) -> SlackBlock {
+    SlackSectionBlock::new()
+        .with_text(SlackBlockText::MarkDown(SlackBlockMarkDownText::new(md)))
+        .into()
+}
+
+fn context(md: String) -> SlackBlock {
+    SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(
+        SlackBlockMarkDownText::new(md),
+    )])
+    .into()
+}
+
+fn versions(v: &[String]) -> String {
+    match v.len() {
+        0 => "nothing".into(),
+        _ => v.iter().map(|s| esc(s)).collect::<Vec<_>>().join(", "),
+    }
+}
+
+fn button(
+    action: &str,
+    label: &str,
+    value: &str,
+    style: SlackBlockButtonStyle,
+) -> SlackActionBlockElement {
+    SlackActionBlockElement::Button(
+        SlackBlockButtonElement::new(label.into())
+            .with_action_id(action.into())
+            .with_value(value.to_string())
+            .with_style(style),
+    )
+}
+
+/// The approval request, with Approve / Reject buttons whose value is the key.
+pub fn approval_request(n: &Notice) -> Option<Message> {
+    let Notice::ApprovalNeeded {
+        key,
+        from,
+        reasons,
+        zones,
+        steps,
+        approvers,
+    } = n
+    else {
+        return None;
+    };
+    let value = serde_json::to_string(key).ok()?;
+    let who = if approvers.is_empty() {
+        "nobody (fleet.yaml lists no approvers)".to_string()
+    } else {
+        approvers
+            .iter()
+            .map(|a| format!("<@{}>", esc(a)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "Approval needed: {} {} → {} (commit {})",
+        key.coin,
+        versions(from),
+        key.version,
+        short(&key.commit)
+    );
+    let reject_confirm = SlackBlockConfirmItem::new(
+        "Reject this rollout?".into(),
+        SlackBlockText::Plain(SlackBlockPlainText::new(format!(
+            "{} stays at {} until a new commit of the fleet repository asks again.",
+            key.coin,
+            versions(from)
+        ))),
+        "Reject".into(),
+        "Cancel".into(),
+    )
+    .with_style("danger".into());
+    let mut reject = button(REJECT, "Reject", &value, SlackBlockButtonStyle::Danger);
+    if let SlackActionBlockElement::Button(b) = &mut reject {
+        b.confirm = Some(reject_confirm);
+    }
+    Some(Message {
+        text: text.clone(),
+        blocks: vec![
+            section(format!(
+                ":raised_hand: *Approval needed:* *{}* {} → *{}*\n{}",
+                esc(&key.coin),
+                versions(from),
+                esc(&key.version),
+                reasons
+                    .iter()
+                    .map(|r| format!("• {}", esc(r)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )),
+            section(format!(
+                "{steps} step(s), zone by zone: {}. Commit `{}`.",
+                zones.iter().map(|z| esc(z)).collect::<Vec<_>>().join(" → "),
+                esc(short(&key.commit))
+            )),
+            SlackActionsBlock::new(vec![
+                button(APPROVE, "Approve", &value, SlackBlockButtonStyle::Primary),
+                reject,
+            ])
+            .with_block_id("fleet_approval".into())
+            .into(),
+            context(format!(
+                "Approvers: {who}. An approval is for this commit only; a new commit asks again."
+            )),
+        ],
+    })
+}
+
+/// The approval request once decided: the buttons are replaced by the decision.
+pub fn approval_decided(request: &Message, n: &Notice) -> Option<Message> {
+    let Notice::ApprovalDecided {
+        key,
+        verdict,
+        by,
+        at_ms,
+    } = n
+    else {
+        return None;
+    };
+    let (icon, word) = match verdict {
+        Verdict::Approved => (":white_check_mark:", "Approved"),
+        Verdict::Rejected => (":no_entry:", "Rejected"),
+    };
+    let mut blocks: Vec<SlackBlock> = request
+        .blocks
+        .iter()
+        .filter(|b| !matches!(b, SlackBlock::Actions(_)))
+        .cloned()
+        .collect();
+    blocks.push(section(format!(
+        "{icon} *{word}* by <@{}> at {}",
+        esc(by),
+        crate::pr_body::utc(*at_ms)
+    )));
+    Some(Message {
+        text: format!("{word}: {} {} by {by}", key.coin, key.version),
+        blocks,
+    })
+}
+
+/// The message for any other notice.
+pub fn render(n: &Notice) -> Message {
+    match n {
+        Notice::ApprovalNeeded { .. } => approval_request(n).unwrap_or_else(|| Message {
+            text: "approval needed".into(),
+            blocks: vec![],
+        }),
+        Notice::ApprovalDecided {
+            key, verdict, by, ..
+        } => {
+            let word = match verdict {
+                Verdict::Approved => "approved",
+                Verdict::Rejected => "rejected",
+            };
+            let text = format!(
+                "{} {} {word} by <@{}>",
+                esc(&key.coin),
+                esc(&key.version),
+                esc(by)
+            );
+            Message {
+                text: text.clone(),
+                blocks: vec![section(text)],
+            }
+        }
+        Notice::BumpOpened {
+            coin,
+            from,
+            to,
+            number,
+            url,
+            class,
+            approval_needed,
+            supersedes,
+        } => {
+            let text = format!("Bump PR #{number}: {coin} {from} → {to}");
+            let mut md = format!(
+                ":package: New release: *{}* {} → *{}* ({}). <{}|Pull request #{number}>",
+                esc(coin),
+                esc(from),
+                esc(to),
+                esc(class),
+                esc(url)
+            );
+            if let Some(s) = supersedes {
+                md.push_str(&format!(", replacing #{s}"));
+            }
+            md.push_str(if *approval_needed {
+                ".\nAfter the merge the rollout waits for an approval here."
+            } else {
+                ".\nThe rollout starts when it is merged."
+            });
+            Message {
+                text,
+                blocks: vec![section(md)],
+            }
+        }
+        Notice::ReleaseRejected { coin, tag, reason } => {
+            let text = format!("Release {tag} of {coin} not proposed");
+            Message {
+                text,
+                blocks: vec![section(format!(
+                    ":warning: Release `{}` of *{}* was not proposed: {}",
+                    esc(tag),
+                    esc(coin),
+                    esc(reason)
+                ))],
+            }
+        }
+        Notice::RolloutStarted {
+            coin,
+            from,
+            to,
+            commit,
+            zones,
+            steps,
+        } => {
+            let to = to.as_deref().unwrap_or("retired");
+            let text = format!("Rollout started: {coin} → {to}");
+            Message {
+                text,
+                blocks: vec![
+                    section(format!(
+                        ":rocket: *Rollout started:* *{}* {} → *{}*",
+                        esc(coin),
+                        versions(from),
+                        esc(to)
+                    )),
+                    context(format!(
+                        "{steps} step(s), zone by zone: {} · commit `{}`",
+                        zones.iter().map(|z| esc(z)).collect::<Vec<_>>().join(" → "),
+                        esc(short(commit))
+                    )),
+                ],
+            }
+        }
+        Notice::ZonePassed {
+            coin,
+            zone,
+            took_ms,
+        } => {
+            let text = format!("{coin}: {zone} in sync and baked");
+            Message {
+                text,
+                blocks: vec![section(format!(
+                    ":large_green_circle: *{}* zone *{}* is in sync and baked ({})",
+                    esc(coin),
+                    esc(zone),
+                    human_ms(*took_ms)
+                ))],
+            }
+        }
+        Notice::RolloutFinished { coin, took_ms } => {
+            let text = format!("Rollout finished: {coin} in {}", human_ms(*took_ms));
+            Message {
+                text,
+                blocks: vec![section(format!(
+                    ":white_check_mark: *Rollout finished:* *{}* in {}",
+                    esc(coin),
+                    human_ms(*took_ms)
+                ))],
+            }
+        }
+        Notice::GateFailed {
+            coin,
+            zone,
+            node,
+            reason,
+            height,
+            target,
+        } => {
+            let text = format!("Rollout stopped: {coin}: {reason}");
+            let heights = match (height, target) {
+                (Some(h), Some(t)) => {
+                    format!("\nHeight {h} of {t} ({} behind)", t.saturating_sub(*h))
+                }
+                (Some(h), None) => format!("\nHeight {h}"),
+                _ => String::new(),
+            };
+            let at = match (node, zone) {
+                (Some(n), _) => format!(" on `{}`", esc(n)),
+                (None, Some(z)) => format!(" in {}", esc(z)),
+                _ => String::new(),
+            };
+            Message {
+                text,
+                blocks: vec![
+                    section(format!(
+                        ":red_circle: *Rollout stopped:* *{}*{at}: {}{heights}",
+                        esc(coin),
+                        esc(reason)
+                    )),
+                    context(
+                        "Later zones are untouched. fleet does not retry this revision on its own: fix the node or push a new commit.".into(),
+                    ),
+                ],
+            }
+        }
+        Notice::RepoInvalid {
+            commit,
+            in_force,
+            errors,
+        } => {
+            let text = format!("Fleet repository commit {} is invalid", short(commit));
+            let shown: Vec<String> = errors
+                .iter()
+                .take(10)
+                .map(|e| format!("• `{}`", esc(e)))
+                .collect();
+            let more = errors.len().saturating_sub(10);
+            let mut md = format!(
+                ":x: *Commit `{}` of the fleet repository is invalid* and was not applied; {}.\n{}",
+                esc(short(commit)),
+                match in_force {
+                    Some(c) => format!("`{}` stays in force", esc(short(c))),
+                    None => "no valid commit is in force yet".into(),
+                },
+                shown.join("\n")
+            );
+            if more > 0 {
+                md.push_str(&format!("\n… and {more} more (see /status)"));
+            }
+            Message {
+                text,
+                blocks: vec![section(md)],
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_outside_cannot_forge_links_or_mentions() {
+        let m = render(&Notice::GateFailed {
+            coin: "x".into(),
+            zone: None,
+            node: Some("x/a/1".into()),
+            reason: "<!channel> <https://evil|click> & more".into(),
+            height: Some(5),
+            target: Some(9),
+        });
+        let j = m.blocks_json().to_string();
+        assert!(
+            !j.contains("<!channel>") && !j.contains("<https://evil"),
+            "{j}"
+        );
+        assert!(j.contains("&lt;!channel&gt;"), "{j}");
+        assert!(j.contains("Height 5 of 9 (4 behind)"), "{j}");
+    }
+
+    #[test]
+    fn the_approval_buttons_carry_the_key() {
+        let key = ApprovalKey {
+            coin: "bitcoin".into(),
+            version: "29.0".into(),
+            commit: "a".repeat(40),
+        };
+        let m = approval_request(&Notice::ApprovalNeeded {
+            key: key.clone(),
+            from: vec!["28.1".into()],
+            reasons: vec!["major version change".into()],
+            zones: vec!["eu-central-1a".into()],
+            steps: 1,
+            approvers: vec!["U012ABCDEF".into()],
+        })
+        .unwrap();
+        let j = m.blocks_json();
+        let actions = j
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .unwrap();
+        assert_eq!(actions["elements"][0]["action_id"], APPROVE);
+        assert_eq!(actions["elements"][0]["type"], "button");
+        assert_eq!(actions["elements"][1]["action_id"], REJECT);
+        assert_eq!(actions["elements"][1]["style"], "danger");
+        assert!(actions["elements"][1]["confirm"].is_object());
+        let v: ApprovalKey =
+            serde_json::from_str(actions["elements"][0]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(v, key);
+        let decided = approval_decided(
+            &m,
+            &Notice::ApprovalDecided {
+                key,
+                verdict: Verdict::Approved,
+                by: "U012ABCDEF".into(),
+                at_ms: 0,
+            },
+        )
+        .unwrap();
+        let dj = decided.blocks_json().to_string();
+        assert!(!dj.contains("\"actions\""), "{dj}");
+        assert!(dj.contains("Approved* by <@U012ABCDEF>"), "{dj}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_ms(45_000), "45s");
+        assert_eq!(human_ms(750_000), "12m 30s");
+        assert_eq!(human_ms(3_900_000), "1h 05m");
+    }
+}

@@ -1,0 +1,483 @@
+//! One cycle of the release watch: for every coin with `upstream.github`, read its releases,
+//! pick the newest to propose, and make sure exactly one pull request proposes it.
+//!
+//! Idempotent by construction: the branch name is the bump (`fleet/bump-<coin>-<version>`),
+//! and before anything is written the open and closed pull requests with that branch are
+//! looked up. An open one means done; a closed one means a person declined it (or merged
+//! it and the base moved on): that bump is never proposed again. A crash between creating
+//! the branch, committing and opening the pull request is resumed by the next cycle (the
+//! branch is reused when it already holds the change). When a newer release appears while
+//! an older bump of the same coin is open, the new pull request is opened and the old one is
+//! closed with a comment pointing at it, and its branch deleted: one open bump per coin.
+
+use crate::github::{Created, GitHub, GitHubError, Pull, StatsSnapshot};
+use crate::pr_body::{self, BumpInfo, ImageNote};
+use crate::registry::DigestResolver;
+use crate::release::{self, Candidate, RejectedTag};
+use crate::slack::messages::Notice;
+use crate::yaml_edit::{self, Edit};
+use fleet_repo_schema::semver;
+use fleet_repo_schema::{Desired, MemTree};
+use serde::Serialize;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+/// Where bump pull requests go.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    /// The fleet repository on GitHub, `owner/name`.
+    pub fleet_repo: String,
+    /// Its branch that fleet follows (pull requests target it).
+    pub base: String,
+    /// The fleet's directory inside the repository ("" for the root).
+    pub subdir: String,
+    /// Only say what would be done.
+    pub dry_run: bool,
+}
+
+/// What the cycle did for one coin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum CoinOutcome {
+    /// Nothing newer.
+    UpToDate {
+        /// Current version.
+        current: String,
+    },
+    /// A newer release is not old enough yet.
+    Waiting {
+        /// It.
+        version: String,
+        /// When it will be (UTC).
+        ready_at: String,
+    },
+    /// A pull request was opened.
+    Opened {
+        /// Version proposed.
+        version: String,
+        /// Number.
+        number: u64,
+        /// Page.
+        url: String,
+        /// Older bump pull requests closed in its favour.
+        superseded: Vec<u64>,
+    },
+    /// `--dry-run`: what would be opened.
+    WouldOpen {
+        /// Version.
+        version: String,
+        /// Branch.
+        branch: String,
+        /// Title.
+        title: String,
+        /// The changed lines, `-old` / `+new`.
+        diff: Vec<String>,
+        /// Body.
+        body: String,
+        /// Open bump pull requests it would close.
+        would_supersede: Vec<u64>,
+    },
+    /// The bump is already open.
+    AlreadyOpen {
+        /// Version.
+        version: String,
+        /// Number.
+        number: u64,
+    },
+    /// A pull request for this bump was closed before: not proposed again.
+    Declined {
+        /// Version.
+        version: String,
+        /// Number.
+        number: u64,
+    },
+    /// Something failed; the next cycle tries again.
+    Error {
+        /// What.
+        message: String,
+    },
+}
+
+/// A whole cycle.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CycleReport {
+    /// Per coin with an upstream.
+    pub coins: BTreeMap<String, CoinOutcome>,
+    /// Tags refused by the version rule, per coin.
+    pub rejected: BTreeMap<String, Vec<RejectedTag>>,
+    /// GitHub requests of this cycle.
+    pub requests: StatsSnapshot,
+}
+
+impl CycleReport {
+    /// What the channel should hear of this cycle.
+    pub fn notices(&self, desired: &Desired) -> Vec<Notice> {
+        let mut out = Vec::new();
+        for (coin, o) in &self.coins {
+            if let CoinOutcome::Opened {
+                version,
+                number,
+                url,
+                superseded,
+            } = o
+                && let Some(c) = desired.coins.get(coin)
+            {
+                let class = semver::classify(c.version.as_str(), version);
+                out.push(Notice::BumpOpened {
+                    coin: coin.clone(),
+                    from: c.version.to_string(),
+                    to: version.clone(),
+                    number: *number,
+                    url: url.clone(),
+                    class: class.as_str().to_string(),
+                    approval_needed: c.rollout.approval.requires(class),
+                    supersedes: superseded.first().copied(),
+                });
+            }
+        }
+        for (coin, tags) in &self.rejected {
+            for t in tags {
+                out.push(Notice::ReleaseRejected {
+                    coin: coin.clone(),
+                    tag: t.tag.clone(),
+                    reason: t.reason.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+fn join_path(subdir: &str, file: &str) -> String {
+    let s = subdir.trim_matches('/');
+    if s.is_empty() {
+        file.to_string()
+    } else {
+        format!("{s}/{file}")
+    }
+}
+
+/// Run one cycle over `desired` (the fleet repository as fleet has it in force) at `now_ms`.
+pub async fn cycle(
+    gh: &GitHub,
+    desired: &Desired,
+    settings: &WatchSettings,
+    resolver: Option<&dyn DigestResolver>,
+    now_ms: i64,
+) -> CycleReport {
+    let before = gh.stats();
+    let mut report = CycleReport::default();
+    let mut candidates: Vec<(String, Candidate)> = Vec::new();
+    for coin in desired.coins.values() {
+        let Some(up) = &coin.upstream else { continue };
+        let name = coin.name.to_string();
+        let releases = match gh.releases(up.github.as_str()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(coin = %name, upstream = %up.github, error = %e, "release watch: cannot read releases");
+                report.coins.insert(
+                    name,
+                    CoinOutcome::Error {
+                        message: e.to_string(),
+                    },
+                );
+                continue;
+            }
+        };
+        let sel = release::select(&releases, up, coin.version.as_str(), now_ms);
+        for r in &sel.rejected {
+            tracing::warn!(coin = %name, tag = %r.tag, captured = %r.captured, reason = %r.reason, "release tag refused by the version rule: not proposed");
+        }
+        if !sel.rejected.is_empty() {
+            report.rejected.insert(name.clone(), sel.rejected.clone());
+        }
+        match (sel.candidate, sel.waiting) {
+            (Some(c), _) => candidates.push((name, c)),
+            (None, Some((v, at))) => {
+                report.coins.insert(
+                    name,
+                    CoinOutcome::Waiting {
+                        version: v,
+                        ready_at: pr_body::utc(at),
+                    },
+                );
+            }
+            (None, None) => {
+                report.coins.insert(
+                    name,
+                    CoinOutcome::UpToDate {
+                        current: coin.version.to_string(),
+                    },
+                );
+            }
+        }
+    }
+    if !candidates.is_empty() {
+        // One listing of the open pull requests serves every coin.
+        match gh
+            .pulls(&settings.fleet_repo, "open", &settings.base, None)
+            .await
+        {
+            Ok(open) => {
+                for (name, cand) in candidates {
+                    let o = match propose(gh, desired, settings, resolver, &open, &name, &cand)
+                        .await
+                    {
+                        Ok(o) => o,
+                        Err(e) => {
+                            tracing::warn!(coin = %name, version = %cand.version, error = %e, "release watch: could not propose the bump");
+                            CoinOutcome::Error {
+                                message: e.to_string(),
+                            }
+                        }
+                    };
+                    report.coins.insert(name, o);
+                }
+            }
+            Err(e) => {
+                for (name, _) in candidates {
+                    report.coins.insert(
+                        name,
+                        CoinOutcome::Error {
+                            message: e.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    report.requests = gh.stats() - before;
+    report
+}
+
+fn owner(repo: &str) -> &str {
+    repo.split('/').next().unwrap_or(repo)
+}
+
+/// Make sure one pull request proposes `cand` for `coin`.
+async fn propose(
+    gh: &GitHub,
+    desired: &Desired,
+    s: &WatchSettings,
+    resolver: Option<&dyn DigestResolver>,
+    open: &[Pull],
+    coin: &str,
+    cand: &Candidate,
+) -> Result<CoinOutcome, GitHubError> {
+    let version = cand.version.to_string();
+    let branch = pr_body::branch_name(coin, &version);
+    let prefix = pr_body::branch_prefix(coin);
+    if let Some(p) = open.iter().find(|p| p.head == branch) {
+        return Ok(CoinOutcome::AlreadyOpen {
+            version,
+            number: p.number,
+        });
+    }
+    // Open bumps of this coin: older ones are superseded; a newer one stays (someone may
+    // have proposed it by hand with fleet's naming).
+    let mut older: Vec<&Pull> = Vec::new();
+    for p in open.iter().filter(|p| p.head.starts_with(&prefix)) {
+        let v = &p.head[prefix.len()..];
+        match semver::compare(v, &version) {
+            Ordering::Less => older.push(p),
+            _ => {
+                return Ok(CoinOutcome::AlreadyOpen {
+                    version: v.to_string(),
+                    number: p.number,
+                });
+            }
+        }
+    }
+    let head = format!("{}:{branch}", owner(&s.fleet_repo));
+    let closed = gh
+        .pulls(&s.fleet_repo, "closed", &s.base, Some(&head))
+        .await?;
+    if let Some(p) = closed.iter().find(|p| p.head == branch) {
+        return Ok(CoinOutcome::Declined {
+            version,
+            number: p.number,
+        });
+    }
+    let Some(c) = desired.coins.get(coin) else {
+        return Err(GitHubError::Config(format!("{coin} is not in the fleet")));
+    };
+    let path = join_path(&s.subdir, &c.file);
+    let Some(file) = gh.file(&s.fleet_repo, &path, &s.base).await? else {
+        return Err(GitHubError::Status {
+            what: format!("GET /repos/{}/contents/{path}", s.fleet_repo),
+            status: 404,
+            message: format!("{path} is not on {}", s.base),
+        });
+    };
+    let edit_err = |e: yaml_edit::EditError| GitHubError::Decode {
+        what: path.clone(),
+        message: e.to_string(),
+    };
+    let current = yaml_edit::get_scalar(&path, &file.text, "version")
+        .map_err(edit_err)?
+        .unwrap_or_else(|| c.version.to_string());
+    if semver::compare(&current, &version) != Ordering::Less {
+        // The base moved on since the revision fleet has in force.
+        return Ok(CoinOutcome::UpToDate { current });
+    }
+    let mut edits = vec![Edit::new("version", version.clone())];
+    let pinned = yaml_edit::get_scalar(&path, &file.text, "image.digest")
+        .map_err(edit_err)?
+        .is_some();
+    let image = if !pinned {
+        ImageNote::NotPinned
+    } else {
+        match resolver {
+            None => ImageNote::Unresolved {
+                reason: "no registry access configured".into(),
+            },
+            Some(r) => match r.resolve(c.image.repository.as_str(), &version).await {
+                Ok(Some(d)) => {
+                    edits.push(Edit::new("image.digest", d.clone()));
+                    ImageNote::Pinned(d)
+                }
+                Ok(None) => ImageNote::Unresolved {
+                    reason: format!("the registry has no tag {version} yet"),
+                },
+                Err(e) => ImageNote::Unresolved { reason: e },
+            },
+        }
+    };
+    let new_text = yaml_edit::set_scalars(&path, &file.text, &edits).map_err(edit_err)?;
+    validate(gh, s, &c.file, &new_text).await?;
+    let approvers: Vec<String> = desired
+        .fleet
+        .approvers
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let supersedes = older
+        .first()
+        .map(|p| (p.number, p.head[prefix.len()..].to_string()));
+    let info = BumpInfo {
+        coin: c,
+        current: &current,
+        candidate: cand,
+        approvers: &approvers,
+        image,
+        supersedes,
+        file: &path,
+    };
+    let title = pr_body::title(coin, &current, &version);
+    let body = pr_body::body(&info);
+    if s.dry_run {
+        let diff = file
+            .text
+            .lines()
+            .zip(new_text.lines())
+            .filter(|(a, b)| a != b)
+            .flat_map(|(a, b)| [format!("-{a}"), format!("+{b}")])
+            .collect();
+        return Ok(CoinOutcome::WouldOpen {
+            version,
+            branch,
+            title,
+            diff,
+            body,
+            would_supersede: older.iter().map(|p| p.number).collect(),
+        });
+    }
+    let base_sha = gh
+        .branch_head(&s.fleet_repo, &s.base)
+        .await?
+        .ok_or_else(|| GitHubError::Status {
+            what: format!("GET /repos/{}/git/ref/heads/{}", s.fleet_repo, s.base),
+            status: 404,
+            message: format!("no branch {}", s.base),
+        })?;
+    let mut blob = file.sha.clone();
+    if gh.create_branch(&s.fleet_repo, &branch, &base_sha).await? == Created::Existed {
+        // Left by an interrupted cycle: reuse it if it holds the change already.
+        if let Some(f) = gh.file(&s.fleet_repo, &path, &branch).await? {
+            blob = f.sha.clone();
+            if f.text == new_text {
+                blob.clear();
+            }
+        }
+    }
+    if !blob.is_empty() {
+        gh.put_file(
+            &s.fleet_repo,
+            &path,
+            &branch,
+            &pr_body::commit_message(&info),
+            &new_text,
+            &blob,
+        )
+        .await?;
+    }
+    let pr = match gh
+        .create_pull(&s.fleet_repo, &title, &branch, &s.base, &body)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) if e.status() == Some(422) => {
+            // Opened by an interrupted cycle after our listing.
+            let again = gh
+                .pulls(&s.fleet_repo, "open", &s.base, Some(&head))
+                .await?;
+            match again.into_iter().find(|p| p.head == branch) {
+                Some(p) => p,
+                None => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::info!(coin, version = %version, number = pr.number, url = %pr.url, "bump pull request opened");
+    let mut superseded = Vec::new();
+    for old in older {
+        let note = format!(
+            "Superseded by #{}: {coin} {version} is newer than {}. Closed by fleet release-watch.",
+            pr.number,
+            &old.head[prefix.len()..]
+        );
+        gh.comment(&s.fleet_repo, old.number, &note).await?;
+        gh.close_pull(&s.fleet_repo, old.number).await?;
+        gh.delete_branch(&s.fleet_repo, &old.head).await?;
+        superseded.push(old.number);
+    }
+    Ok(CoinOutcome::Opened {
+        version,
+        number: pr.number,
+        url: pr.url,
+        superseded,
+    })
+}
+
+/// The edited coin file must still validate beside the base's fleet.yaml.
+async fn validate(
+    gh: &GitHub,
+    s: &WatchSettings,
+    coin_file: &str,
+    text: &str,
+) -> Result<(), GitHubError> {
+    let fleet_path = join_path(&s.subdir, "fleet.yaml");
+    let Some(fleet) = gh.file(&s.fleet_repo, &fleet_path, &s.base).await? else {
+        return Err(GitHubError::Decode {
+            what: fleet_path,
+            message: "fleet.yaml is missing on the base branch".into(),
+        });
+    };
+    let mut tree = MemTree::new();
+    tree.insert("fleet.yaml", fleet.text.into_bytes());
+    tree.insert(coin_file, text.as_bytes().to_vec());
+    let loaded = fleet_repo_schema::load(&tree);
+    if loaded.desired.is_none() {
+        let first = loaded
+            .diagnostics
+            .iter()
+            .find(|d| d.severity == fleet_repo_schema::Severity::Error)
+            .map(|d| format!("{}:{}: {}", d.file, d.span.start.line, d.message))
+            .unwrap_or_default();
+        return Err(GitHubError::Decode {
+            what: coin_file.to_string(),
+            message: format!("the bumped file would not validate ({first}); not proposed"),
+        });
+    }
+    Ok(())
+}
