@@ -198,10 +198,10 @@ fn byte_offset(text: &str, starts: &[usize], line: u32, col: u32) -> Option<usiz
     let rest = text.get(ls..)?;
     let skip = col.checked_sub(1)? as usize;
     let line_end = rest.find('\n').unwrap_or(rest.len());
-    match rest[..line_end].char_indices().nth(skip) {
-        Some((i, _)) => Some(ls + i),
-        None => None,
-    }
+    rest[..line_end]
+        .char_indices()
+        .nth(skip)
+        .map(|(i, _)| ls + i)
 }
 
 /// How a scalar token is written.

@@ -39,6 +39,8 @@ pub enum Event {
     RolloutStarted {
         /// Coin.
         coin: String,
+        /// Commit of the fleet repository the plan came from.
+        commit: String,
         /// Versions now.
         from: Vec<String>,
         /// Target (None: the coin is being removed).
@@ -58,6 +60,12 @@ pub enum Event {
         commit: String,
         /// Why.
         reasons: Vec<String>,
+        /// Versions running now.
+        from: Vec<String>,
+        /// Zones the rollout would go through, in order.
+        zones: Vec<String>,
+        /// Steps it would take.
+        steps: usize,
     },
     /// A step is about to run.
     StepStarted {
@@ -391,6 +399,15 @@ impl Executor {
             return report;
         }
         let version_key = approval_version(cp);
+        let zones: Vec<String> = {
+            let mut z: Vec<String> = Vec::new();
+            for w in cp.waves.iter().filter(|w| w.kind == WaveKind::Rollout) {
+                if !z.contains(&w.zone) {
+                    z.push(w.zone.clone());
+                }
+            }
+            z
+        };
         if let Some(need) = &cp.approval {
             match self
                 .journal
@@ -407,23 +424,18 @@ impl Executor {
                         version: version_key,
                         commit: self.opts.commit.clone(),
                         reasons: need.reasons.clone(),
+                        from: cp.from_versions.clone(),
+                        zones: zones.clone(),
+                        steps: cp.step_count(),
                     });
                     report.outcome = CoinOutcome::AwaitingApproval;
                     return report;
                 }
             }
         }
-        let zones: Vec<String> = {
-            let mut z: Vec<String> = Vec::new();
-            for w in cp.waves.iter().filter(|w| w.kind == WaveKind::Rollout) {
-                if !z.contains(&w.zone) {
-                    z.push(w.zone.clone());
-                }
-            }
-            z
-        };
         self.emit(Event::RolloutStarted {
             coin: cp.coin.clone(),
+            commit: self.opts.commit.clone(),
             from: cp.from_versions.clone(),
             to: cp.target.as_ref().map(|v| v.to_string()),
             zones,

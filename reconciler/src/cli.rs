@@ -96,6 +96,23 @@ enum Command {
     ///
     /// Exit status: 0 stopped by a signal, 2 bad configuration or cannot start.
     Run(RunArgs),
+    /// Propose new upstream releases as bump pull requests on the fleet repository.
+    ///
+    /// For each coin with `upstream.github`: reads its releases (all pages, conditional
+    /// requests), keeps tags matching `tag_pattern` whose version passes the version rule,
+    /// skips drafts, prereleases (unless allowed) and releases younger than
+    /// `min_release_age`, and opens one pull request per coin bump
+    /// (branch fleet/bump-<coin>-<version>) that changes only `version:` (and
+    /// `image.digest` when the registry resolves it). Never a second pull request for the
+    /// same bump; an older open bump of the coin is closed in favour of the newer one.
+    ///
+    /// Settings come from --config (github, release_watch, registry, slack sections of
+    /// examples/reconciler.yaml); the token from FLEET_GITHUB_TOKEN. `fleet run` runs the
+    /// same watch every release_watch.interval when github.repo is set.
+    ///
+    /// Exit status: 0 done, 1 a coin could not be checked or proposed (or the repository
+    /// is invalid), 2 bad configuration.
+    ReleaseWatch(ReleaseWatchArgs),
     /// Print a shell completion script.
     ///
     /// bash: `fleet completions bash > /etc/bash_completion.d/fleet`;
@@ -247,6 +264,54 @@ pub(crate) struct RunArgs {
     /// Log format (default: human on a terminal, JSON otherwise). Level: RUST_LOG.
     #[arg(long, value_enum)]
     pub(crate) log_format: Option<LogFormat>,
+    /// GitHub API base (GitHub Enterprise: https://HOST/api/v3). Overrides github.api_url.
+    #[arg(long, value_name = "URL")]
+    pub(crate) github_api: Option<String>,
+    /// The fleet repository on GitHub (owner/name), where bump pull requests are opened;
+    /// turns the release watch on. Overrides github.repo.
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub(crate) github_repo: Option<String>,
+    /// Slack Web API base. Overrides slack.api_url.
+    #[arg(long, value_name = "URL")]
+    pub(crate) slack_api: Option<String>,
+    /// Time between release watch cycles (default 10m). Overrides release_watch.interval.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) release_interval: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReleaseWatchArgs {
+    /// The configuration file (the same as `fleet run`'s).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The fleet repository to read current versions from (path or URL). Overrides repo.url.
+    #[arg(long, value_name = "PATH|URL")]
+    pub(crate) repo: Option<String>,
+    /// Branch of it (and the base of the pull requests unless github.base is set).
+    #[arg(long)]
+    pub(crate) branch: Option<String>,
+    /// The fleet repository on GitHub (owner/name). Overrides github.repo.
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub(crate) github_repo: Option<String>,
+    /// GitHub API base. Overrides github.api_url.
+    #[arg(long, value_name = "URL")]
+    pub(crate) github_api: Option<String>,
+    /// Slack Web API base. Overrides slack.api_url.
+    #[arg(long, value_name = "URL")]
+    pub(crate) slack_api: Option<String>,
+    /// fleet's state directory (a cache clone of the repository is kept there).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Run one cycle and exit (for cron). Without it, a cycle every release_watch.interval.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Change nothing: print the pull requests that would be opened (title, branch, the
+    /// changed lines, the body).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub(crate) format: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -309,6 +374,7 @@ pub fn run(
         Command::Apply(a) => crate::cli_apply::apply_cmd(&a, out, err, color),
         Command::Demo(a) => crate::cli_apply::demo_cmd(&a, out, color),
         Command::Run(a) => Ok(crate::cli_run::run_cmd(&a, err)),
+        Command::ReleaseWatch(a) => crate::cli_run::release_watch(&a, out, err),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "fleet", out);
             Ok(EXIT_OK)

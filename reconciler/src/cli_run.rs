@@ -1,10 +1,11 @@
 //! `fleet run`: wires the configuration, the source, the provider, the loop and the server
 //! together, and stops them on SIGTERM / SIGINT.
 
-use crate::apply::NoNotifier;
+use crate::apply::{NoNotifier, Notifier};
 use crate::cli::{EXIT_OK, EXIT_USAGE, LogFormat, ProviderKind, RunArgs};
 use crate::clock::{AnchoredClock, Clock};
 use crate::config::{Overrides, ProviderChoice, RunConfig, SimStart};
+use crate::daemon::Good;
 use crate::daemon::{Backend, BackendFactory, LoopOptions, Shared, fetcher, reconcile_loop};
 use crate::health::SimProber;
 use crate::observe::sim::{SimConfig, SimProvider};
@@ -56,6 +57,10 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
         sim_speed: a.sim_speed,
         aws_endpoint: a.aws_endpoint.clone(),
         poll_interval: a.poll_interval.clone(),
+        github_api: a.github_api.clone(),
+        github_repo: a.github_repo.clone(),
+        slack_api: a.slack_api.clone(),
+        release_interval: a.release_interval.clone(),
     };
     let cfg = match RunConfig::load(a.config.as_deref(), &flags) {
         Ok(c) => c,
@@ -86,6 +91,51 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
             tracing::error!(error = %format!("{e:#}"), "fleet run stopped");
             EXIT_USAGE
         }
+    }
+}
+
+/// `fleet release-watch`.
+pub(crate) fn release_watch(
+    a: &crate::cli::ReleaseWatchArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let flags = Overrides {
+        repo: a.repo.clone(),
+        branch: a.branch.clone(),
+        state_dir: a.state_dir.clone(),
+        github_api: a.github_api.clone(),
+        github_repo: a.github_repo.clone(),
+        slack_api: a.slack_api.clone(),
+        ..Overrides::default()
+    };
+    let cfg = match RunConfig::load(a.config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    init_logs(None);
+    #[cfg(feature = "bots")]
+    {
+        crate::people::release_watch_cmd(
+            cfg,
+            a.once,
+            a.dry_run,
+            a.format == crate::cli::Format::Json,
+            out,
+            err,
+        )
+    }
+    #[cfg(not(feature = "bots"))]
+    {
+        let _ = (cfg, out);
+        let _ = writeln!(
+            err,
+            "error: this fleet was built without the `bots` feature; build it with default features for the release watch"
+        );
+        Ok(EXIT_USAGE)
     }
 }
 
@@ -158,16 +208,18 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             commit: String::new(),
         },
     };
+    let (good_tx, good_rx) = tokio::sync::watch::channel(None);
+    let people = People::start(&cfg, &shared, &journal, &good_rx, &shutdown)?;
     let server = tokio::spawn(serve(
         listener,
         ServerState {
             shared: Arc::clone(&shared),
             webhook_secret,
+            slack: people.route.clone(),
         },
         shutdown.clone(),
     ));
-    let (good_tx, good_rx) = tokio::sync::watch::channel(None);
-    let notifier: Arc<dyn crate::apply::Notifier> = Arc::new(NoNotifier);
+    let notifier = people.notifier.clone();
     let fetch = tokio::spawn(fetcher(
         source.clone(),
         Arc::clone(&shared),
@@ -214,10 +266,124 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = fetch.await;
     let _ = server.await;
+    people.stop().await;
     drop(lock);
     r.map_err(|e| anyhow::anyhow!("the reconcile loop ended abnormally: {e}"))?;
     tracing::info!("fleet run stopped cleanly");
     Ok(())
+}
+
+/// Slack and the release watch, when configured (the `bots` feature).
+struct People {
+    notifier: Arc<dyn Notifier>,
+    route: Option<crate::server::SlackRoute>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    #[cfg(feature = "bots")]
+    slack_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl People {
+    #[cfg(feature = "bots")]
+    fn start(
+        cfg: &RunConfig,
+        shared: &Arc<Shared>,
+        journal: &Arc<Journal>,
+        good: &tokio::sync::watch::Receiver<Option<Arc<Good>>>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<People> {
+        use crate::people;
+        let mut p = People {
+            notifier: Arc::new(NoNotifier),
+            route: None,
+            tasks: Vec::new(),
+            slack_task: None,
+        };
+        let slack = people::start_slack(cfg, people::channel_of(cfg, good.clone()))?;
+        let handle = slack.as_ref().map(|s| s.handle.clone());
+        if let Some(s) = slack {
+            if !s.verifier.configured() {
+                tracing::warn!(
+                    variable = %cfg.slack_signing_secret_env,
+                    "no Slack signing secret in the environment: approvals from Slack are refused (401)"
+                );
+            }
+            p.notifier = Arc::new(people::SlackNotifier::new(s.handle.clone(), good.clone()));
+            p.route = Some(crate::server::SlackRoute(Arc::new(people::SlackHook {
+                verifier: s.verifier,
+                journal: Arc::clone(journal),
+                shared: Arc::clone(shared),
+                good: good.clone(),
+                slack: s.handle.clone(),
+            })));
+            let h = s.handle.clone();
+            shared
+                .extra_metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::new(move || people::slack_metrics(&h)));
+            p.slack_task = Some(s.task);
+            tracing::info!(api = %cfg.slack_api, "Slack on");
+        }
+        if cfg.release_watch
+            && let Some(rt) = people::watch_runtime(cfg, false)?
+        {
+            let counters = Arc::new(people::WatchCounters::default());
+            let c = Arc::clone(&counters);
+            shared
+                .extra_metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::new(move || c.render()));
+            tracing::info!(repo = %rt.settings.fleet_repo, interval_s = rt.interval.as_secs(), api = %cfg.github_api, "release watch on");
+            p.tasks.push(tokio::spawn(people::release_watch_loop(
+                rt,
+                Arc::clone(shared),
+                good.clone(),
+                handle,
+                counters,
+                shutdown.clone(),
+            )));
+        }
+        Ok(p)
+    }
+
+    #[cfg(not(feature = "bots"))]
+    fn start(
+        cfg: &RunConfig,
+        _: &Arc<Shared>,
+        _: &Arc<Journal>,
+        _: &tokio::sync::watch::Receiver<Option<Arc<Good>>>,
+        _: &CancellationToken,
+    ) -> anyhow::Result<People> {
+        if cfg.github_repo.is_some() || env_secret(&cfg.slack_token_env).is_some() {
+            tracing::warn!(
+                "this fleet was built without the `bots` feature: no release watch, no Slack"
+            );
+        }
+        Ok(People {
+            notifier: Arc::new(NoNotifier),
+            route: None,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// After shutdown: the release watch has stopped; give Slack a few seconds to send
+    /// what is queued (the last messages of a rollout stopped by the signal).
+    async fn stop(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        drop(self.notifier);
+        drop(self.route);
+        #[cfg(feature = "bots")]
+        if let Some(t) = self.slack_task
+            && tokio::time::timeout(std::time::Duration::from_secs(5), t)
+                .await
+                .is_err()
+        {
+            tracing::warn!("Slack messages still queued at exit were not sent");
+        }
+    }
 }
 
 async fn wait_for_signal() {

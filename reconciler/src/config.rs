@@ -75,6 +75,72 @@ pub struct ConfigFile {
     /// (An empty section, `webhook:` with nothing under it, is allowed.)
     #[serde(default)]
     pub webhook: Option<WebhookFile>,
+    /// The fleet repository on GitHub (bump pull requests) and the API.
+    #[serde(default)]
+    pub github: Option<GithubFile>,
+    /// The release watch.
+    #[serde(default)]
+    pub release_watch: Option<ReleaseWatchFile>,
+    /// The image registry, for digests of bumped versions.
+    #[serde(default)]
+    pub registry: Option<RegistryFile>,
+    /// Slack.
+    #[serde(default)]
+    pub slack: Option<SlackFile>,
+}
+
+/// `github:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubFile {
+    /// API base (GitHub Enterprise: `https://<host>/api/v3`).
+    pub api_url: Option<String>,
+    /// `owner/name` of the fleet repository on GitHub.
+    pub repo: Option<String>,
+    /// Branch bump pull requests target (default: `repo.branch`, else `main`).
+    pub base: Option<String>,
+    /// Env var holding the token.
+    pub token_env: Option<String>,
+}
+
+/// `release_watch:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseWatchFile {
+    /// On or off (default: on when `github.repo` is set).
+    pub enabled: Option<bool>,
+    /// Time between cycles.
+    pub interval: Option<String>,
+    /// Longest wait for a GitHub rate limit inside a cycle.
+    pub max_rate_wait: Option<String>,
+}
+
+/// `registry:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// Resolve digests at all (default true).
+    pub resolve_digests: Option<bool>,
+    /// Env var holding the registry user.
+    pub username_env: Option<String>,
+    /// Env var holding the registry password or token.
+    pub password_env: Option<String>,
+}
+
+/// `slack:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackFile {
+    /// Web API base.
+    pub api_url: Option<String>,
+    /// Channel (default: fleet.yaml's `notifications.slack_channel`).
+    pub channel: Option<String>,
+    /// Env var holding the bot token (`xoxb-…`).
+    pub token_env: Option<String>,
+    /// Env var holding the app's signing secret.
+    pub signing_secret_env: Option<String>,
+    /// Identical alerts are not repeated within this.
+    pub repeat_window: Option<String>,
 }
 
 /// The file with its sections filled in.
@@ -87,6 +153,10 @@ struct Resolved {
     aws: AwsFile,
     sim: SimFile,
     webhook: WebhookFile,
+    github: GithubFile,
+    release_watch: ReleaseWatchFile,
+    registry: RegistryFile,
+    slack: SlackFile,
 }
 
 /// `repo:`.
@@ -176,6 +246,14 @@ pub struct Overrides {
     pub aws_endpoint: Option<String>,
     /// --poll-interval
     pub poll_interval: Option<String>,
+    /// --github-api
+    pub github_api: Option<String>,
+    /// --github-repo
+    pub github_repo: Option<String>,
+    /// --slack-api
+    pub slack_api: Option<String>,
+    /// --release-interval
+    pub release_interval: Option<String>,
 }
 
 /// Where the simulator starts when its state directory holds no fleet yet.
@@ -243,7 +321,42 @@ pub struct RunConfig {
     pub sim_start: SimStart,
     /// Env var of the webhook secret.
     pub webhook_secret_env: String,
+    /// GitHub API base.
+    pub github_api: String,
+    /// The fleet repository on GitHub (None: no release watch).
+    pub github_repo: Option<String>,
+    /// Branch bump pull requests target.
+    pub github_base: String,
+    /// Env var of the GitHub token.
+    pub github_token_env: String,
+    /// Release watch on.
+    pub release_watch: bool,
+    /// Release watch period, ms.
+    pub release_interval_ms: u64,
+    /// Longest rate-limit wait, ms.
+    pub max_rate_wait_ms: u64,
+    /// Resolve image digests.
+    pub resolve_digests: bool,
+    /// Env var of the registry user.
+    pub registry_username_env: String,
+    /// Env var of the registry password.
+    pub registry_password_env: String,
+    /// Slack Web API base.
+    pub slack_api: String,
+    /// Slack channel override.
+    pub slack_channel: Option<String>,
+    /// Env var of the Slack bot token.
+    pub slack_token_env: String,
+    /// Env var of the Slack signing secret.
+    pub slack_signing_secret_env: String,
+    /// Identical alerts are not repeated within this, ms.
+    pub slack_repeat_window_ms: u64,
 }
+
+/// GitHub's API.
+pub const DEFAULT_GITHUB_API: &str = "https://api.github.com";
+/// Slack's Web API.
+pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
@@ -275,6 +388,10 @@ impl RunConfig {
             aws: f.aws.unwrap_or_default(),
             sim: f.sim.unwrap_or_default(),
             webhook: f.webhook.unwrap_or_default(),
+            github: f.github.unwrap_or_default(),
+            release_watch: f.release_watch.unwrap_or_default(),
+            registry: f.registry.unwrap_or_default(),
+            slack: f.slack.unwrap_or_default(),
         };
         let state_dir = flags
             .state_dir
@@ -397,13 +514,105 @@ impl RunConfig {
                 message: "must stay inside the repository (no `..`)".into(),
             });
         }
+        let url = |key: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            let ok = v.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(ConfigError::Value {
+                    key: key.into(),
+                    message: format!("`{v}` is not an http(s) URL such as {default}"),
+                });
+            }
+            Ok(v.trim_end_matches('/').to_string())
+        };
+        let github_repo = flags.github_repo.clone().or(f.github.repo);
+        if let Some(r) = &github_repo
+            && fleet_repo_schema::values::GithubRepo::parse(r).is_err()
+        {
+            return Err(ConfigError::Value {
+                key: "github.repo".into(),
+                message: format!("`{r}` is not owner/name, e.g. acme/fleet"),
+            });
+        }
+        let branch = flags.branch.clone().or(f.repo.branch);
+        let github_base = f
+            .github
+            .base
+            .or_else(|| branch.clone())
+            .unwrap_or_else(|| "main".into());
+        let release_watch = f.release_watch.enabled.unwrap_or(github_repo.is_some());
+        if release_watch && github_repo.is_none() {
+            return Err(ConfigError::Value {
+                key: "release_watch.enabled".into(),
+                message: "the release watch needs github.repo (owner/name of the fleet repository on GitHub)".into(),
+            });
+        }
+        let release_interval_ms = dur(
+            "release_watch.interval",
+            flags.release_interval.clone().or(f.release_watch.interval),
+            600_000,
+            100,
+        )?;
+        let max_rate_wait_ms = dur(
+            "release_watch.max_rate_wait",
+            f.release_watch.max_rate_wait,
+            900_000,
+            0,
+        )?;
+        let slack_repeat_window_ms =
+            dur("slack.repeat_window", f.slack.repeat_window, 3_600_000, 0)?;
         Ok(RunConfig {
+            github_api: url(
+                "github.api_url",
+                flags.github_api.clone().or(f.github.api_url),
+                DEFAULT_GITHUB_API,
+            )?,
+            github_repo,
+            github_base,
+            github_token_env: env_name(
+                "github.token_env",
+                f.github.token_env,
+                "FLEET_GITHUB_TOKEN",
+            )?,
+            release_watch,
+            release_interval_ms,
+            max_rate_wait_ms,
+            resolve_digests: f.registry.resolve_digests.unwrap_or(true),
+            registry_username_env: env_name(
+                "registry.username_env",
+                f.registry.username_env,
+                "FLEET_REGISTRY_USERNAME",
+            )?,
+            registry_password_env: env_name(
+                "registry.password_env",
+                f.registry.password_env,
+                "FLEET_REGISTRY_PASSWORD",
+            )?,
+            slack_api: url(
+                "slack.api_url",
+                flags.slack_api.clone().or(f.slack.api_url),
+                DEFAULT_SLACK_API,
+            )?,
+            slack_channel: f.slack.channel.filter(|c| !c.is_empty()),
+            slack_token_env: env_name(
+                "slack.token_env",
+                f.slack.token_env,
+                "FLEET_SLACK_BOT_TOKEN",
+            )?,
+            slack_signing_secret_env: env_name(
+                "slack.signing_secret_env",
+                f.slack.signing_secret_env,
+                "FLEET_SLACK_SIGNING_SECRET",
+            )?,
+            slack_repeat_window_ms,
             cache_dir: f
                 .repo
                 .cache_dir
                 .unwrap_or_else(|| state_dir.join("repo-cache")),
             repo,
-            branch: flags.branch.clone().or(f.repo.branch),
+            branch,
             subdir,
             poll_interval_ms,
             watch: f.repo.watch.unwrap_or(true),

@@ -173,6 +173,9 @@ pub struct Status {
     pub provider: String,
     /// Per coin.
     pub coins: BTreeMap<String, CoinStatus>,
+    /// The release watch's last cycle, when it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_watch: Option<serde_json::Value>,
 }
 
 /// Counters and gauges for /metrics.
@@ -199,6 +202,7 @@ struct MetricsInner {
     last_error: BTreeMap<String, f64>,
     api_calls: u64,
     steps: BTreeMap<String, u64>,
+    slack_interactions: BTreeMap<String, u64>,
 }
 
 const PASS_BUCKETS: [f64; 8] = [0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0];
@@ -217,6 +221,11 @@ impl Metrics {
     /// Count a webhook request by result.
     pub fn webhook(&self, result: &str) {
         self.with(|m| *m.webhooks.entry(result.into()).or_default() += 1);
+    }
+
+    /// Count a Slack interaction request by result.
+    pub fn slack_interaction(&self, result: &str) {
+        self.with(|m| *m.slack_interactions.entry(result.into()).or_default() += 1);
     }
 
     /// Git fetches by result.
@@ -396,6 +405,19 @@ impl Metrics {
         }
         head(
             &mut o,
+            "fleet_slack_interactions_total",
+            "counter",
+            "Slack interaction callbacks (POST /hooks/slack) by result.",
+        );
+        for (r, n) in &m.slack_interactions {
+            let _ = writeln!(
+                o,
+                "fleet_slack_interactions_total{{result=\"{}\"}} {n}",
+                esc(r)
+            );
+        }
+        head(
+            &mut o,
             "fleet_provider_api_calls_total",
             "counter",
             "Calls to the provider's API (AWS, or the simulator), retries counted once.",
@@ -406,7 +428,7 @@ impl Metrics {
 }
 
 /// What the loop, the fetcher and the server share.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Shared {
     /// /status.
     pub status: Mutex<Status>,
@@ -424,9 +446,33 @@ pub struct Shared {
     pub fetch_count: AtomicU64,
     /// Steps carried out (outcome `done`), for telling progress from repetition.
     pub steps_done: AtomicU64,
+    /// Run the release watch now (a `release` webhook).
+    pub release_now: Notify,
+    /// More metrics, rendered after the daemon's own (the bots' counters).
+    pub extra_metrics: Mutex<Vec<Arc<dyn Fn() -> String + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
 }
 
 impl Shared {
+    /// The whole /metrics text: the daemon's and every registered extra.
+    pub fn render_metrics(&self) -> String {
+        let mut t = self.metrics.render();
+        let extra = self
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for f in extra {
+            t.push_str(&f());
+        }
+        t
+    }
+
     /// Update the status.
     pub fn status_mut<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))

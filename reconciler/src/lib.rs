@@ -16,6 +16,8 @@ pub mod daemon;
 pub mod demo;
 pub mod health;
 pub mod observe;
+#[cfg(feature = "bots")]
+pub mod people;
 pub mod plan;
 pub mod render;
 pub mod server;

@@ -270,6 +270,7 @@ impl Progress {
                 to,
                 zones,
                 steps,
+                ..
             } => {
                 let l = self.coins.entry(coin.clone()).or_default();
                 l.from = from.join(",");

@@ -1,5 +1,10 @@
-//! The reconciler's HTTP server (one port): `/healthz`, `/readyz`, `/metrics`, `/status` and
-//! `POST /hooks/github`.
+//! The reconciler's HTTP server (one port): `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! `POST /hooks/github` and `POST /hooks/slack`.
+//!
+//! `/hooks/slack` is Slack's interaction callback (Approve / Reject buttons). The server
+//! only reads the body (at most 1 MB, 20 s) and hands it with the two signature headers to
+//! an [`InteractionHook`] (the bots glue in `people.rs`), which verifies Slack's `v0`
+//! signature before anything else. Without Slack configured it answers 503.
 //!
 //! The webhook is verified before anything else is read from the request: the body's
 //! HMAC-SHA256 under the shared secret must equal `X-Hub-Signature-256` (compared in
@@ -72,6 +77,31 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Largest Slack interaction body read (Slack's payloads are a few KB).
+pub const MAX_SLACK_BODY: usize = 1024 * 1024;
+
+/// Handles Slack's interaction callback: verifies, decides, answers (status, body).
+#[async_trait::async_trait]
+pub trait InteractionHook: Send + Sync {
+    /// One request: Slack's `X-Slack-Request-Timestamp` and `X-Slack-Signature`, the body.
+    async fn handle(
+        &self,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> (StatusCode, String);
+}
+
+/// The Slack route, when Slack is configured.
+#[derive(Clone)]
+pub struct SlackRoute(pub Arc<dyn InteractionHook>);
+
+impl std::fmt::Debug for SlackRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlackRoute")
+    }
+}
+
 /// What the server needs.
 #[derive(Debug, Clone)]
 pub struct ServerState {
@@ -79,6 +109,8 @@ pub struct ServerState {
     pub shared: Arc<Shared>,
     /// The GitHub webhook secret (None: the webhook answers 401 to everything).
     pub webhook_secret: Option<Secret>,
+    /// Slack's interaction callback (None: 503).
+    pub slack: Option<SlackRoute>,
 }
 
 /// Serve on `listener` until `shutdown`.
@@ -172,7 +204,7 @@ async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
         (Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            state.shared.metrics.render(),
+            state.shared.render_metrics(),
         ),
         (Method::GET, "/status") => {
             let s = state.shared.status();
@@ -182,13 +214,14 @@ async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
             }
         }
         (Method::POST, "/hooks/github") => github(state, req).await,
+        (Method::POST, "/hooks/slack") => slack(state, req).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/status") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
-        (_, "/hooks/github") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
+        (_, "/hooks/github" | "/hooks/slack") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; endpoints: /healthz /readyz /metrics /status POST /hooks/github",
+            "not found; endpoints: /healthz /readyz /metrics /status POST /hooks/github POST /hooks/slack",
         ),
     }
 }
@@ -216,7 +249,7 @@ async fn github(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
         return text(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
     }
     // Events fleet does not act on are not read at all.
-    if !matches!(event.as_str(), "push" | "ping") {
+    if !matches!(event.as_str(), "push" | "ping" | "release") {
         m.webhook("ignored");
         return text(StatusCode::ACCEPTED, format!("ignored event `{event}`"));
     }
@@ -245,6 +278,30 @@ async fn github(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
         "ping" => {
             m.webhook("ping");
             text(StatusCode::OK, "pong")
+        }
+        "release" => {
+            // A release of an upstream (the hook of a mirror or a GitHub App): run the release
+            // watch now. Like a push, the payload is only a wake-up call: the watch reads the
+            // releases from the API itself.
+            let action = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            if matches!(
+                action.as_str(),
+                "published" | "released" | "prereleased" | "edited"
+            ) {
+                m.webhook("release");
+                tracing::info!(delivery = %delivery, action = %action, "release webhook: running the release watch now");
+                state.shared.release_now.notify_one();
+                text(StatusCode::ACCEPTED, "release watch now")
+            } else {
+                m.webhook("ignored");
+                text(
+                    StatusCode::ACCEPTED,
+                    format!("ignored release action `{action}`"),
+                )
+            }
         }
         "push" => {
             let git_ref = serde_json::from_slice::<serde_json::Value>(&body)
@@ -281,6 +338,56 @@ async fn github(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
             m.webhook("ignored");
             text(StatusCode::ACCEPTED, format!("ignored event `{other}`"))
         }
+    }
+}
+
+async fn slack(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let m = &state.shared.metrics;
+    let Some(route) = &state.slack else {
+        m.slack_interaction("not_configured");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Slack is not configured: set the variables named by slack.token_env and slack.signing_secret_env",
+        );
+    };
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (ts, sig) = (
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+    );
+    if ts.is_none() || sig.is_none() {
+        m.slack_interaction("unauthorized");
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "missing X-Slack-Signature or X-Slack-Request-Timestamp",
+        );
+    }
+    let body = match tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_SLACK_BODY).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
+            m.slack_interaction("too_large");
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MB");
+        }
+        Err(_) => {
+            m.slack_interaction("timeout");
+            return text(StatusCode::REQUEST_TIMEOUT, "body not received in time");
+        }
+    };
+    let (code, msg) = route.0.handle(ts.as_deref(), sig.as_deref(), &body).await;
+    if msg.is_empty() {
+        reply(code, "text/plain; charset=utf-8", Bytes::new())
+    } else {
+        text(code, msg)
     }
 }
 

@@ -284,13 +284,32 @@ impl SlackHandle {
     }
 }
 
+/// Where messages go: a channel name or id, read when a message is sent (the reconciler
+/// takes it from the revision in force). None: not known yet; messages wait.
+pub type ChannelFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BotConfig {
     /// Channel (name or id).
-    pub channel: String,
+    pub channel: ChannelFn,
     /// Identical alerts are not repeated within this.
     pub repeat_window: Duration,
+}
+
+impl std::fmt::Debug for BotConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BotConfig")
+            .field("channel", &(self.channel)())
+            .field("repeat_window", &self.repeat_window)
+            .finish()
+    }
+}
+
+/// A fixed channel.
+pub fn channel(name: &str) -> ChannelFn {
+    let n = name.to_string();
+    Arc::new(move || Some(n.clone()))
 }
 
 struct Thread {
@@ -400,11 +419,20 @@ impl Worker {
 
     async fn post(&self, thread: Option<&str>, broadcast: bool, m: &Message) -> Option<Posted> {
         let api = Arc::clone(&self.api);
-        let ch = self.cfg.channel.clone();
+        let channel = Arc::clone(&self.cfg.channel);
         self.with_retry("chat.postMessage", || {
-            let (api, ch, m) = (Arc::clone(&api), ch.clone(), m.clone());
+            let (api, m) = (Arc::clone(&api), m.clone());
+            let ch = channel();
             let thread = thread.map(str::to_string);
-            async move { api.post(&ch, thread.as_deref(), broadcast, &m).await }
+            async move {
+                let Some(ch) = ch else {
+                    return Err(SendError::Retry {
+                        after: Some(Duration::from_secs(5)),
+                        message: "no Slack channel known yet (slack.channel, or notifications.slack_channel in fleet.yaml)".into(),
+                    });
+                };
+                api.post(&ch, thread.as_deref(), broadcast, &m).await
+            }
         })
         .await
     }

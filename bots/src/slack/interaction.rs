@@ -151,7 +151,7 @@ pub fn parse(body: &[u8]) -> Result<Click, InteractionError> {
 
 /// Whether `click` may be recorded: only users listed in `approvers` decide.
 pub fn decide(click: Click, approvers: &[String]) -> Decision {
-    if approvers.iter().any(|a| *a == click.user) {
+    if approvers.contains(&click.user) {
         Decision::Record(click)
     } else {
         let reason = if approvers.is_empty() {

@@ -10,5 +10,5 @@ pub mod interaction;
 pub mod messages;
 pub mod signature;
 
-pub use bot::{BotConfig, MorphismApi, SlackApi, SlackHandle, SlackStats};
+pub use bot::{BotConfig, ChannelFn, MorphismApi, SlackApi, SlackHandle, SlackStats};
 pub use messages::{ApprovalKey, Notice, Verdict};
