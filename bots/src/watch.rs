@@ -344,7 +344,7 @@ async fn propose(
         }
     };
     let new_text = yaml_edit::set_scalars(&path, &file.text, &edits).map_err(edit_err)?;
-    validate(gh, s, &c.file, &new_text).await?;
+    validate(gh, s, &c.file, &file.text, &new_text).await?;
     let approvers: Vec<String> = desired
         .fleet
         .approvers
@@ -449,12 +449,15 @@ async fn propose(
     })
 }
 
-/// The edited coin file must still validate beside the base's fleet.yaml.
+/// The edited coin file must not bring an error the file did not have: both versions are
+/// checked beside the base's fleet.yaml (rules that need other files of the repository,
+/// such as metrics scripts, fail the same way for both and are not the edit's doing).
 async fn validate(
     gh: &GitHub,
     s: &WatchSettings,
     coin_file: &str,
-    text: &str,
+    before: &str,
+    after: &str,
 ) -> Result<(), GitHubError> {
     let fleet_path = join_path(&s.subdir, "fleet.yaml");
     let Some(fleet) = gh.file(&s.fleet_repo, &fleet_path, &s.base).await? else {
@@ -463,17 +466,24 @@ async fn validate(
             message: "fleet.yaml is missing on the base branch".into(),
         });
     };
-    let mut tree = MemTree::new();
-    tree.insert("fleet.yaml", fleet.text.into_bytes());
-    tree.insert(coin_file, text.as_bytes().to_vec());
-    let loaded = fleet_repo_schema::load(&tree);
-    if loaded.desired.is_none() {
-        let first = loaded
+    let errors = |text: &str| -> Vec<(String, String)> {
+        let mut tree = MemTree::new();
+        tree.insert("fleet.yaml", fleet.text.as_bytes().to_vec());
+        tree.insert(coin_file, text.as_bytes().to_vec());
+        fleet_repo_schema::load(&tree)
             .diagnostics
-            .iter()
-            .find(|d| d.severity == fleet_repo_schema::Severity::Error)
-            .map(|d| format!("{}:{}: {}", d.file, d.span.start.line, d.message))
-            .unwrap_or_default();
+            .into_iter()
+            .filter(|d| d.severity == fleet_repo_schema::Severity::Error)
+            .map(|d| {
+                (
+                    d.code.as_str().to_string(),
+                    format!("{}:{}: {}", d.file, d.span.start.line, d.message),
+                )
+            })
+            .collect()
+    };
+    let old: Vec<String> = errors(before).into_iter().map(|(c, _)| c).collect();
+    if let Some((_, first)) = errors(after).into_iter().find(|(c, _)| !old.contains(c)) {
         return Err(GitHubError::Decode {
             what: coin_file.to_string(),
             message: format!("the bumped file would not validate ({first}); not proposed"),

@@ -1,10 +1,14 @@
+#![recursion_limit = "256"]
 //! Helpers shared by fleet's end-to-end tests.
 
 use std::path::{Path, PathBuf};
 
 pub mod daemon;
+pub mod github_mock;
+pub mod mock_http;
 pub mod nodes;
 pub mod repo;
+pub mod slack_mock;
 pub mod world;
 
 /// The workspace root.
