@@ -127,7 +127,12 @@ pub fn parse_query(q: &str) -> BTreeMap<String, String> {
 impl MockServer {
     /// Serve `handler` on a free loopback port.
     pub fn start(handler: Handler) -> MockServer {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        MockServer::start_on(0, handler)
+    }
+
+    /// Serve `handler` on 127.0.0.1:`port` (0: any free port).
+    pub fn start_on(port: u16, handler: Handler) -> MockServer {
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind loopback");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();

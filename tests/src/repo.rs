@@ -86,6 +86,7 @@ pub fn fleet_yaml() -> String {
          node_ami: ami-0123456789abcdef0\n\
          instance_profile: fleet-node\n\
          image_registry: 123456789012.dkr.ecr.eu-central-1.amazonaws.com/coin-daemons\n\
+         notifications:\n  slack_channel: \"#node-fleet\"\n\
          approvers: [U012ABCDEF]\n"
     )
 }

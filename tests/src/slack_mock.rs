@@ -50,6 +50,11 @@ pub const CHANNEL_ID: &str = "C0FLEET001";
 impl SlackMock {
     /// A mock expecting `token`.
     pub fn start(token: &str) -> SlackMock {
+        SlackMock::start_on(token, 0)
+    }
+
+    /// A mock expecting `token` on 127.0.0.1:`port` (0: any free port).
+    pub fn start_on(token: &str, port: u16) -> SlackMock {
         let state = Arc::new(Mutex::new(SlackState {
             token: token.into(),
             ..SlackState::default()
@@ -60,7 +65,7 @@ impl SlackMock {
             handle(&mut s, &req)
         });
         SlackMock {
-            server: MockServer::start(handler),
+            server: MockServer::start_on(port, handler),
             state,
         }
     }

@@ -282,6 +282,11 @@ impl SlackHandle {
     pub fn stats(&self) -> &SlackStats {
         &self.stats
     }
+
+    /// The counters, shared (they outlive the handle).
+    pub fn counters(&self) -> Arc<SlackStats> {
+        Arc::clone(&self.stats)
+    }
 }
 
 /// Where messages go: a channel name or id, read when a message is sent (the reconciler
