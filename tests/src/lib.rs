@@ -59,3 +59,25 @@ pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Compare `actual` with `tests/snapshots/<name>`; with `FLEET_UPDATE_SNAPSHOTS=1`, rewrite
+/// the snapshot instead (review the diff like code).
+pub fn check_snapshot(name: &str, actual: &str) {
+    let path = workspace_root().join("tests/snapshots").join(name);
+    if std::env::var_os("FLEET_UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).expect("write snapshot");
+        eprintln!(
+            "note: rewrote {}; review the diff before committing",
+            path.display()
+        );
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if expected != actual {
+        panic!(
+            "{} differs from what fleet renders now.\n--- expected\n{expected}\n--- actual\n{actual}\n\
+             If the change is intended, rerun with FLEET_UPDATE_SNAPSHOTS=1 and review the diff.",
+            path.display()
+        );
+    }
+}

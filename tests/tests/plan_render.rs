@@ -8,6 +8,7 @@
 
 use fleet_repo_schema::values::{InstanceType, Version};
 use fleet_repo_schema::{Desired, MemTree, load};
+use fleet_tests::check_snapshot;
 use fleet_tests::{fleet, workspace_root};
 use reconciler::clock::ManualClock;
 use reconciler::demo::{EXAMPLE_FILES, example_desired, older_versions};
@@ -21,26 +22,6 @@ use std::sync::Arc;
 
 const T0: u64 = 1_700_000_000_000;
 const PLAIN: Style = Style { color: false };
-
-fn check_snapshot(name: &str, actual: &str) {
-    let path = workspace_root().join("tests/snapshots").join(name);
-    if std::env::var_os("FLEET_UPDATE_SNAPSHOTS").is_some_and(|v| v == "1") {
-        std::fs::write(&path, actual).unwrap();
-        eprintln!(
-            "note: rewrote {}; review the diff before committing",
-            path.display()
-        );
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    if expected != actual {
-        panic!(
-            "{} differs from what fleet renders now.\n--- expected\n{expected}\n--- actual\n{actual}\n\
-             If the change is intended, rerun with FLEET_UPDATE_SNAPSHOTS=1 and review the diff.",
-            path.display()
-        );
-    }
-}
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
