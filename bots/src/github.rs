@@ -270,7 +270,8 @@ fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
 }
 
 impl GitHub {
-    /// A client for `cfg`.
+    /// A client for `cfg`. Call it inside a tokio runtime (octocrab spawns its service
+    /// buffer there).
     pub fn new(cfg: &GitHubConfig, pacer: Arc<dyn Pacer>) -> Result<GitHub, GitHubError> {
         let api = cfg.api_url.trim_end_matches('/').to_string();
         let uri: http::Uri = api

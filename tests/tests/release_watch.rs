@@ -702,3 +702,97 @@ async fn bad_credentials_are_an_error_that_never_shows_the_token() {
     let all = serde_json::to_string(&r).unwrap();
     assert!(!all.contains("ghp_wrong_token_should_not_leak"));
 }
+
+/// `fleet release-watch --once [--dry-run] [--format json]`, the binary, as cron runs it.
+#[test]
+fn the_release_watch_command() {
+    // The rig's in-process client (octocrab) is built inside a runtime.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let rig = Rig::new(|_, t| t);
+    let state = rig._tmp.path().join("state");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "release-watch".to_string(),
+            "--once".into(),
+            "--repo".into(),
+            rig.remote.url(),
+            "--branch".into(),
+            "main".into(),
+            "--github-repo".into(),
+            FLEET.into(),
+            "--github-api".into(),
+            rig.gh.api_url(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = std::process::Command::new(fleet_tests::daemon::fleet_bin())
+            .args(&args)
+            .env("FLEET_GITHUB_TOKEN", TOKEN)
+            .env_remove("FLEET_SLACK_BOT_TOKEN")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("bitcoin: would open \"bitcoin: 28.1 → 29.0\" from fleet/bump-bitcoin-29.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  -version: \"28.1\"\n  +version: \"29.0\""),
+        "{out}"
+    );
+    assert!(out.contains("  | ## bitcoin 28.1 → 29.0"), "{out}");
+    assert!(out.contains("dogecoin: up to date (1.14.9)"), "{out}");
+    assert!(out.contains("GitHub: "), "{out}");
+    assert!(rig.gh.pulls().is_empty(), "a dry run opens nothing");
+    assert!(!out.contains(TOKEN) && !err.contains(TOKEN));
+
+    let (code, out, err) = run(&[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("bitcoin: opened #1 for 29.0: https://github.com/acme/fleet/pull/1"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["--format", "json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["coins"]["bitcoin"]["outcome"], "already-open");
+    assert_eq!(v["coins"]["bitcoin"]["number"], 1);
+
+    // A wrong token: exit 1, the error said, the token not.
+    let out = std::process::Command::new(fleet_tests::daemon::fleet_bin())
+        .args([
+            "release-watch",
+            "--once",
+            "--repo",
+            &rig.remote.url(),
+            "--github-repo",
+            FLEET,
+            "--github-api",
+            &rig.gh.api_url(),
+            "--state-dir",
+            &state.display().to_string(),
+        ])
+        .env("FLEET_GITHUB_TOKEN", "ghp_not_the_right_one")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("Bad credentials") && !all.contains("ghp_not_the_right_one"),
+        "{all}"
+    );
+}
