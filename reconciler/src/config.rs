@@ -768,4 +768,42 @@ mod tests {
         // No `secret:` key: a secret in the file is an unknown key.
         assert!(parse("webhook:\n  secret: abc\n", "c.yaml").is_err());
     }
+
+    #[test]
+    fn the_people_sections() {
+        let c = RunConfig::resolve(ConfigFile::default(), &Overrides::default()).unwrap();
+        assert!(!c.release_watch, "off without github.repo");
+        assert_eq!(c.github_api, DEFAULT_GITHUB_API);
+        assert_eq!(c.slack_api, DEFAULT_SLACK_API);
+        assert_eq!(c.release_interval_ms, 600_000);
+        assert_eq!(c.slack_repeat_window_ms, 3_600_000);
+        assert_eq!(c.github_base, "main");
+        let f = parse(
+            "repo:\n  branch: prod\ngithub:\n  repo: acme/fleet\n  api_url: https://ghe.example.com/api/v3/\nslack:\n  channel: C0123\n  repeat_window: 10m\n",
+            "c.yaml",
+        )
+        .unwrap();
+        let c = RunConfig::resolve(f, &Overrides::default()).unwrap();
+        assert!(c.release_watch, "on with github.repo");
+        assert_eq!(
+            c.github_base, "prod",
+            "pull requests target the followed branch"
+        );
+        assert_eq!(c.github_api, "https://ghe.example.com/api/v3");
+        assert_eq!(c.slack_channel.as_deref(), Some("C0123"));
+        assert_eq!(c.slack_repeat_window_ms, 600_000);
+        let bad = |y: &str| {
+            RunConfig::resolve(parse(y, "c.yaml").unwrap(), &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("github:\n  repo: not a repo\n").contains("github.repo"));
+        assert!(bad("release_watch:\n  enabled: true\n").contains("needs github.repo"));
+        assert!(bad("github:\n  api_url: ftp://x\n").contains("github.api_url"));
+        assert!(bad("slack:\n  token_env: xoxb-123 456\n").contains("environment variable name"));
+        assert!(
+            parse("slack:\n  token: xoxb-123\n", "c.yaml").is_err(),
+            "no secrets in the file"
+        );
+    }
 }

@@ -764,3 +764,81 @@ pub fn release_watch_cmd(
     rt.shutdown_timeout(Duration::from_secs(2));
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::WaitReason;
+    use crate::observe::NodeKey;
+
+    fn node() -> NodeKey {
+        NodeKey {
+            coin: "bitcoin".into(),
+            zone: "eu-central-1b".into(),
+            index: 1,
+        }
+    }
+
+    /// A failure carries the node's last heights; step and gate chatter is not Slack's.
+    #[test]
+    fn events_become_notices() {
+        let gates = GateReadings::default();
+        let none = || Vec::new();
+        let gate = Event::Gate {
+            coin: "bitcoin".into(),
+            zone: "eu-central-1b".into(),
+            node: node(),
+            verdict: GateVerdict::Waiting {
+                reason: WaitReason::BlocksBehindHeaders,
+                height: Some(870_000),
+                target: Some(870_900),
+                blocks_per_sec: None,
+                eta_ms: None,
+            },
+        };
+        assert!(notice_of(&gate, none, &gates).is_none());
+        let failed = Event::RolloutFailed {
+            coin: "bitcoin".into(),
+            zone: Some("eu-central-1b".into()),
+            node: Some(node()),
+            reason: "stalled".into(),
+        };
+        match notice_of(&failed, none, &gates) {
+            Some(Notice::GateFailed {
+                height,
+                target,
+                node,
+                ..
+            }) => {
+                assert_eq!((height, target), (Some(870_000), Some(870_900)));
+                assert_eq!(node.as_deref(), Some("bitcoin/eu-central-1b/1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let asked = Event::ApprovalNeeded {
+            coin: "bitcoin".into(),
+            version: "29.0".into(),
+            commit: "c1".into(),
+            reasons: vec!["major".into()],
+            from: vec!["28.1".into()],
+            zones: vec!["eu-central-1a".into()],
+            steps: 1,
+        };
+        match notice_of(&asked, || vec!["U012ABCDEF".into()], &gates) {
+            Some(Notice::ApprovalNeeded { key, approvers, .. }) => {
+                assert_eq!(
+                    (key.coin.as_str(), key.version.as_str(), key.commit.as_str()),
+                    ("bitcoin", "29.0", "c1")
+                );
+                assert_eq!(approvers, ["U012ABCDEF"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let step = Event::StepStarted {
+            coin: "bitcoin".into(),
+            node: node(),
+            action: "upgrade".into(),
+        };
+        assert!(notice_of(&step, none, &gates).is_none());
+    }
+}
