@@ -298,7 +298,11 @@ impl People {
             tasks: Vec::new(),
             slack_task: None,
         };
-        let slack = people::start_slack(cfg, people::channel_of(cfg, good.clone()))?;
+        let slack = people::start_slack(
+            cfg,
+            people::channel_of(cfg, good.clone()),
+            Some(cfg.state_dir.join("slack.json")),
+        )?;
         let handle = slack.as_ref().map(|s| s.handle.clone());
         if let Some(s) = slack {
             if !s.verifier.configured() {

@@ -373,8 +373,13 @@ pub fn channel_of(cfg: &RunConfig, good: wch::Receiver<Option<Arc<Good>>>) -> Ch
     })
 }
 
-/// Start the Slack bot when its token is in the environment.
-pub fn start_slack(cfg: &RunConfig, channel: ChannelFn) -> anyhow::Result<Option<SlackParts>> {
+/// Start the Slack bot when its token is in the environment. `memory`: where it remembers
+/// its approval requests and rollout threads across restarts.
+pub fn start_slack(
+    cfg: &RunConfig,
+    channel: ChannelFn,
+    memory: Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<SlackParts>> {
     let Some(token) = env_secret(&cfg.slack_token_env) else {
         if env_secret(&cfg.slack_signing_secret_env).is_some() {
             tracing::warn!(
@@ -392,6 +397,7 @@ pub fn start_slack(cfg: &RunConfig, channel: ChannelFn) -> anyhow::Result<Option
         BotConfig {
             channel,
             repeat_window: Duration::from_millis(cfg.slack_repeat_window_ms),
+            memory,
         },
     );
     let verifier = Verifier::new(env_secret(&cfg.slack_signing_secret_env).map(SigningSecret::new));
@@ -723,7 +729,7 @@ pub fn release_watch_cmd(
                     .slack_channel
                     .clone()
                     .or_else(|| desired.fleet.slack_channel.as_ref().map(|c| c.to_string()));
-                slack = start_slack(&cfg, Arc::new(move || ch.clone()))?;
+                slack = start_slack(&cfg, Arc::new(move || ch.clone()), None)?;
             }
             let report = watch::cycle(
                 &watch.gh,

@@ -331,24 +331,6 @@ pub mod git {
         g.reference(&refname, id, true, "contents API")?;
         Ok(id)
     }
-
-    /// Fast-forward `base` to `head` (the merge button, when the base did not move).
-    pub fn fast_forward(repo: &Path, base: &str, head: &str) -> Result<git2::Oid, git2::Error> {
-        let g = git2::Repository::open_bare(repo)?;
-        let h = g
-            .find_reference(&format!("refs/heads/{head}"))?
-            .peel_to_commit()?
-            .id();
-        let b = g
-            .find_reference(&format!("refs/heads/{base}"))?
-            .peel_to_commit()?
-            .id();
-        if !g.graph_descendant_of(h, b)? && h != b {
-            return Err(git2::Error::from_str("not a fast-forward"));
-        }
-        g.reference(&format!("refs/heads/{base}"), h, true, "merge pull request")?;
-        Ok(h)
-    }
 }
 
 impl GitHubMock {
@@ -424,22 +406,6 @@ impl GitHubMock {
     /// The pull requests.
     pub fn pulls(&self) -> Vec<PullRec> {
         self.st().pulls.clone()
-    }
-
-    /// Merge pull request `number` (fast-forward of its base, as GitHub's button when the
-    /// base did not move); the merge commit.
-    pub fn merge(&self, repo: &str, number: u64) -> String {
-        let mut s = self.st();
-        let path = s.repos[repo].clone();
-        let p = s
-            .pulls
-            .iter_mut()
-            .find(|p| p.number == number)
-            .expect("pull request");
-        let id = git::fast_forward(&path, &p.base, &p.head).expect("fast-forward merge");
-        p.state = "closed".into();
-        p.merged = true;
-        id.to_string()
     }
 }
 

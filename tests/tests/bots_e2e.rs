@@ -14,7 +14,9 @@
 //! And: Slack unreachable does not hold a rollout that needs no approval; its messages are
 //! delivered once Slack answers again.
 
-use fleet_tests::daemon::{Daemon, Remote, coin, coin_at, fleet_files, github_signature, http};
+use fleet_tests::daemon::{
+    Daemon, Remote, coin, coin_at, fleet_files, git, github_signature, http,
+};
 use fleet_tests::github_mock::{GitHubMock, release};
 use fleet_tests::nodes::free_port;
 use fleet_tests::slack_mock::{self, SlackMock};
@@ -141,8 +143,28 @@ fn a_release_becomes_a_pull_request_then_a_rollout_approved_in_slack() {
         s["release_watch"]
     );
 
-    // 2. Merged (GitHub's merge button: a fast-forward of main); a push webhook says so.
-    let merged = gh.merge("acme/fleet", pr.number);
+    // 2. Merged in the local fleet repository with git (a merge commit, as GitHub's button
+    //    makes) and pushed; GitHub then shows the pull request merged, and its push webhook
+    //    tells fleet.
+    git(&remote.work, &["fetch", "-q", "origin"]);
+    git(
+        &remote.work,
+        &[
+            "merge",
+            "-q",
+            "--no-ff",
+            "-m",
+            "Merge pull request #1 from acme/fleet/bump-bitcoin-29.0",
+            "origin/fleet/bump-bitcoin-29.0",
+        ],
+    );
+    git(&remote.work, &["push", "-q", "origin", "main"]);
+    let merged = git(&remote.work, &["rev-parse", "HEAD"]);
+    {
+        let mut st = gh.st();
+        st.pulls[0].state = "closed".into();
+        st.pulls[0].merged = true;
+    }
     let push = format!("{{\"ref\":\"refs/heads/main\",\"after\":\"{merged}\"}}");
     let r = http(
         d.addr,
@@ -363,6 +385,56 @@ fn a_release_becomes_a_pull_request_then_a_rollout_approved_in_slack() {
             >= 6.0
     );
     assert_eq!(d.metric("fleet_bump_pull_requests_total"), Some(1.0));
+
+    // 5. A `release` webhook runs the watch at once (the interval is an hour): 29.1 is out.
+    let mut rs = vec![release(
+        "bitcoin/bitcoin",
+        3,
+        "v29.1",
+        Some(now_s() - 3 * 86_400),
+        false,
+        "29.1",
+    )];
+    rs.extend(gh.st().releases["bitcoin/bitcoin"].clone());
+    gh.set_releases("bitcoin/bitcoin", rs);
+    let ev = r#"{"action":"published","release":{"tag_name":"v29.1"},"repository":{"full_name":"bitcoin/bitcoin"}}"#;
+    let r = http(
+        d.addr,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "release"),
+            (
+                "X-Hub-Signature-256",
+                &github_signature(HOOK, ev.as_bytes()),
+            ),
+        ],
+        ev.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let pr2 = wait_until("the 29.1 bump", &d, || {
+        gh.pulls()
+            .into_iter()
+            .find(|p| p.head == "fleet/bump-bitcoin-29.1")
+    });
+    assert_eq!(pr2.title, "bitcoin: 29.0 → 29.1");
+    // A forged release event does nothing.
+    let r = http(
+        d.addr,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "release"),
+            (
+                "X-Hub-Signature-256",
+                &github_signature("guess", ev.as_bytes()),
+            ),
+        ],
+        ev.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 401);
     assert!(
         !d.log().contains(SLACK_TOKEN) && !d.log().contains(GH_TOKEN) && !d.log().contains(SIGNING),
         "no secret in the log"

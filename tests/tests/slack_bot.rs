@@ -48,6 +48,7 @@ fn start(
         BotConfig {
             channel,
             repeat_window: Duration::from_secs(3600),
+            memory: None,
         },
     )
 }
@@ -311,6 +312,7 @@ async fn a_permanent_error_drops_one_message_and_the_next_ones_go() {
         BotConfig {
             channel: bot::channel("#x"),
             repeat_window: Duration::ZERO,
+            memory: None,
         },
     );
     h.notify(Notice::RolloutFinished {
@@ -416,4 +418,89 @@ fn a_real_block_actions_payload_is_read_and_only_approvers_decide() {
     assert!(interaction::parse(&shortcut).is_err());
     assert!(interaction::parse(b"payload=%7Bnot json").is_err());
     assert!(interaction::parse(b"nothing=here").is_err());
+}
+
+/// A restarted daemon (a new bot on the same state file) neither asks twice for the same
+/// approval nor starts a second thread for the rollout under way; the decision updates the
+/// first request.
+#[tokio::test]
+async fn the_bot_remembers_its_requests_and_threads_across_a_restart() {
+    let mock = SlackMock::start(TOKEN);
+    let pacer = Arc::new(TestPacer::default());
+    let dir = tempfile::tempdir().unwrap();
+    let memory = dir.path().join("slack.json");
+    let boot = || {
+        bot::start(
+            Arc::new(MorphismApi::new(&mock.api_url(), TOKEN).unwrap()),
+            Arc::clone(&pacer) as Arc<dyn Pacer>,
+            BotConfig {
+                channel: bot::channel("#node-fleet"),
+                repeat_window: Duration::from_secs(3600),
+                memory: Some(memory.clone()),
+            },
+        )
+    };
+    let started = |coin: &str, to: &str| Notice::RolloutStarted {
+        coin: coin.into(),
+        from: vec!["1".into()],
+        to: Some(to.into()),
+        commit: key().commit,
+        zones: vec!["eu-central-1a".into()],
+        steps: 1,
+    };
+    let (h, t) = boot();
+    h.notify(approval_needed());
+    h.notify(started("litecoin", "0.21.5"));
+    drain(h, t).await;
+
+    let (h, t) = boot();
+    h.notify(approval_needed()); // asked again by the restarted executor
+    h.notify(started("litecoin", "0.21.5")); // the same rollout, resumed
+    h.notify(Notice::ZonePassed {
+        coin: "litecoin".into(),
+        zone: "eu-central-1a".into(),
+        took_ms: 1,
+    });
+    h.notify(Notice::ApprovalDecided {
+        key: key(),
+        verdict: Verdict::Rejected,
+        by: "U012ABCDEF".into(),
+        at_ms: 0,
+    });
+    let stats = drain(h, t).await;
+    assert_eq!(stats.suppressed.load(Ordering::SeqCst), 1);
+
+    let calls = mock.calls();
+    let request_ts = calls[0].ts.clone().unwrap();
+    let ltc_parent = calls[1].ts.clone().unwrap();
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.method == "chat.postMessage"
+                && c.body["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Approval needed"))
+            .count(),
+        1
+    );
+    let replies: Vec<&slack_mock::Call> = calls
+        .iter()
+        .filter(|c| c.body["thread_ts"] == ltc_parent.as_str())
+        .collect();
+    assert_eq!(
+        replies.len(),
+        2,
+        "resumed start and the zone, in the first thread: {calls:#?}"
+    );
+    let upd = calls
+        .iter()
+        .find(|c| c.method == "chat.update")
+        .expect("the decision");
+    assert_eq!(upd.body["ts"], request_ts.as_str());
+    assert!(
+        upd.body["blocks"]
+            .to_string()
+            .contains("Rejected* by <@U012ABCDEF>")
+    );
 }

@@ -45,7 +45,7 @@ pub enum SendError {
 }
 
 /// Where a posted message is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Posted {
     /// Channel id.
     pub channel: String,
@@ -300,6 +300,10 @@ pub struct BotConfig {
     pub channel: ChannelFn,
     /// Identical alerts are not repeated within this.
     pub repeat_window: Duration,
+    /// Where the bot remembers its approval requests and open rollout threads across
+    /// restarts (None: in memory only). A restarted daemon then neither asks twice for the
+    /// same approval nor starts a second thread for a rollout under way.
+    pub memory: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for BotConfig {
@@ -307,6 +311,7 @@ impl std::fmt::Debug for BotConfig {
         f.debug_struct("BotConfig")
             .field("channel", &(self.channel)())
             .field("repeat_window", &self.repeat_window)
+            .field("memory", &self.memory)
             .finish()
     }
 }
@@ -317,10 +322,24 @@ pub fn channel(name: &str) -> ChannelFn {
     Arc::new(move || Some(n.clone()))
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Thread {
     parent: Posted,
     parent_msg: Message,
+    /// The rollout it reports: (coin, target, commit).
+    #[serde(default)]
+    rollout: Option<ApprovalKey>,
 }
+
+/// What survives a restart (`BotConfig::memory`).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Memory {
+    approvals: Vec<(ApprovalKey, Posted, Message)>,
+    threads: Vec<(String, Thread)>,
+}
+
+/// Approval requests remembered at most (the oldest are forgotten first).
+const REMEMBERED_APPROVALS: usize = 1_000;
 
 /// The worker's state.
 struct Worker {
@@ -328,8 +347,8 @@ struct Worker {
     pacer: Arc<dyn Pacer>,
     cfg: BotConfig,
     stats: Arc<SlackStats>,
-    /// Approval requests posted: where, and the message (to update it).
-    approvals: HashMap<ApprovalKey, (Posted, Message)>,
+    /// Approval requests posted: where, and the message (to update it); oldest first.
+    approvals: Vec<(ApprovalKey, Posted, Message)>,
     /// The thread of each coin's rollout in progress.
     threads: HashMap<String, Thread>,
     /// Alert text → when last sent.
@@ -345,13 +364,23 @@ pub fn start(
 ) -> (SlackHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(SlackStats::default());
+    let memory: Memory = cfg
+        .memory
+        .as_ref()
+        .and_then(|p| match std::fs::read(p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| tracing::warn!(path = %p.display(), error = %e, "Slack bot memory unreadable: starting afresh"))
+                .ok(),
+            Err(_) => None,
+        })
+        .unwrap_or_default();
     let w = Worker {
         api,
         pacer,
         cfg,
         stats: Arc::clone(&stats),
-        approvals: HashMap::new(),
-        threads: HashMap::new(),
+        approvals: memory.approvals,
+        threads: memory.threads.into_iter().collect(),
         alerts: HashMap::new(),
     };
     let task = tokio::spawn(w.run(rx));
@@ -359,6 +388,42 @@ pub fn start(
 }
 
 impl Worker {
+    fn approval(&self, key: &ApprovalKey) -> Option<(Posted, Message)> {
+        self.approvals
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, p, m)| (p.clone(), m.clone()))
+    }
+
+    fn remember_approval(&mut self, key: ApprovalKey, at: Posted, m: Message) {
+        self.approvals.retain(|(k, _, _)| *k != key);
+        self.approvals.push((key, at, m));
+        let over = self.approvals.len().saturating_sub(REMEMBERED_APPROVALS);
+        self.approvals.drain(..over);
+        self.save();
+    }
+
+    /// Write the memory (atomically: a temporary file renamed over it).
+    fn save(&self) {
+        let Some(path) = &self.cfg.memory else { return };
+        let m = Memory {
+            approvals: self.approvals.clone(),
+            threads: self
+                .threads
+                .iter()
+                .map(|(k, t)| (k.clone(), t.clone()))
+                .collect(),
+        };
+        let tmp = path.with_extension("tmp");
+        let r = serde_json::to_vec(&m)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the Slack bot's memory");
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let mut queue: VecDeque<Job> = VecDeque::new();
         loop {
@@ -465,8 +530,10 @@ impl Worker {
                         Thread {
                             parent: p,
                             parent_msg: m.clone(),
+                            rollout: None,
                         },
                     );
+                    self.save();
                 }
             }
         }
@@ -477,6 +544,7 @@ impl Worker {
         let Some(t) = self.threads.remove(coin) else {
             return;
         };
+        self.save();
         let mut m = t.parent_msg.clone();
         if let Some(b) = outcome.blocks.first() {
             m.blocks.retain(|b| !matches!(b, SlackBlock::Actions(_)));
@@ -524,19 +592,19 @@ impl Worker {
         }
         match &n {
             Notice::ApprovalNeeded { key, .. } => {
-                if self.approvals.contains_key(key) {
+                if self.approval(key).is_some() {
                     self.stats.suppressed.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
                 if let Some(p) = self.post(None, false, &m).await {
-                    self.approvals.insert(key.clone(), (p, m));
+                    self.remember_approval(key.clone(), p, m);
                 }
             }
-            Notice::ApprovalDecided { key, .. } => match self.approvals.get(key).cloned() {
+            Notice::ApprovalDecided { key, .. } => match self.approval(key) {
                 Some((at, req)) => {
                     if let Some(upd) = messages::approval_decided(&req, &n) {
                         self.update(&at, &upd).await;
-                        self.approvals.insert(key.clone(), (at, upd));
+                        self.remember_approval(key.clone(), at, upd);
                     }
                 }
                 None => {
@@ -551,19 +619,31 @@ impl Worker {
                     version: to.clone().unwrap_or_else(|| "retire".into()),
                     commit: commit.clone(),
                 };
-                // The approval request is the thread's parent when there was one.
-                if let Some((at, req)) = self.approvals.get(&key).cloned() {
+                let resumed = self
+                    .threads
+                    .get(coin)
+                    .is_some_and(|t| t.rollout.as_ref() == Some(&key));
+                if resumed {
+                    // The same rollout again (a restarted daemon, a preempted pass): its
+                    // thread goes on.
+                } else if let Some((at, req)) = self.approval(&key) {
+                    // The approval request is the thread's parent when there was one.
                     self.threads.insert(
                         coin.clone(),
                         Thread {
                             parent: at,
                             parent_msg: req,
+                            rollout: None,
                         },
                     );
                 } else {
                     self.threads.remove(coin);
                 }
                 self.in_thread(coin, &m, false).await;
+                if let Some(t) = self.threads.get_mut(coin) {
+                    t.rollout = Some(key);
+                }
+                self.save();
             }
             Notice::ZonePassed { coin, .. } => self.in_thread(coin, &m, false).await,
             Notice::RolloutFinished { coin, .. } => {

@@ -171,7 +171,7 @@ impl Notice {
 }
 
 /// A message: the fallback text (notifications, screen readers) and the blocks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Fallback text.
     pub text: String,
