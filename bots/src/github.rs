@@ -274,18 +274,7 @@ impl GitHub {
     /// buffer there).
     pub fn new(cfg: &GitHubConfig, pacer: Arc<dyn Pacer>) -> Result<GitHub, GitHubError> {
         let api = cfg.api_url.trim_end_matches('/').to_string();
-        let uri: http::Uri = api
-            .parse()
-            .map_err(|_| GitHubError::Config(format!("`{api}` is not a URL")))?;
-        let loopback = matches!(
-            uri.host(),
-            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-        );
-        if uri.scheme_str() != Some("https") && !loopback {
-            return Err(GitHubError::Config(format!(
-                "`{api}` is not https: the token would travel in clear text (http is allowed on loopback only)"
-            )));
-        }
+        crate::net::require_https(&api, "the token").map_err(GitHubError::Config)?;
         let mut b = Octocrab::builder()
             .base_uri(api.as_str())
             .map_err(|e| GitHubError::Config(format!("`{api}`: {e}")))?

@@ -14,6 +14,7 @@
 //! [`slack::SlackHandle`] and [`watch::cycle`].
 
 pub mod github;
+pub mod net;
 pub mod pr_body;
 pub mod registry;
 pub mod release;

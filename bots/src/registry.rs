@@ -8,6 +8,7 @@
 //! `aws ecr get-login-password`). The digest is checked against the fleet's digest rule
 //! before it is written anywhere.
 
+use crate::net::is_loopback;
 use base64::Engine;
 use fleet_repo_schema::values::Digest;
 use http_body_util::{BodyExt, Empty};
@@ -56,11 +57,6 @@ impl std::fmt::Debug for OciResolver {
 }
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-
-fn is_loopback(host: &str) -> bool {
-    let h = host.split(':').next().unwrap_or(host);
-    matches!(h, "127.0.0.1" | "localhost") || host.starts_with("[::1]")
-}
 
 /// `registry host` and `name` of an image repository (`docker.io` when no host is given).
 pub fn split_repository(repo: &str) -> (String, String) {

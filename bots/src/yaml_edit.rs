@@ -136,11 +136,7 @@ pub fn set_scalars(file: &str, text: &str, edits: &[Edit]) -> Result<String, Edi
     if cuts.windows(2).any(|w| w[1].1 > w[0].0) {
         return Err(EditError::Verify {
             file: file.into(),
-            path: edits
-                .iter()
-                .map(Edit::dotted)
-                .collect::<Vec<_>>()
-                .join(", "),
+            path: paths(edits),
         });
     }
     let mut out = text.to_string();
@@ -156,6 +152,15 @@ pub fn get_scalar(file: &str, text: &str, path: &str) -> Result<Option<String>, 
     let root = parse_root(file, text)?;
     let keys: Vec<String> = path.split('.').map(str::to_string).collect();
     Ok(find(&root, &keys).and_then(|n| n.scalar().map(|s| s.text.clone())))
+}
+
+/// The dotted paths of `edits`, for messages.
+fn paths(edits: &[Edit]) -> String {
+    edits
+        .iter()
+        .map(Edit::dotted)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_root(file: &str, text: &str) -> Result<Node, EditError> {
@@ -286,11 +291,7 @@ fn token_end(text: &str, start: usize, old: &Scalar) -> Option<(usize, Style)> {
 fn verify(file: &str, before: &Node, after_text: &str, edits: &[Edit]) -> Result<(), EditError> {
     let fail = || EditError::Verify {
         file: file.into(),
-        path: edits
-            .iter()
-            .map(Edit::dotted)
-            .collect::<Vec<_>>()
-            .join(", "),
+        path: paths(edits),
     };
     let after = parse_root(file, after_text).map_err(|_| fail())?;
     let mut expected = before.to_json();

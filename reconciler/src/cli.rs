@@ -264,19 +264,26 @@ pub(crate) struct RunArgs {
     /// Log format (default: human on a terminal, JSON otherwise). Level: RUST_LOG.
     #[arg(long, value_enum)]
     pub(crate) log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub(crate) people: PeopleArgs,
+    /// Time between release watch cycles (default 10m). Overrides release_watch.interval.
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) release_interval: Option<String>,
+}
+
+/// GitHub and Slack endpoints, shared by `run` and `release-watch`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PeopleArgs {
     /// GitHub API base (GitHub Enterprise: https://HOST/api/v3). Overrides github.api_url.
     #[arg(long, value_name = "URL")]
     pub(crate) github_api: Option<String>,
     /// The fleet repository on GitHub (owner/name), where bump pull requests are opened;
-    /// turns the release watch on. Overrides github.repo.
+    /// turns the release watch on in `fleet run`. Overrides github.repo.
     #[arg(long, value_name = "OWNER/NAME")]
     pub(crate) github_repo: Option<String>,
     /// Slack Web API base. Overrides slack.api_url.
     #[arg(long, value_name = "URL")]
     pub(crate) slack_api: Option<String>,
-    /// Time between release watch cycles (default 10m). Overrides release_watch.interval.
-    #[arg(long, value_name = "DURATION")]
-    pub(crate) release_interval: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -290,15 +297,8 @@ pub(crate) struct ReleaseWatchArgs {
     /// Branch of it (and the base of the pull requests unless github.base is set).
     #[arg(long)]
     pub(crate) branch: Option<String>,
-    /// The fleet repository on GitHub (owner/name). Overrides github.repo.
-    #[arg(long, value_name = "OWNER/NAME")]
-    pub(crate) github_repo: Option<String>,
-    /// GitHub API base. Overrides github.api_url.
-    #[arg(long, value_name = "URL")]
-    pub(crate) github_api: Option<String>,
-    /// Slack Web API base. Overrides slack.api_url.
-    #[arg(long, value_name = "URL")]
-    pub(crate) slack_api: Option<String>,
+    #[command(flatten)]
+    pub(crate) people: PeopleArgs,
     /// fleet's state directory (a cache clone of the repository is kept there).
     #[arg(long, value_name = "DIR")]
     pub(crate) state_dir: Option<PathBuf>,

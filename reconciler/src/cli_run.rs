@@ -57,9 +57,9 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
         sim_speed: a.sim_speed,
         aws_endpoint: a.aws_endpoint.clone(),
         poll_interval: a.poll_interval.clone(),
-        github_api: a.github_api.clone(),
-        github_repo: a.github_repo.clone(),
-        slack_api: a.slack_api.clone(),
+        github_api: a.people.github_api.clone(),
+        github_repo: a.people.github_repo.clone(),
+        slack_api: a.people.slack_api.clone(),
         release_interval: a.release_interval.clone(),
     };
     let cfg = match RunConfig::load(a.config.as_deref(), &flags) {
@@ -104,9 +104,9 @@ pub(crate) fn release_watch(
         repo: a.repo.clone(),
         branch: a.branch.clone(),
         state_dir: a.state_dir.clone(),
-        github_api: a.github_api.clone(),
-        github_repo: a.github_repo.clone(),
-        slack_api: a.slack_api.clone(),
+        github_api: a.people.github_api.clone(),
+        github_repo: a.people.github_repo.clone(),
+        slack_api: a.people.slack_api.clone(),
         ..Overrides::default()
     };
     let cfg = match RunConfig::load(a.config.as_deref(), &flags) {

@@ -72,6 +72,21 @@ fn env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// A GitHub webhook delivery of `event`, signed with `secret`.
+fn github_hook(d: &Daemon, event: &str, secret: &str, body: &[u8]) -> fleet_tests::daemon::Reply {
+    http(
+        d.addr,
+        "POST",
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", event),
+            ("X-Hub-Signature-256", &github_signature(secret, body)),
+        ],
+        body,
+    )
+    .expect("POST /hooks/github")
+}
+
 fn interaction(d: &Daemon, body: &[u8], ts: &str, sig: &str) -> u16 {
     http(
         d.addr,
@@ -166,20 +181,7 @@ fn a_release_becomes_a_pull_request_then_a_rollout_approved_in_slack() {
         st.pulls[0].merged = true;
     }
     let push = format!("{{\"ref\":\"refs/heads/main\",\"after\":\"{merged}\"}}");
-    let r = http(
-        d.addr,
-        "POST",
-        "/hooks/github",
-        &[
-            ("X-GitHub-Event", "push"),
-            (
-                "X-Hub-Signature-256",
-                &github_signature(HOOK, push.as_bytes()),
-            ),
-        ],
-        push.as_bytes(),
-    )
-    .unwrap();
+    let r = github_hook(&d, "push", HOOK, push.as_bytes());
     assert_eq!(r.status, 202, "{}", r.body);
     d.wait_for("the merge in force, waiting for an approval", LONG, |s| {
         s["commit"] == merged.as_str() && s["coins"]["bitcoin"]["state"] == "awaiting-approval"
@@ -398,20 +400,7 @@ fn a_release_becomes_a_pull_request_then_a_rollout_approved_in_slack() {
     rs.extend(gh.st().releases["bitcoin/bitcoin"].clone());
     gh.set_releases("bitcoin/bitcoin", rs);
     let ev = r#"{"action":"published","release":{"tag_name":"v29.1"},"repository":{"full_name":"bitcoin/bitcoin"}}"#;
-    let r = http(
-        d.addr,
-        "POST",
-        "/hooks/github",
-        &[
-            ("X-GitHub-Event", "release"),
-            (
-                "X-Hub-Signature-256",
-                &github_signature(HOOK, ev.as_bytes()),
-            ),
-        ],
-        ev.as_bytes(),
-    )
-    .unwrap();
+    let r = github_hook(&d, "release", HOOK, ev.as_bytes());
     assert_eq!(r.status, 202, "{}", r.body);
     let pr2 = wait_until("the 29.1 bump", &d, || {
         gh.pulls()
@@ -420,20 +409,7 @@ fn a_release_becomes_a_pull_request_then_a_rollout_approved_in_slack() {
     });
     assert_eq!(pr2.title, "bitcoin: 29.0 → 29.1");
     // A forged release event does nothing.
-    let r = http(
-        d.addr,
-        "POST",
-        "/hooks/github",
-        &[
-            ("X-GitHub-Event", "release"),
-            (
-                "X-Hub-Signature-256",
-                &github_signature("guess", ev.as_bytes()),
-            ),
-        ],
-        ev.as_bytes(),
-    )
-    .unwrap();
+    let r = github_hook(&d, "release", "guess", ev.as_bytes());
     assert_eq!(r.status, 401);
     assert!(
         !d.log().contains(SLACK_TOKEN) && !d.log().contains(GH_TOKEN) && !d.log().contains(SIGNING),

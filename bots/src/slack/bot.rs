@@ -90,16 +90,7 @@ impl MorphismApi {
     /// A client of `api_url` (Slack's, or a test server on loopback) with the bot token.
     pub fn new(api_url: &str, token: &str) -> Result<MorphismApi, String> {
         let api = api_url.trim_end_matches('/');
-        let uri: http::Uri = api.parse().map_err(|_| format!("`{api}` is not a URL"))?;
-        let loopback = matches!(
-            uri.host(),
-            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-        );
-        if uri.scheme_str() != Some("https") && !loopback {
-            return Err(format!(
-                "`{api}` is not https: the bot token would travel in clear text (http is allowed on loopback only)"
-            ));
-        }
+        crate::net::require_https(api, "the bot token")?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(Arc::new(rustls::crypto::ring::default_provider()))
             .or_else(|_| {
