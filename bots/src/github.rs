@@ -342,6 +342,27 @@ impl GitHub {
         Ok(())
     }
 
+    /// A request that got no (whole) answer: wait 1 s, 2 s, 4 s before the next try; the
+    /// fourth failure is the error.
+    async fn transport_failed(
+        &self,
+        what: &str,
+        failures: &mut u32,
+        message: String,
+    ) -> Result<(), GitHubError> {
+        *failures += 1;
+        if *failures > 3 {
+            return Err(GitHubError::Transport {
+                what: what.to_string(),
+                message,
+            });
+        }
+        self.pacer
+            .sleep(Duration::from_secs(1 << (*failures - 1)))
+            .await;
+        Ok(())
+    }
+
     /// One call with the policies above. `url` is absolute and under the API base.
     async fn send(
         &self,
@@ -402,16 +423,8 @@ impl GitHub {
             let res = match res {
                 Ok(r) => r,
                 Err(e) => {
-                    transport_failures += 1;
-                    if transport_failures > 3 {
-                        return Err(GitHubError::Transport {
-                            what,
-                            message: e.to_string(),
-                        });
-                    }
-                    self.pacer
-                        .sleep(Duration::from_secs(1 << (transport_failures - 1)))
-                        .await;
+                    self.transport_failed(&what, &mut transport_failures, e.to_string())
+                        .await?;
                     continue;
                 }
             };
@@ -420,13 +433,8 @@ impl GitHub {
             let body_bytes = match res.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
-                    transport_failures += 1;
-                    if transport_failures > 3 {
-                        return Err(GitHubError::Transport {
-                            what,
-                            message: e.to_string(),
-                        });
-                    }
+                    self.transport_failed(&what, &mut transport_failures, e.to_string())
+                        .await?;
                     continue;
                 }
             };
@@ -767,24 +775,6 @@ impl GitHub {
         let r = self.send(Method::POST, &url, Some(&b)).await?;
         let p: octocrab::models::pulls::PullRequest = Self::decode("POST pulls", &r)?;
         Ok(Self::pull(p))
-    }
-
-    /// Replace a pull request's title and body.
-    pub async fn update_pull(
-        &self,
-        repo: &str,
-        number: u64,
-        title: &str,
-        body: &str,
-    ) -> Result<(), GitHubError> {
-        let url = self.url(&format!("/repos/{repo}/pulls/{number}"));
-        self.send(
-            Method::PATCH,
-            &url,
-            Some(&json!({"title": title, "body": body})),
-        )
-        .await
-        .map(|_| ())
     }
 
     /// Close a pull request.

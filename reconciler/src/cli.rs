@@ -232,17 +232,8 @@ pub(crate) struct DemoArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RunArgs {
-    /// The configuration file (YAML; every key is optional and documented in
-    /// examples/reconciler.yaml).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) config: Option<PathBuf>,
-    /// The fleet repository: a local path (a git repository, or a plain directory read as
-    /// it is), file://, https:// or ssh:// URL. Overrides repo.url.
-    #[arg(long, value_name = "PATH|URL")]
-    pub(crate) repo: Option<String>,
-    /// Branch to follow (default: the remote's default branch). Overrides repo.branch.
-    #[arg(long)]
-    pub(crate) branch: Option<String>,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
     /// Where the fleet is observed and changed. Overrides `provider`.
     #[arg(long, value_enum)]
     pub(crate) provider: Option<ProviderKind>,
@@ -271,6 +262,23 @@ pub(crate) struct RunArgs {
     pub(crate) release_interval: Option<String>,
 }
 
+/// The configuration file and the fleet repository, shared by `run` and `release-watch`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SourceArgs {
+    /// The configuration file (YAML; every key is optional and documented in
+    /// examples/reconciler.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The fleet repository: a local path (a git repository, or a plain directory read as
+    /// it is), file://, https:// or ssh:// URL. Overrides repo.url.
+    #[arg(long, value_name = "PATH|URL")]
+    pub(crate) repo: Option<String>,
+    /// Branch to follow (default: the remote's default branch; also the base of bump pull
+    /// requests unless github.base is set). Overrides repo.branch.
+    #[arg(long)]
+    pub(crate) branch: Option<String>,
+}
+
 /// GitHub and Slack endpoints, shared by `run` and `release-watch`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PeopleArgs {
@@ -288,15 +296,8 @@ pub(crate) struct PeopleArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReleaseWatchArgs {
-    /// The configuration file (the same as `fleet run`'s).
-    #[arg(long, value_name = "FILE")]
-    pub(crate) config: Option<PathBuf>,
-    /// The fleet repository to read current versions from (path or URL). Overrides repo.url.
-    #[arg(long, value_name = "PATH|URL")]
-    pub(crate) repo: Option<String>,
-    /// Branch of it (and the base of the pull requests unless github.base is set).
-    #[arg(long)]
-    pub(crate) branch: Option<String>,
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
     #[command(flatten)]
     pub(crate) people: PeopleArgs,
     /// fleet's state directory (a cache clone of the repository is kept there).

@@ -43,8 +43,8 @@ fn env_secret(name: &str) -> Option<String> {
 /// `fleet run`.
 pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
     let flags = Overrides {
-        repo: a.repo.clone(),
-        branch: a.branch.clone(),
+        repo: a.source.repo.clone(),
+        branch: a.source.branch.clone(),
         provider: a.provider.map(|p| {
             match p {
                 ProviderKind::Sim => "sim",
@@ -62,7 +62,7 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
         slack_api: a.people.slack_api.clone(),
         release_interval: a.release_interval.clone(),
     };
-    let cfg = match RunConfig::load(a.config.as_deref(), &flags) {
+    let cfg = match RunConfig::load(a.source.config.as_deref(), &flags) {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -101,15 +101,15 @@ pub(crate) fn release_watch(
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let flags = Overrides {
-        repo: a.repo.clone(),
-        branch: a.branch.clone(),
+        repo: a.source.repo.clone(),
+        branch: a.source.branch.clone(),
         state_dir: a.state_dir.clone(),
         github_api: a.people.github_api.clone(),
         github_repo: a.people.github_repo.clone(),
         slack_api: a.people.slack_api.clone(),
         ..Overrides::default()
     };
-    let cfg = match RunConfig::load(a.config.as_deref(), &flags) {
+    let cfg = match RunConfig::load(a.source.config.as_deref(), &flags) {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");

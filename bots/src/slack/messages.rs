@@ -238,6 +238,11 @@ fn versions(v: &[String]) -> String {
     }
 }
 
+/// Zones in rollout order, `a → b → c`.
+fn zone_path(zones: &[String]) -> String {
+    zones.iter().map(|z| esc(z)).collect::<Vec<_>>().join(" → ")
+}
+
 fn button(
     action: &str,
     label: &str,
@@ -313,7 +318,7 @@ pub fn approval_request(n: &Notice) -> Option<Message> {
             )),
             section(format!(
                 "{steps} step(s), zone by zone: {}. Commit `{}`.",
-                zones.iter().map(|z| esc(z)).collect::<Vec<_>>().join(" → "),
+                zone_path(zones),
                 esc(short(&key.commit))
             )),
             SlackActionsBlock::new(vec![
@@ -451,7 +456,7 @@ pub fn render(n: &Notice) -> Message {
                     )),
                     context(format!(
                         "{steps} step(s), zone by zone: {} · commit `{}`",
-                        zones.iter().map(|z| esc(z)).collect::<Vec<_>>().join(" → "),
+                        zone_path(zones),
                         esc(short(commit))
                     )),
                 ],
