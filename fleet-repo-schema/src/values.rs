@@ -49,6 +49,14 @@ macro_rules! pattern_string {
             fn as_ref(&self) -> &str { &self.0 }
         }
 
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool { self.0 == other }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool { self.0 == *other }
+        }
+
         /// Deserializing checks the pattern too: a value read back from a state file or an
         /// API is as trustworthy as one read from the fleet repo.
         impl<'de> serde::Deserialize<'de> for $name {

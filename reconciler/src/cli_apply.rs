@@ -1,19 +1,20 @@
 //! `fleet plan`, `fleet apply` and `fleet demo`: the commands that observe and change a fleet.
 
-use crate::apply::{ApplyReport, Event, ExecOptions, Executor, Notifier, approval_version};
+use crate::apply::{ApplyReport, ExecOptions, Executor};
 use crate::cli::{
     ApplyArgs, ColorChoice, DemoArgs, EXIT_INVALID, EXIT_OK, EXIT_USAGE, Format, PlanArgs,
     ProviderKind, WorldArgs, open_repo,
 };
 use crate::clock::{Clock, Millis, ScaledClock, SystemClock};
 use crate::demo::DemoWorld;
-use crate::health::{Prober, SimProber, human_ms};
-use crate::observe::Provider;
-use crate::observe::sim::{SimConfig, SimProvider};
-use crate::plan::{Plan, plan};
+use crate::events::{Event, Notifier};
+use crate::health::Prober;
+use crate::plan::{Observed, Plan, plan};
+use crate::provider::Provider;
+use crate::provider::sim::{SimConfig, SimProber, SimProvider};
 use crate::render::{Progress, Style, plan_human, summary};
-use crate::store::{Decision, Journal, Record, StateLock};
-use fleet_repo_schema::{Color, Desired, load, render_human};
+use crate::store::{ApprovalKey, Decision, Journal, StateLock};
+use fleet_repo_schema::{Color, Desired, human_ms, load, render_human};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -49,6 +50,13 @@ struct World {
     commit: String,
     /// The state directory's lock, held while the command runs.
     _lock: StateLock,
+}
+
+impl World {
+    /// The fleet as it is now, sorted into the desired slots.
+    async fn observe(&self) -> Result<Observed, crate::provider::ProviderError> {
+        crate::apply::view::observe(self.provider.as_ref(), &self.desired).await
+    }
 }
 
 /// A stable id of the repository's content (FNV-1a over the resolved desired state): an
@@ -130,7 +138,7 @@ async fn open_world(
         #[cfg(feature = "aws")]
         ProviderKind::Aws => {
             use crate::health::probe::{DnsResolver, RpcCredentials, RpcProber};
-            use crate::observe::aws::{AwsOptions, AwsProvider};
+            use crate::provider::aws::{AwsOptions, AwsProvider};
             let opts = AwsOptions {
                 region: Some(desired.fleet.region.to_string()),
                 endpoint_url: a.aws_endpoint.clone(),
@@ -167,7 +175,7 @@ pub(crate) fn plan_cmd(
             Ok(w) => w,
             Err(code) => return Ok(code),
         };
-        let observed = w.provider.observe(&w.desired).await?;
+        let observed = w.observe().await?;
         let p = plan(&w.desired, &observed, w.clock.now_ms());
         match a.format {
             Format::Human => {
@@ -287,21 +295,22 @@ pub(crate) fn apply_cmd(
             writeln!(err, "warning: {warn}")?;
         }
         let journal = Arc::new(journal);
-        let observed = w.provider.observe(&w.desired).await?;
+        let observed = w.observe().await?;
         let p = plan(&w.desired, &observed, w.clock.now_ms());
         out.write_all(plan_human(&p, &w.desired, st).as_bytes())?;
         if p.is_empty() {
             return Ok(EXIT_OK);
         }
+        let key = |c: &crate::plan::CoinPlan| ApprovalKey {
+            coin: c.coin.clone(),
+            target: c.approval_target(),
+            commit: w.commit.clone(),
+        };
         let needs: Vec<&crate::plan::CoinPlan> = p
             .coins
             .iter()
             .filter(|c| c.approval.is_some() && c.refusals.is_empty())
-            .filter(|c| {
-                journal
-                    .approval(&c.coin, &approval_version(c), &w.commit)
-                    .is_none()
-            })
+            .filter(|c| journal.approval(&key(c)).is_none())
             .collect();
         if !a.yes {
             if !std::io::stdin().is_terminal() {
@@ -317,7 +326,7 @@ pub(crate) fn apply_cmd(
                     "Answering yes also approves: {}.",
                     needs
                         .iter()
-                        .map(|c| format!("{} {}", c.coin, approval_version(c)))
+                        .map(|c| format!("{} {}", c.coin, c.approval_target()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )?;
@@ -336,14 +345,8 @@ pub(crate) fn apply_cmd(
             std::env::var("USER").unwrap_or_else(|_| "unknown".into())
         );
         for c in &needs {
-            journal.append(Record::Approval {
-                coin: c.coin.clone(),
-                version: approval_version(c),
-                commit: w.commit.clone(),
-                decision: Decision::Approved,
-                by: by.clone(),
-                at_ms: w.clock.now_ms(),
-            })?;
+            // A decision recorded meanwhile (Slack, another apply) stands; the executor reads it.
+            journal.decide_once(&key(c), Decision::Approved, &by, w.clock.now_ms())?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let exec = Arc::new(Executor {
@@ -402,7 +405,7 @@ pub(crate) fn demo_cmd(a: &DemoArgs, out: &mut dyn Write, tty: bool) -> anyhow::
             .coins
             .iter()
             .filter(|c| c.approval.is_some())
-            .map(|c| c.coin.clone())
+            .map(|c| c.coin.to_string())
             .collect();
         writeln!(
             out,

@@ -1,14 +1,15 @@
 //! `fleet run`: wires the configuration, the source, the provider, the loop and the server
 //! together, and stops them on SIGTERM / SIGINT.
 
-use crate::apply::{NoNotifier, Notifier};
 use crate::cli::{EXIT_OK, EXIT_USAGE, LogFormat, ProviderKind, RunArgs};
 use crate::clock::{AnchoredClock, Clock};
 use crate::config::{Overrides, ProviderChoice, RunConfig, SimStart};
 use crate::daemon::Good;
-use crate::daemon::{Backend, BackendFactory, LoopOptions, Shared, fetcher, reconcile_loop};
-use crate::health::SimProber;
-use crate::observe::sim::{SimConfig, SimProvider};
+use crate::daemon::{
+    Backend, BackendError, BackendFactory, LoopOptions, Shared, fetcher, reconcile_loop,
+};
+use crate::events::{NoNotifier, Notifier};
+use crate::provider::sim::{SimConfig, SimProber, SimProvider};
 use crate::server::{Secret, ServerState, serve};
 use crate::source::{GitAuth, Source};
 use crate::store::{Journal, StateLock};
@@ -119,7 +120,7 @@ pub(crate) fn release_watch(
     init_logs(None);
     #[cfg(feature = "bots")]
     {
-        crate::people::release_watch_cmd(
+        crate::cli_release_watch::release_watch_cmd(
             cfg,
             a.once,
             a.dry_run,
@@ -319,12 +320,9 @@ impl People {
                 good: good.clone(),
                 slack: s.handle.clone(),
             })));
-            let h = s.handle.clone();
             shared
-                .extra_metrics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::new(move || people::slack_metrics(&h)));
+                .metrics
+                .register(Box::new(people::slack::SlackMetrics(s.handle.clone())));
             p.slack_task = Some(s.task);
             tracing::info!(api = %cfg.slack_api, "Slack on");
         }
@@ -332,12 +330,11 @@ impl People {
             && let Some(rt) = people::watch_runtime(cfg, false)?
         {
             let counters = Arc::new(people::WatchCounters::default());
-            let c = Arc::clone(&counters);
             shared
-                .extra_metrics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Arc::new(move || c.render()));
+                .metrics
+                .register(Box::new(people::release_watch::WatchMetrics(Arc::clone(
+                    &counters,
+                ))));
             tracing::info!(repo = %rt.settings.fleet_repo, interval_s = rt.interval.as_secs(), api = %cfg.github_api, "release watch on");
             p.tasks.push(tokio::spawn(people::release_watch_loop(
                 rt,
@@ -425,16 +422,19 @@ fn backend_factory(cfg: &RunConfig) -> BackendFactory {
     Box::new(move |desired| {
         let (state_dir, region, endpoint) = (state_dir.clone(), region.clone(), endpoint.clone());
         Box::pin(async move {
+            let err = |e: &dyn std::fmt::Display| BackendError(e.to_string());
             match provider {
                 ProviderChoice::Sim => {
-                    let clock: Arc<dyn Clock> = Arc::new(AnchoredClock::open(&state_dir, speed)?);
+                    let clock: Arc<dyn Clock> =
+                        Arc::new(AnchoredClock::open(&state_dir, speed).map_err(|e| err(&e))?);
                     let sim =
-                        SimProvider::open(&state_dir, Arc::clone(&clock), SimConfig::default())?;
+                        SimProvider::open(&state_dir, Arc::clone(&clock), SimConfig::default())
+                            .map_err(|e| err(&e))?;
                     if sim.is_empty() && start == SimStart::InSync {
                         tracing::info!(
                             "new simulated fleet: every node of the revision in force, in sync"
                         );
-                        sim.seed(&desired, &BTreeMap::new())?;
+                        sim.seed(&desired, &BTreeMap::new()).map_err(|e| err(&e))?;
                     }
                     Ok(Backend {
                         prober: Arc::new(SimProber(sim.clone())),
@@ -453,9 +453,9 @@ async fn aws_backend(
     desired: &fleet_repo_schema::Desired,
     region: Option<String>,
     endpoint: Option<String>,
-) -> anyhow::Result<Backend> {
+) -> Result<Backend, BackendError> {
     use crate::health::probe::{DnsResolver, RpcCredentials, RpcProber};
-    use crate::observe::aws::{AwsOptions, AwsProvider};
+    use crate::provider::aws::{AwsOptions, AwsProvider};
     let opts = AwsOptions {
         region: Some(region.unwrap_or_else(|| desired.fleet.region.to_string())),
         endpoint_url: endpoint,
@@ -479,8 +479,8 @@ async fn aws_backend(
     _: &fleet_repo_schema::Desired,
     _: Option<String>,
     _: Option<String>,
-) -> anyhow::Result<Backend> {
-    anyhow::bail!(
-        "this fleet was built without the `aws` feature (the simulator only); build it with default features for --provider aws"
-    )
+) -> Result<Backend, BackendError> {
+    Err(BackendError(
+        "this fleet was built without the `aws` feature (the simulator only); build it with default features for --provider aws".into(),
+    ))
 }

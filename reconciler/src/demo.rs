@@ -2,13 +2,12 @@
 //! older versions and reconciled to the example's versions zone by zone, with health gates,
 //! in accelerated time. Needs nothing but the binary.
 
-use crate::apply::{ExecOptions, Executor, Notifier};
+use crate::apply::{ExecOptions, Executor};
 use crate::clock::{Clock, ScaledClock, SystemClock};
-use crate::health::SimProber;
-use crate::observe::Provider;
-use crate::observe::sim::{SimConfig, SimProvider};
+use crate::events::Notifier;
 use crate::plan::plan;
-use crate::store::{Decision, Journal, Record};
+use crate::provider::sim::{SimConfig, SimProber, SimProvider};
+use crate::store::{ApprovalKey, Decision, Journal};
 use fleet_repo_schema::values::Version;
 use fleet_repo_schema::{Desired, MemTree, load};
 use std::collections::BTreeMap;
@@ -146,14 +145,12 @@ impl DemoWorld {
             commit: "embedded-example".into(),
         };
         for cp in plan.coins.iter().filter(|c| c.approval.is_some()) {
-            let _ = journal.append(Record::Approval {
+            let key = ApprovalKey {
                 coin: cp.coin.clone(),
-                version: crate::apply::approval_version(cp),
+                target: cp.approval_target(),
                 commit: opts.commit.clone(),
-                decision: Decision::Approved,
-                by: by.to_string(),
-                at_ms: self.clock.now_ms(),
-            });
+            };
+            let _ = journal.decide_once(&key, Decision::Approved, by, self.clock.now_ms());
         }
         Arc::new(Executor {
             provider: Arc::new(self.sim.clone()),
@@ -167,9 +164,7 @@ impl DemoWorld {
 
     /// Plan against the world as it is now.
     pub async fn plan(&self) -> Result<crate::plan::Plan, String> {
-        let observed = self
-            .sim
-            .observe(&self.desired)
+        let observed = crate::apply::view::observe(&self.sim, &self.desired)
             .await
             .map_err(|e| e.to_string())?;
         Ok(plan(&self.desired, &observed, self.clock.now_ms()))

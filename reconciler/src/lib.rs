@@ -1,24 +1,33 @@
 //! # reconciler
 //!
-//! The engine of fleet and its `fleet` command: the command-line interface, the clock, the
-//! providers that observe and change the fleet (`observe`: `aws` and `sim`), node health
-//! (`health`: probes and the gate), the planner (`plan`), the executor (`apply`) and its
-//! journal (`store`); and `fleet run`, the long-running reconciler: the fleet repository
-//! (`source`), its configuration (`config`), the loop (`daemon`) and its HTTP server (`server`).
+//! The engine of fleet and its `fleet` command. ARCHITECTURE.md has the map; in short:
+//!
+//! - the repository: `source` (git or a directory) and `config` (`fleet run`'s settings);
+//! - the world: `provider` (the `Provider` trait, `aws` and `sim`), `health` (probes, the one
+//!   rating of "in sync", the gate), `node` (what names a node), `clock`;
+//! - deciding: `plan` (pure: sorting an observation into slots, then the waves);
+//! - doing: `apply` (the executor), `store` (its journal), `events` (what it reports);
+//! - running: `daemon` (`fleet run`'s jobs), `server` (its HTTP endpoints), `people` (Slack and
+//!   the release watch, feature `bots`);
+//! - the command line: `cli`, `cli_apply`, `cli_run`, `render`, `demo`.
 
 pub mod apply;
 pub mod cli;
 mod cli_apply;
+#[cfg(feature = "bots")]
+mod cli_release_watch;
 mod cli_run;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod events;
 pub mod health;
-pub mod observe;
+pub mod node;
 #[cfg(feature = "bots")]
 pub mod people;
 pub mod plan;
+pub mod provider;
 pub mod render;
 pub mod server;
 pub mod source;

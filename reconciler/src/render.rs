@@ -2,12 +2,14 @@
 //! the live progress of an apply (a redrawn block of progress bars on a terminal, one log
 //! line per meaningful event otherwise) and the closing summary.
 
-use crate::apply::{ApplyReport, CoinOutcome, Event};
+use crate::apply::{ApplyReport, CoinOutcome};
 use crate::clock::Millis;
-use crate::health::{Verdict, human_ms};
-use crate::observe::NodeKey;
+use crate::events::{Event, StepOutcome};
+use crate::health::{Verdict, WaitReason};
+use crate::node::NodeKey;
 use crate::plan::{Action, Plan, WaveKind};
 use fleet_repo_schema::Desired;
+use fleet_repo_schema::human_ms;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -84,7 +86,7 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
     }
     for cp in &plan.coins {
         let versions = match (&cp.target, cp.from_versions.is_empty()) {
-            (Some(t), false) => format!("{} → {t}", cp.from_versions.join(", ")),
+            (Some(t), false) => format!("{} → {t}", join(&cp.from_versions, ", ")),
             (Some(t), true) => format!("at {t}"),
             (None, _) => "removed from the repository".into(),
         };
@@ -92,7 +94,7 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
             "none" => String::new(),
             c => format!(" ({c})"),
         };
-        let _ = writeln!(o, "{}  {versions}{class}", st.bold(&cp.coin));
+        let _ = writeln!(o, "{}  {versions}{class}", st.bold(cp.coin.as_str()));
         let coin = desired.coins.get(cp.coin.as_str());
         if let Some(c) = coin {
             let _ = writeln!(
@@ -121,13 +123,14 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
             let _ = writeln!(o, "  {} {who}{}", st.red("refused:"), r.reason);
         }
         for w in &cp.waves {
+            let zone = w.zone.as_ref().map(|z| z.as_str()).unwrap_or("");
             let head = match w.kind {
-                WaveKind::Repair => format!("{}  repair: back up first", w.zone),
+                WaveKind::Repair => format!("{zone}  repair: back up first"),
                 WaveKind::Rollout if w.parts > 1 => {
-                    format!("{}  wave {}/{}", w.zone, w.part, w.parts)
+                    format!("{zone}  wave {}/{}", w.part, w.parts)
                 }
-                WaveKind::Rollout => w.zone.clone(),
-                WaveKind::Retire => format!("{}  retire", w.zone),
+                WaveKind::Rollout => zone.to_string(),
+                WaveKind::Retire => format!("{zone}  retire"),
                 WaveKind::Cleanup => "DNS clean-up".into(),
             };
             let gated = if w.kind == WaveKind::Repair {
@@ -143,11 +146,11 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
             };
             let _ = writeln!(o, "  {} {head}{gated}", st.cyan("▸"));
             for s in &w.steps {
-                let who = match &s.action {
-                    Action::DeleteDns { .. } => String::new(),
-                    _ => format!(
+                let who = match (&s.action, &s.node) {
+                    (Action::DeleteDns { .. }, _) | (_, None) => String::new(),
+                    (_, Some(node)) => format!(
                         "{}{} ",
-                        node_label(desired, &s.node),
+                        node_label(desired, node),
                         s.instance_id
                             .as_ref()
                             .map(|i| format!(" ({i})"))
@@ -229,7 +232,7 @@ pub struct Progress {
     coins: BTreeMap<String, CoinLine>,
     drawn: usize,
     /// Last gate state logged per node (log mode prints changes, not every reading).
-    last_logged: BTreeMap<NodeKey, String>,
+    last_logged: BTreeMap<NodeKey, &'static str>,
     /// When the bars were last drawn (real time: redraws are throttled for the terminal).
     last_draw: Option<std::time::Instant>,
 }
@@ -272,45 +275,48 @@ impl Progress {
                 steps,
                 ..
             } => {
-                let l = self.coins.entry(coin.clone()).or_default();
-                l.from = from.join(",");
-                l.to = to.clone().unwrap_or_else(|| "removed".into());
-                l.zones = zones.clone();
+                let l = self.coins.entry(coin.to_string()).or_default();
+                l.from = join(from, ",");
+                l.to = to
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "removed".into());
+                l.zones = zones.iter().map(|z| z.to_string()).collect();
                 l.status = "starting".into();
                 log = format!(
                     "{} {} rollout {} → {}: {steps} steps over {}",
                     stamp.clone(),
-                    st.bold(coin),
+                    st.bold(coin.as_str()),
                     if from.is_empty() { "?" } else { &l.from },
                     l.to,
                     if zones.is_empty() {
                         "no zone".to_string()
                     } else {
-                        zones.join(" → ")
+                        join(zones, " → ")
                     }
                 );
             }
             Event::ApprovalNeeded {
                 coin,
-                version,
+                target,
                 reasons,
                 ..
             } => {
-                let l = self.coins.entry(coin.clone()).or_default();
+                let l = self.coins.entry(coin.to_string()).or_default();
                 l.state = LineState::Waiting;
-                l.status = format!("waits for approval of {version}");
+                l.status = format!("waits for approval of {target}");
                 log = format!(
                     "{} {} {} {}: {}",
                     stamp.clone(),
-                    st.bold(coin),
+                    st.bold(coin.as_str()),
                     st.yellow("needs approval"),
-                    version,
-                    reasons.join("; ")
+                    target,
+                    join(reasons, "; ")
                 );
             }
             Event::StepStarted { coin, node, action } => {
-                if let Some(l) = self.coins.get_mut(coin) {
-                    l.status = format!("{} {}: {action}", node.zone, node_short(node));
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
+                    l.status = format!("{}: {action}", where_(node.as_ref()));
                 }
             }
             Event::StepFinished {
@@ -319,24 +325,26 @@ impl Progress {
                 action,
                 outcome,
             } => {
-                let what = if outcome.starts_with("failed") {
-                    st.red(outcome)
-                } else {
-                    outcome.clone()
+                let what = match outcome {
+                    StepOutcome::Failed { .. } => st.red(&outcome.to_string()),
+                    _ => outcome.to_string(),
                 };
                 log = format!(
-                    "{} {} {} {}: {action} {what}",
+                    "{} {} {}: {action} {what}",
                     stamp.clone(),
-                    st.bold(coin),
-                    node.zone,
-                    node_short(node)
+                    st.bold(coin.as_str()),
+                    where_(node.as_ref())
                 );
             }
-            Event::Waiting { coin, reason } => {
-                if let Some(l) = self.coins.get_mut(coin) {
-                    l.status = format!("waiting: {reason}");
+            Event::Waiting { coin, wait, .. } => {
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
+                    l.status = format!("waiting: {wait}");
                 }
-                log = format!("{} {} waiting: {reason}", stamp.clone(), st.bold(coin));
+                log = format!(
+                    "{} {} waiting: {wait}",
+                    stamp.clone(),
+                    st.bold(coin.as_str())
+                );
             }
             Event::Gate {
                 coin,
@@ -345,25 +353,26 @@ impl Progress {
                 verdict,
             } => {
                 let text = gate_text(verdict);
-                if let Some(l) = self.coins.get_mut(coin) {
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
                     l.status = format!("{zone} {}: {text}", node_short(node));
                 }
                 // Log a node's gate when its kind of state changes, not every reading.
                 let kind = match verdict {
-                    Verdict::Waiting { reason, .. } => format!("{reason:?}")
-                        .split([' ', '{'])
-                        .next()
-                        .unwrap_or("")
-                        .to_string(),
-                    Verdict::InSync { .. } => "in-sync".into(),
-                    Verdict::Failed(_) => "failed".into(),
+                    Verdict::Waiting { reason, .. } => match reason {
+                        WaitReason::Unreachable { .. } => "unreachable",
+                        WaitReason::InitialBlockDownload => "ibd",
+                        WaitReason::BlocksBehindHeaders => "behind-headers",
+                        WaitReason::BehindReference { .. } => "behind-reference",
+                    },
+                    Verdict::InSync { .. } => "in-sync",
+                    Verdict::Failed(_) => "failed",
                 };
-                if self.last_logged.get(node) != Some(&kind) {
+                if self.last_logged.get(node).copied() != Some(kind) {
                     self.last_logged.insert(node.clone(), kind);
                     log = format!(
                         "{} {} {zone} {}: {text}",
                         stamp.clone(),
-                        st.bold(coin),
+                        st.bold(coin.as_str()),
                         node_short(node)
                     );
                 }
@@ -374,7 +383,7 @@ impl Progress {
                 elapsed_ms,
                 bake_ms,
             } => {
-                if let Some(l) = self.coins.get_mut(coin) {
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
                     l.status = format!(
                         "{zone}: baking {} of {}",
                         human_ms(*elapsed_ms),
@@ -387,28 +396,21 @@ impl Progress {
                 zone,
                 took_ms,
             } => {
-                if let Some(l) = self.coins.get_mut(coin) {
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
                     l.passed += 1;
                 }
-                for k in self
-                    .last_logged
-                    .keys()
-                    .filter(|k| &k.coin == coin && &k.zone == zone)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                {
-                    self.last_logged.remove(&k);
-                }
+                self.last_logged
+                    .retain(|k, _| !(&k.coin == coin && &k.zone == zone));
                 log = format!(
                     "{} {} {zone}: {} (in sync and baked, {})",
                     stamp.clone(),
-                    st.bold(coin),
+                    st.bold(coin.as_str()),
                     st.green("zone passed"),
                     human_ms(*took_ms)
                 );
             }
             Event::RolloutFinished { coin, took_ms } => {
-                if let Some(l) = self.coins.get_mut(coin) {
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
                     l.state = LineState::Done;
                     l.passed = l.zones.len();
                     l.status = format!("done in {}", human_ms(*took_ms));
@@ -416,24 +418,23 @@ impl Progress {
                 log = format!(
                     "{} {} {} in {}",
                     stamp.clone(),
-                    st.bold(coin),
+                    st.bold(coin.as_str()),
                     st.green("rollout finished"),
                     human_ms(*took_ms)
                 );
             }
-            Event::RolloutFailed {
-                coin, zone, reason, ..
-            } => {
-                if let Some(l) = self.coins.get_mut(coin) {
+            Event::RolloutFailed { coin, failure } => {
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
                     l.state = LineState::Failed;
-                    l.status = format!("stopped: {reason}");
+                    l.status = format!("stopped: {failure}");
                 }
                 log = format!(
-                    "{} {} {}{}: {reason}; later zones untouched",
+                    "{} {} {}{}: {failure}; later zones untouched",
                     stamp.clone(),
-                    st.bold(coin),
+                    st.bold(coin.as_str()),
                     st.red("rollout stopped"),
-                    zone.as_ref()
+                    failure
+                        .zone()
                         .map(|z| format!(" in {z}"))
                         .unwrap_or_default()
                 );
@@ -513,6 +514,22 @@ fn node_short(k: &NodeKey) -> String {
     format!("#{}", k.index)
 }
 
+/// `eu-central-1a #2` for a node, `DNS` for a clean-up of a record without one.
+fn where_(node: Option<&NodeKey>) -> String {
+    match node {
+        Some(n) => format!("{} {}", n.zone, node_short(n)),
+        None => "DNS".into(),
+    }
+}
+
+fn join<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 fn gate_text(v: &Verdict) -> String {
     match v {
         Verdict::InSync { height } => format!("in sync at {height}"),
@@ -544,22 +561,35 @@ fn gate_text(v: &Verdict) -> String {
 /// The closing summary of an apply.
 pub fn summary(report: &ApplyReport, st: Style) -> String {
     let mut o = String::new();
-    let width = report.coins.iter().map(|c| c.coin.len()).max().unwrap_or(4);
+    let width = report
+        .coins
+        .iter()
+        .map(|c| c.coin.as_str().len())
+        .max()
+        .unwrap_or(4);
     for c in &report.coins {
         let (mark, what) = match &c.outcome {
             CoinOutcome::Completed => (st.green("✓"), "completed".to_string()),
-            CoinOutcome::Failed { reason } => (st.red("✗"), format!("stopped: {reason}")),
+            CoinOutcome::Failed { failure } => (st.red("✗"), format!("stopped: {failure}")),
             CoinOutcome::AwaitingApproval => (st.yellow("…"), "waits for approval".into()),
             CoinOutcome::Rejected { by } => (st.red("✗"), format!("rejected by {by}")),
-            CoinOutcome::Refused { reasons } => {
-                (st.red("✗"), format!("refused: {}", reasons.join("; ")))
-            }
+            CoinOutcome::Refused { refusals } => (
+                st.red("✗"),
+                format!(
+                    "refused: {}",
+                    refusals
+                        .iter()
+                        .map(|r| r.reason.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            ),
             CoinOutcome::Cancelled => (st.yellow("■"), "cancelled between steps".into()),
         };
         let _ = writeln!(
             o,
             "  {mark} {:<width$}  {what}  ({} steps, {} total, {} waiting on gates and bakes)",
-            c.coin,
+            c.coin.as_str(),
             c.steps,
             human_ms(c.finished_ms - c.started_ms),
             human_ms(c.gate_wait_ms)

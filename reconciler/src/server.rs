@@ -203,8 +203,8 @@ async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
         }
         (Method::GET, "/metrics") => reply(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            state.shared.render_metrics(),
+            crate::daemon::metrics::CONTENT_TYPE,
+            state.shared.metrics.render(),
         ),
         (Method::GET, "/status") => {
             let s = state.shared.status();

@@ -2,6 +2,11 @@
 //! coin, target version and commit), when a zone's bake started and that it passed, and a
 //! history of every step with its outcome.
 //!
+//! **The first decision stands** is an invariant of the journal, not of its callers:
+//! [`Journal::decide_once`] checks for an earlier decision and appends under one lock, so
+//! two clicks at once cannot both be recorded, and [`Journal::approval`] answers with the
+//! first decision ever recorded for a key.
+//!
 //! Embedded and file-backed by default: one JSON object per line in `<state-dir>/journal.jsonl`,
 //! appended and flushed to disk (fsync) before the step it records is taken as done. A line
 //! cut short by a crash, or any line that does not parse, is skipped with a warning.
@@ -11,6 +16,9 @@
 //! is always observed.
 
 use crate::clock::Millis;
+use crate::events::Failure;
+use crate::plan::ApprovalTarget;
+use fleet_repo_schema::values::CoinName;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +35,49 @@ pub enum Decision {
     Approved,
     /// Do not.
     Rejected,
+}
+
+/// What one approval is for: exactly one (coin, target, commit).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApprovalKey {
+    /// Coin.
+    pub coin: CoinName,
+    /// Target version, or the coin's retirement.
+    pub target: ApprovalTarget,
+    /// Commit of the fleet repository the plan came from.
+    pub commit: String,
+}
+
+impl ApprovalKey {
+    fn matches(&self, coin: &str, version: &str, commit: &str) -> bool {
+        self.coin.as_str() == coin && self.target.as_str() == version && self.commit == commit
+    }
+}
+
+/// What [`Journal::decide_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decided {
+    /// The decision was recorded.
+    Recorded,
+    /// An earlier decision stands; nothing was recorded.
+    AlreadyDecided {
+        /// It.
+        decision: Decision,
+        /// By whom.
+        by: String,
+    },
+}
+
+/// How a step ended, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepRecord {
+    /// It changed the world.
+    Done,
+    /// Nothing needed changing.
+    AlreadyDone,
+    /// It failed.
+    Failed,
 }
 
 /// One entry.
@@ -78,21 +129,27 @@ pub enum Record {
         node: String,
         /// Action name.
         action: String,
-        /// `done`, `already-done`, `failed`.
-        outcome: String,
+        /// How it ended.
+        outcome: StepRecord,
         /// Details (the action in words, or the error).
         detail: String,
         /// When.
         at_ms: Millis,
     },
-    /// A node failed its gate; the coin's rollout stopped.
+    /// A coin's rollout stopped on a failure (a gate, a step, the budget).
     GateFailed {
         /// Coin.
         coin: String,
-        /// Node.
+        /// Node, or empty.
         node: String,
-        /// Why.
+        /// Why, in words.
         reason: String,
+        /// Why, as data (absent in journals written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Box<Failure>>,
+        /// The commit whose rollout stopped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
         /// When.
         at_ms: Millis,
     },
@@ -181,6 +238,12 @@ impl Journal {
     /// Append `r`, durably when file-backed.
     pub fn append(&self, r: Record) -> Result<(), JournalError> {
         let mut records = self.lock();
+        self.append_locked(&mut records, r)
+    }
+
+    /// Append under the records' lock, held by the caller: the file line first (fsynced),
+    /// then memory, so what is in memory is always on disk.
+    fn append_locked(&self, records: &mut Vec<Record>, r: Record) -> Result<(), JournalError> {
         if let Some(path) = &self.path {
             let err = |source| JournalError {
                 path: path.display().to_string(),
@@ -200,24 +263,41 @@ impl Journal {
         Ok(())
     }
 
+    /// Record `decision` on `key` unless a decision on it exists: the check and the append
+    /// hold one lock, so of two concurrent decisions exactly one is recorded.
+    pub fn decide_once(
+        &self,
+        key: &ApprovalKey,
+        decision: Decision,
+        by: &str,
+        at_ms: Millis,
+    ) -> Result<Decided, JournalError> {
+        let mut records = self.lock();
+        if let Some((decision, by)) = first_decision(&records, key) {
+            return Ok(Decided::AlreadyDecided { decision, by });
+        }
+        self.append_locked(
+            &mut records,
+            Record::Approval {
+                coin: key.coin.to_string(),
+                version: key.target.as_str().to_string(),
+                commit: key.commit.clone(),
+                decision,
+                by: by.to_string(),
+                at_ms,
+            },
+        )?;
+        Ok(Decided::Recorded)
+    }
+
     /// Every record, oldest first.
     pub fn records(&self) -> Vec<Record> {
         self.lock().clone()
     }
 
-    /// The latest decision on (coin, version, commit), with who made it.
-    pub fn approval(&self, coin: &str, version: &str, commit: &str) -> Option<(Decision, String)> {
-        self.lock().iter().rev().find_map(|r| match r {
-            Record::Approval {
-                coin: c,
-                version: v,
-                commit: k,
-                decision,
-                by,
-                ..
-            } if c == coin && v == version && k == commit => Some((*decision, by.clone())),
-            _ => None,
-        })
+    /// The decision on `key` (the first one recorded: it stands), with who made it.
+    pub fn approval(&self, key: &ApprovalKey) -> Option<(Decision, String)> {
+        first_decision(&self.lock(), key)
     }
 
     /// When the bake of (coin, zone) towards `version` started, if it did and has not passed.
@@ -251,9 +331,94 @@ impl Journal {
     }
 }
 
+/// The first decision on `key` in `records`.
+fn first_decision(records: &[Record], key: &ApprovalKey) -> Option<(Decision, String)> {
+    records.iter().find_map(|r| match r {
+        Record::Approval {
+            coin,
+            version,
+            commit,
+            decision,
+            by,
+            ..
+        } if key.matches(coin, version, commit) => Some((*decision, by.clone())),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_repo_schema::Version;
+
+    fn key(commit: &str) -> ApprovalKey {
+        ApprovalKey {
+            coin: CoinName::parse("bitcoin").unwrap(),
+            target: ApprovalTarget::Version(Version::parse("28.1").unwrap()),
+            commit: commit.into(),
+        }
+    }
+
+    #[test]
+    fn the_first_decision_stands_even_when_two_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let j = std::sync::Arc::new(j);
+        let k = key("abc");
+        // Sixteen approvers click at once, half approving, half rejecting.
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let (j, k) = (j.clone(), k.clone());
+                std::thread::spawn(move || {
+                    let d = if i % 2 == 0 {
+                        Decision::Approved
+                    } else {
+                        Decision::Rejected
+                    };
+                    j.decide_once(&k, d, &format!("U{i}"), i).unwrap()
+                })
+            })
+            .collect();
+        let results: Vec<Decided> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            results.iter().filter(|r| **r == Decided::Recorded).count(),
+            1,
+            "{results:?}"
+        );
+        let (first, by) = j.approval(&k).unwrap();
+        // Every refused click was told the decision that stands.
+        for r in &results {
+            if let Decided::AlreadyDecided { decision, by: b } = r {
+                assert_eq!((decision, b), (&first, &by));
+            }
+        }
+        // And so is a journal read back from disk: one approval line.
+        let (j2, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j2.approval(&k), Some((first, by)));
+        assert_eq!(
+            j2.records()
+                .iter()
+                .filter(|r| matches!(r, Record::Approval { .. }))
+                .count(),
+            1
+        );
+        // A later append of a different decision (an old journal, a hand edit) does not
+        // override the first.
+        let other = match first {
+            Decision::Approved => Decision::Rejected,
+            Decision::Rejected => Decision::Approved,
+        };
+        j2.append(Record::Approval {
+            coin: "bitcoin".into(),
+            version: "28.1".into(),
+            commit: "abc".into(),
+            decision: other,
+            by: "U99".into(),
+            at_ms: 99,
+        })
+        .unwrap();
+        assert_eq!(j2.approval(&k).map(|(d, _)| d), Some(first));
+    }
 
     #[test]
     fn survives_a_torn_line_and_keeps_what_it_can() {
@@ -289,10 +454,10 @@ mod tests {
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("journal.jsonl:3"));
         assert_eq!(
-            j.approval("bitcoin", "28.1", "abc"),
+            j.approval(&key("abc")),
             Some((Decision::Approved, "U012ABCDEF".into()))
         );
-        assert_eq!(j.approval("bitcoin", "28.1", "other-commit"), None);
+        assert_eq!(j.approval(&key("other-commit")), None);
         assert_eq!(j.bake_started("bitcoin", "eu-central-1a", "28.1"), Some(7));
         assert!(!j.zone_passed("bitcoin", "eu-central-1a", "28.1"));
         j.append(Record::ZonePassed {

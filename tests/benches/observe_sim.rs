@@ -7,8 +7,8 @@
 use fleet_repo_schema::desired::node_slots;
 use fleet_tests::world::{desired_of, example_tree};
 use reconciler::clock::ManualClock;
-use reconciler::observe::Provider;
-use reconciler::observe::sim::{SimConfig, SimProvider};
+use reconciler::provider::sim::{SimConfig, SimProvider};
+use reconciler::provider::{Provider, Scope};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,9 +39,9 @@ fn main() {
     let mut calls = 0;
     for _ in 0..20 {
         let t = Instant::now();
-        let o = rt.block_on(sim.observe(&d)).unwrap();
+        let o = rt.block_on(sim.observe(&Scope::of(&d.fleet))).unwrap();
         times.push(t.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(o.nodes.len(), n);
+        assert_eq!(o.instances.len(), n);
         calls = o.api_calls;
     }
     times.sort_by(f64::total_cmp);

@@ -81,3 +81,53 @@ pub fn check_snapshot(name: &str, actual: &str) {
         );
     }
 }
+
+/// The fleet of `desired` as `provider` sees it now, sorted into its slots.
+pub async fn observe(
+    provider: &dyn reconciler::provider::Provider,
+    desired: &fleet_repo_schema::Desired,
+) -> reconciler::plan::Observed {
+    reconciler::apply::view::observe(provider, desired)
+        .await
+        .expect("observe")
+}
+
+/// Record an approval by `by` of every coin of `p` that needs one, for `commit`.
+pub fn approve_all(
+    journal: &reconciler::store::Journal,
+    p: &reconciler::plan::Plan,
+    commit: &str,
+    by: &str,
+) {
+    for cp in p.coins.iter().filter(|c| c.approval.is_some()) {
+        let key = reconciler::store::ApprovalKey {
+            coin: cp.coin.clone(),
+            target: cp.approval_target(),
+            commit: commit.to_string(),
+        };
+        journal
+            .decide_once(&key, reconciler::store::Decision::Approved, by, 0)
+            .expect("journal");
+    }
+}
+
+/// The decision the journal holds on (coin, version, commit), by name (`retire` for a coin's
+/// retirement).
+pub fn approval(
+    journal: &reconciler::store::Journal,
+    coin: &str,
+    version: &str,
+    commit: &str,
+) -> Option<(reconciler::store::Decision, String)> {
+    let target = match version {
+        "retire" => reconciler::plan::ApprovalTarget::Retire,
+        v => reconciler::plan::ApprovalTarget::Version(
+            fleet_repo_schema::Version::parse(v).expect("a valid version"),
+        ),
+    };
+    journal.approval(&reconciler::store::ApprovalKey {
+        coin: fleet_repo_schema::values::CoinName::parse(coin).expect("a valid coin name"),
+        target,
+        commit: commit.to_string(),
+    })
+}

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use reconciler::health::ProbeTarget;
-use reconciler::observe::NodeKey;
+use reconciler::node::NodeKey;
 use serde_json::{Value, json};
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
@@ -589,11 +589,7 @@ pub fn probe_target(
     http: Option<(&str, &str, Option<&str>)>,
 ) -> ProbeTarget {
     ProbeTarget {
-        key: NodeKey {
-            coin: coin.to_string(),
-            zone: "eu-central-1a".to_string(),
-            index,
-        },
+        key: NodeKey::parse(coin, "eu-central-1a", index).expect("a valid coin name"),
         instance_id: format!("i-{coin}{index}"),
         dns_name: format!("node{index}.{coin}.fleet.test"),
         health: HealthSpec {

@@ -10,12 +10,13 @@
 use async_trait::async_trait;
 use fleet_repo_schema::values::{Duration, Version};
 use fleet_tests::world::{AwsWorld, TestWorld};
-use reconciler::apply::{Event, ExecOptions, Executor, RecordingNotifier, approval_version};
+use reconciler::apply::{ExecOptions, Executor};
 use reconciler::clock::{Clock, SystemClock};
+use reconciler::events::{Event, RecordingNotifier};
 use reconciler::health::{ChainStatus, ProbeError, ProbeTarget, Prober, Verdict};
-use reconciler::observe::{LaunchSpec, ObservedVersion, Provider};
 use reconciler::plan::plan;
-use reconciler::store::{Decision, Journal, Record};
+use reconciler::provider::{LaunchSpec, ObservedVersion, Provider};
+use reconciler::store::Journal;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -81,29 +82,24 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
         world.aws.launch(&spec).await.unwrap();
     }
     let desired = Arc::new(desired);
-    let observed = world.aws.observe(&desired).await.unwrap();
+    let observed = fleet_tests::observe(&world.aws, &desired).await;
     let zone_of: BTreeMap<String, String> = observed
         .nodes
         .iter()
-        .map(|n| (n.instance_id.clone(), n.key.zone.clone()))
+        .map(|n| (n.instance_id.clone(), n.key.zone.to_string()))
         .collect();
     let p = plan(&desired, &observed, SystemClock.now_ms());
     let cp = p.coin("bitcoin").unwrap();
-    let zones: Vec<&str> = cp.waves.iter().map(|w| w.zone.as_str()).collect();
+    let zones: Vec<&str> = cp
+        .waves
+        .iter()
+        .map(|w| w.zone.as_ref().map(|z| z.as_str()).unwrap_or(""))
+        .collect();
     assert_eq!(zones, ["eu-central-1a", "eu-central-1b", "eu-central-1c"]);
     assert!(cp.approval.is_some(), "27.2 → 28.1 is major");
 
     let journal = Arc::new(Journal::in_memory());
-    journal
-        .append(Record::Approval {
-            coin: "bitcoin".into(),
-            version: approval_version(cp),
-            commit: "c1".into(),
-            decision: Decision::Approved,
-            by: "U012ABCDEF".into(),
-            at_ms: 0,
-        })
-        .unwrap();
+    fleet_tests::approve_all(&journal, &p, "c1", "U012ABCDEF");
     let rec = Arc::new(RecordingNotifier::default());
     let exec = Arc::new(Executor {
         provider: Arc::new(world.aws.clone()),
@@ -158,7 +154,9 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
             .expect("the zone passed");
         let next = events
             .iter()
-            .position(|(_, e)| matches!(e, Event::StepStarted { node, .. } if node.zone == b))
+            .position(
+                |(_, e)| matches!(e, Event::StepStarted { node: Some(node), .. } if node.zone == b),
+            )
             .expect("the next zone started");
         assert!(
             waited < synced && synced < passed && passed < next,
@@ -166,7 +164,7 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
         );
     }
     // What AWS now records: the version, no pending marker, a snapshot taken before each upgrade.
-    let after = world.aws.observe(&desired).await.unwrap();
+    let after = fleet_tests::observe(&world.aws, &desired).await;
     for n in &after.nodes {
         assert_eq!(
             n.version,

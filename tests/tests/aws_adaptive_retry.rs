@@ -3,13 +3,15 @@
 //! client-side rate limiter is shared by every client of a service in a process.
 
 use fleet_tests::world::{AwsWorld, Fault, TestWorld};
+use reconciler::provider::Scope;
 use std::time::Instant;
 
 #[tokio::test]
 async fn adaptive_retry_absorbs_throttling_and_slows_down() {
     let w = AwsWorld::with_retry("adaptive_retry", true).await;
     let t = Instant::now();
-    w.provider().observe(w.desired()).await.expect("observe");
+    let scope = Scope::of(&w.desired().fleet);
+    w.provider().observe(&scope).await.expect("observe");
     let unthrottled = t.elapsed();
     let before = w.attempts();
     w.inject(Fault::Throttle {
@@ -19,11 +21,11 @@ async fn adaptive_retry_absorbs_throttling_and_slows_down() {
     let t = Instant::now();
     let o = w
         .provider()
-        .observe(w.desired())
+        .observe(&scope)
         .await
         .expect("throttling that stops is absorbed");
     let throttled = t.elapsed();
-    assert!(o.nodes.is_empty());
+    assert!(o.instances.is_empty());
     assert_eq!(
         w.attempts() - before,
         o.api_calls + 1,

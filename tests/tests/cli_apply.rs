@@ -2,7 +2,7 @@
 
 use fleet_tests::{fleet, workspace_root};
 use reconciler::clock::SystemClock;
-use reconciler::observe::sim::{SimConfig, SimProvider};
+use reconciler::provider::sim::{SimConfig, SimProvider};
 use reconciler::store::{Journal, Record};
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@
 
 use fleet_tests::daemon::{Daemon, Remote, coin, coin_at, fleet_files};
 use reconciler::clock::AnchoredClock;
-use reconciler::observe::sim::SimProvider;
+use reconciler::provider::sim::SimProvider;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,7 +65,7 @@ fn monitor(
                     .as_ref()
                     .is_ok_and(|s| s.blocks >= s.headers && !s.initial_block_download);
                 if !ok {
-                    down.entry(key.coin.clone())
+                    down.entry(key.coin.to_string())
                         .or_default()
                         .push(format!("{key} ({id})"));
                 }

@@ -1,6 +1,6 @@
 //! The `deploy/` files of the reconciler kept in step with the code:
 //!
-//! - `deploy/iam-policy.json` grants exactly the AWS actions `reconciler/src/observe/aws.rs`
+//! - `deploy/iam-policy.json` grants exactly the AWS actions `reconciler/src/provider/aws.rs`
 //!   needs: every SDK operation called on its clients (`self.ec2.describe_instances()` →
 //!   `ec2:DescribeInstances`) plus the permissions those calls imply (`iam:PassRole` when
 //!   RunInstances names an instance profile, `ec2:CreateTags` when a call tags on create).
@@ -24,7 +24,7 @@ fn read(rel: &str) -> String {
 // --- the IAM policy --------------------------------------------------------------------------
 
 /// Where the AWS calls are made; every other source file must leave the SDK alone.
-const AWS_SOURCE: &str = "reconciler/src/observe/aws.rs";
+const AWS_SOURCE: &str = "reconciler/src/provider/aws.rs";
 
 /// Methods of an SDK client that are not AWS operations.
 const CLIENT_METHODS: &[&str] = &["clone", "config", "as_ref"];
@@ -287,9 +287,9 @@ fn iam_policy_is_allow_only_without_wildcards_and_scopes_what_it_can() {
     }
 }
 
-/// `pub const NAME: &str = "value";` in observe/tags.rs.
+/// `pub const NAME: &str = "value";` in provider/tags.rs.
 fn fleet_tag_keys() -> BTreeSet<String> {
-    read("reconciler/src/observe/tags.rs")
+    read("reconciler/src/provider/tags.rs")
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub const "))
         .filter_map(|l| l.split_once("&str = \"")?.1.split_once('"'))
@@ -323,7 +323,7 @@ fn iam_policy_conditions_use_the_tags_fleet_writes() {
     let unknown: Vec<&String> = used.difference(&tags).collect();
     assert!(
         unknown.is_empty(),
-        "the policy's conditions name tags observe/tags.rs does not define: {unknown:?}"
+        "the policy's conditions name tags provider/tags.rs does not define: {unknown:?}"
     );
     assert!(used.contains("fleet:managed"));
 }

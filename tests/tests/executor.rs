@@ -11,14 +11,13 @@
 use fleet_repo_schema::values::Version;
 use fleet_repo_schema::{Desired, Probe};
 use fleet_tests::world::{desired_of, example_tree};
-use reconciler::apply::{
-    CoinOutcome, Event, ExecOptions, Executor, RecordingNotifier, approval_version,
-};
+use reconciler::apply::{CoinOutcome, ExecOptions, Executor};
 use reconciler::clock::{Clock, TokioClock};
-use reconciler::health::SimProber;
-use reconciler::observe::sim::{SimConfig, SimFault, SimProvider};
-use reconciler::observe::{NodeKey, ObservedVersion, Provider};
+use reconciler::events::{Event, RecordingNotifier};
+use reconciler::node::NodeKey;
 use reconciler::plan::{Plan, plan};
+use reconciler::provider::ObservedVersion;
+use reconciler::provider::sim::{SimConfig, SimFault, SimProber, SimProvider};
 use reconciler::store::{Decision, Journal, Record};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -60,23 +59,12 @@ impl Rig {
     }
 
     async fn plan(&self) -> Plan {
-        let o = self.sim.observe(&self.desired).await.unwrap();
+        let o = fleet_tests::observe(&self.sim, &self.desired).await;
         plan(&self.desired, &o, self.clock.now_ms())
     }
 
     fn approve_all(&self, p: &Plan) {
-        for cp in p.coins.iter().filter(|c| c.approval.is_some()) {
-            self.journal
-                .append(Record::Approval {
-                    coin: cp.coin.clone(),
-                    version: approval_version(cp),
-                    commit: "c1".into(),
-                    decision: Decision::Approved,
-                    by: "U012ABCDEF".into(),
-                    at_ms: 0,
-                })
-                .unwrap();
-        }
+        fleet_tests::approve_all(&self.journal, p, "c1", "U012ABCDEF");
     }
 
     fn executor(&self) -> Arc<Executor> {
@@ -135,11 +123,11 @@ async fn monitor(
 ) -> BTreeMap<String, usize> {
     let mut worst: BTreeMap<String, usize> = BTreeMap::new();
     loop {
-        let o = sim.observe(&desired).await.unwrap();
+        let o = fleet_tests::observe(&sim, &desired).await;
         let mut down: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for n in &o.nodes {
             let coin = &desired.coins[n.key.coin.as_str()];
-            let tip = sim.tip(&n.key.coin);
+            let tip = sim.tip(n.key.coin.as_str());
             let status = sim.chain_status(&n.instance_id);
             let ok = match &status {
                 Ok(s) => {
@@ -150,7 +138,7 @@ async fn monitor(
                 Err(_) => false,
             };
             if !ok {
-                down.entry(n.key.coin.clone())
+                down.entry(n.key.coin.to_string())
                     .or_default()
                     .push(format!("{} {status:?} tip {tip}", n.key));
             }
@@ -178,9 +166,9 @@ fn restarts(sim: &SimProvider) -> BTreeMap<String, Vec<(u64, String, String)>> {
     let mut out: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
     for c in sim.commands() {
         if c.command.contains("systemctl start") && c.ok {
-            out.entry(c.key.coin.clone()).or_default().push((
+            out.entry(c.key.coin.to_string()).or_default().push((
                 c.at_ms,
-                c.key.zone.clone(),
+                c.key.zone.to_string(),
                 c.instance_id.clone(),
             ));
         }
@@ -260,7 +248,7 @@ async fn upgrades_every_coin_zone_by_zone_within_max_unavailable() {
     }
     // Snapshots before each upgrade where the coin asks for them (all example coins do by
     // default).
-    let o = rig.sim.observe(&rig.desired).await.unwrap();
+    let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
     let before: Vec<_> = o
         .snapshots
         .iter()
@@ -274,11 +262,7 @@ async fn upgrades_every_coin_zone_by_zone_within_max_unavailable() {
 #[tokio::test(start_paused = true)]
 async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
     let rig = Rig::new();
-    let victim = NodeKey {
-        coin: "ethereum".into(),
-        zone: "eu-central-1b".into(),
-        index: 1,
-    };
+    let victim = NodeKey::parse("ethereum", "eu-central-1b", 1).unwrap();
     // The simulator's NeverSyncs freezes the daemon at the height it last started at, so
     // inject it once the rollout is under way (zone a restarting): from then on the victim
     // (in zone b) is behind on its own, and after its upgrade it never catches up.
@@ -290,9 +274,10 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
     };
     let (report, worst, ()) = rig.apply_during(inject).await;
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
-    let CoinOutcome::Failed { reason } = &eth.outcome else {
+    let CoinOutcome::Failed { failure } = &eth.outcome else {
         panic!("{:?}", eth.outcome)
     };
+    let reason = failure.to_string();
     assert!(reason.contains("ethereum/eu-central-1b/1"), "{reason}");
     assert!(reason.contains("stall_timeout"), "{reason}");
     // It failed after stall_timeout (30m), not before.
@@ -342,11 +327,7 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
 #[tokio::test(start_paused = true)]
 async fn a_node_that_stalls_below_the_reference_fails_and_later_zones_are_untouched() {
     let rig = Rig::new();
-    let victim = NodeKey {
-        coin: "ethereum".into(),
-        zone: "eu-central-1a".into(),
-        index: 1,
-    };
+    let victim = NodeKey::parse("ethereum", "eu-central-1a", 1).unwrap();
     // Blocks stop at today's tip: while the node is down for its upgrade the chain moves on,
     // its headers follow, its blocks do not.
     let tip = rig.sim.tip("ethereum");
@@ -357,7 +338,7 @@ async fn a_node_that_stalls_below_the_reference_fails_and_later_zones_are_untouc
     let (report, _) = rig.apply().await;
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
     assert!(
-        matches!(&eth.outcome, CoinOutcome::Failed { reason } if reason.contains(&format!("stuck at {tip}"))),
+        matches!(&eth.outcome, CoinOutcome::Failed { failure } if failure.to_string().contains(&format!("stuck at {tip}"))),
         "{:?}",
         eth.outcome
     );
@@ -373,11 +354,7 @@ async fn a_node_that_stalls_below_the_reference_fails_and_later_zones_are_untouc
 #[tokio::test(start_paused = true)]
 async fn a_failed_command_stops_the_coin_and_a_new_run_converges() {
     let rig = Rig::new();
-    let victim = NodeKey {
-        coin: "dogecoin".into(),
-        zone: "eu-central-1c".into(),
-        index: 1,
-    };
+    let victim = NodeKey::parse("dogecoin", "eu-central-1c", 1).unwrap();
     rig.sim.inject(SimFault::FailCommand {
         key: Some(victim.clone()),
         times: 1,
@@ -385,12 +362,13 @@ async fn a_failed_command_stops_the_coin_and_a_new_run_converges() {
     });
     let (report, _) = rig.apply().await;
     let doge = report.coins.iter().find(|c| c.coin == "dogecoin").unwrap();
-    let CoinOutcome::Failed { reason } = &doge.outcome else {
+    let CoinOutcome::Failed { failure } = &doge.outcome else {
         panic!("{:?}", doge.outcome)
     };
+    let reason = failure.to_string();
     assert!(reason.contains("image not found"), "{reason}");
     // The node's version is now unknown (the step began and did not finish), never guessed.
-    let o = rig.sim.observe(&rig.desired).await.unwrap();
+    let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
     let n = o.node(&victim).unwrap();
     assert!(
         matches!(n.version, ObservedVersion::Unknown { .. }),
@@ -417,18 +395,14 @@ async fn max_unavailable_counts_nodes_down_for_other_reasons() {
     // A monero node in the last zone is broken before anything starts (its daemon stopped
     // validating): with max_unavailable 2 and two nodes per zone, the first wave would take
     // the coin to 3 down, so it must wait, and give up after stall_timeout.
-    let sick = NodeKey {
-        coin: "monero".into(),
-        zone: "eu-central-1c".into(),
-        index: 2,
-    };
+    let sick = NodeKey::parse("monero", "eu-central-1c", 2).unwrap();
     rig.sim.inject(SimFault::NeverSyncs { key: sick });
     // Let the chain move on so the sick node is visibly behind.
     rig.clock.sleep(600_000).await;
     let (report, _) = rig.apply().await;
     let xmr = report.coins.iter().find(|c| c.coin == "monero").unwrap();
     assert!(
-        matches!(&xmr.outcome, CoinOutcome::Failed { reason } if reason.contains("max_unavailable")),
+        matches!(&xmr.outcome, CoinOutcome::Failed { failure } if failure.to_string().contains("max_unavailable")),
         "{:?}",
         xmr.outcome
     );
@@ -492,7 +466,7 @@ async fn approvals_gate_the_rollout_per_coin_version_and_commit() {
         "{r:?}"
     );
     assert!(rig.rec.events().iter().any(|(_, e)| matches!(e,
-        Event::ApprovalNeeded { coin, version, commit, .. } if coin == "bitcoin" && version == "28.1" && commit == "c1")));
+        Event::ApprovalNeeded { coin, target, commit, .. } if coin == "bitcoin" && target.as_str() == "28.1" && commit == "c1")));
 }
 
 /// Kill the executor (drop its future: every task is aborted at its next await, i.e. between
@@ -569,10 +543,10 @@ async fn crashes_at_any_point_converge_without_double_restarts() {
         "only {kill_points} kills landed mid-rollout"
     );
 
-    // A provider step is atomic for a dropped future (the simulator runs it under one lock),
-    // so crashes *inside* a step are injected as calls that fail between two of its API
-    // calls: e.g. DeleteTags failing leaves a node restarted at its target with its
-    // `fleet:pending` marker still set.
+    // A simulated step never yields (each of its calls completes at once), so a dropped
+    // future cannot cut it; crashes *inside* a step are injected as calls that fail between
+    // two of its API calls: e.g. DeleteTags failing leaves a node restarted at its target
+    // with its `fleet:pending` marker still set.
     let mut mid_step = 0;
     for op in [
         "CreateSnapshot",
@@ -626,11 +600,7 @@ async fn a_node_falling_behind_during_the_bake_restarts_the_bake() {
     let mut desired = desired_of(&example_tree());
     desired.coins.retain(|k, _| k == "ethereum");
     let rig = Rig::of(desired);
-    let victim = NodeKey {
-        coin: "ethereum".into(),
-        zone: "eu-central-1a".into(),
-        index: 1,
-    };
+    let victim = NodeKey::parse("ethereum", "eu-central-1a", 1).unwrap();
     // Two minutes into zone a's bake its node stops validating; three minutes later it
     // recovers. The bake must start over then, and the zone pass a full bake after it.
     let trouble = async {

@@ -7,7 +7,7 @@
 use fleet_repo_schema::values::{EnvName, EnvValue};
 use fleet_tests::workspace_root;
 use fleet_tests::world::{desired_of, example_tree};
-use reconciler::observe::userdata;
+use reconciler::provider::userdata;
 use std::process::Command;
 
 fn check_snapshot(name: &str, actual: &str) {

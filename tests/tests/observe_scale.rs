@@ -11,7 +11,8 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
 use fleet_tests::world::{AwsWorld, SimWorld, TestWorld};
-use reconciler::observe::sim::SimProvider;
+use reconciler::provider::Scope;
+use reconciler::provider::sim::SimProvider;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -101,7 +102,11 @@ async fn aws_observes_1000_instances_in_at_most_10_calls() {
 
     let before = w.aws.stats().by_operation();
     let t = Instant::now();
-    let o = w.provider().observe(&d).await.expect("observe");
+    let o = w
+        .provider()
+        .observe(&Scope::of(&d.fleet))
+        .await
+        .expect("observe");
     let took = t.elapsed();
     let after = w.aws.stats().by_operation();
     let per_op: BTreeMap<&String, u64> = after
@@ -109,13 +114,11 @@ async fn aws_observes_1000_instances_in_at_most_10_calls() {
         .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0)))
         .filter(|(_, v)| *v > 0)
         .collect();
-    let instances = o.nodes.len() + o.orphans.iter().filter(|x| x.node.is_some()).count();
-    assert_eq!(instances, N, "every instance observed");
+    assert_eq!(o.instances.len(), N, "every instance observed");
     assert_eq!(o.dns.len(), N, "every record observed (four Route53 pages)");
     assert!(
-        o.nodes
+        o.instances
             .iter()
-            .chain(o.orphans.iter().filter_map(|x| x.node.as_ref()))
             .all(|n| n.data_volume.as_ref().is_some_and(|v| v.size_gb == 1000)),
         "every data volume joined to its instance"
     );
@@ -156,8 +159,8 @@ async fn sim_counts_pages_like_aws() {
     let total: usize = d.coins.values().map(|c| c.nodes.len()).sum();
     let sim: &SimProvider = &w.sim;
     sim.seed(&d, &BTreeMap::new()).unwrap();
-    let o = w.provider().observe(&d).await.unwrap();
-    assert_eq!(o.nodes.len(), total);
+    let o = w.provider().observe(&Scope::of(&d.fleet)).await.unwrap();
+    assert_eq!(o.instances.len(), total);
     // ceil(1500/1000) + ceil(1500/500) + 1 + ceil(1500/300)
     assert_eq!(total, 1500);
     assert_eq!(o.api_calls, 2 + 3 + 1 + 5);

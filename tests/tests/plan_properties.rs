@@ -38,13 +38,16 @@ use fleet_repo_schema::{Approval, Desired};
 use fleet_tests::repo::{CoinSpec, HOSTED_ZONE, SUBNETS, desired_of_specs};
 use proptest::prelude::*;
 use proptest::sample::{Index, select, subsequence};
-use reconciler::apply::{CoinOutcome, ExecOptions, Executor, NoNotifier, approval_version};
+use reconciler::apply::{CoinOutcome, ExecOptions, Executor};
 use reconciler::clock::{Clock, ManualClock, TokioClock};
-use reconciler::health::SimProber;
-use reconciler::observe::sim::{ChainParams, SimConfig, SimFault, SimProvider};
-use reconciler::observe::{DnsRecord, NodeKey, Observed, Provider};
+use reconciler::events::NoNotifier;
+use reconciler::node::NodeKey;
+use reconciler::plan::Observed;
 use reconciler::plan::{Action, Plan, WaveKind, needs_approval, plan};
-use reconciler::store::{Decision, Journal, Record};
+use reconciler::provider::sim::SimProber;
+use reconciler::provider::sim::{ChainParams, SimConfig, SimFault, SimProvider};
+use reconciler::provider::{DnsRecord, Provider};
+use reconciler::store::{Journal, Record};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -284,7 +287,7 @@ async fn build(case: &Case, clock: Arc<dyn Clock>) -> World {
         }
     }
     // Seen through the world's own repository, every node is in a slot.
-    let seen = sim.observe(&variant).await.unwrap();
+    let seen = fleet_tests::observe(&sim, &variant).await;
     assert_eq!(seen.nodes.len(), model.nodes.len());
     let keys: Vec<NodeKey> = model.nodes.keys().cloned().collect();
     let mut touched = BTreeSet::new();
@@ -382,7 +385,7 @@ fn paused() -> tokio::runtime::Runtime {
 fn planned(case: &Case) -> (World, Observed, Plan) {
     current_thread().block_on(async {
         let w = build(case, Arc::new(ManualClock::new(T0))).await;
-        let o = w.sim.observe(&w.desired).await.unwrap();
+        let o = fleet_tests::observe(&w.sim, &w.desired).await;
         let p = plan(&w.desired, &o, T0);
         (w, o, p)
     })
@@ -430,7 +433,7 @@ fn expected_steps(d: &Desired, m: &Model) -> BTreeSet<(String, String)> {
     for (key, n) in &m.nodes {
         let in_slot = d
             .coins
-            .get(&key.coin)
+            .get(key.coin.as_str())
             .is_some_and(|c| c.nodes.iter().any(|s| NodeKey::of(s) == *key));
         if n.alive && !in_slot {
             add("retire", key.to_string());
@@ -454,7 +457,7 @@ fn actual_steps(p: &Plan) -> Result<BTreeSet<(String, String)>, TestCaseError> {
             for s in &w.steps {
                 let who = match &s.action {
                     Action::DeleteDns { record } => record.name.clone(),
-                    _ => s.node.to_string(),
+                    _ => s.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
                 };
                 let fresh = out.insert((s.action.name().to_string(), who.clone()));
                 prop_assert!(fresh, "{} {who} planned twice", s.action.name());
@@ -467,7 +470,7 @@ fn actual_steps(p: &Plan) -> Result<BTreeSet<(String, String)>, TestCaseError> {
 /// Zone order, one wave per node, and max_unavailable, for every coin of `p`.
 fn check_shape(p: &Plan, d: &Desired, model: &Model) -> Result<(), TestCaseError> {
     for cp in &p.coins {
-        let coin = d.coins.get(&cp.coin);
+        let coin = d.coins.get(cp.coin.as_str());
         prop_assert_eq!(
             cp.max_unavailable,
             coin.map_or(1, |c| c.rollout.max_unavailable),
@@ -498,12 +501,12 @@ fn check_shape(p: &Plan, d: &Desired, model: &Model) -> Result<(), TestCaseError
             prop_assert!(1 <= w.part && w.part <= w.parts);
             if matches!(w.kind, WaveKind::Repair | WaveKind::Rollout) {
                 let coin = coin.expect("rollout waves only for coins in the repository");
-                let pos = coin.zones.iter().position(|z| z.as_str() == w.zone);
+                let pos = coin.zones.iter().position(|z| Some(z) == w.zone.as_ref());
                 prop_assert!(pos.is_some(), "{}: rollout in unplaced zone", cp.coin);
                 let pos = pos.unwrap();
                 prop_assert!(
                     pos >= last_zone,
-                    "{}: zone {} after a later zone",
+                    "{}: zone {:?} after a later zone",
                     cp.coin,
                     w.zone
                 );
@@ -517,24 +520,33 @@ fn check_shape(p: &Plan, d: &Desired, model: &Model) -> Result<(), TestCaseError
                         cp.coin,
                         s.action
                     );
-                    prop_assert_eq!(&s.node.zone, &w.zone);
-                    let stopped = model.nodes.get(&s.node).is_some_and(|n| n.stopped);
-                    prop_assert!(stopped, "{}: repair of {} which is up", cp.coin, s.node);
+                    let node = s.node.as_ref().expect("a repair names its node");
+                    prop_assert_eq!(Some(&node.zone), w.zone.as_ref());
+                    let stopped = model.nodes.get(node).is_some_and(|n| n.stopped);
+                    prop_assert!(stopped, "{}: repair of {} which is up", cp.coin, node);
                 }
             } else if w.kind != WaveKind::Cleanup {
                 prop_assert!(
                     w.disrupted().len() as u32 <= cp.max_unavailable,
-                    "{}: wave {i} in {} takes {} nodes down, max_unavailable {}",
+                    "{}: wave {i} in {:?} takes {} nodes down, max_unavailable {}",
                     cp.coin,
                     w.zone,
                     w.disrupted().len(),
                     cp.max_unavailable
                 );
                 for s in &w.steps {
-                    prop_assert_eq!(&s.node.coin, &cp.coin);
-                    prop_assert_eq!(&s.node.zone, &w.zone, "a step outside its wave's zone");
-                    let first = *wave_of.entry(&s.node).or_insert(i);
-                    prop_assert_eq!(first, i, "{}: steps of {} in two waves", cp.coin, s.node);
+                    let node = s
+                        .node
+                        .as_ref()
+                        .expect("a rollout or retire step names its node");
+                    prop_assert_eq!(&node.coin, &cp.coin);
+                    prop_assert_eq!(
+                        Some(&node.zone),
+                        w.zone.as_ref(),
+                        "a step outside its wave's zone"
+                    );
+                    let first = *wave_of.entry(node).or_insert(i);
+                    prop_assert_eq!(first, i, "{}: steps of {} in two waves", cp.coin, node);
                 }
             }
         }
@@ -563,16 +575,16 @@ proptest! {
         check_shape(&p, &w.desired, &w.model)?;
         // An interrupted upgrade towards the target asks the node before restarting it.
         for s in p.coins.iter().flat_map(|c| &c.waves).flat_map(|w| &w.steps) {
-            if let Action::Upgrade { confirm_first, to, .. } = &s.action {
-                let m = &w.model.nodes[&s.node];
+            if let (Action::Upgrade { confirm_first, to, .. }, Some(node)) = (&s.action, &s.node) {
+                let m = &w.model.nodes[node];
                 let cut_to_target = m.pending.as_ref()
                     .is_some_and(|(step, t)| *step == "upgrade" && t == to.as_str());
-                prop_assert_eq!(*confirm_first, cut_to_target, "{}", s.node);
+                prop_assert_eq!(*confirm_first, cut_to_target, "{}", node);
             }
         }
         // Approval: asked when the policy covers a known version change or nodes retire.
         for cp in &p.coins {
-            let Some(coin) = w.desired.coins.get(&cp.coin) else {
+            let Some(coin) = w.desired.coins.get(cp.coin.as_str()) else {
                 prop_assert!(cp.approval.is_some(), "retiring a removed coin needs approval");
                 continue;
             };
@@ -605,12 +617,12 @@ proptest! {
             let d = desired_of_specs(&desired);
             let sim = SimProvider::new(Arc::new(ManualClock::new(T0)), SimConfig::default());
             sim.seed(&d, &BTreeMap::new()).unwrap();
-            let o = sim.observe(&d).await.unwrap();
+            let o = fleet_tests::observe(&sim, &d).await;
             let p = plan(&d, &o, T0);
             prop_assert!(p.is_empty() && p.flagged.is_empty(), "{:#?}", p);
 
             let n = pick.get(&o.nodes);
-            let coin = &d.coins[&n.key.coin];
+            let coin = &d.coins[n.key.coin.as_str()];
             let expected = match change {
                 0 if other != coin.version.as_str() => {
                     sim.upgrade(&n.node_ref(), &Version::parse(other).unwrap()).await.unwrap();
@@ -627,15 +639,15 @@ proptest! {
                     "launch"
                 }
             };
-            let o = sim.observe(&d).await.unwrap();
+            let o = fleet_tests::observe(&sim, &d).await;
             let p = plan(&d, &o, T0);
             prop_assert!(!p.is_empty());
-            let steps: Vec<(&str, &NodeKey)> = p.coins.iter()
+            let steps: Vec<(&str, Option<&NodeKey>)> = p.coins.iter()
                 .flat_map(|c| &c.waves)
                 .flat_map(|w| &w.steps)
-                .map(|s| (s.action.name(), &s.node))
+                .map(|s| (s.action.name(), s.node.as_ref()))
                 .collect();
-            prop_assert_eq!(steps, vec![(expected, &n.key)]);
+            prop_assert_eq!(steps, vec![(expected, Some(&n.key))]);
             Ok(())
         })?;
     }
@@ -669,11 +681,11 @@ proptest! {
         rt.block_on(async {
             let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
             let w = build(&case, Arc::clone(&clock)).await;
-            let o = w.sim.observe(&w.desired).await.unwrap();
+            let o = fleet_tests::observe(&w.sim, &w.desired).await;
             let p = plan(&w.desired, &o, clock.now_ms());
             let cp = p.coin(&shrunk).expect("the refused coin is in the plan");
             let big: BTreeMap<NodeKey, (String, u32)> = o.nodes.iter()
-                .filter(|n| n.key.coin == shrunk)
+                .filter(|n| n.key.coin == shrunk.as_str())
                 .filter_map(|n| n.data_volume.as_ref().map(|v| (n.key.clone(), (v.volume_id.clone(), v.size_gb))))
                 .filter(|(_, (_, gb))| *gb > want)
                 .collect();
@@ -687,23 +699,23 @@ proptest! {
             // nothing while it has a refusal anyway.)
             prop_assert!(cp.waves.iter().flat_map(|w| &w.steps)
                 .filter(|s| !matches!(s.action, Action::DeleteDns { .. }))
-                .all(|s| !big.contains_key(&s.node)),
+                .all(|s| s.node.as_ref().is_none_or(|k| !big.contains_key(k))),
                 "no step for a refused node");
 
             let (exec, journal) = executor(&w, &p, &clock);
             let report = exec.apply(&Arc::new(w.desired.clone()), &p, &CancellationToken::new()).await;
-            let r = report.coins.iter().find(|c| c.coin == shrunk).unwrap();
+            let r = report.coins.iter().find(|c| c.coin == shrunk.as_str()).unwrap();
             prop_assert!(matches!(r.outcome, CoinOutcome::Refused { .. }), "{:?}", r.outcome);
             prop_assert_eq!(r.steps, 0);
             let journaled = journal.records().iter().any(|r| matches!(r, Record::Step { coin, .. } if *coin == shrunk));
             prop_assert!(!journaled, "a step of the refused coin was journaled");
-            prop_assert!(!w.sim.commands().iter().any(|c| c.key.coin == shrunk));
-            let after = w.sim.observe(&w.desired).await.unwrap();
+            prop_assert!(!w.sim.commands().iter().any(|c| c.key.coin == shrunk.as_str()));
+            let after = fleet_tests::observe(&w.sim, &w.desired).await;
             for (key, (vol, gb)) in &big {
                 let v = after.node(key).and_then(|n| n.data_volume.as_ref()).unwrap();
                 prop_assert_eq!((&v.volume_id, v.size_gb), (vol, *gb), "volume untouched");
             }
-            for c in report.coins.iter().filter(|c| c.coin != shrunk) {
+            for c in report.coins.iter().filter(|c| c.coin != shrunk.as_str()) {
                 prop_assert_eq!(&c.outcome, &CoinOutcome::Completed, "{}", c.coin);
             }
             Ok(())
@@ -719,18 +731,7 @@ fn executor(w: &World, p: &Plan, clock: &Arc<dyn Clock>) -> (Arc<Executor>, Arc<
         poll_ms: 5_000,
         commit: "proptest".into(),
     };
-    for cp in p.coins.iter().filter(|c| c.approval.is_some()) {
-        journal
-            .append(Record::Approval {
-                coin: cp.coin.clone(),
-                version: approval_version(cp),
-                commit: opts.commit.clone(),
-                decision: Decision::Approved,
-                by: "proptest".into(),
-                at_ms: clock.now_ms(),
-            })
-            .unwrap();
-    }
+    fleet_tests::approve_all(&journal, p, &opts.commit, "proptest");
     let exec = Arc::new(Executor {
         provider: Arc::new(w.sim.clone()),
         prober: Arc::new(SimProber(w.sim.clone())),
@@ -752,14 +753,14 @@ proptest! {
         rt.block_on(async {
             let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
             let w = build(&case, Arc::clone(&clock)).await;
-            let o = w.sim.observe(&w.desired).await.unwrap();
+            let o = fleet_tests::observe(&w.sim, &w.desired).await;
             let p = plan(&w.desired, &o, clock.now_ms());
             let (exec, _) = executor(&w, &p, &clock);
             let desired = Arc::new(w.desired.clone());
             let report = exec.apply(&desired, &p, &CancellationToken::new()).await;
             prop_assert!(report.all_completed(), "{:#?}\nplan: {}", report.coins,
                 reconciler::render::plan_human(&p, &w.desired, reconciler::render::Style { color: false }));
-            let again = plan(&w.desired, &w.sim.observe(&w.desired).await.unwrap(), clock.now_ms());
+            let again = plan(&w.desired, &fleet_tests::observe(&w.sim, &w.desired).await, clock.now_ms());
             prop_assert!(again.is_empty(), "not converged: {}",
                 reconciler::render::plan_human(&again, &w.desired, reconciler::render::Style { color: false }));
             Ok(())

@@ -12,9 +12,10 @@ use fleet_tests::check_snapshot;
 use fleet_tests::{fleet, workspace_root};
 use reconciler::clock::ManualClock;
 use reconciler::demo::{EXAMPLE_FILES, example_desired, older_versions};
-use reconciler::observe::sim::{SimConfig, SimFault, SimProvider};
-use reconciler::observe::{LaunchSpec, NodeKey, Provider};
+use reconciler::node::NodeKey;
 use reconciler::plan::{Plan, plan};
+use reconciler::provider::sim::{SimConfig, SimFault, SimProvider};
+use reconciler::provider::{LaunchSpec, Provider};
 use reconciler::render::{Style, plan_human};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,7 +33,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 fn plan_of(d: &Desired, sim: &SimProvider) -> Plan {
-    let o = block_on(sim.observe(d)).unwrap();
+    let o = block_on(fleet_tests::observe(sim, d));
     plan(d, &o, sim.clock().now_ms())
 }
 
@@ -82,7 +83,7 @@ fn a_mixed_plan() {
     let s = sim();
     s.seed(&world, &BTreeMap::new()).unwrap();
     // one monero volume grown by hand past the repository's 400 GB,
-    let o = block_on(s.observe(&world)).unwrap();
+    let o = block_on(fleet_tests::observe(&s, &world));
     let monero1 = o
         .node(&NodeKey::of(&world.coins["monero"].nodes[0]))
         .unwrap();
@@ -96,7 +97,7 @@ fn a_mixed_plan() {
     extra.dns_name = "node3.dogecoin.internal".into();
     let spec = LaunchSpec::new(&world.fleet, doge, &extra, None).unwrap();
     let (id, _) = block_on(s.launch(&spec)).unwrap();
-    let node = reconciler::observe::NodeRef {
+    let node = reconciler::provider::NodeRef {
         key: NodeKey::of(&extra),
         instance_id: id,
     };
@@ -159,7 +160,7 @@ fn state_dir(versions: &BTreeMap<String, Version>, grow: Option<(&str, u32)>) ->
     .unwrap();
     s.seed(&d, versions).unwrap();
     if let Some((coin, gb)) = grow {
-        let o = block_on(s.observe(&d)).unwrap();
+        let o = block_on(fleet_tests::observe(&s, &d));
         for n in o.nodes.iter().filter(|n| n.key.coin == coin) {
             block_on(s.grow_volume(&n.node_ref(), gb)).unwrap();
         }

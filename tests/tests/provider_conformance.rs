@@ -4,9 +4,10 @@
 
 use fleet_repo_schema::values::{InstanceType, Version};
 use fleet_tests::world::{AwsWorld, Fault, SimWorld, TestWorld};
-use reconciler::observe::{
-    DnsRecord, InstanceState, LaunchSpec, NodeKey, NodeRef, Observed, ObservedNode, OrphanReason,
-    Outcome, ProviderError,
+use reconciler::node::NodeKey;
+use reconciler::plan::{Observed, ObservedNode, Orphan, OrphanReason};
+use reconciler::provider::{
+    DnsRecord, InstanceState, LaunchSpec, NodeRef, Outcome, PendingStep, ProviderError, Scope,
 };
 
 fn v(s: &str) -> Version {
@@ -22,7 +23,9 @@ fn spec(w: &dyn TestWorld, coin: &str, zone_idx: usize, snapshot: Option<String>
 }
 
 async fn observe(w: &dyn TestWorld) -> Observed {
-    w.provider().observe(w.desired()).await.expect("observe")
+    reconciler::apply::view::observe(w.provider(), w.desired())
+        .await
+        .expect("observe")
 }
 
 async fn launch(w: &dyn TestWorld, coin: &str, zone_idx: usize) -> NodeRef {
@@ -246,9 +249,10 @@ async fn change_instance_type(w: &dyn TestWorld) {
     let o = observe(w).await;
     let n = node(&o, &a);
     assert_eq!(n.state, InstanceState::Stopped);
-    assert_eq!(
-        n.pending.as_ref().map(|p| p.step.as_str()),
-        Some("change-type")
+    assert!(
+        matches!(n.pending, Some(PendingStep::ChangeType { .. })),
+        "{:?}",
+        n.pending
     );
     assert_eq!(
         w.provider().change_instance_type(&a, &big).await.unwrap(),
@@ -321,33 +325,35 @@ async fn orphans_are_reported(w: &dyn TestWorld) {
     let btc = launch(w, "bitcoin", 0).await;
     let mut without = d.clone();
     without.coins.remove("bitcoin");
-    let o = w.provider().observe(&without).await.unwrap();
-    let reasons: Vec<(Option<String>, OrphanReason)> = o
+    let o = reconciler::apply::view::observe(w.provider(), &without)
+        .await
+        .unwrap();
+    let reasons: Vec<(String, OrphanReason)> = o
         .orphans
         .iter()
-        .map(|x| {
-            (
-                x.node.as_ref().map(|n| n.instance_id.clone()),
-                x.reason.clone(),
-            )
+        .filter_map(|x| match x {
+            Orphan::Unplaced { reason, node } => Some((node.instance_id.clone(), reason.clone())),
+            _ => None,
         })
         .collect();
     assert!(
         reasons.contains(&(
-            Some(extra.clone()),
+            extra.clone(),
             OrphanReason::IndexBeyondCount { nodes_per_zone: 1 }
         )),
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&(Some(btc.instance_id.clone()), OrphanReason::UnknownCoin)),
+        reasons.contains(&(btc.instance_id.clone(), OrphanReason::UnknownCoin)),
         "{reasons:?}"
     );
     let stray: Vec<&str> = o
         .orphans
         .iter()
-        .filter(|x| x.reason == OrphanReason::StrayDns)
-        .filter_map(|x| x.dns.as_ref().map(|r| r.name.as_str()))
+        .filter_map(|x| match x {
+            Orphan::StrayDns { record } => Some(record.name.as_str()),
+            _ => None,
+        })
         .collect();
     let gone_name = spec(w, "litecoin", 1, None).dns.name;
     assert_eq!(stray, vec![gone_name.as_str()]);
@@ -372,7 +378,8 @@ async fn throttling(w: &dyn TestWorld) {
         op: Some("DescribeInstances"),
         times: 1000,
     });
-    match w.provider().observe(w.desired()).await {
+    let scope = Scope::of(&w.desired().fleet);
+    match w.provider().observe(&scope).await {
         Err(ProviderError::Throttled { op, attempts, .. }) => {
             assert!(op.contains("DescribeInstances"), "{op}");
             assert_eq!(attempts, 5);
@@ -380,7 +387,7 @@ async fn throttling(w: &dyn TestWorld) {
         other => panic!("expected Throttled, got {other:?}"),
     }
     w.clear_faults();
-    assert!(w.provider().observe(w.desired()).await.is_ok());
+    assert!(w.provider().observe(&scope).await.is_ok());
 }
 
 /// A version that could smuggle shell never reaches the provider: `Version` cannot hold it,

@@ -4,8 +4,9 @@
 use fleet_repo_schema::values::Version;
 use fleet_tests::world::{SimWorld, TestWorld};
 use reconciler::clock::ManualClock;
-use reconciler::observe::sim::{ChainParams, SimConfig, SimFault, SimProvider};
-use reconciler::observe::{LaunchSpec, NodeKey, NodeRef, Provider, ProviderError};
+use reconciler::node::NodeKey;
+use reconciler::provider::sim::{ChainParams, SimConfig, SimFault, SimProvider};
+use reconciler::provider::{LaunchSpec, NodeRef, Provider, ProviderError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ const MIN: u64 = 60_000;
 fn first_node(w: &SimWorld, coin: &str) -> NodeRef {
     let d = w.desired();
     let slot = &d.coins[coin].nodes[0];
-    let o = futures_lite(w.provider().observe(d)).unwrap();
+    let o = futures_lite(fleet_tests::observe(w.provider(), d));
     let n = o.node(&NodeKey::of(slot)).expect("seeded");
     n.node_ref()
 }
@@ -187,7 +188,7 @@ fn the_world_persists_in_the_state_directory() {
     }
     clock.advance_ms(MIN);
     let sim = SimProvider::open(dir.path(), Arc::new(clock.clone()), SimConfig::default()).unwrap();
-    let o = futures_lite(sim.observe(&d)).unwrap();
+    let o = futures_lite(fleet_tests::observe(&sim, &d));
     assert_eq!(o.nodes.len(), 18);
     let btc = o.node(&NodeKey::of(&d.coins["bitcoin"].nodes[0])).unwrap();
     assert_eq!(btc.version.known().map(|v| v.as_str()), Some("27.0"));

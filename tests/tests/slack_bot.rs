@@ -175,7 +175,7 @@ async fn a_rollout_is_one_thread_under_its_approval_request() {
         calls[5].body["text"]
             .as_str()
             .unwrap()
-            .contains("Rollout finished: bitcoin in 1h 03m")
+            .contains("Rollout finished: bitcoin in 1h 3m")
     );
     assert_eq!(calls[6].body["ts"].as_str(), Some(parent.as_str()));
     assert!(blocks_text(&calls[6]).contains("Rollout finished"));

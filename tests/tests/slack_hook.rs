@@ -88,7 +88,7 @@ async fn the_first_decision_of_an_approver_is_recorded_for_its_key_only() {
         200
     );
     assert_eq!(
-        journal.approval("bitcoin", "29.0", COMMIT),
+        fleet_tests::approval(&journal, "bitcoin", "29.0", COMMIT),
         Some((Decision::Approved, "U034GHIJKL".into()))
     );
     tokio::time::timeout(Duration::from_secs(1), shared.kick.notified())
@@ -101,7 +101,7 @@ async fn the_first_decision_of_an_approver_is_recorded_for_its_key_only() {
         200
     );
     assert_eq!(
-        journal.approval("bitcoin", "29.0", COMMIT),
+        fleet_tests::approval(&journal, "bitcoin", "29.0", COMMIT),
         Some((Decision::Approved, "U034GHIJKL".into()))
     );
 
@@ -112,7 +112,7 @@ async fn the_first_decision_of_an_approver_is_recorded_for_its_key_only() {
         200
     );
     assert_eq!(
-        journal.approval("bitcoin", "30.0", COMMIT),
+        fleet_tests::approval(&journal, "bitcoin", "30.0", COMMIT),
         Some((Decision::Rejected, "U012ABCDEF".into()))
     );
     let old = "fedcba9876543210fedcba9876543210fedcba98";
@@ -121,17 +121,23 @@ async fn the_first_decision_of_an_approver_is_recorded_for_its_key_only() {
         200
     );
     assert_eq!(
-        journal.approval("bitcoin", "29.0", old).map(|x| x.0),
+        fleet_tests::approval(&journal, "bitcoin", "29.0", old).map(|x| x.0),
         Some(Decision::Approved)
     );
-    assert_eq!(journal.approval("bitcoin", "29.0", "another"), None);
+    assert_eq!(
+        fleet_tests::approval(&journal, "bitcoin", "29.0", "another"),
+        None
+    );
 
     // Someone not in `approvers`: nothing recorded.
     assert_eq!(
         send(&hook, &click("fleet_approve", "U0INTRUDER", "31.0", COMMIT)).await,
         200
     );
-    assert_eq!(journal.approval("bitcoin", "31.0", COMMIT), None);
+    assert_eq!(
+        fleet_tests::approval(&journal, "bitcoin", "31.0", COMMIT),
+        None
+    );
 
     drop(hook);
     drop(handle);

@@ -5,6 +5,7 @@
 //! release names) is escaped for Slack's mrkdwn (`&`, `<`, `>`), so it cannot forge a link
 //! or a mention.
 
+use fleet_repo_schema::human_ms;
 use serde::{Deserialize, Serialize};
 use slack_morphism::prelude::*;
 
@@ -205,16 +206,6 @@ fn short(commit: &str) -> &str {
         &commit[..10]
     } else {
         commit
-    }
-}
-
-/// `1h 05m`, `12m 30s`, `45s`.
-pub fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
-        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -623,12 +614,5 @@ mod tests {
         let dj = decided.blocks_json().to_string();
         assert!(!dj.contains("\"actions\""), "{dj}");
         assert!(dj.contains("Approved* by <@U012ABCDEF>"), "{dj}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(human_ms(45_000), "45s");
-        assert_eq!(human_ms(750_000), "12m 30s");
-        assert_eq!(human_ms(3_900_000), "1h 05m");
     }
 }

@@ -705,7 +705,7 @@ fn parse_http(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::NodeKey;
+    use crate::node::NodeKey;
     use fleet_repo_schema::desired::{HealthSpec, HttpSpec};
     use fleet_repo_schema::values::{self, HttpPath, JsonPointer};
 
@@ -1009,11 +1009,7 @@ mod tests {
 
     fn target(probe: Probe, port: Option<u16>) -> ProbeTarget {
         ProbeTarget {
-            key: NodeKey {
-                coin: "litecoin".into(),
-                zone: "eu-central-1a".into(),
-                index: 1,
-            },
+            key: NodeKey::parse("litecoin", "eu-central-1a", 1).unwrap(),
             instance_id: "i-1".into(),
             dns_name: "node1.litecoin.internal.example".into(),
             health: HealthSpec {

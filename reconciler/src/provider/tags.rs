@@ -12,7 +12,8 @@
 //! | `fleet:reason` | snapshots | why the snapshot was taken |
 //! | `Name` | instance | `node<N>.<coin>.<domain>` at launch |
 
-use super::{NodeKey, ObservedVersion, PendingStep};
+use super::{ObservedVersion, PendingStep};
+use crate::node::NodeKey;
 use fleet_repo_schema::values::Version;
 use fleet_repo_schema::{Coin, NodeSlot};
 use std::collections::BTreeMap;
@@ -61,24 +62,14 @@ pub fn node_key(tags: &BTreeMap<String, String>) -> Result<NodeKey, String> {
     let index: u32 = index_s
         .parse()
         .map_err(|_| format!("tag {INDEX}={index_s:?} is not a number"))?;
-    if coin.is_empty() || zone.is_empty() {
-        return Err(format!("tag {COIN} or {ZONE} is empty"));
-    }
-    Ok(NodeKey {
-        coin: coin.to_string(),
-        zone: zone.to_string(),
-        index,
-    })
+    NodeKey::parse(coin, zone, index).map_err(|e| format!("tags {COIN}/{ZONE}: {e}"))
 }
 
 /// The version in `tags`: known only with a valid `fleet:version` and no step pending.
 pub fn version(tags: &BTreeMap<String, String>, pending: Option<&PendingStep>) -> ObservedVersion {
     if let Some(p) = pending {
         return ObservedVersion::Unknown {
-            reason: format!(
-                "step `{}` towards {} began and did not finish (tag {PENDING})",
-                p.step, p.target
-            ),
+            reason: format!("{p} began and did not finish (tag {PENDING})"),
         };
     }
     match tags.get(VERSION) {

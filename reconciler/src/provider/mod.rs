@@ -1,55 +1,34 @@
-//! Observing and changing the world: the [`Provider`] trait, the [`Observed`] fleet it
-//! reports, and its two implementations, [`aws`] (production: EC2, EBS, Route53, SSM) and
-//! [`sim`] (the embedded default: an in-process, deterministic fleet with chains).
+//! Observing and changing the world: the [`Provider`] trait, the [`Observation`] it returns
+//! (facts only: what exists and what its tags say), and its two implementations, [`aws`]
+//! (production: EC2, EBS, Route53, SSM) and [`sim`] (the embedded default: an in-process,
+//! deterministic fleet with chains, and its prober).
 //!
 //! Architecture invariant: only the implementations in this module talk to AWS. Everything
-//! above (planner, executor) sees the world through [`Provider`].
+//! above (planner, executor) sees the world through [`Provider`]. Observing knows nothing of
+//! the desired state beyond its [`Scope`] (which hosted zone to list): sorting instances into
+//! slots and orphans is the planner's ([`crate::plan::assign`]).
 //!
 //! Every action is idempotent: repeating it after a crash at any point (between any two of its
 //! own steps) converges and never does harm twice. Each action that touches a running daemon
-//! writes a `fleet:pending` marker first and clears it last, so a half-done step shows up in
-//! the next observation as [`ObservedVersion::Unknown`], never as a guess.
+//! runs under [`protocol`]: it writes a `fleet:pending` marker first and clears it last, so a
+//! half-done step shows up in the next observation as [`ObservedVersion::Unknown`], never as
+//! a guess.
 
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod commands;
+pub mod protocol;
 pub mod sim;
 pub mod tags;
 pub mod userdata;
 
+use crate::node::NodeKey;
 use async_trait::async_trait;
 use fleet_repo_schema::values::{InstanceType, Version};
-use fleet_repo_schema::{Coin, Desired, Fleet, NodeSlot};
+use fleet_repo_schema::{Coin, Fleet, NodeSlot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-
-/// The identity of a node, as recorded in its tags: coin, zone, index within the zone.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeKey {
-    /// Coin name.
-    pub coin: String,
-    /// Availability zone.
-    pub zone: String,
-    /// 1-based index within the zone.
-    pub index: u32,
-}
-
-impl NodeKey {
-    /// The key of a desired slot.
-    pub fn of(slot: &NodeSlot) -> NodeKey {
-        NodeKey {
-            coin: slot.coin.to_string(),
-            zone: slot.zone.to_string(),
-            index: slot.index,
-        }
-    }
-}
-
-impl fmt::Display for NodeKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.coin, self.zone, self.index)
-    }
-}
 
 /// EC2 instance states.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,29 +105,54 @@ impl ObservedVersion {
 
 /// A step that began on a node and has not been recorded as finished (`fleet:pending`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingStep {
-    /// The step (`upgrade`, `change-type`).
-    pub step: String,
-    /// Its target (a version, an instance type).
-    pub target: String,
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum PendingStep {
+    /// `upgrade:<version>`: the daemon was being restarted at `to`.
+    Upgrade {
+        /// The version it was going to (as written in the tag: not trusted as a version).
+        to: String,
+    },
+    /// `change-type:<type>`: the instance was being stopped, resized and started.
+    ChangeType {
+        /// The instance type it was going to.
+        to: String,
+    },
+    /// A marker this version of fleet does not write (a newer fleet, or a person).
+    Unknown {
+        /// The tag's value.
+        tag: String,
+    },
 }
 
 impl PendingStep {
     /// Tag value form, `upgrade:28.1`.
     pub fn to_tag(&self) -> String {
-        format!("{}:{}", self.step, self.target)
+        match self {
+            PendingStep::Upgrade { to } => format!("upgrade:{to}"),
+            PendingStep::ChangeType { to } => format!("change-type:{to}"),
+            PendingStep::Unknown { tag } => tag.clone(),
+        }
     }
     /// Parse the tag value.
     pub fn from_tag(s: &str) -> PendingStep {
         match s.split_once(':') {
-            Some((step, target)) => PendingStep {
-                step: step.to_string(),
-                target: target.to_string(),
-            },
-            None => PendingStep {
-                step: s.to_string(),
-                target: String::new(),
-            },
+            Some(("upgrade", to)) => PendingStep::Upgrade { to: to.to_string() },
+            Some(("change-type", to)) => PendingStep::ChangeType { to: to.to_string() },
+            _ => PendingStep::Unknown { tag: s.to_string() },
+        }
+    }
+    /// Whether this is an upgrade towards `version`.
+    pub fn is_upgrade_to(&self, version: &Version) -> bool {
+        matches!(self, PendingStep::Upgrade { to } if to == version.as_str())
+    }
+}
+
+impl fmt::Display for PendingStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PendingStep::Upgrade { to } => write!(f, "upgrade towards {to}"),
+            PendingStep::ChangeType { to } => write!(f, "change of type towards {to}"),
+            PendingStep::Unknown { tag } => write!(f, "step {tag:?}"),
         }
     }
 }
@@ -164,22 +168,22 @@ pub struct ObservedVolume {
     pub snapshot_id: Option<String>,
 }
 
-/// A managed node.
+/// A managed instance as observed: its facts, and what its tags say. Whether it fills a slot
+/// of the desired fleet is not a fact of the world and is decided by the planner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObservedNode {
-    /// Identity from the tags.
-    pub key: NodeKey,
+pub struct ObservedInstance {
     /// EC2 instance id.
     pub instance_id: String,
+    /// Its identity from the tags, or what is wrong with them.
+    pub identity: Result<NodeKey, String>,
     /// Instance state.
     pub state: InstanceState,
     /// Instance type.
     pub instance_type: String,
-    /// The version it runs.
+    /// The version it runs, as far as its tags tell.
     pub version: ObservedVersion,
     /// The version recorded in `fleet:version`, even while a step is pending (during a
     /// `change-type` the daemon keeps running this version).
-    #[serde(default)]
     pub recorded_version: Option<Version>,
     /// A step that began and has not finished.
     pub pending: Option<PendingStep>,
@@ -187,16 +191,33 @@ pub struct ObservedNode {
     pub private_ip: Option<String>,
     /// The data volume (device `/dev/sdf`), if attached.
     pub data_volume: Option<ObservedVolume>,
-    /// DNS names of records that point at this node's private address.
-    pub dns_names: Vec<String>,
+    /// Every tag.
+    pub tags: BTreeMap<String, String>,
 }
 
-impl ObservedNode {
-    /// A reference for actions.
-    pub fn node_ref(&self) -> NodeRef {
-        NodeRef {
-            key: self.key.clone(),
-            instance_id: self.instance_id.clone(),
+impl ObservedInstance {
+    /// An instance from what the provider read; the tags are interpreted here, identically
+    /// for every provider.
+    pub fn new(
+        instance_id: String,
+        tags: BTreeMap<String, String>,
+        state: InstanceState,
+        instance_type: String,
+        private_ip: Option<String>,
+        data_volume: Option<ObservedVolume>,
+    ) -> ObservedInstance {
+        let pending = tags.get(tags::PENDING).map(|v| PendingStep::from_tag(v));
+        ObservedInstance {
+            instance_id,
+            identity: tags::node_key(&tags),
+            state,
+            instance_type,
+            version: tags::version(&tags, pending.as_ref()),
+            recorded_version: tags.get(tags::VERSION).and_then(|v| Version::parse(v).ok()),
+            pending,
+            private_ip,
+            data_volume,
+            tags,
         }
     }
 }
@@ -231,234 +252,60 @@ pub struct SnapshotInfo {
     pub reason: String,
 }
 
-/// Why a managed resource has no place in the desired state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum OrphanReason {
-    /// Its coin is not in the fleet repo.
-    UnknownCoin,
-    /// Its coin is not placed in its zone.
-    ZoneNotPlaced,
-    /// Its index is above the coin's `nodes_per_zone`.
-    IndexBeyondCount {
-        /// nodes_per_zone.
-        nodes_per_zone: u32,
-    },
-    /// Another instance already holds the same (coin, zone, index).
-    Duplicate {
-        /// The instance kept as the slot's node.
-        of: String,
-    },
-    /// Tagged `fleet:managed` but the identity tags are missing or invalid.
-    BadTags {
-        /// What is wrong.
-        detail: String,
-    },
-    /// A node-like DNS record that points at no managed node.
-    StrayDns,
+/// What an observation covers beyond the managed instances, volumes and snapshots: the hosted
+/// zone whose node records are listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Route53 hosted zone of the nodes' records.
+    pub hosted_zone_id: String,
+    /// Its domain: records named `node<N>.<coin>.<domain>` are node records.
+    pub internal_domain: String,
 }
 
-/// Something managed that the desired state does not account for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Orphan {
-    /// Why.
-    pub reason: OrphanReason,
-    /// The instance, for instance orphans.
-    pub node: Option<ObservedNode>,
-    /// The record, for stray DNS records.
-    pub dns: Option<DnsRecord>,
+impl Scope {
+    /// The scope of a fleet.
+    pub fn of(fleet: &Fleet) -> Scope {
+        Scope {
+            hosted_zone_id: fleet.hosted_zone_id.to_string(),
+            internal_domain: fleet.internal_domain.to_string(),
+        }
+    }
 }
 
-/// Everything fleet manages, as observed in one pass.
+/// Everything fleet manages, as observed in one pass: facts only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Observed {
-    /// Managed, non-terminated instances that fill a desired slot, sorted by key.
-    pub nodes: Vec<ObservedNode>,
-    /// Managed resources with no desired slot.
-    pub orphans: Vec<Orphan>,
+pub struct Observation {
+    /// Managed instances that are not terminated, in instance id order.
+    pub instances: Vec<ObservedInstance>,
+    /// Node-like records in the scope's zone, sorted by name.
+    pub dns: Vec<DnsRecord>,
     /// Managed snapshots, newest first.
     pub snapshots: Vec<SnapshotInfo>,
-    /// Node-like DNS records under the fleet's domain, sorted by name.
-    pub dns: Vec<DnsRecord>,
     /// API calls this observation made (AWS: SDK operations, retries not counted twice).
     pub api_calls: u64,
 }
 
-impl Observed {
-    /// The node in a slot.
-    pub fn node(&self, key: &NodeKey) -> Option<&ObservedNode> {
-        self.nodes
-            .binary_search_by(|n| n.key.cmp(key))
-            .ok()
-            .map(|i| &self.nodes[i])
-    }
-    /// The nodes of `coin` (a slice: [`Observed::nodes`] is sorted by key, coin first).
-    pub fn nodes_of(&self, coin: &str) -> &[ObservedNode] {
-        let lo = self.nodes.partition_point(|n| n.key.coin.as_str() < coin);
-        let hi = lo + self.nodes[lo..].partition_point(|n| n.key.coin == coin);
-        &self.nodes[lo..hi]
-    }
-    /// The record named `name` ([`Observed::dns`] is sorted by name).
-    pub fn record(&self, name: &str) -> Option<&DnsRecord> {
-        let i = self.dns.partition_point(|r| r.name.as_str() < name);
-        self.dns.get(i).filter(|r| r.name == name)
-    }
-    /// The newest completed-or-pending snapshot of `coin` in `zone`.
-    pub fn latest_snapshot(&self, coin: &str, zone: &str) -> Option<&SnapshotInfo> {
-        self.snapshots
-            .iter()
-            .filter(|s| s.coin == coin && s.zone == zone && s.state != "error")
-            .max_by_key(|s| s.started_ms)
-    }
-
-    /// Build an observation from every managed instance, record and snapshot: sort the
-    /// instances into desired slots and orphans, attach DNS names. Shared by both providers
-    /// so that they classify identically.
-    pub fn assemble(
-        desired: &Desired,
-        instances: Vec<RawInstance>,
+impl Observation {
+    /// An observation from what a provider read, in a canonical order (both providers
+    /// return the same observation of the same world).
+    pub fn new(
+        mut instances: Vec<ObservedInstance>,
         mut dns: Vec<DnsRecord>,
         mut snapshots: Vec<SnapshotInfo>,
         api_calls: u64,
-    ) -> Observed {
+    ) -> Observation {
+        instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         dns.sort();
         snapshots.sort_by(|a, b| {
             b.started_ms
                 .cmp(&a.started_ms)
                 .then(a.snapshot_id.cmp(&b.snapshot_id))
         });
-        let mut by_ip: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for r in &dns {
-            for v in &r.values {
-                by_ip.entry(v.as_str()).or_default().push(r.name.as_str());
-            }
-        }
-        let mut nodes: Vec<ObservedNode> = Vec::with_capacity(instances.len());
-        let mut orphans = Vec::new();
-        let mut claimed_ips = std::collections::BTreeSet::new();
-        for raw in instances {
-            let dns_names: Vec<String> = raw
-                .private_ip
-                .as_deref()
-                .and_then(|ip| by_ip.get(ip))
-                .map(|names| names.iter().map(|s| s.to_string()).collect())
-                .unwrap_or_default();
-            if let Some(ip) = &raw.private_ip {
-                claimed_ips.insert(ip.clone());
-            }
-            let key = match tags::node_key(&raw.tags) {
-                Ok(k) => k,
-                Err(detail) => {
-                    orphans.push(Orphan {
-                        reason: OrphanReason::BadTags { detail },
-                        node: Some(raw.into_node(
-                            NodeKey {
-                                coin: String::new(),
-                                zone: String::new(),
-                                index: 0,
-                            },
-                            dns_names,
-                        )),
-                        dns: None,
-                    });
-                    continue;
-                }
-            };
-            let reason = match desired.coins.get(&key.coin) {
-                None => Some(OrphanReason::UnknownCoin),
-                Some(c) if !c.zones.iter().any(|z| z.as_str() == key.zone) => {
-                    Some(OrphanReason::ZoneNotPlaced)
-                }
-                Some(c) if key.index == 0 || key.index > c.nodes_per_zone => {
-                    Some(OrphanReason::IndexBeyondCount {
-                        nodes_per_zone: c.nodes_per_zone,
-                    })
-                }
-                Some(_) => None,
-            };
-            let node = raw.into_node(key, dns_names);
-            match reason {
-                Some(reason) => orphans.push(Orphan {
-                    reason,
-                    node: Some(node),
-                    dns: None,
-                }),
-                None => nodes.push(node),
-            }
-        }
-        // One node per slot: the oldest-looking (smallest instance id) keeps it, deterministically.
-        nodes.sort_by(|a, b| a.key.cmp(&b.key).then(a.instance_id.cmp(&b.instance_id)));
-        let mut kept: Vec<ObservedNode> = Vec::with_capacity(nodes.len());
-        for n in nodes {
-            match kept.last() {
-                Some(prev) if prev.key == n.key => orphans.push(Orphan {
-                    reason: OrphanReason::Duplicate {
-                        of: prev.instance_id.clone(),
-                    },
-                    node: Some(n),
-                    dns: None,
-                }),
-                _ => kept.push(n),
-            }
-        }
-        for r in &dns {
-            if !r.values.iter().any(|v| claimed_ips.contains(v)) {
-                orphans.push(Orphan {
-                    reason: OrphanReason::StrayDns,
-                    node: None,
-                    dns: Some(r.clone()),
-                });
-            }
-        }
-        Observed {
-            nodes: kept,
-            orphans,
-            snapshots,
+        Observation {
+            instances,
             dns,
+            snapshots,
             api_calls,
-        }
-    }
-}
-
-/// A managed instance as read from the provider, before it is sorted into slots.
-#[derive(Debug, Clone)]
-pub struct RawInstance {
-    /// Instance id.
-    pub instance_id: String,
-    /// All tags.
-    pub tags: BTreeMap<String, String>,
-    /// State.
-    pub state: InstanceState,
-    /// Instance type.
-    pub instance_type: String,
-    /// Private address.
-    pub private_ip: Option<String>,
-    /// Data volume.
-    pub data_volume: Option<ObservedVolume>,
-}
-
-impl RawInstance {
-    fn into_node(self, key: NodeKey, dns_names: Vec<String>) -> ObservedNode {
-        let pending = self
-            .tags
-            .get(tags::PENDING)
-            .map(|v| PendingStep::from_tag(v));
-        let version = tags::version(&self.tags, pending.as_ref());
-        let recorded_version = self
-            .tags
-            .get(tags::VERSION)
-            .and_then(|v| Version::parse(v).ok());
-        ObservedNode {
-            key,
-            instance_id: self.instance_id,
-            state: self.state,
-            instance_type: self.instance_type,
-            version,
-            recorded_version,
-            pending,
-            private_ip: self.private_ip,
-            data_volume: self.data_volume,
-            dns_names,
         }
     }
 }
@@ -559,7 +406,7 @@ pub struct DnsTarget {
 }
 
 /// What an idempotent action found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// The action changed something.
@@ -569,7 +416,8 @@ pub enum Outcome {
 }
 
 /// What went wrong in a provider call. Each carries what an operator needs to act.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ProviderError {
     /// The API kept throttling after every retry.
     #[error(
@@ -648,8 +496,9 @@ pub trait Provider: Send + Sync {
         0
     }
 
-    /// Observe every managed instance, data volume, node DNS record and snapshot.
-    async fn observe(&self, desired: &Desired) -> Result<Observed, ProviderError>;
+    /// Observe every managed instance, data volume and snapshot, and the node records of the
+    /// scope's hosted zone.
+    async fn observe(&self, scope: &Scope) -> Result<Observation, ProviderError>;
 
     /// Launch the node of a slot (instance, data volume restored from `snapshot_id` when
     /// set, DNS record). If an instance already holds the slot, only the DNS record is
@@ -704,57 +553,63 @@ pub trait Provider: Send + Sync {
     ) -> Result<Outcome, ProviderError>;
 }
 
-/// The shell command that restarts a node at `version`. The version is checked again here,
-/// right before it becomes part of a command, whatever checked it before.
-pub fn restart_command(version: &Version) -> Result<String, ProviderError> {
-    let v = version.as_str();
-    let ok = Version::parse(v).is_ok()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
-        && !v.starts_with('-');
-    if !ok {
-        return Err(ProviderError::Refused {
-            reason: format!("version {v:?} is not a valid version; it will not reach a shell"),
-        });
-    }
-    Ok(format!(
-        "systemctl stop 'node@*' && systemctl start 'node@{v}'"
-    ))
-}
-
-/// The shell command that succeeds exactly when `node@<version>` is active; the version is
-/// checked as in [`restart_command`].
-pub fn is_active_command(version: &Version) -> Result<String, ProviderError> {
-    restart_command(version)?;
-    Ok(format!("systemctl is-active --quiet 'node@{version}'"))
-}
-
-/// The command that grows the data file system after its volume grew (xfs, mounted at
-/// /node-data by the node's user data).
-pub const GROW_FS_COMMAND: &str = "xfs_growfs -d /node-data";
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn restart_command_quotes_and_checks_the_version() {
-        let v = Version::parse("28.1").unwrap();
-        assert_eq!(
-            restart_command(&v).unwrap(),
-            "systemctl stop 'node@*' && systemctl start 'node@28.1'"
-        );
-        for bad in ["1; rm -rf /", "$(id)", "a b", "", "-x", "1'2"] {
-            assert!(Version::parse(bad).is_err(), "{bad} must not parse");
+    fn pending_tag_round_trips() {
+        for tag in ["upgrade:28.1", "change-type:m5.large", "reconfigure", "x:y"] {
+            assert_eq!(PendingStep::from_tag(tag).to_tag(), tag);
         }
+        assert_eq!(
+            PendingStep::from_tag("upgrade:28.1"),
+            PendingStep::Upgrade { to: "28.1".into() }
+        );
+        assert!(matches!(
+            PendingStep::from_tag("upgrade"),
+            PendingStep::Unknown { .. }
+        ));
+        let v = Version::parse("28.1").unwrap();
+        assert!(PendingStep::from_tag("upgrade:28.1").is_upgrade_to(&v));
+        assert!(!PendingStep::from_tag("change-type:28.1").is_upgrade_to(&v));
     }
 
     #[test]
-    fn pending_tag_round_trips() {
-        let p = PendingStep {
-            step: "upgrade".into(),
-            target: "28.1".into(),
-        };
-        assert_eq!(PendingStep::from_tag(&p.to_tag()), p);
+    fn an_instance_reads_its_tags_once() {
+        let mut t = BTreeMap::new();
+        for (k, v) in [
+            (tags::MANAGED, "true"),
+            (tags::COIN, "bitcoin"),
+            (tags::ZONE, "eu-central-1a"),
+            (tags::INDEX, "2"),
+            (tags::VERSION, "28.1"),
+            (tags::PENDING, "change-type:m5.xlarge"),
+        ] {
+            t.insert(k.to_string(), v.to_string());
+        }
+        let i = ObservedInstance::new(
+            "i-1".into(),
+            t,
+            InstanceState::Stopped,
+            "m5.large".into(),
+            None,
+            None,
+        );
+        assert_eq!(
+            i.identity,
+            Ok(NodeKey::parse("bitcoin", "eu-central-1a", 2).unwrap())
+        );
+        assert!(
+            i.version.known().is_none(),
+            "a pending step hides the version"
+        );
+        assert_eq!(i.recorded_version.unwrap().as_str(), "28.1");
+        assert_eq!(
+            i.pending,
+            Some(PendingStep::ChangeType {
+                to: "m5.xlarge".into()
+            })
+        );
     }
 }

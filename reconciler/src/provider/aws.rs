@@ -11,6 +11,8 @@
 //! - SSM commands always name their one instance, are waited for with a bound, and are read
 //!   back with GetCommandInvocation (never ListCommandInvocations).
 
+use super::commands::{GROW_FS_COMMAND, is_active_command, restart_command};
+use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
@@ -298,7 +300,7 @@ impl AwsProvider {
         Ok(())
     }
 
-    async fn delete_tag(&self, id: &str, key: &str) -> Result<(), ProviderError> {
+    async fn remove_tag(&self, id: &str, key: &str) -> Result<(), ProviderError> {
         self.ec2
             .delete_tags()
             .resources(id)
@@ -486,7 +488,7 @@ impl AwsProvider {
         let zone = inst
             .placement()
             .and_then(|p| p.availability_zone())
-            .unwrap_or(&node.key.zone)
+            .unwrap_or(node.key.zone.as_str())
             .to_string();
         let index = node.key.index.to_string();
         let mut spec = TagSpecification::builder().resource_type(ResourceType::Snapshot);
@@ -554,6 +556,40 @@ fn millis(t: Option<&aws_smithy_types::DateTime>) -> u64 {
     t.and_then(|t| t.to_millis().ok()).unwrap_or(0).max(0) as u64
 }
 
+fn state_of(i: &aws_sdk_ec2::types::Instance) -> InstanceState {
+    InstanceState::parse(
+        i.state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str())
+            .unwrap_or("unknown"),
+    )
+}
+
+/// The protocol's primitives: DescribeInstances by id, CreateTags, DeleteTags.
+#[async_trait]
+impl InstanceRecord for AwsProvider {
+    async fn read(&self, node: &NodeRef) -> Result<InstanceFacts, ProviderError> {
+        let i = self.instance(node).await?;
+        Ok(InstanceFacts {
+            tags: tag_map(i.tags()),
+            state: state_of(&i),
+            instance_type: i
+                .instance_type()
+                .map(|t| t.as_str())
+                .unwrap_or("")
+                .to_string(),
+        })
+    }
+
+    async fn write_tags(&self, node: &NodeRef, t: &[(&str, &str)]) -> Result<(), ProviderError> {
+        self.create_tags(&node.instance_id, t).await
+    }
+
+    async fn delete_tag(&self, node: &NodeRef, key: &str) -> Result<(), ProviderError> {
+        self.remove_tag(&node.instance_id, key).await
+    }
+}
+
 #[async_trait]
 impl Provider for AwsProvider {
     fn name(&self) -> &'static str {
@@ -564,7 +600,7 @@ impl Provider for AwsProvider {
         self.stats.calls()
     }
 
-    async fn observe(&self, desired: &Desired) -> Result<Observed, ProviderError> {
+    async fn observe(&self, scope: &Scope) -> Result<Observation, ProviderError> {
         let before = self.stats.calls();
         // Instances: every managed one that is not terminated.
         let mut raw = Vec::new();
@@ -585,27 +621,21 @@ impl Provider for AwsProvider {
                 .map_err(|e| self.err("ec2:DescribeInstances", None, e))?;
             for i in out.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = i.instance_id() else { continue };
-                raw.push(RawInstance {
-                    instance_id: id.to_string(),
-                    tags: tag_map(i.tags()),
-                    state: InstanceState::parse(
-                        i.state()
-                            .and_then(|s| s.name())
-                            .map(|n| n.as_str())
-                            .unwrap_or("unknown"),
-                    ),
-                    instance_type: i
-                        .instance_type()
+                raw.push(ObservedInstance::new(
+                    id.to_string(),
+                    tag_map(i.tags()),
+                    state_of(i),
+                    i.instance_type()
                         .map(|t| t.as_str())
                         .unwrap_or("")
                         .to_string(),
-                    private_ip: i.private_ip_address().map(str::to_string),
-                    data_volume: data_volume_id(i).map(|v| ObservedVolume {
+                    i.private_ip_address().map(str::to_string),
+                    data_volume_id(i).map(|v| ObservedVolume {
                         volume_id: v,
                         size_gb: 0,
                         snapshot_id: None,
                     }),
-                });
+                ));
             }
             token = out
                 .next_token()
@@ -693,7 +723,7 @@ impl Provider for AwsProvider {
             }
         }
         // Node records.
-        let domain = desired.fleet.internal_domain.as_str();
+        let domain = scope.internal_domain.as_str();
         let mut dns = Vec::new();
         let mut start: Option<(String, RrType)> = None;
         loop {
@@ -704,7 +734,7 @@ impl Provider for AwsProvider {
             let out = self
                 .r53
                 .list_resource_record_sets()
-                .hosted_zone_id(desired.fleet.hosted_zone_id.as_str())
+                .hosted_zone_id(scope.hosted_zone_id.as_str())
                 .max_items(300)
                 .set_start_record_name(name)
                 .set_start_record_type(ty)
@@ -727,7 +757,7 @@ impl Provider for AwsProvider {
             }
         }
         let calls = self.stats.calls() - before;
-        Ok(Observed::assemble(desired, raw, dns, snapshots, calls))
+        Ok(Observation::new(raw, dns, snapshots, calls))
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError> {
@@ -737,8 +767,14 @@ impl Provider for AwsProvider {
             .ec2
             .describe_instances()
             .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
-            .filters(Self::filter(&format!("tag:{}", tags::COIN), &[&key.coin]))
-            .filters(Self::filter(&format!("tag:{}", tags::ZONE), &[&key.zone]))
+            .filters(Self::filter(
+                &format!("tag:{}", tags::COIN),
+                &[key.coin.as_str()],
+            ))
+            .filters(Self::filter(
+                &format!("tag:{}", tags::ZONE),
+                &[key.zone.as_str()],
+            ))
             .filters(Self::filter(&format!("tag:{}", tags::INDEX), &[&index]))
             .filters(Self::filter(
                 "instance-state-name",
@@ -894,26 +930,22 @@ impl Provider for AwsProvider {
 
     async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
         let command = restart_command(version)?;
-        let inst = self.instance(node).await?;
-        let t = tag_map(inst.tags());
-        if t.get(tags::VERSION).map(String::as_str) == Some(version.as_str())
-            && !t.contains_key(tags::PENDING)
-        {
-            return Ok(Outcome::AlreadyDone);
-        }
-        let pending = PendingStep {
-            step: "upgrade".into(),
-            target: version.to_string(),
-        }
-        .to_tag();
-        self.create_tags(&node.instance_id, &[(tags::PENDING, &pending)])
-            .await?;
-        self.run_command(node, &command, &format!("fleet: {} to {version}", node.key))
-            .await?;
-        self.create_tags(&node.instance_id, &[(tags::VERSION, version.as_str())])
-            .await?;
-        self.delete_tag(&node.instance_id, tags::PENDING).await?;
-        Ok(Outcome::Done)
+        let marker = PendingStep::Upgrade {
+            to: version.to_string(),
+        };
+        run_marked(
+            self,
+            node,
+            &marker,
+            |i| i.tag(tags::VERSION) == Some(version.as_str()),
+            &[(tags::VERSION, version.as_str())],
+            |_| async {
+                self.run_command(node, &command, &format!("fleet: {} to {version}", node.key))
+                    .await
+                    .map(drop)
+            },
+        )
+        .await
     }
 
     async fn confirm_version(
@@ -922,26 +954,24 @@ impl Provider for AwsProvider {
         version: &Version,
     ) -> Result<bool, ProviderError> {
         let command = is_active_command(version)?;
-        let inst = self.instance(node).await?;
-        let t = tag_map(inst.tags());
-        if t.get(tags::VERSION).map(String::as_str) == Some(version.as_str())
-            && !t.contains_key(tags::PENDING)
-        {
-            return Ok(true);
-        }
-        match self
-            .run_command(node, &command, &format!("fleet: is node@{version} active"))
-            .await
-        {
-            Ok(_) => {}
-            // `systemctl is-active` exits 3 when the unit is not active.
-            Err(ProviderError::CommandFailed { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        self.create_tags(&node.instance_id, &[(tags::VERSION, version.as_str())])
-            .await?;
-        self.delete_tag(&node.instance_id, tags::PENDING).await?;
-        Ok(true)
+        confirm_marked(
+            self,
+            node,
+            |i| i.tag(tags::VERSION) == Some(version.as_str()),
+            &[(tags::VERSION, version.as_str())],
+            |_| async {
+                match self
+                    .run_command(node, &command, &format!("fleet: is node@{version} active"))
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    // `systemctl is-active` exits 3 when the unit is not active.
+                    Err(ProviderError::CommandFailed { .. }) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await
     }
 
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
@@ -1040,56 +1070,52 @@ impl Provider for AwsProvider {
         node: &NodeRef,
         instance_type: &InstanceType,
     ) -> Result<Outcome, ProviderError> {
-        let inst = self.instance(node).await?;
-        let state = inst
-            .state()
-            .and_then(|s| s.name())
-            .map(|n| n.as_str().to_string());
-        let t = tag_map(inst.tags());
-        let current = inst.instance_type().map(|t| t.as_str()).unwrap_or("");
-        if current == instance_type.as_str()
-            && matches!(state.as_deref(), Some("running" | "pending"))
-            && !t.contains_key(tags::PENDING)
-        {
-            return Ok(Outcome::AlreadyDone);
-        }
-        let pending = PendingStep {
-            step: "change-type".into(),
-            target: instance_type.to_string(),
-        }
-        .to_tag();
-        self.create_tags(&node.instance_id, &[(tags::PENDING, &pending)])
-            .await?;
-        if state.as_deref() != Some("stopped") {
-            self.ec2
-                .stop_instances()
-                .instance_ids(&node.instance_id)
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:StopInstances", Some(&node.instance_id), e))?;
-            self.wait_state(node, "stopped").await?;
-        }
-        if current != instance_type.as_str() {
-            self.ec2
-                .modify_instance_attribute()
-                .instance_id(&node.instance_id)
-                .instance_type(
-                    aws_sdk_ec2::types::AttributeValue::builder()
-                        .value(instance_type.as_str())
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&node.instance_id), e))?;
-        }
-        self.ec2
-            .start_instances()
-            .instance_ids(&node.instance_id)
-            .send()
-            .await
-            .map_err(|e| self.err("ec2:StartInstances", Some(&node.instance_id), e))?;
-        self.delete_tag(&node.instance_id, tags::PENDING).await?;
-        Ok(Outcome::Done)
+        let marker = PendingStep::ChangeType {
+            to: instance_type.to_string(),
+        };
+        run_marked(
+            self,
+            node,
+            &marker,
+            |i| {
+                i.instance_type == instance_type.as_str()
+                    && matches!(i.state, InstanceState::Running | InstanceState::Pending)
+            },
+            &[],
+            |facts| async move {
+                let id = node.instance_id.as_str();
+                if facts.state != InstanceState::Stopped {
+                    self.ec2
+                        .stop_instances()
+                        .instance_ids(id)
+                        .send()
+                        .await
+                        .map_err(|e| self.err("ec2:StopInstances", Some(id), e))?;
+                    self.wait_state(node, "stopped").await?;
+                }
+                if facts.instance_type != instance_type.as_str() {
+                    self.ec2
+                        .modify_instance_attribute()
+                        .instance_id(id)
+                        .instance_type(
+                            aws_sdk_ec2::types::AttributeValue::builder()
+                                .value(instance_type.as_str())
+                                .build(),
+                        )
+                        .send()
+                        .await
+                        .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(id), e))?;
+                }
+                self.ec2
+                    .start_instances()
+                    .instance_ids(id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:StartInstances", Some(id), e))?;
+                Ok(())
+            },
+        )
+        .await
     }
 
     async fn snapshot(&self, node: &NodeRef, reason: &str) -> Result<String, ProviderError> {

@@ -1,0 +1,151 @@
+//! A plan step as provider calls: each [`Action`] becomes the call (or calls) that carry it
+//! out, its outcome is journaled and told to the notifier as a [`StepOutcome`], and the coin
+//! is marked changed in the shared view.
+
+use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
+use crate::events::{Event, Failure, StepOutcome};
+use crate::node::NodeKey;
+use crate::plan::{Action, Step, Wave};
+use crate::provider::{DnsTarget, LaunchSpec, NodeRef, Outcome, ProviderError};
+use crate::store::{Record, StepRecord};
+use std::collections::BTreeMap;
+
+impl Executor {
+    /// Run a wave's steps, node by node; returns the instance id of each node.
+    pub(super) async fn run_steps(
+        &self,
+        run: &CoinRun<'_>,
+        wave: &Wave,
+        report: &mut CoinReport,
+    ) -> StepResult<BTreeMap<NodeKey, String>> {
+        let coin = &run.cp.coin;
+        let mut ids: BTreeMap<NodeKey, String> = BTreeMap::new();
+        for step in &wave.steps {
+            if run.cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            if let (Some(node), Some(id)) = (&step.node, &step.instance_id) {
+                ids.entry(node.clone()).or_insert_with(|| id.clone());
+            }
+            self.emit(Event::StepStarted {
+                coin: coin.clone(),
+                node: step.node.clone(),
+                action: step.action.clone(),
+            });
+            let instance = step.node.as_ref().and_then(|n| ids.get(n).cloned());
+            let r = self.run_step(run, step, instance).await;
+            run.view.changed(coin);
+            report.steps += 1;
+            let (outcome, launched) = match r {
+                Ok((id, Outcome::Done)) => (StepOutcome::Done, id),
+                Ok((id, Outcome::AlreadyDone)) => (StepOutcome::AlreadyDone, id),
+                Err(error) => (StepOutcome::Failed { error }, None),
+            };
+            let (recorded, detail) = match &outcome {
+                StepOutcome::Done => (StepRecord::Done, step.action.to_string()),
+                StepOutcome::AlreadyDone => (StepRecord::AlreadyDone, step.action.to_string()),
+                StepOutcome::Failed { error } => (StepRecord::Failed, error.to_string()),
+            };
+            let _ = self.journal.append(Record::Step {
+                coin: coin.to_string(),
+                node: step
+                    .node
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+                action: step.action.name().into(),
+                outcome: recorded,
+                detail,
+                at_ms: self.now(),
+            });
+            self.emit(Event::StepFinished {
+                coin: coin.clone(),
+                node: step.node.clone(),
+                action: step.action.name(),
+                outcome: outcome.clone(),
+            });
+            if let (Some(node), Some(id)) = (&step.node, launched) {
+                ids.insert(node.clone(), id);
+            }
+            if let StepOutcome::Failed { error } = outcome {
+                return Err(Stop::from(Failure::Step {
+                    zone: wave.zone.clone(),
+                    node: step.node.clone(),
+                    action: step.action.name().into(),
+                    error,
+                }));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// One step; returns the node's instance id when the step made one (a launch).
+    async fn run_step(
+        &self,
+        run: &CoinRun<'_>,
+        step: &Step,
+        instance_id: Option<String>,
+    ) -> Result<(Option<String>, Outcome), ProviderError> {
+        let p = &self.provider;
+        let desired = run.desired;
+        let node = || -> Result<NodeRef, ProviderError> {
+            let key = step
+                .node
+                .clone()
+                .ok_or_else(|| ProviderError::Setup(format!("{} without a node", step.action)))?;
+            Ok(NodeRef {
+                instance_id: instance_id
+                    .clone()
+                    .ok_or_else(|| ProviderError::Setup(format!("no instance for {key}")))?,
+                key,
+            })
+        };
+        let zone_id = desired.fleet.hosted_zone_id.as_str();
+        match &step.action {
+            Action::Launch { snapshot_id, .. } => {
+                let coin = run
+                    .coin()
+                    .map_err(|_| ProviderError::Setup(format!("coin {} missing", run.cp.coin)))?;
+                let slot = coin
+                    .nodes
+                    .iter()
+                    .find(|s| Some(NodeKey::of(s)) == step.node)
+                    .ok_or_else(|| ProviderError::Setup(format!("no slot for {}", step.action)))?;
+                let spec = LaunchSpec::new(&desired.fleet, coin, slot, snapshot_id.clone())?;
+                let (id, o) = p.launch(&spec).await?;
+                Ok((Some(id), o))
+            }
+            Action::Upgrade {
+                to,
+                snapshot_first,
+                confirm_first,
+                ..
+            } => {
+                let n = node()?;
+                if *confirm_first && p.confirm_version(&n, to).await? {
+                    return Ok((None, Outcome::AlreadyDone));
+                }
+                if *snapshot_first {
+                    p.snapshot(&n, &format!("before-upgrade:{to}")).await?;
+                }
+                Ok((None, p.upgrade(&n, to).await?))
+            }
+            Action::GrowVolume { to_gb, .. } => Ok((None, p.grow_volume(&node()?, *to_gb).await?)),
+            Action::ChangeType { to, .. } | Action::Start { instance_type: to } => {
+                Ok((None, p.change_instance_type(&node()?, to).await?))
+            }
+            Action::SetDns { name } => {
+                let target = DnsTarget {
+                    hosted_zone_id: zone_id.to_string(),
+                    name: name.clone(),
+                };
+                Ok((None, p.set_dns(&node()?, &target).await?))
+            }
+            Action::Retire { dns } => {
+                p.retire(&node()?, zone_id, dns).await?;
+                Ok((None, Outcome::Done))
+            }
+            Action::DeleteDns { record } => Ok((None, p.delete_dns(zone_id, record).await?)),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! One observation of the fleet, shared by every coin of an apply.
+//!
+//! Coins waiting on their budget, a probe-`none` start or a gate all need to know which
+//! instances exist and whether they run. Observing the whole fleet for each of them at each
+//! poll would cost N full observations per poll (on AWS, 25 waiting coins at a 5 s poll is
+//! 25 × 8 calls every 5 s: throttling in exactly the large rollout that needs the API most).
+//! Instead a coin asks the view, which observes at most once per `max_age` for all of them.
+//!
+//! What keeps that safe: a coin's own steps change what is true of its nodes, so each step
+//! marks its coin changed ([`FleetView::changed`]) and that coin's next question observes
+//! again; an observation taken while a step ran does not count for the step's coin. What
+//! others do to a coin's nodes is seen within `max_age`, and is caught sooner by the probes,
+//! which ask the nodes themselves on every poll.
+
+use crate::clock::{Clock, Millis};
+use crate::events::Failure;
+use crate::plan::Observed;
+use crate::provider::{Provider, ProviderError, Scope};
+use fleet_repo_schema::Desired;
+use fleet_repo_schema::values::CoinName;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Observe the fleet of `desired` once and sort it into its slots: what every caller that
+/// needs "which node is in this slot" does (the executor through [`FleetView`], the daemon's
+/// pass, `fleet plan`).
+pub async fn observe(
+    provider: &dyn Provider,
+    desired: &Desired,
+) -> Result<Observed, ProviderError> {
+    let observation = provider.observe(&Scope::of(&desired.fleet)).await?;
+    Ok(Observed::assign(desired, observation))
+}
+
+/// The last observation, when it was taken, and each coin's change count at that moment.
+#[derive(Debug)]
+struct Taken {
+    at_ms: Millis,
+    changes: BTreeMap<CoinName, u64>,
+    observed: Arc<Observed>,
+}
+
+/// The fleet as last observed, shared by the coins of one apply.
+pub struct FleetView {
+    provider: Arc<dyn Provider>,
+    desired: Arc<Desired>,
+    clock: Arc<dyn Clock>,
+    max_age_ms: u64,
+    /// Steps run per coin (the lock is held only to read or bump a count).
+    changes: std::sync::Mutex<BTreeMap<CoinName, u64>>,
+    /// Held across an observation, so concurrent askers wait for one instead of each
+    /// starting their own.
+    last: tokio::sync::Mutex<Option<Taken>>,
+    /// Observations made, for tests and figures.
+    observations: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for FleetView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetView")
+            .field("max_age_ms", &self.max_age_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetView {
+    /// A view of `desired`'s fleet through `provider`, re-observed when older than
+    /// `max_age_ms` of `clock`'s time.
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        desired: Arc<Desired>,
+        clock: Arc<dyn Clock>,
+        max_age_ms: u64,
+    ) -> FleetView {
+        FleetView {
+            provider,
+            desired,
+            clock,
+            max_age_ms,
+            changes: std::sync::Mutex::new(BTreeMap::new()),
+            last: tokio::sync::Mutex::new(None),
+            observations: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn changes_of(&self, coin: &CoinName) -> u64 {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(coin)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A step of `coin` changed (or may have changed) the world: its next question observes.
+    pub fn changed(&self, coin: &CoinName) {
+        *self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(coin.clone())
+            .or_default() += 1;
+    }
+
+    /// The fleet, as observed after `coin`'s last step and at most `max_age` ago.
+    pub async fn for_coin(&self, coin: &CoinName) -> Result<Arc<Observed>, Failure> {
+        let mut last = self.last.lock().await;
+        let now = self.clock.now_ms();
+        let mine = self.changes_of(coin);
+        if let Some(t) = last.as_ref()
+            && now.saturating_sub(t.at_ms) < self.max_age_ms
+            && t.changes.get(coin).copied().unwrap_or(0) == mine
+        {
+            return Ok(Arc::clone(&t.observed));
+        }
+        // The counts as they were before observing: a step that finishes meanwhile makes its
+        // coin observe again.
+        let changes = self
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let observed = observe(self.provider.as_ref(), &self.desired)
+            .await
+            .map_err(|error| Failure::Observe { error })?;
+        self.observations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let observed = Arc::new(observed);
+        *last = Some(Taken {
+            at_ms: now,
+            changes,
+            observed: Arc::clone(&observed),
+        });
+        Ok(observed)
+    }
+
+    /// Observations made so far.
+    pub fn observations(&self) -> u64 {
+        self.observations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,412 @@
+//! Everything the executor waits on the chain for: the budget before a wave
+//! (`max_unavailable`), the gates after it, the zone's bake, and the earlier zones before a
+//! coin's first wave. Every wait asks the same two things: the shared view (which instances
+//! exist and run) and the probes, judged by [`crate::health::rate`] and the [`Gate`].
+
+use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
+use crate::clock::Millis;
+use crate::events::{BudgetWait, Event, Failure, GatePhase};
+use crate::health::rating::reference_height;
+use crate::health::{
+    ChainStatus, CoinHealth, Gate, GateConfig, NodeInput, ProbeError, ProbeTarget, Verdict, rate,
+};
+use crate::node::NodeKey;
+use crate::plan::{ObservedNode, Wave};
+use crate::store::Record;
+use fleet_repo_schema::values::Zone;
+use fleet_repo_schema::{Coin, Probe};
+use std::collections::{BTreeMap, BTreeSet};
+
+type Readings = BTreeMap<NodeKey, Result<ChainStatus, ProbeError>>;
+
+impl Executor {
+    fn target(&self, coin: &Coin, key: &NodeKey, instance_id: &str) -> ProbeTarget {
+        let dns_name = coin
+            .nodes
+            .iter()
+            .find(|s| NodeKey::of(s) == *key)
+            .map(|s| s.dns_name.clone())
+            .unwrap_or_default();
+        ProbeTarget {
+            key: key.clone(),
+            instance_id: instance_id.to_string(),
+            dns_name,
+            health: coin.health.clone(),
+        }
+    }
+
+    /// Probe `nodes` (key, instance id): every one, whatever its observed state. One after
+    /// the other, as close together in time as the probes allow: the readings are compared
+    /// with each other (the reference height), and readings taken far apart would make a
+    /// node that is in sync look behind on a fast chain.
+    async fn probe(&self, coin: &Coin, nodes: &[(NodeKey, String)]) -> Readings {
+        let mut readings = Readings::new();
+        if coin.health.probe == Probe::None {
+            return readings;
+        }
+        for (k, id) in nodes {
+            let r = self.prober.probe(&self.target(coin, k, id)).await;
+            readings.insert(k.clone(), r);
+        }
+        readings
+    }
+
+    /// Probe the running ones of `nodes` and rate them all.
+    async fn rate_now(&self, coin: &Coin, nodes: &[ObservedNode]) -> (CoinHealth, Readings) {
+        let running: Vec<(NodeKey, String)> = nodes
+            .iter()
+            .filter(|n| n.running())
+            .map(|n| (n.key.clone(), n.instance_id.clone()))
+            .collect();
+        let readings = self.probe(coin, &running).await;
+        let health = rate(
+            coin.health.probe,
+            coin.health.max_lag_blocks,
+            nodes.iter().map(|n| NodeInput {
+                key: &n.key,
+                running: n.running(),
+                step_pending: n.pending.is_some(),
+                reading: readings.get(&n.key),
+            }),
+            None,
+        );
+        (health, readings)
+    }
+
+    /// The coin's nodes, from the shared view.
+    async fn nodes_of(&self, run: &CoinRun<'_>, coin: &Coin) -> StepResult<Vec<ObservedNode>> {
+        let observed = run.view.for_coin(&coin.name).await?;
+        Ok(observed.nodes_of(&coin.name).to_vec())
+    }
+
+    async fn sleep(&self, run: &CoinRun<'_>, ms: u64) -> StepResult<()> {
+        tokio::select! {
+            _ = self.clock.sleep(ms) => Ok(()),
+            _ = run.cancel.cancelled() => Err(Stop::Cancelled),
+        }
+    }
+
+    /// Wait until taking the wave's nodes down keeps the coin within `max_unavailable`.
+    pub(super) async fn wait_for_budget(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        zone: &Zone,
+        wave: &Wave,
+    ) -> StepResult<()> {
+        let disrupted: BTreeSet<NodeKey> = wave.disrupted().into_iter().cloned().collect();
+        let t0 = self.now();
+        let limit = coin.health.stall_timeout.0.as_millis() as u64;
+        let mut told = false;
+        loop {
+            let nodes = self.nodes_of(run, coin).await?;
+            let (health, _) = self.rate_now(coin, &nodes).await;
+            let down: BTreeSet<&NodeKey> = health.down().collect();
+            let others: Vec<NodeKey> = down
+                .iter()
+                .filter(|k| !disrupted.contains(**k))
+                .map(|k| (*k).clone())
+                .collect();
+            let would_be = others.len() + disrupted.len();
+            // A wave whose nodes are all down already takes nothing down.
+            let adds = disrupted.iter().any(|k| !down.contains(k));
+            if !adds || would_be as u32 <= run.cp.max_unavailable {
+                return Ok(());
+            }
+            let wait = BudgetWait {
+                others_down: others,
+                taking: disrupted.len(),
+                max_unavailable: run.cp.max_unavailable,
+            };
+            let waited_ms = self.now() - t0;
+            if waited_ms >= limit {
+                return Err(Stop::from(Failure::Budget {
+                    zone: zone.clone(),
+                    others_down: wait.others_down,
+                    taking: wait.taking,
+                    max_unavailable: wait.max_unavailable,
+                    waited_ms,
+                }));
+            }
+            if !told {
+                told = true;
+                self.emit(Event::Waiting {
+                    coin: coin.name.clone(),
+                    zone: zone.clone(),
+                    wait,
+                });
+            }
+            self.sleep(run, self.opts.poll_ms).await?;
+        }
+    }
+
+    /// Gate the nodes `wave` took down (`ids`: their instance ids).
+    pub(super) async fn gate_wave(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        zone: &Zone,
+        wave: &Wave,
+        ids: &BTreeMap<NodeKey, String>,
+        report: &mut CoinReport,
+    ) -> StepResult<()> {
+        let nodes: Vec<(NodeKey, String)> = wave
+            .disrupted()
+            .into_iter()
+            .filter_map(|k| ids.get(k).map(|id| (k.clone(), id.clone())))
+            .collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let t0 = self.now();
+        self.gate_nodes(run, coin, zone, &nodes, GatePhase::AfterStep)
+            .await?;
+        report.gate_wait_ms += self.now() - t0;
+        Ok(())
+    }
+
+    /// Gate `nodes` (key, instance id) until all are in sync, or one fails.
+    async fn gate_nodes(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        zone: &Zone,
+        nodes: &[(NodeKey, String)],
+        phase: GatePhase,
+    ) -> StepResult<()> {
+        if coin.health.probe == Probe::None {
+            // The explicit choice of a coin without RPC: running is all that is known.
+            return self.wait_running(run, coin, zone, nodes).await;
+        }
+        let cfg = GateConfig::of(&coin.health);
+        let start = self.now();
+        let mut gates: BTreeMap<NodeKey, Gate> = nodes
+            .iter()
+            .map(|(k, _)| (k.clone(), Gate::new(cfg, start)))
+            .collect();
+        let gated: BTreeSet<&NodeKey> = nodes.iter().map(|(k, _)| k).collect();
+        // Observed once: instance ids do not change during a gate; from then on only the
+        // nodes are asked.
+        let others: Vec<(NodeKey, String)> = self
+            .nodes_of(run, coin)
+            .await?
+            .into_iter()
+            .filter(|n| n.running() && !gated.contains(&n.key))
+            .map(|n| (n.key, n.instance_id))
+            .collect();
+        let everyone: Vec<(NodeKey, String)> = others.iter().chain(nodes).cloned().collect();
+        loop {
+            let readings = self.probe(coin, &everyone).await;
+            let reference = reference_height(readings.values());
+            let now = self.now();
+            let mut in_sync = 0;
+            for (key, _) in nodes {
+                let gate = gates.get_mut(key).expect("one gate per node");
+                let reading = readings
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| no_reading(key));
+                let v = gate.observe(now, &reading, reference);
+                self.emit(Event::Gate {
+                    coin: coin.name.clone(),
+                    zone: zone.clone(),
+                    node: key.clone(),
+                    verdict: v.clone(),
+                });
+                match v {
+                    Verdict::InSync { .. } => in_sync += 1,
+                    Verdict::Waiting { .. } => {}
+                    Verdict::Failed(failure) => {
+                        return Err(Stop::from(Failure::Gate {
+                            zone: zone.clone(),
+                            node: key.clone(),
+                            phase,
+                            failure,
+                        }));
+                    }
+                }
+            }
+            if in_sync == nodes.len() {
+                return Ok(());
+            }
+            self.sleep(run, self.opts.poll_ms).await?;
+        }
+    }
+
+    /// Probe `none`: wait until the nodes' instances run, within `sync_timeout`.
+    async fn wait_running(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        zone: &Zone,
+        nodes: &[(NodeKey, String)],
+    ) -> StepResult<()> {
+        let t0 = self.now();
+        let limit = coin.health.sync_timeout.0.as_millis() as u64;
+        loop {
+            let all = self.nodes_of(run, coin).await?;
+            let (health, _) = self.rate_now(coin, &all).await;
+            let waiting: Vec<NodeKey> = nodes
+                .iter()
+                .filter(|(k, _)| !health.is_up(k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if self.now() - t0 >= limit {
+                return Err(Stop::from(Failure::NotRunning {
+                    zone: zone.clone(),
+                    nodes: waiting,
+                    after_ms: limit,
+                }));
+            }
+            self.sleep(run, self.opts.poll_ms).await?;
+        }
+    }
+
+    /// Hold every node of `zone` in sync for `bake`, resuming a journaled bake.
+    pub(super) async fn bake(&self, run: &CoinRun<'_>, coin: &Coin, zone: &Zone) -> StepResult<()> {
+        let version = coin.version.as_str();
+        let bake_ms = coin.rollout.bake.0.as_millis() as u64;
+        let mut start = match self
+            .journal
+            .bake_started(coin.name.as_str(), zone.as_str(), version)
+        {
+            Some(t) if t <= self.now() => t,
+            _ => self.begin_bake(coin, zone)?,
+        };
+        let cfg = GateConfig::of(&coin.health);
+        let mut gates: BTreeMap<NodeKey, Gate> = BTreeMap::new();
+        let mut broken = false;
+        let all = self.nodes_of(run, coin).await?;
+        loop {
+            let (health, readings) = self.rate_now(coin, &all).await;
+            let mut all_ok = true;
+            for n in all.iter().filter(|n| n.key.zone == *zone) {
+                if health.is_up(&n.key) {
+                    gates.remove(&n.key);
+                    continue;
+                }
+                all_ok = false;
+                // Out of sync during the bake: it gets the gate's own timeouts to come
+                // back, and the bake starts over once it has.
+                let now = self.now();
+                let gate = gates
+                    .entry(n.key.clone())
+                    .or_insert_with(|| Gate::new(cfg, now));
+                let reading = readings
+                    .get(&n.key)
+                    .cloned()
+                    .unwrap_or_else(|| no_reading(&n.key));
+                let v = gate.observe(now, &reading, health.reference);
+                self.emit(Event::Gate {
+                    coin: coin.name.clone(),
+                    zone: zone.clone(),
+                    node: n.key.clone(),
+                    verdict: v.clone(),
+                });
+                if let Verdict::Failed(failure) = v {
+                    return Err(Stop::from(Failure::Gate {
+                        zone: zone.clone(),
+                        node: n.key.clone(),
+                        phase: GatePhase::Bake,
+                        failure,
+                    }));
+                }
+            }
+            let now = self.now();
+            if !all_ok {
+                broken = true;
+            } else if broken {
+                // Back in sync: the bake starts over (journaled once, not at every reading).
+                broken = false;
+                start = self.begin_bake(coin, zone)?;
+            } else if now - start >= bake_ms {
+                let _ = self.journal.append(Record::ZonePassed {
+                    coin: coin.name.to_string(),
+                    zone: zone.to_string(),
+                    version: version.to_string(),
+                    at_ms: now,
+                });
+                return Ok(());
+            }
+            let elapsed_ms = if broken { 0 } else { now.saturating_sub(start) };
+            self.emit(Event::Baking {
+                coin: coin.name.clone(),
+                zone: zone.clone(),
+                elapsed_ms,
+                bake_ms,
+            });
+            // Sleep to the end of the bake when it is near, so the bake is not overshot.
+            let left = bake_ms.saturating_sub(elapsed_ms);
+            self.sleep(run, self.opts.poll_ms.min(left.max(1))).await?;
+        }
+    }
+
+    fn begin_bake(&self, coin: &Coin, zone: &Zone) -> StepResult<Millis> {
+        let now = self.now();
+        self.journal
+            .append(Record::BakeStarted {
+                coin: coin.name.to_string(),
+                zone: zone.to_string(),
+                version: coin.version.to_string(),
+                at_ms: now,
+            })
+            .map_err(|e| {
+                Stop::from(Failure::Journal {
+                    error: e.to_string(),
+                })
+            })?;
+        Ok(now)
+    }
+
+    /// Before a coin's first wave in `zone`: every node of every earlier zone must be in sync,
+    /// and an earlier zone whose bake towards this version has not passed (a crash after its
+    /// nodes were changed, or a lost journal) is baked first.
+    pub(super) async fn earlier_zones_ready(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        zone: &Zone,
+        report: &mut CoinReport,
+    ) -> StepResult<()> {
+        let Some(pos) = coin.zones.iter().position(|z| z == zone) else {
+            return Ok(());
+        };
+        if pos == 0 {
+            return Ok(());
+        }
+        let all = self.nodes_of(run, coin).await?;
+        for earlier in &coin.zones[..pos] {
+            let nodes: Vec<(NodeKey, String)> = all
+                .iter()
+                .filter(|n| n.key.zone == *earlier)
+                .map(|n| (n.key.clone(), n.instance_id.clone()))
+                .collect();
+            if nodes.is_empty() {
+                continue;
+            }
+            let t0 = self.now();
+            self.gate_nodes(run, coin, earlier, &nodes, GatePhase::EarlierZone)
+                .await?;
+            if !self.journal.zone_passed(
+                coin.name.as_str(),
+                earlier.as_str(),
+                coin.version.as_str(),
+            ) {
+                self.bake(run, coin, earlier).await?;
+            }
+            report.gate_wait_ms += self.now() - t0;
+        }
+        Ok(())
+    }
+}
+
+/// The reading of a node that was not probed (not running): what a probe would have said.
+fn no_reading(key: &NodeKey) -> Result<ChainStatus, ProbeError> {
+    Err(ProbeError::Config {
+        node: key.to_string(),
+        detail: "instance not running".into(),
+    })
+}

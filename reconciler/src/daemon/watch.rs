@@ -1,0 +1,176 @@
+//! The node watch: after each observation, every running node is probed and rated with the
+//! one rating ([`crate::health::rate`]) the executor uses, and the per-coin view of `/status`
+//! and the node gauges of `/metrics` are rebuilt from it. `/status` therefore never calls a
+//! node in sync that the executor would count as down.
+
+use super::Shared;
+use super::reconcile::HeldCoins;
+use super::status::{CoinState, CoinStatus, NodeStatus};
+use crate::daemon::Good;
+use crate::health::{NodeHealth, NodeInput, ProbeTarget, Prober, probe_all, rate};
+use crate::node::NodeKey;
+use crate::plan::{Observed, Plan};
+use crate::provider::InstanceState;
+use fleet_repo_schema::Probe;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Probes in flight at once across the fleet.
+const PROBES_AT_ONCE: usize = 32;
+
+/// The label of a node in `fleet_nodes{state}`: `in_sync` or `out_of_sync` for a running node
+/// that is probed, `running` for probe `none`, else its EC2 state.
+fn state_label(state: &InstanceState, health: Option<&NodeHealth>) -> String {
+    match (state, health) {
+        (InstanceState::Running, Some(NodeHealth::Running)) => "running".into(),
+        (InstanceState::Running, Some(h)) if h.is_up() => "in_sync".into(),
+        (InstanceState::Running, _) => "out_of_sync".into(),
+        (s, _) => s.as_str().to_string(),
+    }
+}
+
+/// Probe every running node of `observed`, rate each coin, and rebuild the coins of `/status`
+/// and the observation gauges.
+pub async fn refresh(
+    shared: &Arc<Shared>,
+    good: &Good,
+    observed: &Observed,
+    p: &Plan,
+    prober: &Arc<dyn Prober>,
+    held: &HeldCoins,
+) {
+    let desired = &good.desired;
+    let mut targets = Vec::new();
+    for coin in desired.coins.values() {
+        if coin.health.probe == Probe::None {
+            continue;
+        }
+        for n in observed.nodes_of(&coin.name).iter().filter(|n| n.running()) {
+            let dns_name = coin
+                .nodes
+                .iter()
+                .find(|s| NodeKey::of(s) == n.key)
+                .map(|s| s.dns_name.clone())
+                .unwrap_or_default();
+            targets.push(ProbeTarget {
+                key: n.key.clone(),
+                instance_id: n.instance_id.clone(),
+                dns_name,
+                health: coin.health.clone(),
+            });
+        }
+    }
+    let readings = probe_all(prober, targets, PROBES_AT_ONCE).await;
+
+    let mut coins = BTreeMap::new();
+    let mut nodes_gauge: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut drift = BTreeMap::new();
+    for coin in desired.coins.values() {
+        let name = coin.name.to_string();
+        let cp = p.coins.iter().find(|c| c.coin == coin.name);
+        let steps = cp.map(|c| c.step_count()).unwrap_or(0);
+        drift.insert(name.clone(), steps);
+        let mut cs = CoinStatus {
+            desired_version: coin.version.to_string(),
+            state: if steps == 0 {
+                CoinState::InSync
+            } else {
+                CoinState::Drift
+            },
+            ..CoinStatus::default()
+        };
+        if let Some(h) = held.get(&coin.name) {
+            cs.state = CoinState::Held;
+            cs.reason = Some(format!(
+                "rollout failed for this revision: {}; push a new commit (or fix the node) to retry",
+                h.failure
+            ));
+            cs.failure = Some(h.failure.clone());
+        }
+        if let Some(cp) = cp.filter(|cp| !cp.refusals.is_empty()) {
+            cs.state = CoinState::Refused;
+            cs.reason = Some(
+                cp.refusals
+                    .iter()
+                    .map(|r| r.reason.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            cs.refusals = cp.refusals.clone();
+        }
+        for z in &coin.zones {
+            cs.zones.entry(z.to_string()).or_default();
+        }
+        let nodes = observed.nodes_of(&coin.name);
+        let health = rate(
+            coin.health.probe,
+            coin.health.max_lag_blocks,
+            nodes.iter().map(|n| NodeInput {
+                key: &n.key,
+                running: n.running(),
+                step_pending: n.pending.is_some(),
+                reading: readings.get(&n.key),
+            }),
+            None,
+        );
+        for n in nodes {
+            let h = health.nodes.get(&n.key);
+            *nodes_gauge
+                .entry((name.clone(), state_label(&n.state, h)))
+                .or_default() += 1;
+            let reading = readings.get(&n.key).and_then(|r| r.as_ref().ok());
+            cs.zones
+                .entry(n.key.zone.to_string())
+                .or_default()
+                .nodes
+                .push(NodeStatus {
+                    node: n.key.to_string(),
+                    instance_id: n.instance_id.clone(),
+                    state: n.state.as_str().to_string(),
+                    version: n.version.known().map(|v| v.to_string()),
+                    height: reading.map(|s| s.blocks),
+                    headers: reading.map(|s| s.headers),
+                    in_sync: h.map(NodeHealth::is_up),
+                    health: h.cloned(),
+                    gate: None,
+                });
+        }
+        coins.insert(name, cs);
+    }
+    let plan_steps = p.step_count();
+    shared.metrics.observed(plan_steps, &drift, &nodes_gauge);
+    shared.status_mut(|s| {
+        s.commit = Some(good.rev.clone());
+        s.commit_summary = good.summary.clone();
+        s.coins = coins;
+        s.pass.last_plan_steps = plan_steps;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::ProbeError;
+
+    #[test]
+    fn node_states_for_the_gauge() {
+        let unreachable = NodeHealth::Unreachable {
+            error: ProbeError::Timeout {
+                node: "n".into(),
+                addr: "a".into(),
+                ms: 1,
+            },
+        };
+        let r = InstanceState::Running;
+        assert_eq!(
+            state_label(&r, Some(&NodeHealth::InSync { height: 1 })),
+            "in_sync"
+        );
+        assert_eq!(state_label(&r, Some(&NodeHealth::Running)), "running");
+        assert_eq!(state_label(&r, Some(&unreachable)), "out_of_sync");
+        assert_eq!(
+            state_label(&InstanceState::Stopped, Some(&unreachable)),
+            "stopped"
+        );
+    }
+}

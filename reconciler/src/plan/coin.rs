@@ -1,0 +1,396 @@
+//! One coin's part of the plan: per slot, what differs between the desired coin and its
+//! observed node; then the repair waves, the zone waves of at most `max_unavailable`
+//! disruptive nodes, retirements and clean-ups; the approval the change needs and a rough
+//! duration.
+
+use super::*;
+use crate::provider::{InstanceState, ObservedVersion, PendingStep};
+use fleet_repo_schema::Coin;
+use fleet_repo_schema::semver::classify;
+
+pub(super) fn plan_coin(
+    desired: &Desired,
+    coin: &Coin,
+    observed: &Observed,
+    snapshots: &[&SnapshotInfo],
+    retire: Vec<Step>,
+    cleanup: Vec<Step>,
+) -> CoinPlan {
+    let mut refusals = Vec::new();
+    let mut from_versions: BTreeSet<Version> = BTreeSet::new();
+    let (mut known_class, mut unknown_plain, mut unknown_confirm) = (Class::None, false, false);
+    // Per zone: disruptive node step lists, quiet steps, and the steps that bring nodes that
+    // are down now back up.
+    let mut zones: Vec<(Zone, Vec<Vec<Step>>, Vec<Step>)> = Vec::new();
+    let mut repairs: Vec<(Zone, Vec<Step>)> = Vec::new();
+    let coin_nodes = observed.nodes_of(&coin.name);
+    let mut classes: BTreeMap<&str, Class> = BTreeMap::new();
+    let newest_snapshot = snapshots
+        .iter()
+        .filter(|s| s.state != "error" && s.size_gb <= coin.data_volume_gb)
+        .max_by_key(|s| s.started_ms);
+    for zone in &coin.zones {
+        let mut disruptive: Vec<Vec<Step>> = Vec::new();
+        let mut quiet: Vec<Step> = Vec::new();
+        let mut repair: Vec<Step> = Vec::new();
+        if !desired.fleet.subnets.contains_key(zone) {
+            refusals.push(Refusal {
+                node: None,
+                reason: format!(
+                    "zone {zone} has no subnet in fleet.yaml `network.subnets`: add one before placing {} there",
+                    coin.name
+                ),
+            });
+        }
+        for slot in coin.nodes.iter().filter(|s| &s.zone == zone) {
+            let key = NodeKey::of(slot);
+            let found = coin_nodes.binary_search_by(|n| n.key.cmp(&key));
+            let Some(n) = found.ok().map(|i| &coin_nodes[i]) else {
+                let snapshot_id = if coin.snapshots.restore_new_nodes {
+                    newest_snapshot.map(|s| s.snapshot_id.clone())
+                } else {
+                    None
+                };
+                disruptive.push(vec![Step {
+                    node: Some(key),
+                    instance_id: None,
+                    action: Action::Launch {
+                        version: coin.version.clone(),
+                        instance_type: coin.instance_type.clone(),
+                        data_volume_gb: coin.data_volume_gb,
+                        snapshot_id,
+                        dns_name: slot.dns_name.clone(),
+                    },
+                    reason: "the slot has no node".into(),
+                }]);
+                continue;
+            };
+            let id = Some(n.instance_id.clone());
+            let mut steps: Vec<Step> = Vec::new();
+            let step = |action: Action, reason: String| Step {
+                node: Some(key.clone()),
+                instance_id: id.clone(),
+                action,
+                reason,
+            };
+            match &n.state {
+                InstanceState::Running | InstanceState::Stopped | InstanceState::Stopping => {}
+                InstanceState::Pending => {
+                    // Booting: nothing to do until it runs; the gate counts it as down.
+                    continue;
+                }
+                other => {
+                    refusals.push(Refusal {
+                        node: Some(key.clone()),
+                        reason: format!(
+                            "instance {} is {}; fleet waits for it to settle (the next pass replaces a terminated node)",
+                            n.instance_id,
+                            other.as_str()
+                        ),
+                    });
+                    continue;
+                }
+            }
+            match &n.data_volume {
+                None => {
+                    refusals.push(Refusal {
+                        node: Some(key.clone()),
+                        reason: format!(
+                            "instance {} has no data volume at /dev/sdf; attach the node's volume or retire the node by hand",
+                            n.instance_id
+                        ),
+                    });
+                    continue;
+                }
+                Some(v) if v.size_gb > coin.data_volume_gb => {
+                    refusals.push(Refusal {
+                        node: Some(key.clone()),
+                        reason: format!(
+                            "{}: data_volume_gb {} is smaller than volume {} of {key} ({} GB); EBS volumes cannot shrink without losing the chain: set it back to at least {} (a smaller volume needs a new node restored from a snapshot)",
+                            coin.file, coin.data_volume_gb, v.volume_id, v.size_gb, v.size_gb
+                        ),
+                    });
+                    continue;
+                }
+                Some(v) if v.size_gb < coin.data_volume_gb => steps.push(step(
+                    Action::GrowVolume {
+                        volume_id: v.volume_id.clone(),
+                        from_gb: v.size_gb,
+                        to_gb: coin.data_volume_gb,
+                    },
+                    format!("data_volume_gb is {}", coin.data_volume_gb),
+                )),
+                Some(_) => {}
+            }
+            let stopped = matches!(n.state, InstanceState::Stopped | InstanceState::Stopping);
+            let pending_change_type = matches!(n.pending, Some(PendingStep::ChangeType { .. }));
+            if n.instance_type != coin.instance_type.as_str() || pending_change_type {
+                steps.push(step(
+                    Action::ChangeType {
+                        from: n.instance_type.clone(),
+                        to: coin.instance_type.clone(),
+                    },
+                    if pending_change_type && n.instance_type == coin.instance_type.as_str() {
+                        "an earlier change of type did not finish".into()
+                    } else {
+                        format!("instance.type is {}", coin.instance_type)
+                    },
+                ));
+            } else if stopped {
+                steps.push(step(
+                    Action::Start {
+                        instance_type: coin.instance_type.clone(),
+                    },
+                    "the instance is stopped".into(),
+                ));
+            }
+            // The version the daemon runs, as far as the record goes.
+            let (running, confirm_first): (Option<&Version>, bool) = match (&n.version, &n.pending)
+            {
+                (ObservedVersion::Known { version }, _) => (Some(version), false),
+                (ObservedVersion::Unknown { .. }, Some(PendingStep::ChangeType { .. })) => {
+                    (n.recorded_version.as_ref(), false)
+                }
+                (ObservedVersion::Unknown { .. }, Some(p @ PendingStep::Upgrade { .. })) => {
+                    (None, p.is_upgrade_to(&coin.version))
+                }
+                (ObservedVersion::Unknown { .. }, _) => (None, false),
+            };
+            if running != Some(&coin.version) {
+                let c = match running {
+                    // A coin's nodes mostly run one or two versions: classify each once.
+                    Some(v) => *classes
+                        .entry(v.as_str())
+                        .or_insert_with(|| classify(v.as_str(), coin.version.as_str())),
+                    None => Class::Unknown,
+                };
+                match running {
+                    Some(v) => {
+                        from_versions.insert(v.clone());
+                        known_class = known_class.max(c);
+                    }
+                    // An interrupted upgrade to the target counts as unknown only when no
+                    // node tells the change's size.
+                    None if confirm_first => unknown_confirm = true,
+                    None => unknown_plain = true,
+                }
+                let reason = match (running, &n.version) {
+                    (Some(v), _) => format!("version is {} (runs {v})", coin.version),
+                    (None, ObservedVersion::Unknown { reason }) => {
+                        format!(
+                            "version is {}; the node's is unknown: {reason}",
+                            coin.version
+                        )
+                    }
+                    (None, _) => format!("version is {}", coin.version),
+                };
+                steps.push(step(
+                    Action::Upgrade {
+                        from: running.map(|v| v.to_string()),
+                        to: coin.version.clone(),
+                        snapshot_first: coin.snapshots.before_upgrade,
+                        confirm_first,
+                    },
+                    reason,
+                ));
+            }
+            if !n.dns_names.iter().any(|d| d == &slot.dns_name) {
+                steps.push(step(
+                    Action::SetDns {
+                        name: slot.dns_name.clone(),
+                    },
+                    "no record of this name points at the node".into(),
+                ));
+            }
+            if stopped
+                && let Some(i) = steps.iter().position(|s| {
+                    matches!(s.action, Action::ChangeType { .. } | Action::Start { .. })
+                })
+            {
+                repair.push(steps.remove(i));
+            }
+            if steps.iter().any(|s| s.action.disruptive()) {
+                disruptive.push(steps);
+            } else {
+                quiet.extend(steps);
+            }
+        }
+        zones.push((zone.clone(), disruptive, quiet));
+        if !repair.is_empty() {
+            repairs.push((zone.clone(), repair));
+        }
+    }
+
+    // Nodes already down that no step of this plan brings up: they eat into max_unavailable.
+    let max_unavailable = coin.rollout.max_unavailable.max(1);
+    let down_elsewhere = coin_nodes
+        .iter()
+        .filter(|n| !matches!(n.state, InstanceState::Running))
+        .filter(|n| {
+            !zones
+                .iter()
+                .any(|(_, d, _)| d.iter().any(|steps| steps[0].node.as_ref() == Some(&n.key)))
+                && !repairs
+                    .iter()
+                    .any(|(_, r)| r.iter().any(|s| s.node.as_ref() == Some(&n.key)))
+        })
+        .count() as u32;
+    let batch = max_unavailable.saturating_sub(down_elsewhere).max(1) as usize;
+
+    let mut waves = Vec::new();
+    let mut estimate_ms = 0;
+    for (zone, steps) in repairs {
+        estimate_ms += steps
+            .iter()
+            .map(|s| s.action.estimate_ms())
+            .max()
+            .unwrap_or(0);
+        waves.push(Wave {
+            kind: WaveKind::Repair,
+            zone: Some(zone),
+            part: 1,
+            parts: 1,
+            steps,
+        });
+    }
+    for (zone, disruptive, quiet) in zones {
+        let parts = disruptive.len().div_ceil(batch) as u32;
+        if disruptive.is_empty() {
+            if !quiet.is_empty() {
+                waves.push(Wave {
+                    kind: WaveKind::Rollout,
+                    zone: Some(zone),
+                    part: 1,
+                    parts: 1,
+                    steps: quiet,
+                });
+            }
+            continue;
+        }
+        let mut quiet = Some(quiet);
+        // Moved, not copied, into their waves.
+        let mut nodes = disruptive.into_iter();
+        for i in 0..parts {
+            let b: Vec<Vec<Step>> = nodes.by_ref().take(batch).collect();
+            estimate_ms += b
+                .iter()
+                .map(|node| node.iter().map(|s| s.action.estimate_ms()).sum::<u64>())
+                .max()
+                .unwrap_or(0);
+            let mut steps: Vec<Step> = quiet.take().unwrap_or_default();
+            steps.extend(b.into_iter().flatten());
+            waves.push(Wave {
+                kind: WaveKind::Rollout,
+                zone: Some(zone.clone()),
+                part: i + 1,
+                parts,
+                steps,
+            });
+        }
+        estimate_ms += coin.rollout.bake.0.as_millis() as u64;
+    }
+    let n_retire = retire.len();
+    let rw = retire_waves(retire, batch);
+    estimate_ms += parallel_waves_ms(&rw);
+    waves.extend(rw);
+    if !cleanup.is_empty() {
+        waves.push(Wave {
+            kind: WaveKind::Cleanup,
+            zone: None,
+            part: 1,
+            parts: 1,
+            steps: cleanup,
+        });
+    }
+
+    let class = if unknown_plain || (known_class == Class::None && unknown_confirm) {
+        known_class.max(Class::Unknown)
+    } else {
+        known_class
+    };
+    let mut reasons = Vec::new();
+    if needs_approval(coin.rollout.approval, class) {
+        reasons.push(ApprovalReason::VersionChange {
+            class,
+            from: from_versions.iter().cloned().collect(),
+            to: coin.version.clone(),
+            policy: coin.rollout.approval,
+        });
+    }
+    if n_retire > 0 {
+        reasons.push(ApprovalReason::Retire { nodes: n_retire });
+    }
+    CoinPlan {
+        coin: coin.name.clone(),
+        target: Some(coin.version.clone()),
+        from_versions: from_versions.into_iter().collect(),
+        class,
+        approval: (!reasons.is_empty()).then_some(ApprovalNeed { reasons }),
+        max_unavailable,
+        waves,
+        refusals,
+        estimate_ms,
+    }
+}
+
+/// Rough duration of waves run one after the other, each as long as its slowest step.
+fn parallel_waves_ms(waves: &[Wave]) -> u64 {
+    waves
+        .iter()
+        .map(|w| {
+            w.steps
+                .iter()
+                .map(|s| s.action.estimate_ms())
+                .max()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// The plan of a coin gone from the repository: only retirements, one node at a time, always
+/// approved by a person.
+pub(super) fn plan_removed(coin: CoinName, steps: Vec<Step>) -> CoinPlan {
+    let nodes = steps.len();
+    let waves = retire_waves(steps, 1);
+    CoinPlan {
+        coin,
+        target: None,
+        from_versions: vec![],
+        class: Class::None,
+        approval: Some(ApprovalNeed {
+            reasons: vec![ApprovalReason::RemovedCoin { nodes }],
+        }),
+        max_unavailable: 1,
+        estimate_ms: parallel_waves_ms(&waves),
+        waves,
+        refusals: vec![],
+    }
+}
+
+/// Retirements grouped by zone (sorted), `batch` nodes at a time.
+fn retire_waves(steps: Vec<Step>, batch: usize) -> Vec<Wave> {
+    let mut by_zone: BTreeMap<Option<Zone>, Vec<Step>> = BTreeMap::new();
+    for s in steps {
+        by_zone
+            .entry(s.node.as_ref().map(|k| k.zone.clone()))
+            .or_default()
+            .push(s);
+    }
+    let mut waves = Vec::new();
+    for (zone, mut steps) in by_zone {
+        steps.sort_by(|a, b| a.node.cmp(&b.node));
+        let batch = batch.max(1);
+        let parts = steps.len().div_ceil(batch) as u32;
+        let mut steps = steps.into_iter();
+        for i in 0..parts {
+            waves.push(Wave {
+                kind: WaveKind::Retire,
+                zone: zone.clone(),
+                part: i + 1,
+                parts,
+                steps: steps.by_ref().take(batch).collect(),
+            });
+        }
+    }
+    waves
+}

@@ -1,0 +1,610 @@
+//! The planner: from the desired fleet and the observed one, the ordered list of what to do
+//! and why, coin by coin, zone wave by zone wave.
+//!
+//! Architecture invariant: [`plan`] is a pure function of (desired, observed, now). It never
+//! calls a provider and never reads the clock, so it is tested with plain values and property
+//! tests, and bootstrap is simply the plan against an empty observation.
+//!
+//! Shape of a plan: per coin, first the repair waves: nodes that are down now (stopped, or
+//! stopped by a type change that did not finish) are brought back up, zone by zone, since
+//! that takes nothing down that is not down already and they would otherwise use up
+//! `max_unavailable` until their own zone's turn. Then waves in `placement.zones` order; a
+//! zone's nodes that must go down (upgrade, change of type, start, launch) are split into
+//! waves of at most `max_unavailable` nodes; steps that keep the node up (growing a volume,
+//! fixing a DNS record) ride along with the zone's first wave. Retirements come after every
+//! zone, then DNS clean-up. Whatever fleet will not do is a [`Refusal`] with its reason, never a silent
+//! skip; a coin with a refusal is not rolled out at all until the repository or the world is
+//! fixed.
+//!
+//! The code: [`assign`] sorts an observation into slots and orphans; [`coin`] plans one
+//! coin's waves; this module holds the plan's types and [`plan`] itself (orphans become
+//! retirements, clean-ups or flags for a person). Unit tests next to it in `tests.rs`
+//! (`cargo test -p reconciler --no-default-features plan::`).
+
+pub mod assign;
+mod coin;
+#[cfg(test)]
+mod tests;
+
+pub use assign::{Observed, ObservedNode, Orphan, OrphanReason};
+
+use crate::node::NodeKey;
+use crate::provider::{DnsRecord, SnapshotInfo, tags};
+use fleet_repo_schema::semver::Class;
+use fleet_repo_schema::values::{CoinName, InstanceType, Version, Zone};
+use fleet_repo_schema::{Approval, Desired};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Rough durations for the estimate (a plan cannot know how fast a chain catches up).
+pub mod estimate {
+    /// Restart at a new version and catch up the blocks missed meanwhile.
+    pub const UPGRADE_MS: u64 = 120_000;
+    /// Stop, change type, start, catch up.
+    pub const CHANGE_TYPE_MS: u64 = 300_000;
+    /// Start a stopped instance and catch up.
+    pub const START_MS: u64 = 180_000;
+    /// Boot a new instance (from a snapshot) and catch up.
+    pub const LAUNCH_MS: u64 = 900_000;
+    /// Snapshot and terminate.
+    pub const RETIRE_MS: u64 = 120_000;
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// When it was made (unix ms), as given.
+    pub at_ms: u64,
+    /// Coins with something to do or something refused, in name order.
+    pub coins: Vec<CoinPlan>,
+    /// Managed things fleet will not act on by itself, for an operator to look at.
+    pub flagged: Vec<Flag>,
+}
+
+impl Plan {
+    /// Nothing to do and nothing refused (flags do not count: they need a person, not a step).
+    pub fn is_empty(&self) -> bool {
+        self.coins.is_empty()
+    }
+    /// Number of steps.
+    pub fn step_count(&self) -> usize {
+        self.coins.iter().map(CoinPlan::step_count).sum()
+    }
+    /// Whether any coin has a refusal.
+    pub fn has_refusals(&self) -> bool {
+        self.coins.iter().any(|c| !c.refusals.is_empty())
+    }
+    /// The plan of `coin`.
+    pub fn coin(&self, coin: &str) -> Option<&CoinPlan> {
+        self.coins.iter().find(|c| c.coin.as_str() == coin)
+    }
+}
+
+/// One coin's part of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CoinPlan {
+    /// Coin.
+    pub coin: CoinName,
+    /// The version it should run (None: the coin is gone from the repository).
+    pub target: Option<Version>,
+    /// The versions its nodes run now that will change (sorted, distinct).
+    pub from_versions: Vec<Version>,
+    /// The largest version change among its nodes.
+    pub class: Class,
+    /// Why an approval is needed, if it is.
+    pub approval: Option<ApprovalNeed>,
+    /// `rollout.max_unavailable` (1 for a coin that is gone).
+    pub max_unavailable: u32,
+    /// The waves, in order.
+    pub waves: Vec<Wave>,
+    /// What fleet refuses to do for this coin (the coin is not rolled out while any exists).
+    pub refusals: Vec<Refusal>,
+    /// Rough duration: step times plus each changed zone's bake.
+    pub estimate_ms: u64,
+}
+
+impl CoinPlan {
+    /// Number of steps.
+    pub fn step_count(&self) -> usize {
+        self.waves.iter().map(|w| w.steps.len()).sum()
+    }
+
+    /// What an approval of this plan is for: its target version, or the coin's retirement.
+    pub fn approval_target(&self) -> ApprovalTarget {
+        match &self.target {
+            Some(v) => ApprovalTarget::Version(v.clone()),
+            None => ApprovalTarget::Retire,
+        }
+    }
+
+    /// The zones its rollout waves go through, in order.
+    pub fn rollout_zones(&self) -> Vec<Zone> {
+        let mut z: Vec<Zone> = Vec::new();
+        for w in self.waves.iter().filter(|w| w.kind == WaveKind::Rollout) {
+            if let Some(zone) = &w.zone
+                && !z.contains(zone)
+            {
+                z.push(zone.clone());
+            }
+        }
+        z
+    }
+}
+
+/// Why a coin's rollout waits for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalNeed {
+    /// Each reason.
+    pub reasons: Vec<ApprovalReason>,
+}
+
+/// One reason for an approval. Shown (and written in JSON) as its sentence, e.g. "major
+/// version change 27.2 → 28.1 (rollout.approval: major)".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalReason {
+    /// The version change is of a class the coin's `rollout.approval` asks a person for.
+    VersionChange {
+        /// The largest change among the nodes.
+        class: Class,
+        /// Versions now (empty: unknown).
+        from: Vec<Version>,
+        /// Target.
+        to: Version,
+        /// The coin's policy.
+        policy: Approval,
+    },
+    /// Nodes beyond the coin's placement are retired.
+    Retire {
+        /// How many.
+        nodes: usize,
+    },
+    /// The coin is gone from the repository: every node of it is retired.
+    RemovedCoin {
+        /// How many.
+        nodes: usize,
+    },
+}
+
+impl fmt::Display for ApprovalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApprovalReason::VersionChange {
+                class,
+                from,
+                to,
+                policy,
+            } => {
+                let from = if from.is_empty() {
+                    "?".to_string()
+                } else {
+                    from.iter()
+                        .map(Version::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                write!(
+                    f,
+                    "{} version change {from} → {to} (rollout.approval: {})",
+                    class.as_str(),
+                    policy.as_str()
+                )
+            }
+            ApprovalReason::Retire { nodes } => write!(
+                f,
+                "retiring {nodes} node{} (snapshots are taken first)",
+                plural(*nodes)
+            ),
+            ApprovalReason::RemovedCoin { nodes } => write!(
+                f,
+                "retiring {nodes} node{} of a coin removed from the repository",
+                plural(*nodes)
+            ),
+        }
+    }
+}
+
+impl Serialize for ApprovalReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What an approval is for: a coin's target version, or retiring a coin removed from the
+/// repository.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ApprovalTarget {
+    /// Rolling out this version.
+    Version(Version),
+    /// Retiring every node of a coin gone from the repository.
+    Retire,
+}
+
+impl ApprovalTarget {
+    /// As written in the journal and in Slack's buttons: the version, or `retire`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ApprovalTarget::Version(v) => v.as_str(),
+            ApprovalTarget::Retire => "retire",
+        }
+    }
+}
+
+impl fmt::Display for ApprovalTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ApprovalTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// What kind of wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaveKind {
+    /// Nodes of a zone that are down now are brought back up (started, or their type change
+    /// finished) before any rollout; they pass their gate, without a bake.
+    Repair,
+    /// Nodes of a placed zone change (and then pass their gate; the zone bakes).
+    Rollout,
+    /// Nodes no longer wanted are snapshotted and terminated.
+    Retire,
+    /// DNS records no node needs are removed.
+    Cleanup,
+}
+
+/// A set of steps done together; the next wave starts only after this one passed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Wave {
+    /// Kind.
+    pub kind: WaveKind,
+    /// The zone (None: a DNS clean-up, which has none).
+    pub zone: Option<Zone>,
+    /// 1-based number of this wave within its zone, and how many the zone has.
+    pub part: u32,
+    /// Waves in this zone.
+    pub parts: u32,
+    /// Steps, node by node.
+    pub steps: Vec<Step>,
+}
+
+impl Wave {
+    /// Nodes this wave takes down.
+    pub fn disrupted(&self) -> BTreeSet<&NodeKey> {
+        self.steps
+            .iter()
+            .filter(|s| s.action.disruptive())
+            .filter_map(|s| s.node.as_ref())
+            .collect()
+    }
+}
+
+/// One action on one node (or record), with its reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// The node's slot (None: a clean-up of a record that points at no node).
+    pub node: Option<NodeKey>,
+    /// Its instance, when it exists.
+    pub instance_id: Option<String>,
+    /// What.
+    pub action: Action,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Launch the slot's node.
+    Launch {
+        /// Version it starts.
+        version: Version,
+        /// Instance type.
+        instance_type: InstanceType,
+        /// Data volume size.
+        data_volume_gb: u32,
+        /// Snapshot its data volume starts from.
+        snapshot_id: Option<String>,
+        /// DNS name it gets.
+        dns_name: String,
+    },
+    /// Restart the daemon at another version.
+    Upgrade {
+        /// Version now (None: unknown).
+        from: Option<String>,
+        /// Target.
+        to: Version,
+        /// Snapshot the data volume first (`snapshots.before_upgrade`).
+        snapshot_first: bool,
+        /// An upgrade to `to` was interrupted: ask the node whether it already runs `to`
+        /// before restarting anything.
+        confirm_first: bool,
+    },
+    /// Grow the data volume (online).
+    GrowVolume {
+        /// Volume.
+        volume_id: String,
+        /// Size now.
+        from_gb: u32,
+        /// Size wanted.
+        to_gb: u32,
+    },
+    /// Stop, change the instance type, start.
+    ChangeType {
+        /// Type now (as observed).
+        from: String,
+        /// Type wanted.
+        to: InstanceType,
+    },
+    /// Start a stopped instance (at the desired type).
+    Start {
+        /// Instance type.
+        instance_type: InstanceType,
+    },
+    /// Point the slot's DNS name at the node.
+    SetDns {
+        /// Record name.
+        name: String,
+    },
+    /// Snapshot the data volume, terminate, remove the node's records. Needs approval.
+    Retire {
+        /// Records pointing at the node.
+        dns: Vec<DnsRecord>,
+    },
+    /// Remove a node record that no slot uses.
+    DeleteDns {
+        /// The record as observed.
+        record: DnsRecord,
+    },
+}
+
+impl Action {
+    /// Whether the node is down (or not yet up) during and after this step until its gate.
+    pub fn disruptive(&self) -> bool {
+        matches!(
+            self,
+            Action::Launch { .. }
+                | Action::Upgrade { .. }
+                | Action::ChangeType { .. }
+                | Action::Start { .. }
+                | Action::Retire { .. }
+        )
+    }
+    /// Rough duration.
+    pub fn estimate_ms(&self) -> u64 {
+        match self {
+            Action::Launch { .. } => estimate::LAUNCH_MS,
+            Action::Upgrade { .. } => estimate::UPGRADE_MS,
+            Action::ChangeType { .. } => estimate::CHANGE_TYPE_MS,
+            Action::Start { .. } => estimate::START_MS,
+            Action::Retire { .. } => estimate::RETIRE_MS,
+            Action::GrowVolume { .. } | Action::SetDns { .. } | Action::DeleteDns { .. } => 0,
+        }
+    }
+    /// Short name: `upgrade`, `grow-volume`, …
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Launch { .. } => "launch",
+            Action::Upgrade { .. } => "upgrade",
+            Action::GrowVolume { .. } => "grow-volume",
+            Action::ChangeType { .. } => "change-type",
+            Action::Start { .. } => "start",
+            Action::SetDns { .. } => "set-dns",
+            Action::Retire { .. } => "retire",
+            Action::DeleteDns { .. } => "delete-dns",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Launch {
+                version,
+                instance_type,
+                data_volume_gb,
+                snapshot_id,
+                ..
+            } => {
+                write!(
+                    f,
+                    "launch {version} on {instance_type}, {data_volume_gb} GB"
+                )?;
+                match snapshot_id {
+                    Some(s) => write!(f, " from {s}"),
+                    None => write!(f, " (empty volume: full sync)"),
+                }
+            }
+            Action::Upgrade {
+                from,
+                to,
+                snapshot_first,
+                confirm_first,
+            } => {
+                write!(f, "upgrade {} → {to}", from.as_deref().unwrap_or("?"))?;
+                if *confirm_first {
+                    write!(f, " (check first whether it already runs {to})")?;
+                }
+                if *snapshot_first {
+                    write!(f, ", snapshot first")?;
+                }
+                Ok(())
+            }
+            Action::GrowVolume { from_gb, to_gb, .. } => {
+                write!(f, "grow data volume {from_gb} → {to_gb} GB")
+            }
+            // A change of type that stopped half way, already at the wanted type.
+            Action::ChangeType { from, to } if from == to.as_str() => {
+                write!(f, "finish the change of type to {to} (start it)")
+            }
+            Action::ChangeType { from, to } => write!(f, "change type {from} → {to}"),
+            Action::Start { instance_type } => write!(f, "start ({instance_type})"),
+            Action::SetDns { name } => write!(f, "point {name} at the node"),
+            Action::Retire { dns } => {
+                write!(f, "retire: snapshot, terminate")?;
+                for (i, r) in dns.iter().enumerate() {
+                    let sep = if i == 0 { ", delete record" } else { "," };
+                    write!(f, "{sep} {}", r.name)?;
+                }
+                Ok(())
+            }
+            Action::DeleteDns { record } => write!(f, "delete record {}", record.name),
+        }
+    }
+}
+
+/// Something fleet will not do, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The node concerned, if one.
+    pub node: Option<NodeKey>,
+    /// Why, and what to do about it.
+    pub reason: String,
+}
+
+/// A managed thing fleet leaves to a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Flag {
+    /// Instance id or record name.
+    pub what: String,
+    /// Why it is flagged and what to do.
+    pub reason: String,
+}
+
+/// Whether a version change of `class` needs approval under `policy`
+/// ([`Approval::requires`], shared with the release watch).
+pub fn needs_approval(policy: Approval, class: Class) -> bool {
+    policy.requires(class)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The plan that takes `observed` to `desired`. Pure: `now` is only recorded.
+pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
+    let mut coins: BTreeMap<CoinName, CoinPlan> = BTreeMap::new();
+    let mut flagged = Vec::new();
+    let domain = desired.fleet.internal_domain.as_str();
+
+    // Retirements and clean-ups, gathered per coin first.
+    let mut retire: BTreeMap<CoinName, Vec<Step>> = BTreeMap::new();
+    let mut cleanup: BTreeMap<CoinName, Vec<Step>> = BTreeMap::new();
+    for o in &observed.orphans {
+        match o {
+            Orphan::Unplaced { reason, node: n } => {
+                let why = match reason {
+                    OrphanReason::UnknownCoin => {
+                        format!("coin {} is no longer in the fleet repository", n.key.coin)
+                    }
+                    OrphanReason::ZoneNotPlaced => {
+                        format!("zone {} is no longer in placement.zones", n.key.zone)
+                    }
+                    OrphanReason::IndexBeyondCount { nodes_per_zone } => {
+                        format!("nodes_per_zone is now {nodes_per_zone}")
+                    }
+                };
+                retire.entry(n.key.coin.clone()).or_default().push(Step {
+                    node: Some(n.key.clone()),
+                    instance_id: Some(n.instance_id.clone()),
+                    action: Action::Retire {
+                        dns: observed.records_of(n),
+                    },
+                    reason: why,
+                });
+            }
+            Orphan::Duplicate { of, node: n } => flagged.push(Flag {
+                what: n.instance_id.clone(),
+                reason: format!(
+                    "a second instance for {} (the slot's node is {of}); terminate the one you do not want by hand after checking its data",
+                    n.key
+                ),
+            }),
+            Orphan::BadTags { detail, instance } => flagged.push(Flag {
+                what: instance.instance_id.clone(),
+                reason: format!(
+                    "tagged fleet:managed but {detail}; fix its tags or remove fleet:managed"
+                ),
+            }),
+            Orphan::StrayDns { record: r } => {
+                let coin = tags::node_record_coin(&r.name, domain)
+                    .and_then(|c| desired.coins.get(c));
+                match coin {
+                    // A slot's own name (only that coin's slots can have it): its node's
+                    // SetDns step repoints it.
+                    Some(c) if c.nodes.iter().any(|s| s.dns_name == r.name) => {}
+                    Some(c) => cleanup.entry(c.name.clone()).or_default().push(Step {
+                        node: None,
+                        instance_id: None,
+                        action: Action::DeleteDns { record: r.clone() },
+                        reason: "no slot of the coin has this name and no node has its address"
+                            .into(),
+                    }),
+                    None => flagged.push(Flag {
+                        what: r.name.clone(),
+                        reason: "a node-like record of a coin not in the fleet repository, pointing at no managed node; delete it by hand if it is not used".into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    // Records of a placed coin whose name is no slot's name any more (after nodes_per_zone
+    // went down or zones were reordered) but that still point at a node.
+    for coin in desired.coins.values() {
+        let names: BTreeSet<&str> = coin.nodes.iter().map(|s| s.dns_name.as_str()).collect();
+        for n in observed.nodes_of(&coin.name) {
+            for name in &n.dns_names {
+                if names.contains(name.as_str()) {
+                    continue;
+                }
+                if let Some(r) = observed.record(name)
+                    && tags::node_record_coin(&r.name, domain) == Some(coin.name.as_str())
+                {
+                    cleanup.entry(coin.name.clone()).or_default().push(Step {
+                        node: Some(n.key.clone()),
+                        instance_id: Some(n.instance_id.clone()),
+                        action: Action::DeleteDns { record: r.clone() },
+                        reason: "the name is no slot's name any more".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    // Snapshots by coin, looked up once rather than scanned for every coin.
+    let mut snapshots: BTreeMap<&str, Vec<&SnapshotInfo>> = BTreeMap::new();
+    for s in &observed.snapshots {
+        snapshots.entry(s.coin.as_str()).or_default().push(s);
+    }
+    for c in desired.coins.values() {
+        let cp = coin::plan_coin(
+            desired,
+            c,
+            observed,
+            snapshots
+                .get(c.name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+            retire.remove(&c.name).unwrap_or_default(),
+            cleanup.remove(&c.name).unwrap_or_default(),
+        );
+        if !cp.waves.is_empty() || !cp.refusals.is_empty() {
+            coins.insert(c.name.clone(), cp);
+        }
+    }
+    // Coins gone from the repository: only retirements.
+    for (name, steps) in retire {
+        coins.insert(name.clone(), coin::plan_removed(name, steps));
+    }
+    Plan {
+        at_ms: now,
+        coins: coins.into_values().collect(),
+        flagged,
+    }
+}

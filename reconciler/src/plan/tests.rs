@@ -1,0 +1,358 @@
+//! The planner on plain values: a small fleet written inline, observations built from tags
+//! as a provider reports them. No provider, no clock, no AWS crates
+//! (`cargo test -p reconciler --no-default-features plan::`). The property tests over random
+//! fleets are in `tests/tests/plan_properties.rs`.
+
+use super::*;
+use crate::provider::{
+    InstanceState, Observation, ObservedInstance, ObservedVolume, PendingStep, tags,
+};
+use fleet_repo_schema::{MemTree, load};
+
+const FLEET: &str = "region: eu-central-1
+internal_domain: internal
+hosted_zone_id: Z0123456789ABCDEFGHIJ
+network:
+  vpc_id: vpc-0a1b2c3d4e5f60718
+  subnets:
+    eu-central-1a: subnet-0aaaaaaaaaaaaaaa1
+    eu-central-1b: subnet-0bbbbbbbbbbbbbbb2
+    eu-central-1c: subnet-0ccccccccccccccc3
+  security_groups: [sg-0123456789abcdef0]
+node_ami: ami-0123456789abcdef0
+instance_profile: fleet-node
+image_registry: 123456789012.dkr.ecr.eu-central-1.amazonaws.com/coin-daemons
+approvers: [U012ABCDEF]
+";
+
+/// bitcoin: 2 nodes in each of 3 zones, max_unavailable 2, approval on major changes.
+fn coin(version: &str, extra: &str) -> String {
+    format!(
+        "coin: bitcoin
+version: \"{version}\"
+instance: {{ type: m5.large, data_volume_gb: 500 }}
+placement: {{ zones: [eu-central-1a, eu-central-1b, eu-central-1c], nodes_per_zone: 2 }}
+ports: {{ rpc: [8332], p2p: [8333] }}
+health: {{ probe: bitcoin }}
+rollout: {{ max_unavailable: 2, bake: 10m, approval: major }}
+{extra}"
+    )
+}
+
+fn desired(version: &str, extra: &str) -> Desired {
+    let mut t = MemTree::new();
+    t.insert("fleet.yaml", FLEET);
+    t.insert("coins/bitcoin.yaml", coin(version, extra));
+    let l = load(&t);
+    l.desired.unwrap_or_else(|| panic!("{:#?}", l.diagnostics))
+}
+
+/// Observed nodes, as a provider would report them.
+#[derive(Default)]
+struct World {
+    instances: Vec<ObservedInstance>,
+    dns: Vec<DnsRecord>,
+}
+
+impl World {
+    /// Every slot of `d` running `version`, in sync with its record.
+    fn running(d: &Desired, version: &str) -> World {
+        let mut w = World::default();
+        for s in d.nodes() {
+            w.node(s.coin.as_str(), s.zone.as_str(), s.index, version, |_| {});
+        }
+        w
+    }
+
+    fn node(
+        &mut self,
+        coin: &str,
+        zone: &str,
+        index: u32,
+        version: &str,
+        edit: impl FnOnce(&mut ObservedInstance),
+    ) {
+        let n = self.instances.len() + 1;
+        let ip = format!("10.0.0.{n}");
+        let mut t = BTreeMap::new();
+        for (k, v) in [
+            (tags::MANAGED, "true".to_string()),
+            (tags::COIN, coin.to_string()),
+            (tags::ZONE, zone.to_string()),
+            (tags::INDEX, index.to_string()),
+            (tags::VERSION, version.to_string()),
+        ] {
+            t.insert(k.to_string(), v);
+        }
+        let mut i = ObservedInstance::new(
+            format!("i-{n:04}"),
+            t,
+            InstanceState::Running,
+            "m5.large".into(),
+            Some(ip.clone()),
+            Some(ObservedVolume {
+                volume_id: format!("vol-{n:04}"),
+                size_gb: 500,
+                snapshot_id: None,
+            }),
+        );
+        edit(&mut i);
+        // The slot's record: node<ordinal>.<coin>.internal (ordinal counts across zones).
+        let zones = ["eu-central-1a", "eu-central-1b", "eu-central-1c"];
+        let ordinal = zones.iter().position(|z| *z == zone).unwrap_or(0) as u32 * 2 + index;
+        self.dns.push(DnsRecord {
+            name: format!("node{ordinal}.{coin}.internal"),
+            values: vec![ip],
+            ttl: 60,
+        });
+        self.instances.push(i);
+    }
+
+    fn observed(self, d: &Desired) -> Observed {
+        Observed::assign(d, Observation::new(self.instances, self.dns, vec![], 0))
+    }
+}
+
+fn disrupted(w: &Wave) -> Vec<String> {
+    w.disrupted().iter().map(|k| k.to_string()).collect()
+}
+
+#[test]
+fn nothing_differs_nothing_planned() {
+    let d = desired("28.1", "");
+    let p = plan(&d, &World::running(&d, "28.1").observed(&d), 0);
+    assert!(p.is_empty(), "{p:#?}");
+    assert!(p.flagged.is_empty());
+}
+
+#[test]
+fn bootstrap_launches_every_slot_zone_by_zone_within_max_unavailable() {
+    let d = desired("28.1", "");
+    let p = plan(&d, &Observed::default(), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    let zones: Vec<&str> = cp
+        .waves
+        .iter()
+        .map(|w| w.zone.as_ref().unwrap().as_str())
+        .collect();
+    assert_eq!(zones, ["eu-central-1a", "eu-central-1b", "eu-central-1c"]);
+    for w in &cp.waves {
+        assert_eq!(w.kind, WaveKind::Rollout);
+        assert!(w.disrupted().len() <= 2);
+        assert!(
+            w.steps
+                .iter()
+                .all(|s| matches!(s.action, Action::Launch { .. }))
+        );
+    }
+    assert_eq!(cp.step_count(), 6);
+    // A first launch needs no approval: nothing runs that a person could lose.
+    assert_eq!(cp.approval, None);
+}
+
+#[test]
+fn a_major_upgrade_goes_zone_by_zone_and_asks_a_person() {
+    let d = desired("29.0", "");
+    let p = plan(&d, &World::running(&d, "28.1").observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(
+        cp.waves.iter().map(disrupted).collect::<Vec<_>>(),
+        [
+            ["bitcoin/eu-central-1a/1", "bitcoin/eu-central-1a/2"],
+            ["bitcoin/eu-central-1b/1", "bitcoin/eu-central-1b/2"],
+            ["bitcoin/eu-central-1c/1", "bitcoin/eu-central-1c/2"],
+        ]
+    );
+    assert_eq!(cp.class, Class::Major);
+    assert_eq!(cp.from_versions, [Version::parse("28.1").unwrap()]);
+    let reasons: Vec<String> = cp
+        .approval
+        .as_ref()
+        .unwrap()
+        .reasons
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["major version change 28.1 → 29.0 (rollout.approval: major)"]
+    );
+    assert_eq!(
+        cp.approval_target(),
+        ApprovalTarget::Version(Version::parse("29.0").unwrap())
+    );
+    // A patch release needs no approval under `major`.
+    let d = desired("28.1.1", "");
+    let p = plan(&d, &World::running(&d, "28.1").observed(&d), 0);
+    assert_eq!(p.coin("bitcoin").unwrap().approval, None);
+}
+
+#[test]
+fn an_interrupted_upgrade_to_the_target_is_confirmed_before_any_restart() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    let i = &mut w.instances[0];
+    i.pending = Some(PendingStep::Upgrade { to: "28.1".into() });
+    i.version = tags::version(&i.tags, i.pending.as_ref());
+    let p = plan(&d, &w.observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 1);
+    match &cp.waves[0].steps[0].action {
+        Action::Upgrade {
+            from: None,
+            confirm_first: true,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    // The only unknown is a cut-off upgrade to the target: its size is unknown, which under
+    // `major` needs a person.
+    assert_eq!(cp.class, Class::Unknown);
+}
+
+#[test]
+fn stopped_nodes_are_repaired_before_the_rollout_and_count_against_the_budget() {
+    let d = desired("28.1.1", "");
+    let mut w = World::running(&d, "28.1");
+    // A node of the last zone was stopped by someone else.
+    w.instances[5].state = InstanceState::Stopped;
+    let p = plan(&d, &w.observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.waves[0].kind, WaveKind::Repair);
+    assert_eq!(
+        cp.waves[0].zone.as_ref().map(|z| z.as_str()),
+        Some("eu-central-1c")
+    );
+    assert!(matches!(cp.waves[0].steps[0].action, Action::Start { .. }));
+    assert!(cp.waves[1..].iter().all(|w| w.kind == WaveKind::Rollout));
+}
+
+#[test]
+fn a_shrink_is_refused_with_how_to_fix_it() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    w.instances[2].data_volume.as_mut().unwrap().size_gb = 800;
+    let p = plan(&d, &w.observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.refusals.len(), 1);
+    let r = &cp.refusals[0];
+    assert_eq!(
+        r.node.as_ref().map(|k| k.to_string()).as_deref(),
+        Some("bitcoin/eu-central-1b/1")
+    );
+    assert!(
+        r.reason.contains("set it back to at least 800"),
+        "{}",
+        r.reason
+    );
+}
+
+#[test]
+fn a_larger_volume_and_a_new_type_change_without_a_new_version() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    w.instances[0].data_volume.as_mut().unwrap().size_gb = 400;
+    w.instances[1].instance_type = "m5.xlarge".into();
+    let p = plan(&d, &w.observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    let actions: Vec<&str> = cp
+        .waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .map(|s| s.action.name())
+        .collect();
+    assert_eq!(actions, ["grow-volume", "change-type"]);
+    // Growing keeps the node up; changing its type takes it down.
+    assert_eq!(disrupted(&cp.waves[0]), ["bitcoin/eu-central-1a/2"]);
+}
+
+#[test]
+fn orphans_become_retirements_flags_or_clean_ups() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    // Beyond nodes_per_zone: retired, with approval.
+    w.node("bitcoin", "eu-central-1a", 3, "28.1", |_| {});
+    // A coin gone from the repository: retired one at a time, with approval.
+    w.node("dogecoin", "eu-central-1a", 1, "1.14.9", |_| {});
+    // A second instance for a slot: the smaller id keeps it, the other is flagged.
+    w.node("bitcoin", "eu-central-1b", 1, "28.1", |_| {});
+    // Managed but with unreadable identity tags: flagged.
+    w.node("bitcoin", "eu-central-1c", 1, "28.1", |i| {
+        i.tags.insert(tags::COIN.into(), "Bit Coin".into());
+        i.identity = tags::node_key(&i.tags);
+    });
+    // A node record of a placed coin with no slot and no node: cleaned up.
+    w.dns.push(DnsRecord {
+        name: "node9.bitcoin.internal".into(),
+        values: vec!["10.9.9.9".into()],
+        ttl: 60,
+    });
+    let observed = w.observed(&d);
+    let p = plan(&d, &observed, 0);
+    let btc = p.coin("bitcoin").unwrap();
+    let retire: Vec<&Step> = btc
+        .waves
+        .iter()
+        .filter(|w| w.kind == WaveKind::Retire)
+        .flat_map(|w| &w.steps)
+        .collect();
+    assert_eq!(retire.len(), 1);
+    assert_eq!(
+        retire[0].node.as_ref().map(|k| k.index),
+        Some(3),
+        "{retire:?}"
+    );
+    assert!(
+        btc.approval
+            .as_ref()
+            .unwrap()
+            .reasons
+            .contains(&ApprovalReason::Retire { nodes: 1 })
+    );
+    let cleanup: Vec<&Step> = btc
+        .waves
+        .iter()
+        .filter(|w| w.kind == WaveKind::Cleanup)
+        .flat_map(|w| &w.steps)
+        .collect();
+    assert!(
+        matches!(&cleanup[..], [Step { node: None, action: Action::DeleteDns { record }, .. }] if record.name == "node9.bitcoin.internal"),
+        "{cleanup:?}"
+    );
+    let doge = p.coin("dogecoin").unwrap();
+    assert_eq!(doge.target, None);
+    assert_eq!(doge.approval_target(), ApprovalTarget::Retire);
+    assert_eq!(
+        doge.approval.as_ref().unwrap().reasons,
+        [ApprovalReason::RemovedCoin { nodes: 1 }]
+    );
+    let flagged: Vec<&str> = p.flagged.iter().map(|f| f.reason.as_str()).collect();
+    assert_eq!(flagged.len(), 2, "{flagged:?}");
+    assert!(
+        flagged
+            .iter()
+            .any(|f| f.contains("a second instance for bitcoin/eu-central-1b/1"))
+    );
+    assert!(flagged.iter().any(|f| f.contains("fix its tags")));
+    // The duplicate kept the slot for the smaller instance id.
+    let kept = observed
+        .node(&NodeKey::parse("bitcoin", "eu-central-1b", 1).unwrap())
+        .unwrap();
+    assert_eq!(kept.instance_id, "i-0003");
+}
+
+#[test]
+fn a_missing_record_is_pointed_without_taking_the_node_down() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    w.dns.remove(0);
+    let p = plan(&d, &w.observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 1);
+    assert!(matches!(
+        &cp.waves[0].steps[0].action,
+        Action::SetDns { name } if name == "node1.bitcoin.internal"
+    ));
+    assert!(cp.waves[0].disrupted().is_empty());
+    assert_eq!(cp.approval, None);
+}

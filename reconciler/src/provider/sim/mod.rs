@@ -1,0 +1,623 @@
+//! The simulated fleet: the embedded default provider. In-process, deterministic, driven by the
+//! [`Clock`] passed in, and persisted in the state directory so that separate CLI runs see one
+//! world ([`world`] holds the world and its rules; this module the provider in front of it and
+//! the prober that asks its nodes).
+//!
+//! It mirrors the AWS provider call for call (the same operation names, in the same order,
+//! counted the same way), so faults are injected by operation name for both, and the
+//! conformance suite runs the same cases against each.
+//!
+//! The simulator must never be kinder than AWS: each primitive is one simulated API call,
+//! throttled and failed by injected faults exactly where AWS would.
+
+use super::commands::{GROW_FS_COMMAND, is_active_command, restart_command};
+use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
+use super::*;
+pub use world::{ChainParams, CommandRecord, MAX_ATTEMPTS, SimConfig, SimFault};
+use world::{Daemon, INSTANCES_PAGE, RECORDS_PAGE, SNAPSHOTS_PAGE, VOLUMES_PAGE, World};
+
+mod world;
+
+use crate::clock::{Clock, Millis};
+use crate::health::{ChainStatus, ProbeError, ProbeTarget, Prober};
+use fleet_repo_schema::Desired;
+use fleet_repo_schema::values::InstanceType;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The simulated provider. Cheap to clone; clones share one world.
+#[derive(Debug, Clone)]
+pub struct SimProvider {
+    world: Arc<Mutex<World>>,
+    clock: Arc<dyn Clock>,
+    path: Option<PathBuf>,
+}
+
+/// The state file inside the state directory.
+pub const STATE_FILE: &str = "sim.json";
+
+impl SimProvider {
+    /// An empty world kept in memory only.
+    pub fn new(clock: Arc<dyn Clock>, config: SimConfig) -> SimProvider {
+        let epoch_ms = clock.now_ms();
+        SimProvider {
+            world: Arc::new(Mutex::new(World {
+                config,
+                epoch_ms,
+                ..World::default()
+            })),
+            clock,
+            path: None,
+        }
+    }
+
+    /// The world persisted in `state_dir` (created, or loaded when it exists).
+    pub fn open(
+        state_dir: &Path,
+        clock: Arc<dyn Clock>,
+        config: SimConfig,
+    ) -> Result<SimProvider, ProviderError> {
+        let path = state_dir.join(STATE_FILE);
+        let world = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<World>(&bytes).map_err(|e| {
+                ProviderError::Setup(format!(
+                    "{}: not a simulator state file ({e}); move it away to start a new simulated fleet",
+                    path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => World {
+                config,
+                epoch_ms: clock.now_ms(),
+                ..World::default()
+            },
+            Err(e) => {
+                return Err(ProviderError::Setup(format!(
+                    "{}: cannot read: {e}",
+                    path.display()
+                )));
+            }
+        };
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            ProviderError::Setup(format!("{}: cannot create: {e}", state_dir.display()))
+        })?;
+        let p = SimProvider {
+            world: Arc::new(Mutex::new(world)),
+            clock,
+            path: Some(path),
+        };
+        p.save(&p.lock())?;
+        Ok(p)
+    }
+
+    /// The world saved in `state_dir` by another process, read-only (saving is a no-op):
+    /// what a test's monitor reads while a reconciler runs.
+    pub fn read_only(
+        state_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SimProvider, ProviderError> {
+        let path = state_dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ProviderError::Setup(format!("{}: cannot read: {e}", path.display())))?;
+        let world = serde_json::from_slice::<World>(&bytes).map_err(|e| {
+            ProviderError::Setup(format!(
+                "{}: not a simulator state file ({e})",
+                path.display()
+            ))
+        })?;
+        Ok(SimProvider {
+            world: Arc::new(Mutex::new(world)),
+            clock,
+            path: None,
+        })
+    }
+
+    /// Whether the world has no instance at all (a new simulated account).
+    pub fn is_empty(&self) -> bool {
+        self.lock().instances.is_empty()
+    }
+
+    /// Every live instance: (id, node key, chain status now or why it is unreachable).
+    pub fn nodes_now(&self) -> Vec<(String, Option<NodeKey>, Result<ChainStatus, String>)> {
+        let w = self.lock();
+        let now = self.clock.now_ms();
+        w.instances
+            .values()
+            .filter(|i| !i.terminated)
+            .map(|i| {
+                (
+                    i.id.clone(),
+                    tags::node_key(&i.tags).ok(),
+                    w.status(&i.id, now),
+                )
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, World> {
+        // A panic while holding the lock would be a bug; the world is still consistent
+        // between calls, so keep going with it.
+        self.world.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save(&self, w: &World) -> Result<(), ProviderError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(w).map_err(|e| ProviderError::Setup(e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| ProviderError::Setup(format!("{}: cannot write: {e}", path.display())))
+    }
+
+    /// Inject a fault.
+    pub fn inject(&self, fault: SimFault) {
+        let mut w = self.lock();
+        w.faults.push(fault);
+        let _ = self.save(&w);
+    }
+
+    /// Remove every fault.
+    pub fn clear_faults(&self) {
+        let mut w = self.lock();
+        w.faults.clear();
+        let _ = self.save(&w);
+    }
+
+    /// The SSM commands run so far, in order.
+    pub fn commands(&self) -> Vec<CommandRecord> {
+        self.lock().commands.clone()
+    }
+
+    /// (calls, attempts) made so far.
+    pub fn call_counts(&self) -> (u64, u64) {
+        let w = self.lock();
+        (w.calls, w.attempts)
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The tip of `coin`'s chain now.
+    pub fn tip(&self, coin: &str) -> u64 {
+        let w = self.lock();
+        w.tip(coin, self.clock.now_ms())
+    }
+
+    /// What the node's daemon reports now, as a probe would see it; Err when unreachable.
+    pub fn chain_status(&self, instance_id: &str) -> Result<ChainStatus, String> {
+        let w = self.lock();
+        w.status(instance_id, self.clock.now_ms())
+    }
+
+    /// Create every node of `desired` at once, running `versions[coin]` (or the desired
+    /// version), in sync with its chain: a fleet as it was before a change.
+    pub fn seed(
+        &self,
+        desired: &Desired,
+        versions: &BTreeMap<String, Version>,
+    ) -> Result<(), ProviderError> {
+        let mut w = self.lock();
+        let now = self.clock.now_ms();
+        for coin in desired.coins.values() {
+            let version = versions.get(coin.name.as_str()).unwrap_or(&coin.version);
+            let mut c = coin.clone();
+            c.version = version.clone();
+            for slot in &coin.nodes {
+                let spec = LaunchSpec::new(&desired.fleet, &c, slot, None)?;
+                let tip = w.tip(coin.name.as_str(), now);
+                let id = w.create_instance(&spec, now, tip, true);
+                let ip = w.instances[&id].private_ip.clone();
+                w.upsert_dns(&spec.dns.hosted_zone_id, &spec.dns.name, &ip);
+            }
+        }
+        self.save(&w)
+    }
+
+    /// Run `f` on the world with call accounting and save afterwards.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut World, Millis) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        let mut w = self.lock();
+        let now = self.clock.now_ms();
+        let r = f(&mut w, now);
+        self.save(&w)?;
+        r
+    }
+}
+
+fn pages(n: usize, size: usize) -> u64 {
+    n.div_ceil(size).max(1) as u64
+}
+
+/// The protocol's primitives, each one simulated API call as on AWS.
+#[async_trait]
+impl InstanceRecord for SimProvider {
+    async fn read(&self, node: &NodeRef) -> Result<InstanceFacts, ProviderError> {
+        self.with(|w, now| {
+            w.call("DescribeInstances")?;
+            let i = w.live(node)?;
+            Ok(InstanceFacts {
+                tags: i.tags.clone(),
+                state: w.state(i, now),
+                instance_type: i.instance_type.clone(),
+            })
+        })
+    }
+
+    async fn write_tags(&self, node: &NodeRef, t: &[(&str, &str)]) -> Result<(), ProviderError> {
+        self.with(|w, _| {
+            w.call("CreateTags")?;
+            let i = w.live_mut(node)?;
+            for (k, v) in t {
+                i.tags.insert(k.to_string(), v.to_string());
+            }
+            Ok(())
+        })
+    }
+
+    async fn delete_tag(&self, node: &NodeRef, key: &str) -> Result<(), ProviderError> {
+        self.with(|w, _| {
+            w.call("DeleteTags")?;
+            w.live_mut(node)?.tags.remove(key);
+            Ok(())
+        })
+    }
+}
+
+/// The simulator's nodes, asked through the simulator (by instance id), as the RPC probes
+/// ask real ones.
+#[derive(Debug, Clone)]
+pub struct SimProber(pub SimProvider);
+
+#[async_trait]
+impl Prober for SimProber {
+    async fn probe(&self, target: &ProbeTarget) -> Result<ChainStatus, ProbeError> {
+        self.0
+            .chain_status(&target.instance_id)
+            .map_err(|detail| ProbeError::Unreachable {
+                node: target.key.to_string(),
+                addr: target.dns_name.clone(),
+                detail,
+            })
+    }
+}
+
+#[async_trait]
+impl Provider for SimProvider {
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn api_calls(&self) -> u64 {
+        self.call_counts().0
+    }
+
+    async fn observe(&self, scope: &Scope) -> Result<Observation, ProviderError> {
+        let mut w = self.lock();
+        let now = self.clock.now_ms();
+        let before = w.calls;
+        let instances: Vec<ObservedInstance> = w
+            .instances
+            .values()
+            .filter(|i| !i.terminated)
+            .map(|i| {
+                ObservedInstance::new(
+                    i.id.clone(),
+                    i.tags.clone(),
+                    w.state(i, now),
+                    i.instance_type.clone(),
+                    Some(i.private_ip.clone()),
+                    i.data_volume
+                        .as_ref()
+                        .and_then(|v| w.volumes.get(v))
+                        .map(|v| ObservedVolume {
+                            volume_id: v.id.clone(),
+                            size_gb: v.size_gb,
+                            snapshot_id: v.snapshot_id.clone(),
+                        }),
+                )
+            })
+            .collect();
+        let zone_records: Vec<DnsRecord> = w
+            .dns
+            .get(scope.hosted_zone_id.as_str())
+            .map(|z| z.values().cloned().collect())
+            .unwrap_or_default();
+        let n_records = zone_records.len();
+        let dns: Vec<DnsRecord> = zone_records
+            .into_iter()
+            .filter(|r| tags::node_record_coin(&r.name, &scope.internal_domain).is_some())
+            .collect();
+        let snapshots: Vec<SnapshotInfo> = w.snapshots.values().map(|s| s.info.clone()).collect();
+        let n_volumes = instances.iter().filter(|i| i.data_volume.is_some()).count();
+        for (op, n) in [
+            ("DescribeInstances", pages(instances.len(), INSTANCES_PAGE)),
+            ("DescribeVolumes", pages(n_volumes, VOLUMES_PAGE)),
+            ("DescribeSnapshots", pages(snapshots.len(), SNAPSHOTS_PAGE)),
+            ("ListResourceRecordSets", pages(n_records, RECORDS_PAGE)),
+        ] {
+            for _ in 0..n {
+                w.call(op)?;
+            }
+        }
+        let calls = w.calls - before;
+        drop(w);
+        Ok(Observation::new(instances, dns, snapshots, calls))
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError> {
+        self.with(|w, now| {
+            w.call("DescribeInstances")?;
+            let key = NodeKey::of(&spec.slot);
+            let existing = w
+                .instances
+                .values()
+                .filter(|i| !i.terminated && tags::node_key(&i.tags).ok().as_ref() == Some(&key))
+                .map(|i| (i.id.clone(), i.private_ip.clone()))
+                .min();
+            let (id, outcome) = match existing {
+                Some((id, _)) => (id, Outcome::AlreadyDone),
+                None => {
+                    w.call("RunInstances")?;
+                    if w.faults.iter().any(|f| matches!(f, SimFault::LaunchFailsInZone { zone } if zone.as_str() == spec.slot.zone.as_str())) {
+                        return Err(ProviderError::Api {
+                            op: "ec2:RunInstances".into(),
+                            code: "InsufficientInstanceCapacity".into(),
+                            message: format!(
+                                "We currently do not have sufficient {} capacity in the Availability Zone you requested ({}).",
+                                spec.instance_type, spec.slot.zone
+                            ),
+                            instance: None,
+                        });
+                    }
+                    let height = match &spec.snapshot_id {
+                        Some(s) => w.snapshots.get(s).map(|s| s.height).ok_or_else(|| {
+                            ProviderError::Api {
+                                op: "ec2:RunInstances".into(),
+                                code: "InvalidSnapshot.NotFound".into(),
+                                message: format!("The snapshot '{s}' does not exist."),
+                                instance: None,
+                            }
+                        })?,
+                        None => 0,
+                    };
+                    (w.create_instance(spec, now, height, false), Outcome::Done)
+                }
+            };
+            let ip = w.instances[&id].private_ip.clone();
+            let exists = w
+                .dns
+                .get(&spec.dns.hosted_zone_id)
+                .and_then(|z| z.get(&spec.dns.name))
+                .is_some_and(|r| r.values == [ip.clone()]);
+            if !exists {
+                w.call("ChangeResourceRecordSets")?;
+                w.upsert_dns(&spec.dns.hosted_zone_id, &spec.dns.name, &ip);
+            }
+            let outcome = if outcome == Outcome::AlreadyDone && exists {
+                Outcome::AlreadyDone
+            } else {
+                Outcome::Done
+            };
+            Ok((id, outcome))
+        })
+    }
+
+    async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
+        let command = restart_command(version)?;
+        let marker = PendingStep::Upgrade {
+            to: version.to_string(),
+        };
+        run_marked(
+            self,
+            node,
+            &marker,
+            |i| i.tag(tags::VERSION) == Some(version.as_str()),
+            &[(tags::VERSION, version.as_str())],
+            |_| async {
+                self.with(|w, now| {
+                    let height = w.blocks_now(&node.instance_id, now);
+                    w.run_command(node, &command, now)?;
+                    w.live_mut(node)?.daemon = Daemon {
+                        version: Some(version.to_string()),
+                        started_ms: now,
+                        start_height: height,
+                        stopped: false,
+                    };
+                    Ok(())
+                })
+            },
+        )
+        .await
+    }
+
+    async fn confirm_version(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+    ) -> Result<bool, ProviderError> {
+        let command = is_active_command(version)?;
+        confirm_marked(
+            self,
+            node,
+            |i| i.tag(tags::VERSION) == Some(version.as_str()),
+            &[(tags::VERSION, version.as_str())],
+            |_| async {
+                self.with(|w, now| {
+                    let i = w.live(node)?;
+                    let active = !i.stopped
+                        && !i.daemon.stopped
+                        && i.daemon.version.as_deref() == Some(version.as_str());
+                    // The command's answer is the daemon's real state; injected command
+                    // failures (FailCommand) are for commands that change something, so not
+                    // consumed here.
+                    w.call("SendCommand")?;
+                    w.call("GetCommandInvocation")?;
+                    w.commands.push(CommandRecord {
+                        at_ms: now,
+                        instance_id: node.instance_id.clone(),
+                        key: node.key.clone(),
+                        command: command.clone(),
+                        ok: active,
+                    });
+                    Ok(active)
+                })
+            },
+        )
+        .await
+    }
+
+    async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
+        self.with(|w, now| {
+            w.call("DescribeInstances")?;
+            let vol_id = w.live(node)?.data_volume.clone().ok_or_else(|| ProviderError::Refused {
+                reason: format!("instance {} has no data volume", node.instance_id),
+            })?;
+            w.call("DescribeVolumes")?;
+            let current = w.volumes.get(&vol_id).map(|v| v.size_gb).unwrap_or(0);
+            if size_gb < current {
+                return Err(ProviderError::Refused {
+                    reason: format!(
+                        "volume {vol_id} of {} is {current} GB; shrinking to {size_gb} GB would lose chain data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
+                        node.key
+                    ),
+                });
+            }
+            if size_gb == current {
+                return Ok(Outcome::AlreadyDone);
+            }
+            w.call("ModifyVolume")?;
+            if let Some(v) = w.volumes.get_mut(&vol_id) {
+                v.size_gb = size_gb;
+            }
+            w.call("DescribeVolumesModifications")?;
+            w.run_command(node, GROW_FS_COMMAND, now)?;
+            Ok(Outcome::Done)
+        })
+    }
+
+    async fn change_instance_type(
+        &self,
+        node: &NodeRef,
+        instance_type: &InstanceType,
+    ) -> Result<Outcome, ProviderError> {
+        let marker = PendingStep::ChangeType {
+            to: instance_type.to_string(),
+        };
+        run_marked(
+            self,
+            node,
+            &marker,
+            |i| i.instance_type == instance_type.as_str() && i.state != InstanceState::Stopped,
+            &[],
+            |facts| async move {
+                self.with(|w, now| {
+                    let height = w.blocks_now(&node.instance_id, now);
+                    if facts.state != InstanceState::Stopped {
+                        w.call("StopInstances")?;
+                        let i = w.live_mut(node)?;
+                        i.stopped = true;
+                        i.daemon.stopped = true;
+                        i.daemon.start_height = height;
+                    }
+                    w.call("ModifyInstanceAttribute")?;
+                    w.live_mut(node)?.instance_type = instance_type.to_string();
+                    w.call("StartInstances")?;
+                    let boot = w.config.boot_ms;
+                    let i = w.live_mut(node)?;
+                    i.stopped = false;
+                    i.running_at_ms = now + boot;
+                    i.daemon.stopped = false;
+                    i.daemon.started_ms = now + boot;
+                    Ok(())
+                })
+            },
+        )
+        .await
+    }
+
+    async fn snapshot(&self, node: &NodeRef, reason: &str) -> Result<String, ProviderError> {
+        self.with(|w, now| {
+            w.call("DescribeInstances")?;
+            w.snapshot_of(node, reason, now)?
+                .ok_or_else(|| ProviderError::Refused {
+                    reason: format!(
+                        "instance {} has no data volume to snapshot",
+                        node.instance_id
+                    ),
+                })
+        })
+    }
+
+    async fn retire(
+        &self,
+        node: &NodeRef,
+        hosted_zone_id: &str,
+        dns: &[DnsRecord],
+    ) -> Result<Option<String>, ProviderError> {
+        self.with(|w, now| {
+            w.call("DescribeInstances")?;
+            let mut snap = None;
+            if w.live(node).is_ok() {
+                snap = w.snapshot_of(node, "retire", now)?;
+                w.call("TerminateInstances")?;
+                let i = w.live_mut(node)?;
+                i.terminated = true;
+                if let Some(v) = i.data_volume.take() {
+                    w.volumes.remove(&v);
+                }
+            }
+            for r in dns {
+                let present = w.dns.get(hosted_zone_id).and_then(|z| z.get(&r.name)) == Some(r);
+                if present {
+                    w.call("ChangeResourceRecordSets")?;
+                    if let Some(z) = w.dns.get_mut(hosted_zone_id) {
+                        z.remove(&r.name);
+                    }
+                }
+            }
+            Ok(snap)
+        })
+    }
+
+    async fn set_dns(&self, node: &NodeRef, target: &DnsTarget) -> Result<Outcome, ProviderError> {
+        self.with(|w, _| {
+            w.call("DescribeInstances")?;
+            let ip = w.live(node)?.private_ip.clone();
+            let same = w
+                .dns
+                .get(&target.hosted_zone_id)
+                .and_then(|z| z.get(&target.name))
+                .is_some_and(|r| r.values == [ip.clone()]);
+            if same {
+                return Ok(Outcome::AlreadyDone);
+            }
+            w.call("ChangeResourceRecordSets")?;
+            w.upsert_dns(&target.hosted_zone_id, &target.name, &ip);
+            Ok(Outcome::Done)
+        })
+    }
+
+    async fn delete_dns(
+        &self,
+        hosted_zone_id: &str,
+        record: &DnsRecord,
+    ) -> Result<Outcome, ProviderError> {
+        self.with(|w, _| {
+            let present =
+                w.dns.get(hosted_zone_id).and_then(|z| z.get(&record.name)) == Some(record);
+            if !present {
+                return Ok(Outcome::AlreadyDone);
+            }
+            w.call("ChangeResourceRecordSets")?;
+            if let Some(z) = w.dns.get_mut(hosted_zone_id) {
+                z.remove(&record.name);
+            }
+            Ok(Outcome::Done)
+        })
+    }
+}

@@ -1,0 +1,517 @@
+//! The simulated world: instances, volumes, snapshots, DNS records and, per coin, a chain whose
+//! tip advances at the coin's block time; the faults injected into it; the commands its SSM
+//! ran. Pure data and its rules, persisted as `sim.json`; [`super::SimProvider`] is the
+//! provider in front of it.
+//!
+//! A restarted daemon is unreachable for `start_delay_ms`, then catches up like a real node:
+//! headers first (`header_rate` per second), then blocks (`block_rate` per second) until it
+//! reaches the tip, reporting `initial_block_download` while it is more than a day behind.
+
+use crate::clock::Millis;
+use crate::health::ChainStatus;
+use crate::node::NodeKey;
+use crate::provider::{
+    DnsRecord, InstanceState, LaunchSpec, NodeRef, ProviderError, SnapshotInfo, tags,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Attempts per call before throttling becomes an error (as the AWS provider's retry policy).
+pub const MAX_ATTEMPTS: u32 = 5;
+/// DescribeInstances page size (EC2's maximum).
+pub(super) const INSTANCES_PAGE: usize = 1000;
+/// DescribeVolumes page size (EC2's maximum).
+pub(super) const VOLUMES_PAGE: usize = 500;
+/// DescribeSnapshots page size (EC2's maximum).
+pub(super) const SNAPSHOTS_PAGE: usize = 1000;
+/// ListResourceRecordSets page size (Route53's maximum).
+pub(super) const RECORDS_PAGE: usize = 300;
+
+/// How a coin's chain behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ChainParams {
+    /// Time between blocks.
+    pub block_ms: u64,
+    /// Height at the simulation's epoch.
+    pub base_height: u64,
+    /// Headers a catching-up node learns per second.
+    pub header_rate: f64,
+    /// Blocks a catching-up node validates per second.
+    pub block_rate: f64,
+    /// How long a (re)started daemon is unreachable.
+    pub start_delay_ms: u64,
+}
+
+impl ChainParams {
+    /// Plausible figures for well-known coins, a generic chain otherwise.
+    pub fn for_coin(name: &str) -> ChainParams {
+        let (block_ms, base_height) = match name {
+            "bitcoin" => (600_000, 870_000),
+            "litecoin" => (150_000, 2_800_000),
+            "dogecoin" => (60_000, 5_400_000),
+            "ethereum" => (12_000, 21_000_000),
+            "monero" => (120_000, 3_250_000),
+            "iota" => (10_000, 9_000_000),
+            _ => (60_000, 1_000_000),
+        };
+        ChainParams {
+            block_ms,
+            base_height,
+            header_rate: 20_000.0,
+            block_rate: 50.0,
+            start_delay_ms: 30_000,
+        }
+    }
+}
+
+/// Settings of a simulated world.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// Per-coin chain behaviour; coins not listed use [`ChainParams::for_coin`].
+    pub chains: BTreeMap<String, ChainParams>,
+    /// Time from RunInstances to running.
+    pub boot_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            chains: BTreeMap::new(),
+            boot_ms: 60_000,
+        }
+    }
+}
+
+/// A fault to inject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "kebab-case")]
+pub enum SimFault {
+    /// The node's daemon never gets past the height it restarted at.
+    NeverSyncs {
+        /// Node.
+        key: NodeKey,
+    },
+    /// The node's blocks stop at `height`.
+    StallAt {
+        /// Node.
+        key: NodeKey,
+        /// Height.
+        height: u64,
+    },
+    /// The next `times` SSM commands (on `key`, or on any node) fail with `stderr`.
+    FailCommand {
+        /// Node, or any.
+        key: Option<NodeKey>,
+        /// How many.
+        times: u32,
+        /// Standard error of the failure.
+        stderr: String,
+    },
+    /// The next `times` attempts of `op` (or of any call) are throttled.
+    Throttle {
+        /// Operation name (`RunInstances`…), or any.
+        op: Option<String>,
+        /// How many attempts.
+        times: u32,
+    },
+    /// Launches in `zone` fail with InsufficientInstanceCapacity.
+    LaunchFailsInZone {
+        /// Zone.
+        zone: String,
+    },
+    /// The next `times` calls of `op` fail before reaching the API (a crash between steps).
+    FailOp {
+        /// Operation name.
+        op: String,
+        /// How many.
+        times: u32,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Daemon {
+    /// Version started (what actually runs; the tag is the record).
+    pub(super) version: Option<String>,
+    /// When it was last (re)started.
+    pub(super) started_ms: Millis,
+    /// Its block height when it started.
+    pub(super) start_height: u64,
+    /// Stopped (instance stopped).
+    pub(super) stopped: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Instance {
+    pub(super) id: String,
+    pub(super) tags: BTreeMap<String, String>,
+    pub(super) terminated: bool,
+    pub(super) stopped: bool,
+    pub(super) running_at_ms: Millis,
+    pub(super) instance_type: String,
+    pub(super) zone: String,
+    pub(super) private_ip: String,
+    pub(super) data_volume: Option<String>,
+    pub(super) daemon: Daemon,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Volume {
+    pub(super) id: String,
+    pub(super) size_gb: u32,
+    pub(super) snapshot_id: Option<String>,
+    pub(super) zone: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Snapshot {
+    pub(super) info: SnapshotInfo,
+    /// Chain height captured.
+    pub(super) height: u64,
+}
+
+/// A command the simulated SSM ran, in order (what tests check zone order against).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// When.
+    pub at_ms: Millis,
+    /// Instance.
+    pub instance_id: String,
+    /// Node.
+    pub key: NodeKey,
+    /// The shell command.
+    pub command: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct World {
+    pub(super) config: SimConfig,
+    pub(super) epoch_ms: Millis,
+    pub(super) next_id: u64,
+    pub(super) instances: BTreeMap<String, Instance>,
+    pub(super) volumes: BTreeMap<String, Volume>,
+    pub(super) snapshots: BTreeMap<String, Snapshot>,
+    /// hosted zone id -> name -> record.
+    pub(super) dns: BTreeMap<String, BTreeMap<String, DnsRecord>>,
+    pub(super) faults: Vec<SimFault>,
+    pub(super) commands: Vec<CommandRecord>,
+    pub(super) calls: u64,
+    pub(super) attempts: u64,
+}
+
+impl World {
+    pub(super) fn params(&self, coin: &str) -> ChainParams {
+        self.config
+            .chains
+            .get(coin)
+            .copied()
+            .unwrap_or_else(|| ChainParams::for_coin(coin))
+    }
+
+    pub(super) fn tip(&self, coin: &str, now: Millis) -> u64 {
+        let p = self.params(coin);
+        p.base_height + now.saturating_sub(self.epoch_ms) / p.block_ms.max(1)
+    }
+
+    pub(super) fn fault_for(&self, key: &NodeKey) -> (bool, Option<u64>) {
+        let mut never = false;
+        let mut stall = None;
+        for f in &self.faults {
+            match f {
+                SimFault::NeverSyncs { key: k } if k == key => never = true,
+                SimFault::StallAt { key: k, height } if k == key => stall = Some(*height),
+                _ => {}
+            }
+        }
+        (never, stall)
+    }
+
+    pub(super) fn status(&self, instance_id: &str, now: Millis) -> Result<ChainStatus, String> {
+        let i = self
+            .instances
+            .get(instance_id)
+            .ok_or_else(|| format!("no instance {instance_id}"))?;
+        if i.terminated || i.stopped || i.daemon.stopped {
+            return Err(format!(
+                "{instance_id}: connection refused (instance not running)"
+            ));
+        }
+        let coin = i.tags.get(tags::COIN).cloned().unwrap_or_default();
+        let p = self.params(&coin);
+        let up_at = i.daemon.started_ms.max(i.running_at_ms) + p.start_delay_ms;
+        if now < up_at {
+            return Err(format!(
+                "{instance_id}: connection refused (daemon starting)"
+            ));
+        }
+        let tip = self.tip(&coin, now);
+        let secs = (now - up_at) as f64 / 1000.0;
+        let start = i.daemon.start_height.min(tip);
+        let headers = ((start as f64 + p.header_rate * secs) as u64).min(tip);
+        let mut blocks = ((start as f64 + p.block_rate * secs) as u64).min(headers);
+        let key = tags::node_key(&i.tags).ok();
+        if let Some(key) = key {
+            let (never, stall) = self.fault_for(&key);
+            if never {
+                blocks = start;
+            }
+            if let Some(h) = stall {
+                blocks = blocks.min(h.max(start));
+            }
+        }
+        let day_of_blocks = 86_400_000 / p.block_ms.max(1);
+        Ok(ChainStatus {
+            blocks,
+            headers,
+            initial_block_download: tip.saturating_sub(blocks) > day_of_blocks,
+        })
+    }
+
+    pub(super) fn blocks_now(&self, instance_id: &str, now: Millis) -> u64 {
+        match self.status(instance_id, now) {
+            Ok(s) => s.blocks,
+            Err(_) => self
+                .instances
+                .get(instance_id)
+                .map(|i| i.daemon.start_height)
+                .unwrap_or(0),
+        }
+    }
+
+    /// One API call: throttling and injected failures apply, as on AWS.
+    pub(super) fn call(&mut self, op: &str) -> Result<(), ProviderError> {
+        self.calls += 1;
+        for (i, f) in self.faults.iter_mut().enumerate() {
+            if let SimFault::FailOp { op: o, times } = f
+                && o == op
+                && *times > 0
+            {
+                *times -= 1;
+                if *times == 0 {
+                    self.faults.remove(i);
+                }
+                return Err(ProviderError::Api {
+                    op: op.to_string(),
+                    code: "InjectedFailure".into(),
+                    message: "the call failed before reaching the API (injected)".into(),
+                    instance: None,
+                });
+            }
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.attempts += 1;
+            let throttled = self.faults.iter_mut().any(|f| match f {
+                SimFault::Throttle { op: o, times }
+                    if *times > 0 && o.as_deref().is_none_or(|o| o == op) =>
+                {
+                    *times -= 1;
+                    true
+                }
+                _ => false,
+            });
+            self.faults
+                .retain(|f| !matches!(f, SimFault::Throttle { times: 0, .. }));
+            if !throttled {
+                return Ok(());
+            }
+            if attempts >= MAX_ATTEMPTS {
+                return Err(ProviderError::Throttled {
+                    op: op.to_string(),
+                    attempts,
+                    code: "RequestLimitExceeded".into(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn new_id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}-{:017x}", 0x000f_1ee7_0000_0000_u64 + self.next_id)
+    }
+
+    pub(super) fn create_instance(
+        &mut self,
+        spec: &LaunchSpec,
+        now: Millis,
+        height: u64,
+        running: bool,
+    ) -> String {
+        let id = self.new_id("i");
+        let vol = self.new_id("vol");
+        self.volumes.insert(
+            vol.clone(),
+            Volume {
+                id: vol.clone(),
+                size_gb: spec.data_volume_gb,
+                snapshot_id: spec.snapshot_id.clone(),
+                zone: spec.slot.zone.to_string(),
+            },
+        );
+        let n = self.next_id;
+        let private_ip = format!("10.{}.{}.{}", (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+        // A seeded node has been up long enough to answer; a launched one boots first.
+        let settled = now.saturating_sub(self.params(spec.slot.coin.as_str()).start_delay_ms);
+        let running_at_ms = if running {
+            settled
+        } else {
+            now + self.config.boot_ms
+        };
+        self.instances.insert(
+            id.clone(),
+            Instance {
+                id: id.clone(),
+                tags: spec.tags.clone(),
+                terminated: false,
+                stopped: false,
+                running_at_ms,
+                instance_type: spec.instance_type.to_string(),
+                zone: spec.slot.zone.to_string(),
+                private_ip,
+                data_volume: Some(vol),
+                daemon: Daemon {
+                    version: Some(spec.version.to_string()),
+                    started_ms: running_at_ms,
+                    start_height: height,
+                    stopped: false,
+                },
+            },
+        );
+        id
+    }
+
+    pub(super) fn upsert_dns(&mut self, zone: &str, name: &str, ip: &str) -> bool {
+        let rec = DnsRecord {
+            name: name.to_string(),
+            values: vec![ip.to_string()],
+            ttl: 60,
+        };
+        let z = self.dns.entry(zone.to_string()).or_default();
+        if z.get(name) == Some(&rec) {
+            return false;
+        }
+        z.insert(name.to_string(), rec);
+        true
+    }
+
+    pub(super) fn live(&self, node: &NodeRef) -> Result<&Instance, ProviderError> {
+        match self.instances.get(&node.instance_id) {
+            Some(i)
+                if !i.terminated
+                    && i.tags.get(tags::MANAGED).map(String::as_str) == Some("true") =>
+            {
+                Ok(i)
+            }
+            _ => Err(ProviderError::NotFound {
+                instance: node.instance_id.clone(),
+            }),
+        }
+    }
+
+    pub(super) fn live_mut(&mut self, node: &NodeRef) -> Result<&mut Instance, ProviderError> {
+        self.live(node)?;
+        Ok(self.instances.get_mut(&node.instance_id).expect("checked"))
+    }
+
+    pub(super) fn state(&self, i: &Instance, now: Millis) -> InstanceState {
+        if i.terminated {
+            InstanceState::Terminated
+        } else if i.stopped {
+            InstanceState::Stopped
+        } else if now < i.running_at_ms {
+            InstanceState::Pending
+        } else {
+            InstanceState::Running
+        }
+    }
+
+    /// Run a command on a node through the simulated SSM.
+    pub(super) fn run_command(
+        &mut self,
+        node: &NodeRef,
+        command: &str,
+        now: Millis,
+    ) -> Result<(), ProviderError> {
+        self.call("SendCommand")?;
+        let key = node.key.clone();
+        let mut failed = None;
+        for (idx, f) in self.faults.iter_mut().enumerate() {
+            if let SimFault::FailCommand {
+                key: k,
+                times,
+                stderr,
+            } = f
+                && *times > 0
+                && k.as_ref().is_none_or(|k| *k == key)
+            {
+                *times -= 1;
+                failed = Some((idx, stderr.clone(), *times == 0));
+                break;
+            }
+        }
+        self.call("GetCommandInvocation")?;
+        let ok = failed.is_none();
+        self.commands.push(CommandRecord {
+            at_ms: now,
+            instance_id: node.instance_id.clone(),
+            key,
+            command: command.to_string(),
+            ok,
+        });
+        if let Some((idx, stderr, exhausted)) = failed {
+            if exhausted {
+                self.faults.remove(idx);
+            }
+            return Err(ProviderError::CommandFailed {
+                instance: node.instance_id.clone(),
+                status: "Failed".into(),
+                exit_code: 1,
+                stderr,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn snapshot_of(
+        &mut self,
+        node: &NodeRef,
+        reason: &str,
+        now: Millis,
+    ) -> Result<Option<String>, ProviderError> {
+        let i = self.live(node)?;
+        let Some(vol_id) = i.data_volume.clone() else {
+            return Ok(None);
+        };
+        let height = self.blocks_now(&node.instance_id, now);
+        let vol = self
+            .volumes
+            .get(&vol_id)
+            .cloned()
+            .ok_or_else(|| ProviderError::Api {
+                op: "CreateSnapshot".into(),
+                code: "InvalidVolume.NotFound".into(),
+                message: format!("volume {vol_id} does not exist"),
+                instance: Some(node.instance_id.clone()),
+            })?;
+        self.call("CreateSnapshot")?;
+        let id = self.new_id("snap");
+        self.snapshots.insert(
+            id.clone(),
+            Snapshot {
+                info: SnapshotInfo {
+                    snapshot_id: id.clone(),
+                    coin: node.key.coin.to_string(),
+                    zone: vol.zone.clone(),
+                    size_gb: vol.size_gb,
+                    started_ms: now,
+                    state: "completed".into(),
+                    reason: reason.to_string(),
+                },
+                height,
+            },
+        );
+        Ok(Some(id))
+    }
+}
