@@ -109,8 +109,9 @@ fn run(parallel: usize) -> (u64, u64, String, usize, u64, u64) {
 
 /// 25 coins whose rollouts all wait on their budget: one node of each is out of sync (its
 /// daemon stopped validating) for the first `sick_ms` of the apply, so no coin may take a
-/// node down. Returns (coins that waited, provider calls during the wait).
-fn run_waiting(sick_ms: u64) -> (usize, u64) {
+/// node down. Returns (coins that waited, provider calls during the wait, observations the
+/// apply made).
+fn run_waiting(sick_ms: u64) -> (usize, u64, u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -155,23 +156,25 @@ fn run_waiting(sick_ms: u64) -> (usize, u64) {
             cancel.cancel();
             calls
         };
-        let (_, calls) = tokio::join!(exec.apply(&desired, &p, &cancel), during);
+        let (report, calls) = tokio::join!(exec.apply(&desired, &p, &cancel), during);
         let waited = rec
             .events()
             .iter()
             .filter(|(_, e)| matches!(e, Event::Waiting { .. }))
             .count();
-        (waited, calls)
+        (waited, calls, report.observations)
     })
 }
 
 fn main() {
     let sick_ms = 600_000;
-    let (waited, calls) = run_waiting(sick_ms);
+    let (waited, calls, observations) = run_waiting(sick_ms);
+    let minutes = sick_ms as f64 / 60_000.0;
     println!(
-        "waiting on the budget: {waited} of {COINS} coins wait {} simulated min with one node each out of sync: {calls} provider API calls ({:.1} per simulated minute)",
+        "waiting on the budget: {waited} of {COINS} coins wait {} simulated min with one node each out of sync: {calls} provider API calls ({:.1} per simulated minute), {observations} observations of the fleet ({:.1} per minute; the poll is 5 s)",
         sick_ms / 60_000,
-        calls as f64 / (sick_ms as f64 / 60_000.0)
+        calls as f64 / minutes,
+        observations as f64 / minutes
     );
     println!("simulated rollout: {COINS} coins × 3 zones, one patch release behind, poll 5 s");
     for parallel in [COINS, 8] {
