@@ -14,10 +14,13 @@
 
 use crate::clock::{Clock, Millis};
 use crate::events::Failure;
-use crate::plan::Observed;
+use crate::health::rating::StallWatch;
+use crate::health::{ChainStatus, CoinHealth, NodeInput, ProbeError, rate};
+use crate::node::NodeKey;
+use crate::plan::{Observed, ObservedNode};
 use crate::provider::{Provider, ProviderError, Scope};
-use fleet_repo_schema::Desired;
 use fleet_repo_schema::values::CoinName;
+use fleet_repo_schema::{Coin, Desired};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -30,6 +33,28 @@ pub async fn observe(
 ) -> Result<Observed, ProviderError> {
     let observation = provider.observe(&Scope::of(&desired.fleet)).await?;
     Ok(Observed::assign(desired, observation))
+}
+
+/// Rate a coin's observed `nodes` with their `readings` (the nodes not probed have none),
+/// by the coin's health settings: the executor's and the node watch's one way of asking
+/// [`rate`].
+pub fn rate_observed(
+    coin: &Coin,
+    nodes: &[ObservedNode],
+    readings: &BTreeMap<NodeKey, Result<ChainStatus, ProbeError>>,
+    stall: Option<StallWatch<'_>>,
+) -> CoinHealth {
+    rate(
+        coin.health.probe,
+        coin.health.max_lag_blocks,
+        nodes.iter().map(|n| NodeInput {
+            key: &n.key,
+            running: n.running(),
+            step_pending: n.pending.is_some(),
+            reading: readings.get(&n.key),
+        }),
+        stall,
+    )
 }
 
 /// The last observation, when it was taken, and each coin's change count at that moment.

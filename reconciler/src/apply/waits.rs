@@ -3,13 +3,12 @@
 //! coin's first wave. Every wait asks the same two things: the shared view (which instances
 //! exist and run) and the probes, judged by [`crate::health::rate`] and the [`Gate`].
 
+use super::view::rate_observed;
 use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
 use crate::clock::Millis;
 use crate::events::{BudgetWait, Event, Failure, GatePhase};
 use crate::health::rating::reference_height;
-use crate::health::{
-    ChainStatus, CoinHealth, Gate, GateConfig, NodeInput, ProbeError, ProbeTarget, Verdict, rate,
-};
+use crate::health::{ChainStatus, CoinHealth, Gate, GateConfig, ProbeError, ProbeTarget, Verdict};
 use crate::node::NodeKey;
 use crate::plan::{ObservedNode, Wave};
 use crate::store::Record;
@@ -59,17 +58,7 @@ impl Executor {
             .map(|n| (n.key.clone(), n.instance_id.clone()))
             .collect();
         let readings = self.probe(coin, &running).await;
-        let health = rate(
-            coin.health.probe,
-            coin.health.max_lag_blocks,
-            nodes.iter().map(|n| NodeInput {
-                key: &n.key,
-                running: n.running(),
-                step_pending: n.pending.is_some(),
-                reading: readings.get(&n.key),
-            }),
-            None,
-        );
+        let health = rate_observed(coin, nodes, &readings, None);
         (health, readings)
     }
 

@@ -6,8 +6,9 @@
 use super::Shared;
 use super::reconcile::HeldCoins;
 use super::status::{CoinState, CoinStatus, NodeStatus};
+use crate::apply::view::rate_observed;
 use crate::daemon::Good;
-use crate::health::{NodeHealth, NodeInput, ProbeTarget, Prober, probe_all, rate};
+use crate::health::{NodeHealth, ProbeTarget, Prober, probe_all};
 use crate::node::NodeKey;
 use crate::plan::{Observed, Plan};
 use crate::provider::InstanceState;
@@ -102,17 +103,7 @@ pub async fn refresh(
             cs.zones.entry(z.to_string()).or_default();
         }
         let nodes = observed.nodes_of(&coin.name);
-        let health = rate(
-            coin.health.probe,
-            coin.health.max_lag_blocks,
-            nodes.iter().map(|n| NodeInput {
-                key: &n.key,
-                running: n.running(),
-                step_pending: n.pending.is_some(),
-                reading: readings.get(&n.key),
-            }),
-            None,
-        );
+        let health = rate_observed(coin, nodes, &readings, None);
         for n in nodes {
             let h = health.nodes.get(&n.key);
             *nodes_gauge

@@ -930,21 +930,14 @@ impl Provider for AwsProvider {
 
     async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
         let command = restart_command(version)?;
-        let marker = PendingStep::Upgrade {
+        let step = PendingStep::Upgrade {
             to: version.to_string(),
         };
-        run_marked(
-            self,
-            node,
-            &marker,
-            |i| i.tag(tags::VERSION) == Some(version.as_str()),
-            &[(tags::VERSION, version.as_str())],
-            |_| async {
-                self.run_command(node, &command, &format!("fleet: {} to {version}", node.key))
-                    .await
-                    .map(drop)
-            },
-        )
+        run_marked(self, node, &step, |_| async {
+            self.run_command(node, &command, &format!("fleet: {} to {version}", node.key))
+                .await
+                .map(drop)
+        })
         .await
     }
 
@@ -954,23 +947,20 @@ impl Provider for AwsProvider {
         version: &Version,
     ) -> Result<bool, ProviderError> {
         let command = is_active_command(version)?;
-        confirm_marked(
-            self,
-            node,
-            |i| i.tag(tags::VERSION) == Some(version.as_str()),
-            &[(tags::VERSION, version.as_str())],
-            |_| async {
-                match self
-                    .run_command(node, &command, &format!("fleet: is node@{version} active"))
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    // `systemctl is-active` exits 3 when the unit is not active.
-                    Err(ProviderError::CommandFailed { .. }) => Ok(false),
-                    Err(e) => Err(e),
-                }
-            },
-        )
+        let step = PendingStep::Upgrade {
+            to: version.to_string(),
+        };
+        confirm_marked(self, node, &step, |_| async {
+            match self
+                .run_command(node, &command, &format!("fleet: is node@{version} active"))
+                .await
+            {
+                Ok(_) => Ok(true),
+                // `systemctl is-active` exits 3 when the unit is not active.
+                Err(ProviderError::CommandFailed { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
         .await
     }
 
@@ -1070,51 +1060,41 @@ impl Provider for AwsProvider {
         node: &NodeRef,
         instance_type: &InstanceType,
     ) -> Result<Outcome, ProviderError> {
-        let marker = PendingStep::ChangeType {
+        let step = PendingStep::ChangeType {
             to: instance_type.to_string(),
         };
-        run_marked(
-            self,
-            node,
-            &marker,
-            |i| {
-                i.instance_type == instance_type.as_str()
-                    && matches!(i.state, InstanceState::Running | InstanceState::Pending)
-            },
-            &[],
-            |facts| async move {
-                let id = node.instance_id.as_str();
-                if facts.state != InstanceState::Stopped {
-                    self.ec2
-                        .stop_instances()
-                        .instance_ids(id)
-                        .send()
-                        .await
-                        .map_err(|e| self.err("ec2:StopInstances", Some(id), e))?;
-                    self.wait_state(node, "stopped").await?;
-                }
-                if facts.instance_type != instance_type.as_str() {
-                    self.ec2
-                        .modify_instance_attribute()
-                        .instance_id(id)
-                        .instance_type(
-                            aws_sdk_ec2::types::AttributeValue::builder()
-                                .value(instance_type.as_str())
-                                .build(),
-                        )
-                        .send()
-                        .await
-                        .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(id), e))?;
-                }
+        run_marked(self, node, &step, |facts| async move {
+            let id = node.instance_id.as_str();
+            if facts.state != InstanceState::Stopped {
                 self.ec2
-                    .start_instances()
+                    .stop_instances()
                     .instance_ids(id)
                     .send()
                     .await
-                    .map_err(|e| self.err("ec2:StartInstances", Some(id), e))?;
-                Ok(())
-            },
-        )
+                    .map_err(|e| self.err("ec2:StopInstances", Some(id), e))?;
+                self.wait_state(node, "stopped").await?;
+            }
+            if facts.instance_type != instance_type.as_str() {
+                self.ec2
+                    .modify_instance_attribute()
+                    .instance_id(id)
+                    .instance_type(
+                        aws_sdk_ec2::types::AttributeValue::builder()
+                            .value(instance_type.as_str())
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(id), e))?;
+            }
+            self.ec2
+                .start_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:StartInstances", Some(id), e))?;
+            Ok(())
+        })
         .await
     }
 

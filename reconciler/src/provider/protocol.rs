@@ -12,9 +12,10 @@
 //! node's version as unknown rather than guessing, and the planner either repeats the step
 //! (every act is idempotent) or, for an upgrade, first asks the node ([`confirm_marked`]).
 //!
-//! A provider supplies the three primitives ([`InstanceRecord`]: read, write tags, delete a
-//! tag) and each step's act; a new kind of step is written once per provider with the
-//! protocol shared.
+//! What a step means ([`PendingStep::done_on`]: when the instance already shows its result,
+//! [`PendingStep::record`]: the tags that record it) is written here, once. A provider
+//! supplies the three primitives ([`InstanceRecord`]: read, write tags, delete a tag) and each
+//! step's act; a new kind of step is one variant here and one act per provider.
 
 use super::{InstanceState, NodeRef, Outcome, PendingStep, ProviderError, tags};
 use async_trait::async_trait;
@@ -55,15 +56,36 @@ pub trait InstanceRecord: Send + Sync {
     async fn delete_tag(&self, node: &NodeRef, key: &str) -> Result<(), ProviderError>;
 }
 
-/// Run a step under the marker: steps 1–5 above. `done` says whether the instance already
-/// shows the result (asked only when no step is pending); `record` is written after `act`
-/// succeeded and before the marker is cleared.
+/// What each kind of marked step means, the same for every provider: when an instance
+/// already shows its result, and which tags record it.
+impl PendingStep {
+    /// Whether `facts` show this step's result (asked only when no step is marked).
+    pub fn done_on(&self, facts: &InstanceFacts) -> bool {
+        match self {
+            PendingStep::Upgrade { to } => facts.tag(tags::VERSION) == Some(to.as_str()),
+            PendingStep::ChangeType { to } => {
+                facts.instance_type == *to
+                    && matches!(facts.state, InstanceState::Running | InstanceState::Pending)
+            }
+            PendingStep::Unknown { .. } => false,
+        }
+    }
+
+    /// The tags that record the result, written once the act succeeded, before the marker is
+    /// cleared. A change of type records nothing: the instance's type is its own record.
+    pub fn record(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            PendingStep::Upgrade { to } => vec![(tags::VERSION, to.as_str())],
+            PendingStep::ChangeType { .. } | PendingStep::Unknown { .. } => vec![],
+        }
+    }
+}
+
+/// Run `step` under its marker: steps 1–5 above.
 pub async fn run_marked<R, Fut>(
     r: &R,
     node: &NodeRef,
-    marker: &PendingStep,
-    done: impl Fn(&InstanceFacts) -> bool + Send,
-    record: &[(&str, &str)],
+    step: &PendingStep,
     act: impl FnOnce(InstanceFacts) -> Fut + Send,
 ) -> Result<Outcome, ProviderError>
 where
@@ -71,28 +93,24 @@ where
     Fut: Future<Output = Result<(), ProviderError>> + Send,
 {
     let facts = r.read(node).await?;
-    if !facts.pending() && done(&facts) {
+    if !facts.pending() && step.done_on(&facts) {
         return Ok(Outcome::AlreadyDone);
     }
-    r.write_tags(node, &[(tags::PENDING, &marker.to_tag())])
+    r.write_tags(node, &[(tags::PENDING, &step.to_tag())])
         .await?;
     act(facts).await?;
-    if !record.is_empty() {
-        r.write_tags(node, record).await?;
-    }
-    r.delete_tag(node, tags::PENDING).await?;
+    finish(r, node, step).await?;
     Ok(Outcome::Done)
 }
 
-/// Finish a step found interrupted (its marker present) without acting again when the node
+/// Finish `step`, found interrupted (its marker present), without acting again when the node
 /// confirms its result: `ask` the node; if it says yes, record the result and clear the
-/// marker. True when the result holds (at once when it is already recorded with no marker);
+/// marker. True when the result holds (at once when it is recorded and nothing is marked);
 /// false, with nothing changed, when the node says no.
 pub async fn confirm_marked<R, Fut>(
     r: &R,
     node: &NodeRef,
-    done: impl Fn(&InstanceFacts) -> bool + Send,
-    record: &[(&str, &str)],
+    step: &PendingStep,
     ask: impl FnOnce(InstanceFacts) -> Fut + Send,
 ) -> Result<bool, ProviderError>
 where
@@ -100,17 +118,26 @@ where
     Fut: Future<Output = Result<bool, ProviderError>> + Send,
 {
     let facts = r.read(node).await?;
-    if !facts.pending() && done(&facts) {
+    if !facts.pending() && step.done_on(&facts) {
         return Ok(true);
     }
     if !ask(facts).await? {
         return Ok(false);
     }
-    if !record.is_empty() {
-        r.write_tags(node, record).await?;
-    }
-    r.delete_tag(node, tags::PENDING).await?;
+    finish(r, node, step).await?;
     Ok(true)
+}
+
+/// Steps 4 and 5: record the result, then clear the marker.
+async fn finish<R>(r: &R, node: &NodeRef, step: &PendingStep) -> Result<(), ProviderError>
+where
+    R: InstanceRecord + ?Sized,
+{
+    let record = step.record();
+    if !record.is_empty() {
+        r.write_tags(node, &record).await?;
+    }
+    r.delete_tag(node, tags::PENDING).await
 }
 
 #[cfg(test)]
@@ -174,19 +201,12 @@ mod tests {
     }
 
     async fn upgrade(f: &Fake, acted: &Mutex<u32>) -> Result<Outcome, ProviderError> {
-        let marker = PendingStep::Upgrade { to: "2".into() };
-        run_marked(
-            f,
-            &node(),
-            &marker,
-            |i| i.tag(tags::VERSION) == Some("2"),
-            &[(tags::VERSION, "2")],
-            |_| async {
-                f.call("act")?;
-                *acted.lock().unwrap() += 1;
-                Ok(())
-            },
-        )
+        let step = PendingStep::Upgrade { to: "2".into() };
+        run_marked(f, &node(), &step, |_| async {
+            f.call("act")?;
+            *acted.lock().unwrap() += 1;
+            Ok(())
+        })
         .await
     }
 
@@ -233,16 +253,12 @@ mod tests {
             .lock()
             .unwrap()
             .insert(tags::PENDING.into(), "upgrade:2".into());
-        let done = |i: &InstanceFacts| i.tag(tags::VERSION) == Some("2");
+        let step = PendingStep::Upgrade { to: "2".into() };
         let n = node();
-        let no = confirm_marked(&f, &n, done, &[(tags::VERSION, "2")], |_| async {
-            Ok(false)
-        });
+        let no = confirm_marked(&f, &n, &step, |_| async { Ok(false) });
         assert!(!no.await.unwrap());
         assert!(f.tag(tags::PENDING).is_some(), "nothing changed on a no");
-        let yes = confirm_marked(&f, &n, done, &[(tags::VERSION, "2")], |_| async {
-            Ok(true)
-        });
+        let yes = confirm_marked(&f, &n, &step, |_| async { Ok(true) });
         assert!(yes.await.unwrap());
         assert_eq!(f.tag(tags::VERSION).as_deref(), Some("2"));
         assert_eq!(f.tag(tags::PENDING), None);

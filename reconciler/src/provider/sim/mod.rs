@@ -409,29 +409,22 @@ impl Provider for SimProvider {
 
     async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
         let command = restart_command(version)?;
-        let marker = PendingStep::Upgrade {
+        let step = PendingStep::Upgrade {
             to: version.to_string(),
         };
-        run_marked(
-            self,
-            node,
-            &marker,
-            |i| i.tag(tags::VERSION) == Some(version.as_str()),
-            &[(tags::VERSION, version.as_str())],
-            |_| async {
-                self.with(|w, now| {
-                    let height = w.blocks_now(&node.instance_id, now);
-                    w.run_command(node, &command, now)?;
-                    w.live_mut(node)?.daemon = Daemon {
-                        version: Some(version.to_string()),
-                        started_ms: now,
-                        start_height: height,
-                        stopped: false,
-                    };
-                    Ok(())
-                })
-            },
-        )
+        run_marked(self, node, &step, |_| async {
+            self.with(|w, now| {
+                let height = w.blocks_now(&node.instance_id, now);
+                w.run_command(node, &command, now)?;
+                w.live_mut(node)?.daemon = Daemon {
+                    version: Some(version.to_string()),
+                    started_ms: now,
+                    start_height: height,
+                    stopped: false,
+                };
+                Ok(())
+            })
+        })
         .await
     }
 
@@ -441,33 +434,30 @@ impl Provider for SimProvider {
         version: &Version,
     ) -> Result<bool, ProviderError> {
         let command = is_active_command(version)?;
-        confirm_marked(
-            self,
-            node,
-            |i| i.tag(tags::VERSION) == Some(version.as_str()),
-            &[(tags::VERSION, version.as_str())],
-            |_| async {
-                self.with(|w, now| {
-                    let i = w.live(node)?;
-                    let active = !i.stopped
-                        && !i.daemon.stopped
-                        && i.daemon.version.as_deref() == Some(version.as_str());
-                    // The command's answer is the daemon's real state; injected command
-                    // failures (FailCommand) are for commands that change something, so not
-                    // consumed here.
-                    w.call("SendCommand")?;
-                    w.call("GetCommandInvocation")?;
-                    w.commands.push(CommandRecord {
-                        at_ms: now,
-                        instance_id: node.instance_id.clone(),
-                        key: node.key.clone(),
-                        command: command.clone(),
-                        ok: active,
-                    });
-                    Ok(active)
-                })
-            },
-        )
+        let step = PendingStep::Upgrade {
+            to: version.to_string(),
+        };
+        confirm_marked(self, node, &step, |_| async {
+            self.with(|w, now| {
+                let i = w.live(node)?;
+                let active = !i.stopped
+                    && !i.daemon.stopped
+                    && i.daemon.version.as_deref() == Some(version.as_str());
+                // The command's answer is the daemon's real state; injected command
+                // failures (FailCommand) are for commands that change something, so not
+                // consumed here.
+                w.call("SendCommand")?;
+                w.call("GetCommandInvocation")?;
+                w.commands.push(CommandRecord {
+                    at_ms: now,
+                    instance_id: node.instance_id.clone(),
+                    key: node.key.clone(),
+                    command: command.clone(),
+                    ok: active,
+                });
+                Ok(active)
+            })
+        })
         .await
     }
 
@@ -505,38 +495,31 @@ impl Provider for SimProvider {
         node: &NodeRef,
         instance_type: &InstanceType,
     ) -> Result<Outcome, ProviderError> {
-        let marker = PendingStep::ChangeType {
+        let step = PendingStep::ChangeType {
             to: instance_type.to_string(),
         };
-        run_marked(
-            self,
-            node,
-            &marker,
-            |i| i.instance_type == instance_type.as_str() && i.state != InstanceState::Stopped,
-            &[],
-            |facts| async move {
-                self.with(|w, now| {
-                    let height = w.blocks_now(&node.instance_id, now);
-                    if facts.state != InstanceState::Stopped {
-                        w.call("StopInstances")?;
-                        let i = w.live_mut(node)?;
-                        i.stopped = true;
-                        i.daemon.stopped = true;
-                        i.daemon.start_height = height;
-                    }
-                    w.call("ModifyInstanceAttribute")?;
-                    w.live_mut(node)?.instance_type = instance_type.to_string();
-                    w.call("StartInstances")?;
-                    let boot = w.config.boot_ms;
+        run_marked(self, node, &step, |facts| async move {
+            self.with(|w, now| {
+                let height = w.blocks_now(&node.instance_id, now);
+                if facts.state != InstanceState::Stopped {
+                    w.call("StopInstances")?;
                     let i = w.live_mut(node)?;
-                    i.stopped = false;
-                    i.running_at_ms = now + boot;
-                    i.daemon.stopped = false;
-                    i.daemon.started_ms = now + boot;
-                    Ok(())
-                })
-            },
-        )
+                    i.stopped = true;
+                    i.daemon.stopped = true;
+                    i.daemon.start_height = height;
+                }
+                w.call("ModifyInstanceAttribute")?;
+                w.live_mut(node)?.instance_type = instance_type.to_string();
+                w.call("StartInstances")?;
+                let boot = w.config.boot_ms;
+                let i = w.live_mut(node)?;
+                i.stopped = false;
+                i.running_at_ms = now + boot;
+                i.daemon.stopped = false;
+                i.daemon.started_ms = now + boot;
+                Ok(())
+            })
+        })
         .await
     }
 
