@@ -99,6 +99,18 @@ pub enum Record {
         /// When.
         at_ms: Millis,
     },
+    /// A coin's rollout began (written before its first step: a journal that cannot be
+    /// written stops the rollout before anything is touched).
+    RolloutStarted {
+        /// Coin.
+        coin: String,
+        /// Commit of the fleet repository.
+        commit: String,
+        /// Steps planned.
+        steps: usize,
+        /// When.
+        at_ms: Millis,
+    },
     /// A zone's nodes all passed their gates; its bake started.
     BakeStarted {
         /// Coin.

@@ -633,3 +633,50 @@ async fn a_node_falling_behind_during_the_bake_restarts_the_bake() {
         .count();
     assert_eq!(bakes, 2);
 }
+
+/// Hardening: a journal that cannot be written (here a full disk: the file is /dev/full)
+/// stops every coin before its first step; nothing is launched, restarted or recorded.
+#[tokio::test(start_paused = true)]
+async fn journal_failures_stop_the_coin() {
+    let mut rig = Rig::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path()).unwrap();
+    let path = dir.path().join(reconciler::store::JOURNAL_FILE);
+    let _ = std::fs::remove_file(&path);
+    std::os::unix::fs::symlink("/dev/full", &path).unwrap();
+    rig.journal = Arc::new(journal);
+    let p = rig.plan().await;
+    // Approving fails too: nothing is recorded, so those coins keep waiting.
+    for cp in p.coins.iter().filter(|c| c.approval.is_some()) {
+        let key = reconciler::store::ApprovalKey {
+            coin: cp.coin.clone(),
+            target: cp.approval_target(),
+            commit: "c1".into(),
+        };
+        assert!(
+            rig.journal
+                .decide_once(&key, Decision::Approved, "U1", 0)
+                .is_err()
+        );
+    }
+    let report = rig
+        .executor()
+        .apply(&rig.desired, &p, &CancellationToken::new())
+        .await;
+    let mut stopped = 0;
+    for c in &report.coins {
+        match &c.outcome {
+            CoinOutcome::Failed {
+                failure: reconciler::events::Failure::Journal { error },
+            } => {
+                assert!(error.contains("No space left"), "{error}");
+                stopped += 1;
+            }
+            CoinOutcome::AwaitingApproval => {}
+            other => panic!("{}: {other:?}", c.coin),
+        }
+        assert_eq!(c.steps, 0, "{}: a step ran without a record", c.coin);
+    }
+    assert!(stopped >= 4, "{report:#?}");
+    assert!(rig.sim.commands().is_empty(), "a node was touched");
+}

@@ -12,6 +12,9 @@
 //! - A failure (a gate, a step, the budget) stops that coin's rollout, is journaled with its
 //!   [`Failure`], told to the notifier, and nothing further of that coin is touched; other
 //!   coins go on.
+//! - Nothing is done without a record: a rollout starts with a journal record, every step
+//!   and passed bake is journaled, and a journal that cannot be written stops the coin
+//!   (before its first step when it fails from the start).
 //! - An approval applies to one (coin, target version, commit) and is read from the journal.
 //! - Each step is idempotent; a crash at any point followed by a new plan and apply converges
 //!   without restarting a node that already runs its target version (an interrupted upgrade
@@ -301,15 +304,29 @@ impl Executor {
                 }
             }
         }
-        self.emit(Event::RolloutStarted {
-            coin: cp.coin.clone(),
+        // Nothing is touched without a record: a journal that cannot be written (a full or
+        // read-only disk) stops the coin here, before its first step.
+        let r = match self.journal.append(Record::RolloutStarted {
+            coin: cp.coin.to_string(),
             commit: self.opts.commit.clone(),
-            from: cp.from_versions.clone(),
-            to: cp.target.clone(),
-            zones,
             steps: cp.step_count(),
-        });
-        let r = self.run_waves(run, &mut report).await;
+            at_ms: started_ms,
+        }) {
+            Ok(()) => {
+                self.emit(Event::RolloutStarted {
+                    coin: cp.coin.clone(),
+                    commit: self.opts.commit.clone(),
+                    from: cp.from_versions.clone(),
+                    to: cp.target.clone(),
+                    zones,
+                    steps: cp.step_count(),
+                });
+                self.run_waves(run, &mut report).await
+            }
+            Err(e) => Err(Stop::from(Failure::Journal {
+                error: e.to_string(),
+            })),
+        };
         report.finished_ms = self.now();
         match r {
             Ok(()) => {
@@ -321,7 +338,7 @@ impl Executor {
             Err(Stop::Cancelled) => report.outcome = CoinOutcome::Cancelled,
             Err(Stop::Failed(failure)) => {
                 let failure = *failure;
-                let _ = self.journal.append(Record::GateFailed {
+                let journaled = self.journal.append(Record::GateFailed {
                     coin: cp.coin.to_string(),
                     node: failure.node().map(|n| n.to_string()).unwrap_or_default(),
                     reason: failure.to_string(),
@@ -329,6 +346,10 @@ impl Executor {
                     commit: Some(self.opts.commit.clone()),
                     at_ms: self.now(),
                 });
+                if let Err(e) = journaled {
+                    // The coin stops either way; the failure still reaches the notifier.
+                    tracing::error!(coin = %cp.coin, error = %e, "could not journal a rollout failure");
+                }
                 self.emit(Event::RolloutFailed {
                     coin: cp.coin.clone(),
                     failure: failure.clone(),

@@ -46,7 +46,7 @@ impl Executor {
                 StepOutcome::AlreadyDone => (StepRecord::AlreadyDone, step.action.to_string()),
                 StepOutcome::Failed { error } => (StepRecord::Failed, error.to_string()),
             };
-            let _ = self.journal.append(Record::Step {
+            let journaled = self.journal.append(Record::Step {
                 coin: coin.to_string(),
                 node: step
                     .node
@@ -73,6 +73,14 @@ impl Executor {
                     node: step.node.clone(),
                     action: step.action.name().into(),
                     error,
+                }));
+            }
+            // A step done but not recorded: fleet stops the coin rather than go on without
+            // a record (the next pass observes what the step did; nothing depends on the
+            // lost line but the history).
+            if let Err(e) = journaled {
+                return Err(Stop::from(Failure::Journal {
+                    error: e.to_string(),
                 }));
             }
         }

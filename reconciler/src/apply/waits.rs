@@ -312,12 +312,21 @@ impl Executor {
                 broken = false;
                 start = self.begin_bake(coin, zone)?;
             } else if now - start >= bake_ms {
-                let _ = self.journal.append(Record::ZonePassed {
-                    coin: coin.name.to_string(),
-                    zone: zone.to_string(),
-                    version: version.to_string(),
-                    at_ms: now,
-                });
+                // Unrecorded, a passed bake would be waited again after a restart, which is
+                // safe; going on to the next zone without the record is not what the journal
+                // promises, so the coin stops here.
+                self.journal
+                    .append(Record::ZonePassed {
+                        coin: coin.name.to_string(),
+                        zone: zone.to_string(),
+                        version: version.to_string(),
+                        at_ms: now,
+                    })
+                    .map_err(|e| {
+                        Stop::from(Failure::Journal {
+                            error: e.to_string(),
+                        })
+                    })?;
                 return Ok(());
             }
             let elapsed_ms = if broken { 0 } else { now.saturating_sub(start) };
