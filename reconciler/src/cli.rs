@@ -13,10 +13,15 @@ use std::path::{Path, PathBuf};
 
 /// Exit code: success (valid repository, command done).
 pub const EXIT_OK: u8 = 0;
-/// Exit code: the fleet repository is invalid.
+/// Exit code: the fleet repository is invalid; for `plan` and `apply`, any error.
 pub const EXIT_INVALID: u8 = 1;
-/// Exit code: bad usage, or an I/O error (no such directory, unreadable file).
+/// Exit code: bad usage, or an I/O error (no such directory, unreadable file). `plan` and
+/// `apply` never use it for an error: `plan --detailed-exitcode` says "changes" with 2, as
+/// Terraform does, so a failure there must not look like a pending change.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of `plan --detailed-exitcode` when there are changes (or nodes it could not
+/// judge).
+pub const EXIT_CHANGES: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -350,10 +355,17 @@ pub fn run(
     err: &mut dyn Write,
     color: bool,
 ) -> u8 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // With --detailed-exitcode, 2 means "changes": a usage error must not say so.
+    let detailed = args.iter().any(|a| a == "--detailed-exitcode");
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
-            let code = e.exit_code();
+            let code = match e.exit_code() {
+                0 => 0,
+                _ if detailed => i32::from(EXIT_INVALID),
+                c => c,
+            };
             let text = if color {
                 e.render().ansi().to_string()
             } else {
@@ -367,6 +379,11 @@ pub fn run(
             };
             return u8::try_from(code).unwrap_or(EXIT_USAGE);
         }
+    };
+    // plan and apply: every error is 1, whatever went wrong (see EXIT_USAGE).
+    let error_code = match &cli.command {
+        Command::Plan(_) | Command::Apply(_) => EXIT_INVALID,
+        _ => EXIT_USAGE,
     };
     let result = match cli.command {
         Command::Validate(a) => validate(&a, out, color),
@@ -385,7 +402,7 @@ pub fn run(
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(err, "error: {e:#}");
-            EXIT_USAGE
+            error_code
         }
     }
 }

@@ -2,10 +2,10 @@
 
 use crate::apply::{ApplyReport, ExecOptions, Executor};
 use crate::cli::{
-    ApplyArgs, ColorChoice, DemoArgs, EXIT_INVALID, EXIT_OK, EXIT_USAGE, Format, PlanArgs,
+    ApplyArgs, ColorChoice, DemoArgs, EXIT_CHANGES, EXIT_INVALID, EXIT_OK, Format, PlanArgs,
     ProviderKind, WorldArgs, open_repo,
 };
-use crate::clock::{Clock, Millis, ScaledClock, SystemClock};
+use crate::clock::{AnchoredClock, Clock, Millis, SystemClock, check_speed};
 use crate::demo::DemoWorld;
 use crate::events::{Event, Notifier};
 use crate::health::Prober;
@@ -19,9 +19,6 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Exit code of `plan --detailed-exitcode` when there are changes.
-pub const EXIT_CHANGES: u8 = 2;
 
 fn style(c: ColorChoice, tty: bool) -> Style {
     Style {
@@ -106,19 +103,19 @@ async fn open_world(
         Ok(l) => l,
         Err(e) => {
             writeln!(err, "error: {e}")?;
-            return Ok(Err(EXIT_USAGE));
+            return Ok(Err(EXIT_INVALID));
         }
     };
     Ok(Ok(match a.provider {
         ProviderKind::Sim => {
-            if !(a.sim_speed.is_finite() && a.sim_speed > 0.0) {
-                anyhow::bail!("--sim-speed must be a positive number");
-            }
-            let clock: Arc<dyn Clock> = if a.sim_speed == 1.0 {
-                Arc::new(SystemClock)
-            } else {
-                Arc::new(ScaledClock::new(SystemClock.now_ms(), a.sim_speed))
-            };
+            let speed =
+                check_speed(a.sim_speed).map_err(|e| anyhow::anyhow!("--sim-speed: {e}"))?;
+            // Anchored in the state directory, as `fleet run`'s: the simulated fleet's time
+            // goes on from where the last command left it, at whatever speed that ran.
+            let clock: Arc<dyn Clock> = Arc::new(
+                AnchoredClock::open(&a.state_dir, speed)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", a.state_dir.display()))?,
+            );
             let sim = SimProvider::open(&a.state_dir, Arc::clone(&clock), SimConfig::default())?;
             World {
                 desired,
@@ -318,7 +315,7 @@ pub(crate) fn apply_cmd(
                     err,
                     "error: not applying without confirmation: standard input is not a terminal; review the plan and pass --yes"
                 )?;
-                return Ok(EXIT_USAGE);
+                return Ok(EXIT_INVALID);
             }
             if !needs.is_empty() {
                 writeln!(
@@ -374,9 +371,10 @@ pub(crate) fn apply_cmd(
 
 /// `fleet demo`.
 pub(crate) fn demo_cmd(a: &DemoArgs, out: &mut dyn Write, tty: bool) -> anyhow::Result<u8> {
-    if !(a.speed.is_finite() && a.speed >= 1.0) {
+    if a.speed < 1.0 {
         anyhow::bail!("--speed must be at least 1");
     }
+    check_speed(a.speed).map_err(|e| anyhow::anyhow!("--speed: {e}"))?;
     let st = style(a.color, tty);
     let real = std::time::Instant::now();
     let rt = runtime()?;

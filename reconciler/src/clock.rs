@@ -96,6 +96,21 @@ impl Clock for ManualClock {
     }
 }
 
+/// The fastest a simulated clock runs, for every command (`plan`, `apply`, `demo`, `run`):
+/// 100,000 simulated seconds a real second; beyond it polls and timeouts round to nothing.
+pub const MAX_SPEED: f64 = 100_000.0;
+
+/// `speed` if it is a usable simulated clock speed: finite, above 0, at most [`MAX_SPEED`].
+pub fn check_speed(speed: f64) -> Result<f64, String> {
+    if speed.is_finite() && speed > 0.0 && speed <= MAX_SPEED {
+        Ok(speed)
+    } else {
+        Err(format!(
+            "{speed} is not a speed above 0 and at most {MAX_SPEED}"
+        ))
+    }
+}
+
 /// Real time sped up `factor` times from `start` (the demo's accelerated time).
 #[derive(Debug, Clone)]
 pub struct ScaledClock {

@@ -471,10 +471,10 @@ impl RunConfig {
             });
         }
         let sim_speed = flags.sim_speed.or(f.sim.speed).unwrap_or(1.0);
-        if !(sim_speed.is_finite() && sim_speed > 0.0 && sim_speed <= 100_000.0) {
+        if let Err(message) = crate::clock::check_speed(sim_speed) {
             return Err(ConfigError::Value {
                 key: "sim.speed".into(),
-                message: format!("{sim_speed} is not a speed between 0 and 100000"),
+                message,
             });
         }
         let sim_start = match f.sim.start.as_deref().unwrap_or("in-sync") {

@@ -114,6 +114,15 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
                 let _ = writeln!(o, "  {} {r}", st.yellow("needs approval:"));
             }
         }
+        for u in &cp.unjudged {
+            let _ = writeln!(
+                o,
+                "  {} {}: {}",
+                st.yellow("not judged:"),
+                node_label(desired, &u.node),
+                u.reason
+            );
+        }
         for r in &cp.refusals {
             let who = r
                 .node
@@ -179,6 +188,17 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
         }
         if refused > 0 {
             let _ = write!(tail, ", {}", st.red(&format!("{refused} refused")));
+        }
+        let unjudged = plan.unjudged().count();
+        if unjudged > 0 {
+            let _ = write!(
+                tail,
+                ", {}",
+                st.yellow(&format!(
+                    "{unjudged} node{} not judged",
+                    if unjudged == 1 { "" } else { "s" }
+                ))
+            );
         }
         let coins = plan.coins.len();
         let _ = writeln!(
@@ -585,6 +605,17 @@ pub fn summary(report: &ApplyReport, st: Style) -> String {
                 ),
             ),
             CoinOutcome::Cancelled => (st.yellow("■"), "cancelled between steps".into()),
+            CoinOutcome::NotJudged { nodes } => (
+                st.yellow("…"),
+                format!(
+                    "nothing to do until {} can be judged",
+                    nodes
+                        .iter()
+                        .map(|u| u.node.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
         };
         let _ = writeln!(
             o,

@@ -102,3 +102,208 @@ fn an_invalid_repository_plans_nothing() {
         out.stderr
     );
 }
+
+/// A copy of the example repository, with `edit` applied to `file`'s text.
+fn example_copy(file: &str, edit: impl Fn(&str) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fleet_tests::copy_dir(&workspace_root().join("examples/fleet"), dir.path()).unwrap();
+    let p = dir.path().join(file);
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, edit(&text)).unwrap();
+    dir
+}
+
+/// Hardening: with `--detailed-exitcode`, 2 means "changes" (as Terraform), so no error of
+/// `plan` or `apply` may exit 2: a missing repository, a state directory that is a file, a
+/// held lock, an unknown flag, a speed of 0 or 1e300, an AWS endpoint that refuses.
+#[test]
+fn plan_and_apply_errors_exit_1_never_2() {
+    let repo = workspace_root().join("examples/fleet");
+    let repo = repo.to_str().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().to_str().unwrap();
+    let file = state.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let locked = tempfile::tempdir().unwrap();
+    let _lock = reconciler::store::StateLock::take(locked.path()).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "no such repository",
+            vec![
+                "plan",
+                "--detailed-exitcode",
+                "--repo",
+                "/nonexistent/fleet",
+                "--state-dir",
+                st,
+            ],
+        ),
+        (
+            "state dir is a file",
+            vec![
+                "plan",
+                "--detailed-exitcode",
+                "--repo",
+                repo,
+                "--state-dir",
+                file.to_str().unwrap(),
+            ],
+        ),
+        (
+            "held lock",
+            vec![
+                "plan",
+                "--detailed-exitcode",
+                "--repo",
+                repo,
+                "--state-dir",
+                locked.path().to_str().unwrap(),
+            ],
+        ),
+        (
+            "unknown flag",
+            vec!["plan", "--detailed-exitcode", "--no-such-flag"],
+        ),
+        (
+            "speed 0",
+            vec![
+                "plan",
+                "--detailed-exitcode",
+                "--repo",
+                repo,
+                "--state-dir",
+                st,
+                "--sim-speed",
+                "0",
+            ],
+        ),
+        (
+            "speed 1e300",
+            vec![
+                "apply",
+                "--yes",
+                "--repo",
+                repo,
+                "--state-dir",
+                st,
+                "--sim-speed",
+                "1e300",
+            ],
+        ),
+        (
+            "AWS refuses",
+            vec![
+                "plan",
+                "--detailed-exitcode",
+                "--repo",
+                repo,
+                "--state-dir",
+                st,
+                "--provider",
+                "aws",
+                "--aws-endpoint",
+                &endpoint,
+            ],
+        ),
+    ];
+    for (what, args) in cases {
+        let t = std::time::Instant::now();
+        let out = fleet(&args);
+        assert_eq!(out.code, 1, "{what}: {}\n{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("error"), "{what}: {}", out.stderr);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{what} took {:?}",
+            t.elapsed()
+        );
+    }
+    // Without --detailed-exitcode a usage error keeps clap's 2.
+    assert_eq!(fleet(&["plan", "--no-such-flag"]).code, 2);
+    assert_eq!(fleet(&["plan", "--help"]).code, 0);
+}
+
+/// Hardening: `plan` after an accelerated `apply` sees every node (the simulated clock is
+/// anchored in the state directory for every command, so no node "started in the future"),
+/// and a node the plan cannot judge (booting) is said, with exit 2, never "No changes".
+#[test]
+fn a_plan_that_cannot_see_says_so() {
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().to_str().unwrap();
+    let desired = fleet_tests::world::desired_of(&fleet_tests::world::example_tree());
+    {
+        let sim =
+            SimProvider::open(state.path(), Arc::new(SystemClock), SimConfig::default()).unwrap();
+        sim.seed(&desired, &reconciler::demo::older_versions())
+            .unwrap();
+    }
+    let example = workspace_root().join("examples/fleet");
+    let out = fleet(&[
+        "apply",
+        "--yes",
+        "--repo",
+        example.to_str().unwrap(),
+        "--state-dir",
+        st,
+        "--sim-speed",
+        "20000",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // A new release of litecoin, planned at real speed right after.
+    let bumped = example_copy("coins/litecoin.yaml", |t| {
+        t.replace("version: 0.21.4", "version: 0.21.5")
+    });
+    let out = fleet(&[
+        "plan",
+        "--detailed-exitcode",
+        "--repo",
+        bumped.path().to_str().unwrap(),
+        "--state-dir",
+        st,
+        "--color",
+        "never",
+    ]);
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("litecoin  0.21.4 → 0.21.5"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("not judged"), "{}", out.stdout);
+
+    // A node that is booting cannot be judged: the plan says so and is not empty.
+    let grown = example_copy("coins/litecoin.yaml", |t| {
+        t.replace("nodes_per_zone: 1", "nodes_per_zone: 2")
+    });
+    let g = fleet_tests::world::desired_of(&fleet_repo_schema::DirTree::new(grown.path()).unwrap());
+    let clock = reconciler::clock::AnchoredClock::open(state.path(), 1.0).unwrap();
+    let sim = SimProvider::open(state.path(), Arc::new(clock), SimConfig::default()).unwrap();
+    let c = &g.coins["litecoin"];
+    let slot = c.nodes.iter().find(|s| s.index == 2).unwrap();
+    let spec = reconciler::provider::LaunchSpec::new(&g.fleet, c, slot, None).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(reconciler::provider::Provider::launch(&sim, &spec))
+        .unwrap();
+    drop(sim);
+    let out = fleet(&[
+        "plan",
+        "--detailed-exitcode",
+        "--repo",
+        grown.path().to_str().unwrap(),
+        "--state-dir",
+        st,
+        "--color",
+        "never",
+    ]);
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("No changes"), "{}", out.stdout);
+    assert!(out.stdout.contains("not judged:"), "{}", out.stdout);
+    assert!(out.stdout.contains("is booting"), "{}", out.stdout);
+}

@@ -35,7 +35,7 @@ mod waits;
 use crate::clock::{Clock, Millis};
 use crate::events::{Event, Failure, Notifier};
 use crate::health::Prober;
-use crate::plan::{CoinPlan, Plan, Refusal, WaveKind};
+use crate::plan::{CoinPlan, Plan, Refusal, Unjudged, WaveKind};
 use crate::provider::Provider;
 use crate::store::{ApprovalKey, Decision, Journal, Record};
 use fleet_repo_schema::values::{CoinName, Zone};
@@ -92,6 +92,11 @@ pub enum CoinOutcome {
     },
     /// Stopped between steps on request.
     Cancelled,
+    /// Nothing to do now: the plan has no step for the coin, only nodes it could not judge.
+    NotJudged {
+        /// Those nodes.
+        nodes: Vec<Unjudged>,
+    },
 }
 
 /// One coin's rollout.
@@ -273,6 +278,12 @@ impl Executor {
         if !cp.refusals.is_empty() {
             report.outcome = CoinOutcome::Refused {
                 refusals: cp.refusals.clone(),
+            };
+            return report;
+        }
+        if cp.waves.is_empty() {
+            report.outcome = CoinOutcome::NotJudged {
+                nodes: cp.unjudged.clone(),
             };
             return report;
         }

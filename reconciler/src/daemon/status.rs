@@ -89,6 +89,8 @@ pub enum CoinState {
     Held,
     /// The plan refuses something for it.
     Refused,
+    /// The plan has no step for it but could not judge every node (one is booting).
+    NotJudged,
 }
 
 /// A coin.

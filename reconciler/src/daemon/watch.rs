@@ -80,6 +80,16 @@ pub async fn refresh(
             },
             ..CoinStatus::default()
         };
+        if let Some(cp) = cp.filter(|cp| steps == 0 && !cp.unjudged.is_empty()) {
+            cs.state = CoinState::NotJudged;
+            cs.reason = Some(
+                cp.unjudged
+                    .iter()
+                    .map(|u| format!("{}: {}", u.node, u.reason))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
         if let Some(h) = held.get(&coin.name) {
             cs.state = CoinState::Held;
             cs.reason = Some(format!(

@@ -17,6 +17,7 @@ pub(super) fn plan_coin(
     cleanup: Vec<Step>,
 ) -> CoinPlan {
     let mut refusals = Vec::new();
+    let mut unjudged = Vec::new();
     let mut from_versions: BTreeSet<Version> = BTreeSet::new();
     let (mut known_class, mut unknown_plain, mut unknown_confirm) = (Class::None, false, false);
     // Per zone: disruptive node step lists, quiet steps, and the steps that bring nodes that
@@ -76,7 +77,16 @@ pub(super) fn plan_coin(
             match &n.state {
                 InstanceState::Running | InstanceState::Stopped | InstanceState::Stopping => {}
                 InstanceState::Pending => {
-                    // Booting: nothing to do until it runs; the gate counts it as down.
+                    // Booting: nothing can be judged until it runs (its type and version may
+                    // differ); the budget check counts it as down meanwhile.
+                    unjudged.push(Unjudged {
+                        node: key.clone(),
+                        instance_id: n.instance_id.clone(),
+                        reason: format!(
+                            "instance {} is booting (EC2 state pending); it is judged once it runs",
+                            n.instance_id
+                        ),
+                    });
                     continue;
                 }
                 other => {
@@ -329,6 +339,7 @@ pub(super) fn plan_coin(
         max_unavailable,
         waves,
         refusals,
+        unjudged,
         estimate_ms,
     }
 }
@@ -364,6 +375,7 @@ pub(super) fn plan_removed(coin: CoinName, steps: Vec<Step>) -> CoinPlan {
         estimate_ms: parallel_waves_ms(&waves),
         waves,
         refusals: vec![],
+        unjudged: vec![],
     }
 }
 

@@ -63,9 +63,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Nothing to do and nothing refused (flags do not count: they need a person, not a step).
+    /// Nothing to do, nothing refused and nothing left unjudged (flags do not count: they
+    /// need a person, not a step).
     pub fn is_empty(&self) -> bool {
         self.coins.is_empty()
+    }
+    /// Nodes the plan could not judge.
+    pub fn unjudged(&self) -> impl Iterator<Item = &Unjudged> {
+        self.coins.iter().flat_map(|c| c.unjudged.iter())
     }
     /// Number of steps.
     pub fn step_count(&self) -> usize {
@@ -100,6 +105,8 @@ pub struct CoinPlan {
     pub waves: Vec<Wave>,
     /// What fleet refuses to do for this coin (the coin is not rolled out while any exists).
     pub refusals: Vec<Refusal>,
+    /// Nodes the plan could not judge now, and why; they have no step in it.
+    pub unjudged: Vec<Unjudged>,
     /// Rough duration: step times plus each changed zone's bake.
     pub estimate_ms: u64,
 }
@@ -467,6 +474,18 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A node whose state the plan cannot judge now (it is booting): it has no step, and the plan
+/// says so rather than "no changes". The next plan judges it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unjudged {
+    /// The node.
+    pub node: NodeKey,
+    /// Its instance.
+    pub instance_id: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
 /// A managed thing fleet leaves to a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Flag {
@@ -594,7 +613,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
             retire.remove(&c.name).unwrap_or_default(),
             cleanup.remove(&c.name).unwrap_or_default(),
         );
-        if !cp.waves.is_empty() || !cp.refusals.is_empty() {
+        if !cp.waves.is_empty() || !cp.refusals.is_empty() || !cp.unjudged.is_empty() {
             coins.insert(c.name.clone(), cp);
         }
     }
