@@ -133,7 +133,7 @@ impl Loader<'_> {
     }
 
     fn decode<T: Decode>(&mut self, path: &str, root: &yaml::Node) -> Option<T> {
-        let mut cx = Cx::new(path, &T::schema());
+        let mut cx = Cx::new(path, T::schema);
         // A struct with an unknown field next to good ones still decodes (the unknown
         // field is reported), so the cross-file rules below run and report more.
         let v = T::decode(root, &mut cx);
