@@ -698,9 +698,7 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
                     .tag_pattern
                     .as_ref()
                     .map(spanned_value)
-                    .unwrap_or_else(|| {
-                        TagPattern::parse(TagPattern::DEFAULT).expect("default pattern compiles")
-                    }),
+                    .unwrap_or_default(),
                 prereleases: u.prereleases.unwrap_or(false),
                 min_release_age: u
                     .min_release_age
