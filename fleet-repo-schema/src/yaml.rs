@@ -370,9 +370,12 @@ enum Frame {
     },
     Map {
         entries: Vec<(Node, Node)>,
-        key: Option<Node>,
+        /// The key waiting for its value, and whether it repeats an earlier key (then it
+        /// was reported, and the entry is dropped to keep the first definition).
+        key: Option<(Node, bool)>,
         span: Option<Span>,
         anchor: usize,
+        /// Where each key was first defined.
         seen: HashMap<String, Pos>,
     },
 }
@@ -426,10 +429,11 @@ impl Builder<'_> {
                             .with_help("write keys as names, e.g. `zones:`; complex keys (`? [a, b]`) are not used in fleet files");
                             self.diagnostics.push(d);
                             // Keep a placeholder so the value that follows pairs up.
-                            *key = Some(node);
+                            *key = Some((node, false));
                         }
                         Some(text) => {
-                            if let Some(first) = seen.get(&text) {
+                            let duplicate = seen.get(&text);
+                            if let Some(first) = duplicate {
                                 let d = Diagnostic::error(
                                     Code::DuplicateKey,
                                     self.file,
@@ -438,22 +442,17 @@ impl Builder<'_> {
                                 )
                                 .with_help("a key may appear once in a mapping: remove one of the two, or merge their contents");
                                 self.diagnostics.push(d);
-                            } else {
+                            }
+                            let duplicate = duplicate.is_some();
+                            if !duplicate {
                                 seen.insert(text, node.span.start);
                             }
-                            *key = Some(node);
+                            *key = Some((node, duplicate));
                         }
                     }
                 }
-                Some(k) => {
-                    // Duplicate keys were reported; keep the first definition only.
-                    let first = k.scalar().map(|s| s.text.as_str());
-                    let dup = first.is_some_and(|t| {
-                        entries
-                            .iter()
-                            .any(|(ek, _)| ek.scalar().map(|s| s.text.as_str()) == Some(t))
-                    });
-                    if !dup {
+                Some((k, duplicate)) => {
+                    if !duplicate {
                         entries.push((k, node));
                     }
                 }
