@@ -20,8 +20,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Repository sizes, in coins: three points, to show the time is linear in the coins.
-const SIZES: [usize; 3] = [100, 1_000, 3_000];
+/// Repository sizes, in coins: three points to show the time is linear in the coins, and
+/// the worst case for the tag pattern memo, every pattern different.
+const CASES: [(usize, Patterns); 4] = [
+    (100, Patterns::Shared),
+    (1_000, Patterns::Shared),
+    (3_000, Patterns::Shared),
+    (1_000, Patterns::Distinct),
+];
 /// Timed runs of `load` per size (after one untimed run that warms the page cache).
 const RUNS: usize = 7;
 /// Timed runs of `fleet validate` per size.
@@ -54,7 +60,17 @@ notifications:
 approvers: [U012ABCDEF, U034GHIJKL]
 ";
 
-/// The tag patterns of the example coins: a real fleet has a handful of tag conventions.
+/// How the coins' `tag_pattern`s relate.
+#[derive(Clone, Copy, PartialEq)]
+enum Patterns {
+    /// Picked from the five of the example coins: a real fleet has a handful of tag
+    /// conventions.
+    Shared,
+    /// Each coin its own (tags prefixed with the coin's name), so each is compiled.
+    Distinct,
+}
+
+/// The tag patterns of the example coins.
 const TAG_PATTERNS: [&str; 5] = [
     r"^v(?P<version>\d+\.\d+(?:\.\d+)?)$",
     r"^v(?P<version>\d+\.\d+\.\d+)$",
@@ -66,7 +82,7 @@ const TAG_PATTERNS: [&str; 5] = [
 /// One coin file, `coins/<name>.yaml`. The kind of coin (its probe, ports and upstream)
 /// cycles with `i`, so a repository mixes them in fixed proportions: 4 of 5 coins watch an
 /// upstream, 3 of those 4 with their own `tag_pattern`.
-fn coin_yaml(i: usize) -> (String, String) {
+fn coin_yaml(i: usize, patterns: Patterns) -> (String, String) {
     let name = format!("coin-{i:05}");
     let rpc = 10_000 + (i % 10_000) as u32 * 2;
     let p2p = rpc + 1;
@@ -92,7 +108,10 @@ fn coin_yaml(i: usize) -> (String, String) {
             let _ = writeln!(w, "upstream:\n  github: example-{k}/node-{name}");
             if k != 3 {
                 // k == 3 uses the default pattern
-                let pattern = TAG_PATTERNS[i % TAG_PATTERNS.len()];
+                let pattern = match patterns {
+                    Patterns::Shared => TAG_PATTERNS[i % TAG_PATTERNS.len()].to_string(),
+                    Patterns::Distinct => format!(r"^{name}-v(?P<version>\d+\.\d+(?:\.\d+)?)$"),
+                };
                 let _ = writeln!(w, "  tag_pattern: '{pattern}'");
             }
             let _ = writeln!(w, "  prereleases: false\n  min_release_age: {}d", 1 + i % 7);
@@ -161,7 +180,7 @@ fn coin_yaml(i: usize) -> (String, String) {
 }
 
 /// Write a repository of `coins` coins under `dir`; returns the bytes of YAML written.
-fn generate(dir: &Path, coins: usize) -> usize {
+fn generate(dir: &Path, coins: usize, patterns: Patterns) -> usize {
     std::fs::create_dir_all(dir.join("coins")).unwrap();
     std::fs::create_dir_all(dir.join("metrics")).unwrap();
     for script in ["bitcoin", "ethereum", "http"] {
@@ -174,7 +193,7 @@ fn generate(dir: &Path, coins: usize) -> usize {
     std::fs::write(dir.join("fleet.yaml"), FLEET_YAML).unwrap();
     let mut bytes = FLEET_YAML.len();
     for i in 0..coins {
-        let (name, yaml) = coin_yaml(i);
+        let (name, yaml) = coin_yaml(i, patterns);
         bytes += yaml.len();
         std::fs::write(dir.join(format!("coins/{name}.yaml")), yaml).unwrap();
     }
@@ -201,31 +220,38 @@ fn ms(d: Duration) -> String {
 fn main() {
     let fleet_bin = std::env::var_os("FLEET_BIN");
     println!(
-        "{:>6} {:>6} {:>10} {:>10} {:>11} {:>11} {:>12} {:>16}",
+        "{:>6} {:>6} {:>10} {:>12} {:>10} {:>11} {:>11} {:>12} {:>16}",
         "coins",
         "nodes",
         "YAML bytes",
+        "tag patterns",
         "load best",
         "load median",
         "CPU median",
         "per coin",
         "fleet validate"
     );
-    for coins in SIZES {
+    for (coins, patterns) in CASES {
+        let (label, suffix) = match patterns {
+            Patterns::Shared => ("5 shared", ""),
+            Patterns::Distinct => ("all distinct", "-distinct"),
+        };
         let tmp = tempfile::tempdir().unwrap();
         let dir = match std::env::var_os("FLEET_BENCH_KEEP") {
             Some(keep) => {
-                let dir = Path::new(&keep).join(format!("coins-{coins}"));
+                let dir = Path::new(&keep).join(format!("coins-{coins}{suffix}"));
                 let _ = std::fs::remove_dir_all(&dir); // a previous run's repository
                 dir
             }
             None => tmp.path().to_path_buf(),
         };
-        let bytes = generate(&dir, coins);
+        let bytes = generate(&dir, coins, patterns);
         let tree = DirTree::new(&dir).unwrap();
 
-        // The untimed run warms the page cache and checks the repository is what it
-        // should be: valid, with every coin and node.
+        // The untimed run warms the page cache (and compiles the value types' patterns
+        // and the shared tag patterns, which a process does once: the `fleet validate`
+        // figure includes that) and checks the repository is what it should be: valid,
+        // with every coin and node.
         let loaded = load(&tree);
         assert!(
             loaded.diagnostics.is_empty(),
@@ -282,7 +308,7 @@ fn main() {
             }
         };
         println!(
-            "{coins:>6} {nodes:>6} {bytes:>10} {:>10} {:>11} {cpu:>11} {per_coin:>12} {bin:>16}",
+            "{coins:>6} {nodes:>6} {bytes:>10} {label:>12} {:>10} {:>11} {cpu:>11} {per_coin:>12} {bin:>16}",
             ms(best),
             ms(med)
         );
