@@ -238,9 +238,15 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
     }
 
     let mut diagnostics = l.diagnostics;
-    for d in &mut diagnostics {
-        if let Some(src) = l.sources.get(&d.file) {
-            d.span = yaml::Lines::new(src).clamp(d.span);
+    // Grouped by file to build one line table per file rather than one per diagnostic (a
+    // file can have thousands). The sort is stable, so the final order is unchanged.
+    diagnostics.sort_by(|a, b| a.file.cmp(&b.file));
+    for group in diagnostics.chunk_by_mut(|a, b| a.file == b.file) {
+        if let Some(src) = l.sources.get(&group[0].file) {
+            let lines = yaml::Lines::new(src);
+            for d in group {
+                d.span = lines.clamp(d.span);
+            }
         }
     }
     diagnostics.sort_by(|a, b| (&a.file, a.span, a.code).cmp(&(&b.file, b.span, b.code)));
