@@ -215,9 +215,22 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
     if let Some(f) = &fleet {
         check_fleet(&mut l.diagnostics, f);
     }
+    // Invalid approver ids are left out of the list and reported as E316 (while decoding
+    // fleet.yaml, so once and for all here, not rescanned for every coin).
+    let approvers_rejected = l
+        .diagnostics
+        .iter()
+        .any(|d| d.code == Code::SlackUserId && d.file == FLEET_FILE);
     let mut seen: HashMap<String, (String, Span)> = HashMap::new();
     for (path, coin) in &coins {
-        check_coin(&mut l.diagnostics, tree, fleet.as_ref(), path, coin);
+        check_coin(
+            &mut l.diagnostics,
+            tree,
+            fleet.as_ref(),
+            approvers_rejected,
+            path,
+            coin,
+        );
         let name = coin.coin.value.as_str().to_string();
         if let Some((first, span)) = seen.get(&name) {
             l.diagnostics.push(
@@ -385,10 +398,13 @@ fn check_env(
     }
 }
 
+/// The rules of one coin file, and those between it and fleet.yaml. `approvers_rejected`:
+/// fleet.yaml's `approvers` held invalid ids (already reported).
 fn check_coin(
     out: &mut Vec<Diagnostic>,
     tree: &dyn FileTree,
     f: Option<&FleetFile>,
+    approvers_rejected: bool,
     path: &str,
     c: &CoinFile,
 ) {
@@ -543,13 +559,9 @@ fn check_coin(
     // Approvals need approvers.
     if let Some(f) = f {
         let approval = effective_approval(Some(f), c);
-        // Invalid approver ids are left out of the list and reported as E316; don't also
-        // claim that the list is empty.
-        let bad_approvers = out
-            .iter()
-            .any(|d| d.code == Code::SlackUserId && d.file == FLEET_FILE);
+        // Rejected approver ids were left out of the list: don't also claim it is empty.
         if approval != Approval::None
-            && !bad_approvers
+            && !approvers_rejected
             && f.approvers.as_ref().is_none_or(Vec::is_empty)
         {
             let span = c
