@@ -1,4 +1,5 @@
-//! `load(&DirTree)` on generated fleet repositories of 100, 1,000 and 3,000 coins.
+//! `load(&DirTree)` on generated fleet repositories of 100, 1,000 and 3,000 coins (and of
+//! 1,000 coins whose tag patterns all differ, the memo's worst case).
 //!
 //! Each coin runs 3 nodes in each of 3 zones (9 nodes) and is written like the coins of
 //! `examples/fleet/coins/`: about 1 KB of YAML with comments, most of them with an
@@ -9,6 +10,8 @@
 //!
 //! Prints figures and asserts none (timings depend on the machine). Set `FLEET_BIN` to a
 //! `fleet` binary to time `fleet validate <dir>` end to end as well (process wall time).
+//! Set `FLEET_BENCH_KEEP` to a directory to keep the repositories there (`coins-1000`,
+//! `coins-1000-distinct`, …), e.g. to profile `fleet validate` on one with callgrind.
 //!
 //! ```text
 //! cargo bench -p fleet-repo-schema --bench validate_scale
