@@ -9,6 +9,7 @@
 use crate::diag::{Code, Diagnostic, Span};
 use crate::yaml::{Node, ScalarKind, Value};
 use serde_json::{Value as Json, json};
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 /// Decoding state for one file: its name, the path to the current node, the findings.
@@ -16,23 +17,35 @@ use std::collections::BTreeMap;
 pub struct Cx {
     file: String,
     path: Vec<(String, Span)>,
-    /// Every field path the file's format knows (`health.probe`), for suggestions.
-    known_paths: Vec<String>,
+    /// The JSON Schema of the file's root type, the source of `known_paths`.
+    root_schema: fn() -> Json,
+    /// Every field path the file's format knows (`health.probe`), for suggestions. Built
+    /// on the first unknown field only: generating the schema costs more than decoding
+    /// a whole coin file, and a valid file never needs it.
+    known_paths: OnceCell<Vec<String>>,
     /// What was found so far.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 impl Cx {
-    /// A context for `file`, whose root type has `root_schema`.
-    pub fn new(file: &str, root_schema: &Json) -> Cx {
-        let mut known_paths = Vec::new();
-        collect_paths(root_schema, "", &mut known_paths);
+    /// A context for `file`, whose root type's schema is `root_schema` (e.g.
+    /// `CoinFile::schema`), called only if a suggestion needs it.
+    pub fn new(file: &str, root_schema: fn() -> Json) -> Cx {
         Cx {
             file: file.to_string(),
             path: Vec::new(),
-            known_paths,
+            root_schema,
+            known_paths: OnceCell::new(),
             diagnostics: Vec::new(),
         }
+    }
+
+    fn known_paths(&self) -> &[String] {
+        self.known_paths.get_or_init(|| {
+            let mut paths = Vec::new();
+            collect_paths(&(self.root_schema)(), "", &mut paths);
+            paths
+        })
     }
 
     /// The file being decoded.
@@ -162,7 +175,7 @@ impl Cx {
         // The right name in the wrong section: `bake` at the top of a coin file.
         let here = self.path();
         let elsewhere: Vec<&String> = self
-            .known_paths
+            .known_paths()
             .iter()
             .filter(|p| {
                 let leaf = p.rsplit('.').next().unwrap_or(p);

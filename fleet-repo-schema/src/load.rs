@@ -133,7 +133,7 @@ impl Loader<'_> {
     }
 
     fn decode<T: Decode>(&mut self, path: &str, root: &yaml::Node) -> Option<T> {
-        let mut cx = Cx::new(path, &T::schema());
+        let mut cx = Cx::new(path, T::schema);
         // A struct with an unknown field next to good ones still decodes (the unknown
         // field is reported), so the cross-file rules below run and report more.
         let v = T::decode(root, &mut cx);
@@ -215,9 +215,22 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
     if let Some(f) = &fleet {
         check_fleet(&mut l.diagnostics, f);
     }
+    // Invalid approver ids are left out of the list and reported as E316 (while decoding
+    // fleet.yaml, so once and for all here, not rescanned for every coin).
+    let approvers_rejected = l
+        .diagnostics
+        .iter()
+        .any(|d| d.code == Code::SlackUserId && d.file == FLEET_FILE);
     let mut seen: HashMap<String, (String, Span)> = HashMap::new();
     for (path, coin) in &coins {
-        check_coin(&mut l.diagnostics, tree, fleet.as_ref(), path, coin);
+        check_coin(
+            &mut l.diagnostics,
+            tree,
+            fleet.as_ref(),
+            approvers_rejected,
+            path,
+            coin,
+        );
         let name = coin.coin.value.as_str().to_string();
         if let Some((first, span)) = seen.get(&name) {
             l.diagnostics.push(
@@ -238,9 +251,15 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
     }
 
     let mut diagnostics = l.diagnostics;
-    for d in &mut diagnostics {
-        if let Some(src) = l.sources.get(&d.file) {
-            d.span = yaml::Lines::new(src).clamp(d.span);
+    // Grouped by file to build one line table per file rather than one per diagnostic (a
+    // file can have thousands). The sort is stable, so the final order is unchanged.
+    diagnostics.sort_by(|a, b| a.file.cmp(&b.file));
+    for group in diagnostics.chunk_by_mut(|a, b| a.file == b.file) {
+        if let Some(src) = l.sources.get(&group[0].file) {
+            let lines = yaml::Lines::new(src);
+            for d in group {
+                d.span = lines.clamp(d.span);
+            }
         }
     }
     diagnostics.sort_by(|a, b| (&a.file, a.span, a.code).cmp(&(&b.file, b.span, b.code)));
@@ -379,10 +398,13 @@ fn check_env(
     }
 }
 
+/// The rules of one coin file, and those between it and fleet.yaml. `approvers_rejected`:
+/// fleet.yaml's `approvers` held invalid ids (already reported).
 fn check_coin(
     out: &mut Vec<Diagnostic>,
     tree: &dyn FileTree,
     f: Option<&FleetFile>,
+    approvers_rejected: bool,
     path: &str,
     c: &CoinFile,
 ) {
@@ -537,13 +559,9 @@ fn check_coin(
     // Approvals need approvers.
     if let Some(f) = f {
         let approval = effective_approval(Some(f), c);
-        // Invalid approver ids are left out of the list and reported as E316; don't also
-        // claim that the list is empty.
-        let bad_approvers = out
-            .iter()
-            .any(|d| d.code == Code::SlackUserId && d.file == FLEET_FILE);
+        // Rejected approver ids were left out of the list: don't also claim it is empty.
         if approval != Approval::None
-            && !bad_approvers
+            && !approvers_rejected
             && f.approvers.as_ref().is_none_or(Vec::is_empty)
         {
             let span = c
@@ -698,9 +716,7 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
                     .tag_pattern
                     .as_ref()
                     .map(spanned_value)
-                    .unwrap_or_else(|| {
-                        TagPattern::parse(TagPattern::DEFAULT).expect("default pattern compiles")
-                    }),
+                    .unwrap_or_default(),
                 prereleases: u.prereleases.unwrap_or(false),
                 min_release_age: u
                     .min_release_age

@@ -7,8 +7,9 @@ use crate::diag::Code;
 use crate::yaml::{Node, ScalarKind};
 use regex::Regex;
 use serde_json::{Value as Json, json};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 /// Declare a string newtype checked by a regular expression.
 macro_rules! pattern_string {
@@ -417,6 +418,16 @@ impl Decode for Duration {
     }
 }
 
+/// What compiling a tag pattern gives: the pattern, or the code and reason of its refusal.
+type Compiled = Result<TagPattern, (Code, String)>;
+/// Outcomes of [`TagPattern::parse`] by pattern text.
+static TAG_PATTERNS: LazyLock<Mutex<HashMap<String, Compiled>>> = LazyLock::new(Mutex::default);
+/// Most patterns [`TAG_PATTERNS`] holds (a real fleet has a handful).
+const MEMO_ENTRIES: usize = 256;
+/// Longer patterns are compiled every time (real ones are under 100 bytes), which bounds
+/// the memory the memo holds.
+const MEMO_MAX_SOURCE: usize = 256;
+
 /// `upstream.tag_pattern`: a regular expression with a `version` group.
 #[derive(Debug, Clone)]
 pub struct TagPattern {
@@ -436,7 +447,33 @@ impl TagPattern {
         r"^v?(?P<version>[0-9]+(?:\.[0-9]+)*(?:[-.+]?[A-Za-z0-9.]+)?)$";
 
     /// Compile `source`; the error says which rule failed.
+    ///
+    /// Compiling is the most expensive step of loading a coin file (about a million
+    /// instructions, most of them for the Unicode classes behind `\d`), and the coins of a
+    /// fleet share a handful of tag conventions, so outcomes are memoized by the pattern's
+    /// text: a repository of a thousand coins compiles each distinct pattern once. A clone
+    /// of a compiled pattern shares its program (`Regex` is reference-counted).
     pub fn parse(source: &str) -> Result<TagPattern, (Code, String)> {
+        if source.len() > MEMO_MAX_SOURCE {
+            return TagPattern::compile(source);
+        }
+        let memo = || TAG_PATTERNS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = memo().get(source) {
+            return known.clone();
+        }
+        // Compiled outside the lock: other threads' look-ups don't wait for it.
+        let outcome = TagPattern::compile(source);
+        let mut memo = memo();
+        if memo.len() >= MEMO_ENTRIES {
+            // Start over rather than track use: with more distinct patterns than this, the
+            // loader does what it did without the memo, and what the memo holds stays small.
+            memo.clear();
+        }
+        memo.insert(source.to_string(), outcome.clone());
+        outcome
+    }
+
+    fn compile(source: &str) -> Result<TagPattern, (Code, String)> {
         let regex = regex::RegexBuilder::new(source)
             .size_limit(1 << 20)
             .nest_limit(64)
@@ -469,6 +506,16 @@ impl TagPattern {
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+}
+
+impl Default for TagPattern {
+    /// [`TagPattern::DEFAULT`], compiled once per process.
+    fn default() -> TagPattern {
+        static DEFAULT: LazyLock<TagPattern> = LazyLock::new(|| {
+            TagPattern::compile(TagPattern::DEFAULT).expect("the default pattern compiles")
+        });
+        DEFAULT.clone()
     }
 }
 
@@ -622,9 +669,30 @@ mod tests {
             TagPattern::parse(r"^v(\d+)$").unwrap_err().0,
             Code::TagPatternGroup
         );
-        let d = TagPattern::parse(TagPattern::DEFAULT).unwrap();
+        let d = TagPattern::default();
+        assert_eq!(d.as_str(), TagPattern::DEFAULT);
         assert_eq!(d.version_of("v2.0.0-rc.8"), Some("2.0.0-rc.8"));
         assert_eq!(d.version_of("v1.14.12"), Some("1.14.12"));
+    }
+
+    #[test]
+    fn memoized_tag_patterns_are_what_compiling_gives() {
+        let long = format!("^v(?P<version>{})$", "[0-9]".repeat(MEMO_MAX_SOURCE));
+        for source in [r"^v(?P<version>\d+)$", "^v(", r"^v(\d+)$", &long] {
+            let fresh = TagPattern::compile(source);
+            for _ in 0..2 {
+                let got = TagPattern::parse(source);
+                assert_eq!(got.as_ref().err(), fresh.as_ref().err(), "{source}");
+                assert_eq!(
+                    got.ok().map(|p| p.version_of("v12")),
+                    fresh.as_ref().ok().map(|p| p.version_of("v12"))
+                );
+            }
+        }
+        for i in 0..MEMO_ENTRIES + 10 {
+            let _ = TagPattern::parse(&format!("^v(?P<version>{i})$"));
+        }
+        assert!(TAG_PATTERNS.lock().unwrap().len() <= MEMO_ENTRIES);
     }
 
     #[test]

@@ -284,44 +284,23 @@ fn pos(m: &Marker) -> Pos {
 }
 
 /// The span of a scalar starting at `p`: to the end of its token on that line.
+///
+/// Runs for every scalar of every file, so it walks the line's characters in place
+/// rather than collecting them.
 fn scalar_span(lines: &Lines<'_>, p: Pos, style: TScalarStyle, text: &str) -> Span {
     let Some(line) = lines.line(p.line) else {
         return Span::point(p);
     };
-    let rest: Vec<char> = line.chars().skip(p.col as usize - 1).collect();
+    // The line from the scalar's first character on (empty if the column is past its end).
+    let rest = line
+        .char_indices()
+        .nth(p.col as usize - 1)
+        .map_or("", |(at, _)| &line[at..]);
     let len = match style {
-        TScalarStyle::DoubleQuoted | TScalarStyle::SingleQuoted => {
-            let q = if style == TScalarStyle::DoubleQuoted {
-                '"'
-            } else {
-                '\''
-            };
-            let mut i = 1;
-            let mut end = rest.len();
-            while i < rest.len() {
-                if q == '"' && rest[i] == '\\' {
-                    i += 2;
-                    continue;
-                }
-                if rest[i] == q {
-                    if q == '\'' && rest.get(i + 1) == Some(&'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    end = i + 1;
-                    break;
-                }
-                i += 1;
-            }
-            end
-        }
-        TScalarStyle::Plain if !text.contains('\n') => {
-            let n = text.chars().count();
-            if rest.iter().take(n).copied().eq(text.chars()) {
-                n
-            } else {
-                1
-            }
+        TScalarStyle::DoubleQuoted => quoted_len(rest, '"'),
+        TScalarStyle::SingleQuoted => quoted_len(rest, '\''),
+        TScalarStyle::Plain if !text.contains('\n') && rest.starts_with(text) => {
+            text.chars().count()
         }
         _ => 1,
     };
@@ -329,6 +308,31 @@ fn scalar_span(lines: &Lines<'_>, p: Pos, style: TScalarStyle, text: &str) -> Sp
         start: p,
         len: len.max(1) as u32,
     }
+}
+
+/// Characters of the quoted scalar that `rest` starts with, quotes included: to the closing
+/// quote `q` (skipping `\x` escapes in double quotes and `''` in single quotes), or to the
+/// end of the line when it continues on the next.
+fn quoted_len(rest: &str, q: char) -> usize {
+    let mut chars = rest.chars().skip(1).peekable();
+    let mut i = 1;
+    while let Some(c) = chars.next() {
+        if q == '"' && c == '\\' {
+            chars.next();
+            i += 2;
+            continue;
+        }
+        if c == q {
+            if q == '\'' && chars.peek() == Some(&'\'') {
+                chars.next();
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    rest.chars().count()
 }
 
 /// The span of the `!tag` written before the node starting at `p` on the same line.
@@ -366,9 +370,12 @@ enum Frame {
     },
     Map {
         entries: Vec<(Node, Node)>,
-        key: Option<Node>,
+        /// The key waiting for its value, and whether it repeats an earlier key (then it
+        /// was reported, and the entry is dropped to keep the first definition).
+        key: Option<(Node, bool)>,
         span: Option<Span>,
         anchor: usize,
+        /// Where each key was first defined.
         seen: HashMap<String, Pos>,
     },
 }
@@ -422,10 +429,11 @@ impl Builder<'_> {
                             .with_help("write keys as names, e.g. `zones:`; complex keys (`? [a, b]`) are not used in fleet files");
                             self.diagnostics.push(d);
                             // Keep a placeholder so the value that follows pairs up.
-                            *key = Some(node);
+                            *key = Some((node, false));
                         }
                         Some(text) => {
-                            if let Some(first) = seen.get(&text) {
+                            let duplicate = seen.get(&text);
+                            if let Some(first) = duplicate {
                                 let d = Diagnostic::error(
                                     Code::DuplicateKey,
                                     self.file,
@@ -434,22 +442,17 @@ impl Builder<'_> {
                                 )
                                 .with_help("a key may appear once in a mapping: remove one of the two, or merge their contents");
                                 self.diagnostics.push(d);
-                            } else {
+                            }
+                            let duplicate = duplicate.is_some();
+                            if !duplicate {
                                 seen.insert(text, node.span.start);
                             }
-                            *key = Some(node);
+                            *key = Some((node, duplicate));
                         }
                     }
                 }
-                Some(k) => {
-                    // Duplicate keys were reported; keep the first definition only.
-                    let first = k.scalar().map(|s| s.text.as_str());
-                    let dup = first.is_some_and(|t| {
-                        entries
-                            .iter()
-                            .any(|(ek, _)| ek.scalar().map(|s| s.text.as_str()) == Some(t))
-                    });
-                    if !dup {
+                Some((k, duplicate)) => {
+                    if !duplicate {
                         entries.push((k, node));
                     }
                 }
@@ -807,6 +810,38 @@ mod tests {
         let src = "[".repeat(100_000);
         let p = parse("t.yaml", &src);
         assert_eq!(p.diagnostics[0].code, Code::TooDeep);
+    }
+
+    #[test]
+    fn scalar_spans_cover_quotes_escapes_and_wide_characters() {
+        let r = root(concat!(
+            "a: 'it''s' # c\n",
+            "b: \"x\\\\\" # c\n",
+            "é: \"ü\\\"\"\n",
+            "c: 'two\n  lines'\n",
+            "d: plain é text # c\n",
+            "e: \"\"\n",
+        ));
+        let Value::Map(e) = r.value else { panic!() };
+        let spans: Vec<(u32, u32, u32)> = e
+            .iter()
+            .map(|(_, v)| (v.span.start.line, v.span.start.col, v.span.len))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (1, 4, 7),
+                (2, 4, 5),
+                (3, 4, 5),
+                (4, 4, 4),
+                (6, 4, 12),
+                (7, 4, 2)
+            ]
+        );
+        let Value::Scalar(s) = &e[1].1.value else {
+            panic!()
+        };
+        assert_eq!(s.text, "x\\");
     }
 
     #[test]
