@@ -302,6 +302,21 @@ impl<T: Decode> Decode for Spanned<T> {
     }
 }
 
+/// A list item kept in its list even when it is invalid (its error is reported): for rules
+/// that ask whether a list was written at all, so that an invalid item is not reported a
+/// second time as a missing one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<T>(pub Option<T>);
+
+impl<T: Decode> Decode for Checked<T> {
+    fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+        Some(Checked(T::decode(node, cx)))
+    }
+    fn schema() -> Json {
+        T::schema()
+    }
+}
+
 impl Decode for String {
     fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
         match node.scalar() {

@@ -93,8 +93,8 @@ codes! {
         "Sequences and mappings nest deeper than 32 levels. Fleet files need at most 4; deeper input is refused before it is built.";
     AliasBomb = "E107", Error, "aliases expand too far",
         "The document, with its aliases (`*name`) expanded, has more than 20,000 nodes. This is the shape of a \"billion laughs\" attack. Write values out, or use fewer nested aliases.";
-    SymlinkOutside = "E108", Error, "symbolic link leaves the repository",
-        "A fleet file is a symbolic link that points outside the repository (or is not a regular file). fleet reads only what the repository itself holds, so that what is reviewed in a pull request is what is applied. Replace the link with the file.";
+    SymlinkOutside = "E108", Error, "symbolic link leaves the repository, or not a regular file",
+        "A fleet file is a symbolic link that points outside the repository, or is not a regular file (a FIFO, a device, a git submodule). fleet reads only regular files the repository itself holds, so that what is reviewed in a pull request is what is applied. Replace the link or the special file with a regular file.";
     EmptyDocument = "E109", Error, "file holds no YAML document",
         "The file is empty or holds only comments. A coin file must at least name its coin; fleet.yaml must hold the fleet-wide settings. Delete the file or fill it in.";
     MissingFleetFile = "E110", Error, "fleet.yaml is missing",
@@ -103,6 +103,10 @@ codes! {
         "A fleet file holds exactly one YAML document. A second `---` starts another document; remove it or move the content to its own file.";
     UnsupportedYaml = "E112", Error, "YAML feature not used in fleet files",
         "Tags (`!!binary`, `!custom`), merge keys (`<<`) and non-scalar keys are not part of the fleet format. Write plain keys and values.";
+    NoCoins = "E113", Error, "the repository has no coins",
+        "coins/ holds no coin file. A fleet repository without coins is refused rather than applied: applied, it would ask to retire every node of the fleet, and the usual cause is a coins/ directory renamed or deleted by mistake (`git mv coins Coins`). Put the coin files back in coins/<coin>.yaml. To retire coins on purpose, delete their files and list them in fleet.yaml `retire:`.";
+    TooManyCoins = "E114", Error, "more coin files than supported",
+        "coins/ holds more than 5,000 coin files. fleet refuses the repository rather than read part of it.";
     UnknownField = "E200", Error, "unknown field",
         "The key is not part of the fleet format at this place. It may be misspelt (see the suggestion), belong to another section, or be meant for a newer fleet. Unknown keys are errors rather than ignored, so a typo never silently disables a setting.";
     MissingField = "E201", Error, "missing required field",
@@ -161,6 +165,10 @@ codes! {
         "The number is outside the range the field allows; the message says which.";
     HttpProbe = "E324", Error, "http probe settings missing or misplaced",
         "health.probe: http needs health.http with `path` and `height_pointer` (a JSON pointer to the block height in the response); health.http is only used with probe: http.";
+    TooManyTags = "E325", Error, "more tags than AWS allows on a resource",
+        "AWS allows 50 tags per resource, and fleet writes up to 8 of its own on every node (Name and the fleet: tags), so a coin may set at most 42. Over the limit, launching the node would fail; the repository is refused instead.";
+    NotCoinFile = "W101", Warning, "a file under coins/ is not read",
+        "Only coins/<coin>.yaml (or .yml) files are coin files. A sub-directory, a file with another extension or an upper-case one (`BITCOIN.YAML`) is not read, which may mean a coin you meant to define is missing. Rename or move the file; files starting with `.` are not reported.";
     Credential = "W100", Warning, "looks like a credential in clear text",
         "A value looks like a password, token or key committed to the repository. Anyone who can read the fleet repo can read it. Move it to the coin's AWS Secrets Manager secret (`secrets:`), whose keys become container environment variables. The value itself is never printed.";
 }
@@ -274,11 +282,13 @@ pub fn render_human(d: &Diagnostic, source: Option<&str>, color: Color) -> Strin
         Severity::Error => ("error", red),
         Severity::Warning => ("warning", yellow),
     };
+    // Everything below may hold the repository's own text (file names, key names in field
+    // paths, values): none of it reaches the terminal raw.
     let mut out = format!(
         "{bold}{}{reset}: {sev_color}{sev}[{}]{reset}{bold}: {}{reset}\n",
-        d.location(),
+        terminal_safe(&d.location()),
         d.code,
-        d.message
+        terminal_safe(&d.message)
     );
     let line_no = d.span.start.line;
     let gutter = line_no.to_string().len();
@@ -287,30 +297,19 @@ pub fn render_human(d: &Diagnostic, source: Option<&str>, color: Color) -> Strin
         let shown: String = if d.redact_source {
             // Keep the key, hide the value: `KEY: <redacted>`.
             match line.find(':') {
-                Some(i) => format!("{} <redacted>", &line[..=i]),
+                Some(i) => format!("{} <redacted>", terminal_safe(&line[..=i])),
                 None => "<redacted>".to_string(),
             }
         } else {
-            line.chars()
-                .map(|c| {
-                    if c.is_control() && c != '\t' {
-                        '\u{FFFD}'
-                    } else {
-                        c
-                    }
-                })
-                .collect()
+            String::new()
         };
         let _ = writeln!(out, "{blue}{:>gutter$} |{reset}", "");
-        let _ = writeln!(out, "{blue}{line_no:>gutter$} |{reset} {shown}");
-        if !d.redact_source {
-            // Tabs before the caret are kept so the caret lines up in a terminal.
-            let pad: String = line
-                .chars()
-                .take(d.span.start.col.saturating_sub(1) as usize)
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            let carets = "^".repeat(d.span.len.max(1) as usize);
+        if d.redact_source {
+            let _ = writeln!(out, "{blue}{line_no:>gutter$} |{reset} {shown}");
+        } else {
+            let col = d.span.start.col.saturating_sub(1) as usize;
+            let (shown, pad, carets) = source_window(line, col, d.span.len.max(1) as usize);
+            let _ = writeln!(out, "{blue}{line_no:>gutter$} |{reset} {shown}");
             let _ = writeln!(
                 out,
                 "{blue}{:>gutter$} |{reset} {pad}{sev_color}{carets}{reset}",
@@ -321,16 +320,128 @@ pub fn render_human(d: &Diagnostic, source: Option<&str>, color: Color) -> Strin
     if let Some(help) = &d.help {
         let _ = writeln!(
             out,
-            "{blue}{:>gutter$} = {reset}{cyan}help{reset}: {help}",
-            ""
+            "{blue}{:>gutter$} = {reset}{cyan}help{reset}: {}",
+            "",
+            terminal_safe(help)
         );
     }
     out
 }
 
+/// Characters that change what a terminal shows rather than show themselves: control
+/// characters (ESC starts colour, cursor and OSC sequences) and the Unicode format characters
+/// that reorder or hide text (bidirectional overrides such as U+202E, zero-width ones).
+fn is_unsafe_char(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c,
+            '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
+}
+
+/// `s` with every character a terminal would act on written as its escape (`\u{1b}`).
+pub fn terminal_safe(s: &str) -> String {
+    if !s.chars().any(is_unsafe_char) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if is_unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Longest source line shown whole; a longer one is cut around the caret.
+const MAX_SHOWN_LINE: usize = 160;
+
+/// The part of `line` to show (unsafe characters replaced by U+FFFD, one for one so the caret
+/// still lines up), the padding before the caret and the carets, for a span at character
+/// `col` (0-based) of `len` characters. A line longer than [`MAX_SHOWN_LINE`] is cut to a
+/// window around the span, with `…` where it was cut.
+fn source_window(line: &str, col: usize, len: usize) -> (String, String, String) {
+    let chars: Vec<char> = line
+        .chars()
+        .map(|c| if is_unsafe_char(c) { '\u{FFFD}' } else { c })
+        .collect();
+    let (start, end) = if chars.len() <= MAX_SHOWN_LINE {
+        (0, chars.len())
+    } else {
+        let before = MAX_SHOWN_LINE / 3;
+        let start = col.saturating_sub(before).min(chars.len());
+        (start, (start + MAX_SHOWN_LINE).min(chars.len()))
+    };
+    let mut shown: String = chars[start..end].iter().collect();
+    let mut pad: String = chars[start..col.clamp(start, end)]
+        .iter()
+        // Tabs before the caret are kept so the caret lines up in a terminal.
+        .map(|c| if *c == '\t' { '\t' } else { ' ' })
+        .collect();
+    if start > 0 {
+        shown.insert(0, '…');
+        pad.insert(0, ' ');
+    }
+    if end < chars.len() {
+        shown.push('…');
+    }
+    let carets = "^".repeat(len.min(end.saturating_sub(col).max(1)));
+    (shown, pad, carets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hardening: key names (in field paths), file names and help reach the terminal with
+    /// their escape, bidi and zero-width characters written out, never raw.
+    #[test]
+    fn terminal_escapes_in_user_text_are_written_out() {
+        let d = Diagnostic::error(
+            Code::UnknownField,
+            "coins/x\u{1b}]8;;http://evil\u{7}.yaml",
+            Span::point(Pos { line: 1, col: 1 }),
+            "unknown field `evil\u{1b}[2J\u{202e}gnp`".into(),
+        )
+        .with_help("did you mean `a\u{200b}b`?");
+        let src = "evil\u{1b}[2J\u{202e}: 1\n";
+        let out = render_human(&d, Some(src), Color::Never);
+        for bad in ['\u{1b}', '\u{202e}', '\u{200b}', '\u{7}'] {
+            assert!(!out.contains(bad), "{bad:?} reached the terminal: {out:?}");
+        }
+        assert!(out.contains("\\u{1b}[2J\\u{202e}gnp"), "{out}");
+    }
+
+    /// Hardening: a 1 MB single-line file is not echoed whole under its error: the line is cut
+    /// around the caret, which still points at the column.
+    #[test]
+    fn long_source_lines_are_cut_around_the_caret() {
+        let line = format!("{}BAD{}", "a".repeat(500_000), "b".repeat(500_000));
+        let d = Diagnostic::error(
+            Code::Syntax,
+            "coins/x.yaml",
+            Span {
+                start: Pos {
+                    line: 1,
+                    col: 500_001,
+                },
+                len: 3,
+            },
+            "here".into(),
+        );
+        let out = render_human(&d, Some(&line), Color::Never);
+        assert!(out.len() < 1_000, "{} bytes", out.len());
+        let lines: Vec<&str> = out.lines().collect();
+        let src = lines.iter().find(|l| l.contains("BAD")).unwrap();
+        let caret = lines.iter().find(|l| l.contains("^^^")).unwrap();
+        assert_eq!(
+            src.chars().position(|c| c == 'B'),
+            caret.chars().position(|c| c == '^'),
+            "{out}"
+        );
+        assert!(src.contains('…'));
+    }
 
     #[test]
     fn codes_are_unique_and_parse_back() {

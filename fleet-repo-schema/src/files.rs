@@ -3,7 +3,7 @@
 //! The doc comments here are the field documentation: they become the JSON Schema's
 //! descriptions (shown by editors on hover) and the "add `x:` (…)" hints of errors.
 
-use crate::decode::{Entries, NonEmpty, Spanned};
+use crate::decode::{Checked, Entries, NonEmpty, Spanned};
 use crate::values::*;
 use crate::{yaml_enum, yaml_struct};
 
@@ -66,10 +66,10 @@ yaml_struct! {
     pub struct HealthDefaults {
         /// Blocks a node may trail the reference height (the highest of the coin's other healthy nodes).
         opt max_lag_blocks: LagBlocks,
-        /// A node whose height does not advance for this long fails its gate, e.g. 30m.
-        opt stall_timeout: Duration,
-        /// A node not in sync this long after its restart fails its gate, e.g. 12h.
-        opt sync_timeout: Duration,
+        /// A node whose height does not advance for this long fails its gate, e.g. 30m (at least 1m).
+        opt stall_timeout: Spanned<Duration>,
+        /// A node not in sync this long after its restart fails its gate, e.g. 12h (at least 1m).
+        opt sync_timeout: Spanned<Duration>,
     }
 }
 
@@ -179,7 +179,7 @@ yaml_struct! {
     /// Ports the container publishes.
     pub struct Ports {
         /// RPC ports, reachable from the internal network only.
-        opt rpc: Vec<Spanned<Port>>,
+        opt rpc: Vec<Spanned<Checked<Port>>>,
         /// Peer-to-peer ports, public.
         opt p2p: Vec<Spanned<Port>>,
     }
@@ -206,10 +206,10 @@ yaml_struct! {
         opt rpc_port: Spanned<Port>,
         /// Blocks a node may trail the reference height; overrides defaults.health.
         opt max_lag_blocks: LagBlocks,
-        /// A node whose height does not advance for this long fails its gate; overrides defaults.health.
-        opt stall_timeout: Duration,
-        /// A node not in sync this long after its restart fails its gate; overrides defaults.health.
-        opt sync_timeout: Duration,
+        /// A node whose height does not advance for this long fails its gate (at least 1m); overrides defaults.health.
+        opt stall_timeout: Spanned<Duration>,
+        /// A node not in sync this long after its restart fails its gate (at least 1m); overrides defaults.health.
+        opt sync_timeout: Spanned<Duration>,
         /// Settings of the http probe (required with probe: http).
         opt http: Spanned<HttpProbe>,
     }

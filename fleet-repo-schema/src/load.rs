@@ -17,6 +17,11 @@ pub const MAX_COINS: usize = 5000;
 pub const FLEET_FILE: &str = "fleet.yaml";
 /// The directory of coin files.
 pub const COINS_DIR: &str = "coins";
+/// Tags a coin may set: AWS allows 50 per resource and fleet writes up to 8 (Name, and
+/// `fleet:` managed, coin, zone, index, version, pending, and one spare for its records).
+pub const MAX_COIN_TAGS: usize = 42;
+/// Shortest `stall_timeout` and `sync_timeout`.
+pub const MIN_HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The outcome of loading a repository.
 #[derive(Debug)]
@@ -68,9 +73,13 @@ impl Loader<'_> {
                         Code::FileTooLarge,
                         "fleet files are a few KiB: remove the file from the repository or move it out of coins/",
                     ),
-                    ReadError::SymlinkOutside { .. } | ReadError::NotAFile => (
+                    ReadError::SymlinkOutside { .. } => (
                         Code::SymlinkOutside,
                         "replace the link with a regular file holding the content, so the repository is self-contained",
+                    ),
+                    ReadError::NotAFile => (
+                        Code::SymlinkOutside,
+                        "fleet reads regular files only: replace this FIFO, device or git submodule with a regular YAML file",
                     ),
                     ReadError::NotFound | ReadError::Io(_) => (
                         Code::Io,
@@ -166,22 +175,64 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
         .and_then(|root| l.decode(FLEET_FILE, &root));
 
     let mut coins: Vec<(String, CoinFile)> = Vec::new();
+    let coin_files;
     match tree.list(COINS_DIR) {
         Ok(names) => {
-            let yaml_files: Vec<String> = names
+            let (yaml_files, others): (Vec<String>, Vec<String>) = names
                 .into_iter()
-                .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
-                .collect();
-            if yaml_files.len() > MAX_COINS {
-                l.push(Diagnostic::error(
-                    Code::Io,
-                    COINS_DIR,
-                    Span::FILE_START,
+                .filter(|n| !n.starts_with('.'))
+                .partition(|n| n.ends_with(".yaml") || n.ends_with(".yml"));
+            for name in others {
+                let path = format!("{COINS_DIR}/{name}");
+                let upper = name.to_ascii_lowercase();
+                let help = if upper.ends_with(".yaml") || upper.ends_with(".yml") {
                     format!(
-                        "{} coin files, more than the {MAX_COINS} supported",
-                        yaml_files.len()
-                    ),
-                ));
+                        "coin files are coins/<coin>.yaml in lower case: rename it to coins/{}",
+                        upper
+                    )
+                } else {
+                    "coin files are coins/<coin>.yaml: move this file out of coins/ or rename it"
+                        .into()
+                };
+                l.push(
+                    Diagnostic::error(
+                        Code::NotCoinFile,
+                        &path,
+                        Span::FILE_START,
+                        format!("{path} is not a coin file and is not read"),
+                    )
+                    .with_help(&help),
+                );
+            }
+            for dir in tree.list_dirs(COINS_DIR).unwrap_or_default() {
+                if dir.starts_with('.') {
+                    continue;
+                }
+                let path = format!("{COINS_DIR}/{dir}/");
+                l.push(
+                    Diagnostic::error(
+                        Code::NotCoinFile,
+                        &path,
+                        Span::FILE_START,
+                        format!("{path} is a directory: nothing in it is read"),
+                    )
+                    .with_help("coin files are directly in coins/: move its coin files up, or the directory out"),
+                );
+            }
+            coin_files = yaml_files.len();
+            if yaml_files.len() > MAX_COINS {
+                l.push(
+                    Diagnostic::error(
+                        Code::TooManyCoins,
+                        COINS_DIR,
+                        Span::FILE_START,
+                        format!(
+                            "{} coin files, more than the {MAX_COINS} supported",
+                            yaml_files.len()
+                        ),
+                    )
+                    .with_help("split the fleet into several repositories (one reconciler each)"),
+                );
             }
             for name in yaml_files.into_iter().take(MAX_COINS) {
                 let path = format!("{COINS_DIR}/{name}");
@@ -200,6 +251,7 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
                 ),
                 _ => (Code::Io, "check the directory's permissions"),
             };
+            coin_files = usize::MAX;
             l.push(
                 Diagnostic::error(
                     code,
@@ -210,6 +262,30 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
                 .with_help(help),
             );
         }
+    }
+    // No coin file at all: never "valid, 0 coins" (which would retire the whole fleet).
+    if coin_files == 0 {
+        let near: Vec<String> = tree
+            .list_dirs("")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d != COINS_DIR && d.eq_ignore_ascii_case(COINS_DIR))
+            .collect();
+        let help = match near.first() {
+            Some(d) => format!(
+                "the coin files are in {d}/: rename it to coins/ (lower case; `git mv {d} coins`)"
+            ),
+            None => "add coins/<coin>.yaml files; to retire coins on purpose, delete their files and list them in fleet.yaml `retire:` (at least one coin must remain)".into(),
+        };
+        l.push(
+            Diagnostic::error(
+                Code::NoCoins,
+                COINS_DIR,
+                Span::FILE_START,
+                "the repository has no coin files under coins/".into(),
+            )
+            .with_help(&help),
+        );
     }
 
     if let Some(f) = &fleet {
@@ -281,6 +357,15 @@ fn err(out: &mut Vec<Diagnostic>, code: Code, file: &str, span: Span, msg: Strin
 }
 
 fn check_fleet(out: &mut Vec<Diagnostic>, f: &FleetFile) {
+    if let Some(h) = f.defaults.as_ref().and_then(|d| d.health.as_ref()) {
+        check_health_timeouts(
+            out,
+            FLEET_FILE,
+            "defaults.health",
+            &h.stall_timeout,
+            &h.sync_timeout,
+        );
+    }
     for (zone, _) in &f.network.subnets.0 {
         if !zone.value.in_region(&f.region.value) {
             err(
@@ -484,7 +569,22 @@ fn check_coin(
     }
 
     // Ports.
-    let rpc = c.ports.rpc.as_deref().unwrap_or_default();
+    // Invalid rpc ports were reported while decoding; they are kept as `None` so that the
+    // list still counts as written (a probe then needs no second error for it).
+    let rpc_written = c.ports.rpc.as_deref().is_some_and(|r| !r.is_empty());
+    let rpc: Vec<Spanned<Port>> = c
+        .ports
+        .rpc
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            p.value.0.map(|value| Spanned {
+                value,
+                span: p.span,
+            })
+        })
+        .collect();
+    let rpc = rpc.as_slice();
     let p2p = c.ports.p2p.as_deref().unwrap_or_default();
     let mut seen_ports: HashMap<u16, Span> = HashMap::new();
     for p in rpc.iter().chain(p2p) {
@@ -523,7 +623,7 @@ fn check_coin(
                 "use one of the rpc ports, or add this port to `ports.rpc`",
             );
         }
-    } else if h.probe.value != Probe::None && rpc.is_empty() {
+    } else if h.probe.value != Probe::None && !rpc_written {
         err(
             out,
             Code::RpcPort,
@@ -653,7 +753,70 @@ fn check_coin(
                     format!("tag key `{}` uses a reserved prefix", k.value),
                     "`fleet:` tags record fleet's ownership and `aws:` belongs to AWS: choose another key",
                 );
+            } else if k.value.as_str() == "Name" {
+                err(
+                    out,
+                    Code::ReservedTag,
+                    path,
+                    k.span,
+                    "tag key `Name` is written by fleet".into(),
+                    "fleet names every node node<N>.<coin>.<internal_domain>: remove the tag",
+                );
             }
+        }
+        if t.0.len() > MAX_COIN_TAGS
+            && let Some((k, _)) = t.0.get(MAX_COIN_TAGS)
+        {
+            err(
+                out,
+                Code::TooManyTags,
+                path,
+                k.span,
+                format!(
+                    "{} tags: AWS allows 50 per resource and fleet writes up to {} of its own, so a coin may set at most {MAX_COIN_TAGS}",
+                    t.0.len(),
+                    50 - MAX_COIN_TAGS
+                ),
+                "remove tags (or move what they say to one tag)",
+            );
+        }
+    }
+
+    check_health_timeouts(
+        out,
+        path,
+        "health",
+        &c.health.stall_timeout,
+        &c.health.sync_timeout,
+    );
+}
+
+/// A gate that fails before a node can even restart is a mistake, not a policy.
+fn check_health_timeouts(
+    out: &mut Vec<Diagnostic>,
+    path: &str,
+    section: &str,
+    stall: &Option<Spanned<Duration>>,
+    sync: &Option<Spanned<Duration>>,
+) {
+    for (name, d) in [("stall_timeout", stall), ("sync_timeout", sync)] {
+        if let Some(d) = d
+            && d.value.0 < MIN_HEALTH_TIMEOUT
+        {
+            err(
+                out,
+                Code::OutOfRange,
+                path,
+                d.span,
+                format!(
+                    "`{section}.{name}` is {}: every gate would fail before a node restarted",
+                    d.value
+                ),
+                &format!(
+                    "set it to at least {}m (a restart alone takes tens of seconds)",
+                    MIN_HEALTH_TIMEOUT.as_secs() / 60
+                ),
+            );
         }
     }
 }
@@ -694,7 +857,13 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
                 ImageRepo::parse(&format!("{}/{}", f.image_registry, name))
                     .expect("registry and coin name are both valid, so is their join")
             });
-        let rpc_ports: Vec<u16> = c.ports.rpc.iter().flatten().map(|p| p.value.0).collect();
+        let rpc_ports: Vec<u16> = c
+            .ports
+            .rpc
+            .iter()
+            .flatten()
+            .filter_map(|p| p.value.0.map(|p| p.0))
+            .collect();
         let zones: Vec<Zone> = c.placement.zones.iter().map(spanned_value).collect();
         let coin = Coin {
             nodes: desired::node_slots(
@@ -745,13 +914,17 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
                     .map_or(builtin::MAX_LAG_BLOCKS, |v| v.0),
                 stall_timeout: ch
                     .stall_timeout
-                    .or(dh.and_then(|d| d.stall_timeout))
+                    .as_ref()
+                    .map(|s| s.value)
+                    .or(dh.and_then(|d| d.stall_timeout.as_ref().map(|s| s.value)))
                     .unwrap_or(Duration(std::time::Duration::from_secs(
                         builtin::STALL_TIMEOUT_SECS,
                     ))),
                 sync_timeout: ch
                     .sync_timeout
-                    .or(dh.and_then(|d| d.sync_timeout))
+                    .as_ref()
+                    .map(|s| s.value)
+                    .or(dh.and_then(|d| d.sync_timeout.as_ref().map(|s| s.value)))
                     .unwrap_or(Duration(std::time::Duration::from_secs(
                         builtin::SYNC_TIMEOUT_SECS,
                     ))),

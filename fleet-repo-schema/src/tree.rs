@@ -43,6 +43,11 @@ pub trait FileTree {
     fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError>;
     /// Whether `path` is a file of the tree.
     fn is_file(&self, path: &str) -> bool;
+    /// Names of the directories directly in `dir`, sorted (for telling an operator about
+    /// what is not read). A tree that cannot tell lists none.
+    fn list_dirs(&self, _dir: &str) -> Result<Vec<String>, ReadError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A directory on disk. Symbolic links are followed only when they stay inside it.
@@ -129,6 +134,28 @@ impl FileTree for DirTree {
         Ok(names)
     }
 
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, ReadError> {
+        let path = if dir.is_empty() {
+            self.root.clone()
+        } else {
+            match self.resolve(dir) {
+                Ok(p) => p,
+                Err(ReadError::NotFound) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        };
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
         let full = self.resolve(path)?;
         let meta = std::fs::metadata(&full).map_err(io_err)?;
@@ -210,6 +237,22 @@ impl FileTree for MemTree {
 
     fn is_file(&self, path: &str) -> bool {
         self.files.contains_key(path)
+    }
+
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, ReadError> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let mut names: Vec<String> = self
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split_once('/').map(|(d, _)| d.to_string()))
+            .collect();
+        names.dedup();
+        Ok(names)
     }
 }
 

@@ -163,11 +163,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::default());
     // The webhook filters pushes on the followed branch (resolved at the first fetch when
     // the configuration leaves it to the remote's default).
-    let branch = match &source {
-        Source::Git(g) => g.branch(),
-        Source::Dir(_) => None,
-    };
-    *shared.branch.lock().unwrap_or_else(|e| e.into_inner()) = branch;
+    *shared.branch.lock().unwrap_or_else(|e| e.into_inner()) = source.branch();
     shared.status_mut(|s| {
         s.source.kind = source.kind().into();
         s.source.url = source.describe();
@@ -217,6 +213,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             shared: Arc::clone(&shared),
             webhook_secret,
             slack: people.route.clone(),
+            deliveries: Arc::default(),
         },
         shutdown.clone(),
     ));
@@ -263,7 +260,24 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
             shutdown.cancel();
         });
     }
-    let r = lp.await;
+    // After a signal the loop stops between steps. A step still under way after the grace
+    // (an SSM command that takes long, a call that hangs) is left as a crash would leave it:
+    // its `fleet:pending` marker makes the next start confirm or repeat it.
+    let mut lp = lp;
+    let r = tokio::select! {
+        r = &mut lp => r,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(crate::daemon::SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                grace_s = crate::daemon::SHUTDOWN_GRACE.as_secs(),
+                "a step is still under way after the shutdown grace; exiting anyway (its fleet:pending marker makes the next start confirm or repeat it)"
+            );
+            lp.abort();
+            Ok(())
+        }
+    };
     shutdown.cancel();
     let _ = fetch.await;
     let _ = server.await;
@@ -280,7 +294,10 @@ struct People {
     route: Option<crate::server::SlackRoute>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     #[cfg(feature = "bots")]
-    slack_task: Option<tokio::task::JoinHandle<()>>,
+    slack_task: Option<(
+        tokio::task::JoinHandle<()>,
+        Arc<bots::slack::bot::SlackStats>,
+    )>,
 }
 
 impl People {
@@ -320,10 +337,12 @@ impl People {
                 good: good.clone(),
                 slack: s.handle.clone(),
             })));
+            // The collector keeps the counters, not a handle: a handle kept alive by the
+            // metrics would keep the Slack worker from ending at shutdown.
             shared
                 .metrics
-                .register(Box::new(people::slack::SlackMetrics(s.handle.clone())));
-            p.slack_task = Some(s.task);
+                .register(Box::new(people::slack::SlackMetrics(s.handle.counters())));
+            p.slack_task = Some((s.task, s.handle.counters()));
             tracing::info!(api = %cfg.slack_api, "Slack on");
         }
         if cfg.release_watch
@@ -377,12 +396,15 @@ impl People {
         drop(self.notifier);
         drop(self.route);
         #[cfg(feature = "bots")]
-        if let Some(t) = self.slack_task
+        if let Some((t, stats)) = self.slack_task
             && tokio::time::timeout(std::time::Duration::from_secs(5), t)
                 .await
                 .is_err()
         {
-            tracing::warn!("Slack messages still queued at exit were not sent");
+            let queued = stats.queued.load(std::sync::atomic::Ordering::SeqCst);
+            if queued > 0 {
+                tracing::warn!(queued, "Slack messages still queued at exit were not sent");
+            }
         }
     }
 }
@@ -391,14 +413,18 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
+        // SIGHUP too: a closed terminal or a `kill -HUP` gets the same clean stop, not the
+        // default of dying mid-step.
         match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(mut t), Ok(mut i)) => {
+            (Ok(mut t), Ok(mut i), Ok(mut h)) => {
                 tokio::select! {
                     _ = t.recv() => {}
                     _ = i.recv() => {}
+                    _ = h.recv() => {}
                 }
             }
             _ => {

@@ -29,10 +29,25 @@ use tokio_util::sync::CancellationToken;
 /// (a few commits of YAML) is far below, and an unauthenticated client can make the server
 /// buffer up to this much per connection before the signature is known.
 pub const MAX_BODY: usize = 5 * 1024 * 1024;
-/// Connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once. A slot is a task and a few KB of buffers, so there are many
+/// (the systemd unit raises the descriptor limit for them). When every slot is taken, the
+/// connection that has waited longest without sending a request, if it has waited at least
+/// [`SILENT_GRACE`], is closed to make room: a client that sends nothing cannot crowd out a
+/// health check. When none has, the new connection is closed at once (shed) rather than left
+/// in the kernel's backlog, where it would only delay the others.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long a new connection may stay silent before it may be closed to make room: a real
+/// client sends its request at once.
+pub const SILENT_GRACE: Duration = Duration::from_secs(1);
+/// Time for a client to send a request's headers (the first one, and each next one on a
+/// kept-alive connection).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a connection is kept, whatever it does.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Time to send a whole request body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Webhook deliveries remembered, so that a replayed (signed) delivery does nothing twice.
+pub const DELIVERIES_REMEMBERED: usize = 4096;
 
 /// A webhook secret. `Debug` never shows it.
 #[derive(Clone)]
@@ -111,20 +126,82 @@ pub struct ServerState {
     pub webhook_secret: Option<Secret>,
     /// Slack's interaction callback (None: 503).
     pub slack: Option<SlackRoute>,
+    /// Webhook deliveries already handled.
+    pub deliveries: Arc<Deliveries>,
+}
+
+/// The last [`DELIVERIES_REMEMBERED`] webhook delivery ids (`X-GitHub-Delivery`), oldest
+/// forgotten first.
+#[derive(Debug, Default)]
+pub struct Deliveries(
+    std::sync::Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<String>,
+    )>,
+);
+
+impl Deliveries {
+    /// Whether `id` is seen for the first time (and remember it).
+    pub fn first_time(&self, id: &str) -> bool {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (seen, order) = &mut *g;
+        if !seen.insert(id.to_string()) {
+            return false;
+        }
+        order.push_back(id.to_string());
+        if order.len() > DELIVERIES_REMEMBERED
+            && let Some(old) = order.pop_front()
+        {
+            seen.remove(&old);
+        }
+        true
+    }
+}
+
+/// Connections that have not sent a request yet, oldest first: the ones closed to make room.
+#[derive(Debug, Default)]
+struct Waiting {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, std::time::Instant, CancellationToken)>,
+}
+
+impl Waiting {
+    fn add(&mut self) -> (u64, CancellationToken) {
+        self.next += 1;
+        let t = CancellationToken::new();
+        self.queue
+            .push_back((self.next, std::time::Instant::now(), t.clone()));
+        (self.next, t)
+    }
+    fn remove(&mut self, id: u64) {
+        self.queue.retain(|(i, _, _)| *i != id);
+    }
+    /// Close the connection that has waited longest, if it has been silent for
+    /// [`SILENT_GRACE`]; false when none has.
+    fn evict_oldest(&mut self) -> bool {
+        match self.queue.front() {
+            Some((_, since, _)) if since.elapsed() >= SILENT_GRACE => {
+                if let Some((_, _, t)) = self.queue.pop_front() {
+                    t.cancel();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The queue, whatever happened to a task that held its lock (a panic leaves it sound).
+fn waiting(w: &std::sync::Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    w.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Serve on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, state: ServerState, shutdown: CancellationToken) {
     let state = Arc::new(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let silent = Arc::new(std::sync::Mutex::new(Waiting::default()));
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = shutdown.cancelled() => return,
-        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -136,29 +213,68 @@ pub async fn serve(listener: TcpListener, state: ServerState, shutdown: Cancella
             },
             _ = shutdown.cancelled() => return,
         };
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // Full: close the longest-waiting silent connection and take its slot.
+                let freed = if waiting(&silent).evict_oldest() {
+                    tokio::time::timeout(
+                        Duration::from_millis(200),
+                        Arc::clone(&slots).acquire_owned(),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                } else {
+                    None
+                };
+                match freed {
+                    Some(p) => {
+                        state.shared.metrics.connection("evicted");
+                        p
+                    }
+                    None => {
+                        state.shared.metrics.connection("shed");
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
+        };
+        // Keep-alive only while the port is not crowded: a connection that stays open holds
+        // its slot between requests.
+        let keep_alive = slots.available_permits() >= MAX_CONNECTIONS / 2;
+        let (id, evict) = waiting(&silent).add();
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
+        let silent = Arc::clone(&silent);
         tokio::spawn(async move {
             let _permit = permit;
+            let s = Arc::clone(&silent);
             let svc = hyper::service::service_fn(move |req| {
                 let state = Arc::clone(&state);
+                // It sent a request: no longer a candidate for eviction.
+                waiting(&s).remove(id);
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(keep_alive)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
             tokio::pin!(conn);
-            // A connection lives at most 5 minutes (a keep-alive client cannot hold a slot
-            // for ever); on shutdown, the request under way is answered first.
+            // A connection lives at most CONNECTION_LIFETIME (a keep-alive client cannot hold
+            // a slot for ever); on shutdown, the request under way is answered first.
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+                _ = evict.cancelled() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await;
                 }
             }
+            waiting(&silent).remove(id);
         });
     }
 }
@@ -178,9 +294,21 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     reply(code, "text/plain; charset=utf-8", b)
 }
 
+/// `req` as a GET of the same path (for HEAD).
+fn get_of(req: Request<Incoming>) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    parts.method = Method::GET;
+    Request::from_parts(parts, body)
+}
+
 async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
+        // Load balancers check with HEAD: the GET answer, without its body.
+        (Method::HEAD, "/healthz" | "/readyz") => {
+            let (parts, _) = Box::pin(handle(state, get_of(req))).await.into_parts();
+            Response::from_parts(parts, Full::new(Bytes::new()))
+        }
         (Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (Method::GET, "/readyz") => {
             if state.shared.ready.load(Ordering::SeqCst) {
@@ -196,7 +324,11 @@ async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
                         (None, None) => "no valid revision yet".to_string(),
                     }
                 } else {
-                    "the fleet has not been observed yet".to_string()
+                    match (&s.pass.last_error, s.pass.running) {
+                        (Some(e), _) => format!("the fleet has not been observed yet: {e}"),
+                        (None, true) => "the first pass is observing the fleet".to_string(),
+                        (None, false) => "the fleet has not been observed yet".to_string(),
+                    }
                 };
                 text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}"))
             }
@@ -248,11 +380,7 @@ async fn github(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
         m.webhook("unauthorized");
         return text(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
     }
-    // Events fleet does not act on are not read at all.
-    if !matches!(event.as_str(), "push" | "ping" | "release") {
-        m.webhook("ignored");
-        return text(StatusCode::ACCEPTED, format!("ignored event `{event}`"));
-    }
+    // The signature is checked before anything is said about the request, even "ignored".
     let body = match tokio::time::timeout(
         BODY_TIMEOUT,
         Limited::new(req.into_body(), MAX_BODY).collect(),
@@ -273,6 +401,15 @@ async fn github(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
         m.webhook("unauthorized");
         tracing::warn!(delivery = %delivery, "webhook signature mismatch: rejected");
         return text(StatusCode::UNAUTHORIZED, "signature does not match");
+    }
+    // A signed delivery replayed (by GitHub's redelivery, or by someone who captured it)
+    // does nothing a second time.
+    if !delivery.is_empty() && !state.deliveries.first_time(&delivery) {
+        m.webhook("duplicate");
+        return text(
+            StatusCode::OK,
+            format!("delivery {delivery} was handled already"),
+        );
     }
     match event.as_str() {
         "ping" => {

@@ -93,16 +93,67 @@ impl std::fmt::Debug for GitAuth {
 
 /// `url` with any user-info (`https://user:token@host/…`) removed, for messages and logs.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if let Some(at) = authority.rfind('@') {
-            return format!("{scheme}://<redacted>@{}{path}", &authority[at + 1..]);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("<redacted>@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    // A token in the query (`?access_token=…`) or the fragment is as secret as one in the
+    // user info: values go, names stay.
+    let (before_frag, frag) = match tail.split_once('#') {
+        Some((b, _)) => (b, "#<redacted>"),
+        None => (tail, ""),
+    };
+    let tail = match before_frag.split_once('?') {
+        Some((path, query)) => {
+            let q: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) => format!("{k}=<redacted>"),
+                    None if kv.is_empty() => String::new(),
+                    None => "<redacted>".to_string(),
+                })
+                .collect();
+            format!("{path}?{}", q.join("&"))
+        }
+        None => before_frag.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}{frag}")
+}
+
+/// The secret parts of `url`: its user info's password (or a lone token), every query value
+/// and the fragment, each at least 4 characters (shorter ones would scrub ordinary words).
+fn url_secrets(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if let Some(at) = rest[..end].rfind('@') {
+        let info = &rest[..at];
+        out.push(
+            info.split_once(':')
+                .map(|(_, p)| p)
+                .unwrap_or(info)
+                .to_string(),
+        );
+    }
+    let tail = &rest[end..];
+    let (before_frag, frag) = tail.split_once('#').unwrap_or((tail, ""));
+    out.push(frag.to_string());
+    if let Some((_, query)) = before_frag.split_once('?') {
+        for kv in query.split('&') {
+            out.push(kv.split_once('=').map(|(_, v)| v).unwrap_or(kv).to_string());
         }
     }
-    url.to_string()
+    out.retain(|s| s.len() >= 4);
+    out
 }
 
 /// What a fetch found.
@@ -162,8 +213,18 @@ impl GitSource {
     fn fetch_err(&self, e: git2::Error) -> SourceError {
         SourceError::Fetch {
             url: self.display_url(),
-            message: scrub(e.message(), &self.auth).replace(&self.url, &self.display_url()),
+            message: self.scrub(e.message()),
         }
+    }
+
+    /// `msg` (libgit2's words) without any credential: the token and passphrase, and the
+    /// URL's own secrets (user info, query values), wherever libgit2 echoed them.
+    fn scrub(&self, msg: &str) -> String {
+        let mut m = scrub(msg, &self.auth).replace(&self.url, &self.display_url());
+        for secret in url_secrets(&self.url) {
+            m = m.replace(&secret, "<redacted>");
+        }
+        m
     }
 
     fn open_cache(&self) -> Result<git2::Repository, SourceError> {
@@ -459,6 +520,31 @@ impl FileTree for GitTree<'_> {
         self.entry(path)
             .is_some_and(|e| matches!(e.filemode(), 0o100644 | 0o100755 | 0o100664))
     }
+
+    fn list_dirs(&self, dir: &str) -> Result<Vec<String>, ReadError> {
+        let sub;
+        let tree = if dir.is_empty() {
+            &self.root
+        } else {
+            let Some(e) = self.entry(dir) else {
+                return Ok(Vec::new());
+            };
+            match e.to_object(self.repo).and_then(|o| o.peel_to_tree()) {
+                Ok(t) => {
+                    sub = t;
+                    &sub
+                }
+                Err(_) => return Ok(Vec::new()),
+            }
+        };
+        let mut names: Vec<String> = tree
+            .iter()
+            .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
+            .map(|e| String::from_utf8_lossy(e.name_bytes()).into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
 }
 
 /// The fleet repository as a plain directory, read as it is on disk.
@@ -562,6 +648,15 @@ impl Source {
         }
     }
 
+    /// The branch followed: the configured one, else the remote's default once a fetch has
+    /// resolved it; None for a directory (and before that first fetch).
+    pub fn branch(&self) -> Option<String> {
+        match self {
+            Source::Git(g) => g.branch(),
+            Source::Dir(_) => None,
+        }
+    }
+
     /// Kind name.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -661,6 +756,35 @@ mod tests {
             scrub("bad token ghp_secret for user", &a),
             "bad token <redacted> for user"
         );
+    }
+
+    /// Hardening: a token in the query string (or the fragment) is redacted like one in the
+    /// user info, and scrubbed from what libgit2 says.
+    #[test]
+    fn query_string_credentials_are_redacted() {
+        let url = "https://git.example.com/x.git?access_token=ghp_querysecret&ref=main#frag-token";
+        let shown = redact_url(url);
+        assert_eq!(
+            shown,
+            "https://git.example.com/x.git?access_token=<redacted>&ref=<redacted>#<redacted>"
+        );
+        assert!(!shown.contains("ghp_querysecret") && !shown.contains("frag-token"));
+        assert_eq!(
+            redact_url("https://tok_only_secret@host/x?y"),
+            "https://<redacted>@host/x?<redacted>"
+        );
+        let g = GitSource::new(
+            url,
+            None,
+            "",
+            PathBuf::from("/nonexistent"),
+            GitAuth::default(),
+        );
+        let said = g.scrub(
+            "unexpected http status 401 for https://git.example.com/x.git?access_token=ghp_querysecret (token ghp_querysecret)",
+        );
+        assert!(!said.contains("ghp_querysecret"), "{said}");
+        assert!(url_secrets("https://user:pw_secret@h/x").contains(&"pw_secret".to_string()));
     }
 
     #[test]

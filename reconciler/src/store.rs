@@ -488,12 +488,10 @@ mod tests {
     }
 }
 
-/// The lock file that keeps two writers (a `fleet run`, a `fleet apply`) off one state
-/// directory: they would both change the fleet, and with the simulator both rewrite it.
-pub const LOCK_FILE: &str = "fleet.lock";
-
 /// An exclusive lock on a state directory, held until dropped (or the process dies: the
-/// kernel releases it, so a SIGKILLed reconciler leaves no stale lock).
+/// kernel releases it, so a SIGKILLed reconciler leaves no stale lock). It is an OS lock
+/// (`flock`) on an open descriptor of the directory itself, not on a file in it: deleting a
+/// file cannot let a second writer in while the first runs.
 #[derive(Debug)]
 pub struct StateLock(#[allow(dead_code)] std::fs::File);
 
@@ -502,13 +500,13 @@ impl StateLock {
     pub fn take(dir: &Path) -> Result<StateLock, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the state directory {}: {e}", dir.display()))?;
-        let path = dir.join(LOCK_FILE);
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let f = std::fs::File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !f.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(format!(
+                "{} is not a directory: give --state-dir a directory",
+                dir.display()
+            ));
+        }
         match f.try_lock() {
             Ok(()) => Ok(StateLock(f)),
             Err(_) => Err(format!(
@@ -517,5 +515,35 @@ impl StateLock {
                 dir.display()
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    /// Hardening: the lock is on the directory, so removing files in it (an old `fleet.lock`,
+    /// everything) does not let a second writer in.
+    #[test]
+    fn deleting_files_does_not_release_the_state_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StateLock::take(dir.path()).unwrap();
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let _ = std::fs::remove_file(e.unwrap().path());
+        }
+        let _ = std::fs::remove_file(dir.path().join("fleet.lock"));
+        let second = StateLock::take(dir.path());
+        assert!(second.is_err(), "a second writer got in");
+        assert!(
+            second
+                .unwrap_err()
+                .contains("one writer per state directory")
+        );
+        drop(held);
+        assert!(StateLock::take(dir.path()).is_ok(), "released on drop");
+        // A file is not a state directory.
+        let file = dir.path().join("f");
+        std::fs::write(&file, "").unwrap();
+        assert!(StateLock::take(&file).is_err());
     }
 }

@@ -381,6 +381,15 @@ impl Daemon {
         self.guard.terminate(timeout)
     }
 
+    /// `signal` (`-HUP`, …) and wait; the exit status (None: it had to be killed).
+    pub fn stop_with(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        self.guard.stop_with(signal, timeout)
+    }
+
     /// The end of its log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -139,9 +139,19 @@ impl ProcessGuard {
     /// SIGTERM, then wait up to `timeout` for it to exit; its exit status, or None if it had
     /// to be killed.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.stop_with("-TERM", timeout)
+    }
+
+    /// `signal` (`-TERM`, `-HUP`, …), then wait up to `timeout` for it to exit; its exit
+    /// status, or None if it had to be killed.
+    pub fn stop_with(
+        &mut self,
+        signal: &str,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
-            .arg("-TERM")
+            .arg(signal)
             .arg(child.id().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

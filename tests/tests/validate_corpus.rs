@@ -107,10 +107,10 @@ fn every_corpus_case_reports_exactly_its_expected_diagnostics() {
         failures.join("\n")
     );
 
-    // Every rule of the contract has at least one case (E001/E103/E108 are built below).
+    // Every rule of the contract has at least one case (E001/E103/E108/E114 are built below).
     for code in fleet_repo_schema::Code::ALL {
         let c = code.as_str();
-        if ["E001", "E103", "E108"].contains(&c) {
+        if ["E001", "E103", "E108", "E114"].contains(&c) {
             continue;
         }
         assert!(codes_seen.contains(c), "no corpus case produces {c}");
@@ -202,6 +202,45 @@ fn e103_a_10_mb_file_is_refused_unread() {
         BTreeSet::from(["E103 coins/huge.yaml:1:1".to_string()])
     );
     assert_eq!(code, 1);
+}
+
+/// Hardening: more than 5,000 coin files made `validate` exit 2 (an I/O error) while saying
+/// "invalid"; it is an error of the repository, exit 1.
+#[test]
+fn e114_more_than_5000_coin_files_is_invalid() {
+    let repo = base_copy();
+    let coin = std::fs::read_to_string(repo.path().join("coins/litecoin.yaml")).unwrap();
+    for i in 0..5_001 {
+        let name = format!("c{i:04}");
+        std::fs::write(
+            repo.path().join(format!("coins/{name}.yaml")),
+            coin.replace("coin: litecoin", &format!("coin: {name}")),
+        )
+        .unwrap();
+    }
+    let (got, code) = diagnostics(repo.path());
+    assert!(got.contains("E114 coins:1:1"), "{got:?}");
+    assert_eq!(code, 1);
+}
+
+/// Hardening: a FIFO is not a symbolic link: its E108 says to replace the special file.
+#[test]
+fn e108_a_fifo_is_told_to_be_a_regular_file() {
+    let repo = base_copy();
+    let fifo = repo.path().join("coins/pipe.yaml");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mkfifo");
+    let out = fleet(&["validate", repo.path().to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout
+            .contains("replace this FIFO, device or git submodule"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

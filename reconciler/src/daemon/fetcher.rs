@@ -36,13 +36,15 @@ pub async fn fetcher(
         let (src, k) = (source.clone(), known.clone());
         // libgit2 has no overall timeout: a remote that accepts and then stalls would hold
         // the fetcher for ever. After FETCH_TIMEOUT the fetch counts as failed (the blocking
-        // thread is left to finish or fail on its own).
-        let res = match tokio::time::timeout(
+        // thread is left to finish or fail on its own). A shutdown does not wait for it either.
+        let fetch = tokio::time::timeout(
             FETCH_TIMEOUT,
             tokio::task::spawn_blocking(move || src.poll(k.as_deref())),
-        )
-        .await
-        {
+        );
+        let res = match tokio::select! {
+            r = fetch => r,
+            _ = shutdown.cancelled() => return,
+        } {
             Ok(r) => r,
             Err(_) => Ok(Err(crate::source::SourceError::Fetch {
                 url: source.describe(),
@@ -57,6 +59,11 @@ pub async fn fetcher(
             Ok(Ok((head, loaded))) => {
                 backoff.reset();
                 shared.metrics.fetch(true);
+                // The webhook filters pushes on this branch: with none configured, it is the
+                // remote's default, known only once a fetch resolved it.
+                if let Some(b) = source.branch() {
+                    *shared.branch.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+                }
                 shared.status_mut(|s| {
                     s.source.head = Some(head.rev.clone());
                     s.source.last_fetch_ms = Some(now);

@@ -84,6 +84,7 @@ pub struct Metrics {
     fetches: Family<Labels, Counter>,
     webhooks: Family<Labels, Counter>,
     slack_interactions: Family<Labels, Counter>,
+    connections: Family<Labels, Counter>,
     api_calls: Counter,
     api_calls_seen: AtomicU64,
     /// Serialises the rebuilds of whole families (observation gauges, the commit).
@@ -115,6 +116,7 @@ impl Metrics {
             fetches: Family::default(),
             webhooks: Family::default(),
             slack_interactions: Family::default(),
+            connections: Family::default(),
             api_calls: Counter::default(),
             api_calls_seen: AtomicU64::new(0),
             rebuild: Mutex::new(()),
@@ -124,6 +126,9 @@ impl Metrics {
         }
         for r in ["ok", "error"] {
             let _ = m.fetches.get_or_create(&label("result", r));
+        }
+        for k in ["evicted", "shed"] {
+            let _ = m.connections.get_or_create(&label("kind", k));
         }
         m.source_valid.set(1);
         {
@@ -198,6 +203,11 @@ impl Metrics {
                 m.slack_interactions.clone(),
             );
             r.register(
+                "fleet_http_connections_crowded",
+                "Connections accepted while every slot was taken: evicted (the longest-waiting silent connection was closed to make room) or shed (closed at once: no connection was silent)",
+                m.connections.clone(),
+            );
+            r.register(
                 "fleet_provider_api_calls",
                 "Calls to the provider's API (AWS, or the simulator), retries counted once",
                 m.api_calls.clone(),
@@ -233,6 +243,11 @@ impl Metrics {
         self.slack_interactions
             .get_or_create(&label("result", result))
             .inc();
+    }
+
+    /// A connection accepted while every slot was taken (`evicted` or `shed`).
+    pub fn connection(&self, kind: &str) {
+        self.connections.get_or_create(&label("kind", kind)).inc();
     }
 
     /// A fetch of the repository ended.

@@ -34,6 +34,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// How long `fleet run` waits, after SIGTERM or SIGINT, for the step under way before it exits
+/// anyway. Exiting then is what a crash does, which the crash protocol makes safe: the step's
+/// `fleet:pending` marker makes the next start confirm or repeat it. The systemd unit's
+/// `TimeoutStopSec` must exceed it (`tests/tests/deploy.rs` checks).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A revision that passed validation.
 #[derive(Debug)]
 pub struct Good {

@@ -227,6 +227,10 @@ pub async fn reconcile_loop(
             s.pass.number += 1;
             s.pass.running = true;
             s.pass.started_ms = Some(SystemClock.now_ms());
+            // The revision in force is known before the fleet is observed: /readyz then says
+            // that observing is what it waits for.
+            s.commit = Some(good.rev.clone());
+            s.commit_summary = good.summary.clone();
         });
         let r = lp.pass(&good, &mut good_rx).await;
         let label = match &r {
@@ -288,15 +292,28 @@ impl Loop {
         good_rx: &mut wch::Receiver<Option<Arc<Good>>>,
     ) -> Result<PassLabel, PassError> {
         let desired = Arc::clone(&good.desired);
-        let b = self.backend(good).await?;
+        // Until the executor runs nothing is under way, so a shutdown does not wait for a
+        // provider being set up, an observation or the probes (each bounded, but by up to a
+        // minute on an endpoint that hangs).
+        let shutdown = self.shutdown.clone();
+        let b = tokio::select! {
+            b = self.backend(good) => b?,
+            _ = shutdown.cancelled() => return Ok(PassLabel::Cancelled),
+        };
         let (provider, prober, clock) = (
             Arc::clone(&b.provider),
             Arc::clone(&b.prober),
             Arc::clone(&b.clock),
         );
-        let observed = crate::apply::view::observe(provider.as_ref(), &desired).await?;
+        let observed = tokio::select! {
+            o = crate::apply::view::observe(provider.as_ref(), &desired) => o?,
+            _ = shutdown.cancelled() => return Ok(PassLabel::Cancelled),
+        };
         let mut p = plan(&desired, &observed, clock.now_ms());
-        watch::refresh(&self.shared, good, &observed, &p, &prober, &self.held).await;
+        tokio::select! {
+            _ = watch::refresh(&self.shared, good, &observed, &p, &prober, &self.held) => {}
+            _ = shutdown.cancelled() => return Ok(PassLabel::Cancelled),
+        }
         self.shared.ready.store(true, Ordering::SeqCst);
         self.shared.metrics.applied(&good.rev);
         self.shared.metrics.api_calls(provider.api_calls());

@@ -66,7 +66,8 @@ pub struct NodeStatus {
 pub struct ZoneStatus {
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
-    /// Passed its gate and bake in the current rollout.
+    /// In line with the revision in force: nothing planned and every node in sync, or passed
+    /// its gate and bake in the rollout under way.
     pub passed: bool,
 }
 

@@ -136,6 +136,18 @@ pub async fn refresh(
                     gate: None,
                 });
         }
+        // A zone with nothing planned whose nodes are all in sync has passed: it is as the
+        // revision says (the executor's ZonePassed says it during a rollout).
+        for (zone, zs) in cs.zones.iter_mut() {
+            let planned = cp.is_some_and(|cp| {
+                cp.waves
+                    .iter()
+                    .any(|w| w.zone.as_ref().is_some_and(|z| z.as_str() == zone))
+            });
+            zs.passed = !planned
+                && !zs.nodes.is_empty()
+                && zs.nodes.iter().all(|n| n.in_sync == Some(true));
+        }
         coins.insert(name, cs);
     }
     let plan_steps = p.step_count();

@@ -361,11 +361,11 @@ pub fn start_slack(
 
 /// The Slack bot's counters, read at each scrape.
 #[derive(Debug)]
-pub struct SlackMetrics(pub SlackHandle);
+pub struct SlackMetrics(pub Arc<bots::slack::bot::SlackStats>);
 
 impl Collector for SlackMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = self.0.stats();
+        let s = &self.0;
         let mut e = encoder.encode_descriptor(
             "fleet_slack_messages",
             "Slack messages by result (sent: posted or updated; retried: attempts to be repeated, rate_limited among them; dropped: refused for good or over the queue limit; suppressed: repeats not sent).",

@@ -72,6 +72,13 @@ pub struct AwsOptions {
     pub initial_backoff: Duration,
     /// How long to wait for an SSM command.
     pub command_timeout: Duration,
+    /// Longest to establish a connection to an AWS endpoint.
+    pub connect_timeout: Duration,
+    /// Longest for one attempt of a call (a request and its answer).
+    pub attempt_timeout: Duration,
+    /// Longest for a call, its retries included: against an endpoint that accepts and never
+    /// answers, a call fails with `timeout` after this, never hangs.
+    pub operation_timeout: Duration,
     /// How often to poll an SSM command or an instance state.
     pub poll_interval: Duration,
     /// Extra SDK interceptors (tests use them to inject faults and isolate emulator state).
@@ -88,9 +95,23 @@ impl Default for AwsOptions {
             adaptive: true,
             initial_backoff: Duration::from_secs(1),
             command_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(3),
+            attempt_timeout: Duration::from_secs(20),
+            operation_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(2),
             interceptors: Vec::new(),
         }
+    }
+}
+
+impl AwsOptions {
+    /// The SDK's timeouts for every client.
+    fn timeouts(&self) -> aws_config::timeout::TimeoutConfig {
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(self.connect_timeout)
+            .operation_attempt_timeout(self.attempt_timeout)
+            .operation_timeout(self.operation_timeout)
+            .build()
     }
 }
 
@@ -174,7 +195,8 @@ impl AwsProvider {
         if let Some(e) = &opts.endpoint_url {
             loader = loader.endpoint_url(e);
         }
-        let sdk = loader.load().await;
+        // The credential chain (instance metadata, SSO) is bounded too.
+        let sdk = loader.timeout_config(opts.timeouts()).load().await;
         AwsProvider::from_sdk_config(&sdk, opts)
     }
 
@@ -190,9 +212,16 @@ impl AwsProvider {
             .with_initial_backoff(opts.initial_backoff);
         let stats = Arc::new(CallStats::default());
         let counter = SharedInterceptor::new(CountCalls(stats.clone()));
-        let mut ec2 = aws_sdk_ec2::config::Builder::from(sdk).retry_config(retry.clone());
-        let mut ssm = aws_sdk_ssm::config::Builder::from(sdk).retry_config(retry.clone());
-        let mut r53 = aws_sdk_route53::config::Builder::from(sdk).retry_config(retry);
+        let t = opts.timeouts();
+        let mut ec2 = aws_sdk_ec2::config::Builder::from(sdk)
+            .retry_config(retry.clone())
+            .timeout_config(t.clone());
+        let mut ssm = aws_sdk_ssm::config::Builder::from(sdk)
+            .retry_config(retry.clone())
+            .timeout_config(t.clone());
+        let mut r53 = aws_sdk_route53::config::Builder::from(sdk)
+            .retry_config(retry)
+            .timeout_config(t);
         for i in std::iter::once(&counter).chain(opts.interceptors.iter()) {
             ec2.push_interceptor(i.clone());
             ssm.push_interceptor(i.clone());
@@ -232,10 +261,20 @@ impl AwsProvider {
                 code,
                 instance: instance.map(str::to_string),
             },
+            None if matches!(e, SdkError::TimeoutError(_)) => ProviderError::Api {
+                op: op.to_string(),
+                code: "timeout".into(),
+                message: format!(
+                    "no answer within {} s (each attempt {} s, connecting {} s): the endpoint is unreachable or stalled; the next pass retries",
+                    self.opts.operation_timeout.as_secs(),
+                    self.opts.attempt_timeout.as_secs(),
+                    self.opts.connect_timeout.as_secs()
+                ),
+                instance: instance.map(str::to_string),
+            },
             None => ProviderError::Api {
                 op: op.to_string(),
                 code: match &e {
-                    SdkError::TimeoutError(_) => "timeout",
                     SdkError::DispatchFailure(_) => "connection",
                     SdkError::ResponseError(_) => "bad-response",
                     _ => "error",
