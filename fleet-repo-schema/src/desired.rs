@@ -22,6 +22,8 @@ pub mod builtin {
     pub const SYNC_TIMEOUT_SECS: u64 = 43_200;
     /// `instance.root_volume_gb`.
     pub const ROOT_VOLUME_GB: u32 = 16;
+    /// `limits.max_retire_percent`.
+    pub const MAX_RETIRE_PERCENT: u32 = 50;
 }
 
 /// The whole desired state of a fleet repository.
@@ -65,6 +67,10 @@ pub struct Fleet {
     pub slack_channel: Option<SlackChannel>,
     /// Who may approve rollouts.
     pub approvers: Vec<SlackUserId>,
+    /// Coins this revision retires on purpose (beyond the planner's limits).
+    pub retire: Vec<CoinName>,
+    /// A coin losing more than this share of its nodes is refused unless listed in `retire`.
+    pub max_retire_percent: u32,
 }
 
 /// One coin, resolved.

@@ -126,6 +126,20 @@ yaml_struct! {
         opt notifications: Notifications,
         /// Slack user ids allowed to approve rollouts.
         opt approvers: Vec<Spanned<SlackUserId>>,
+        /// Coins this revision retires on purpose: every node of a coin whose file is gone, or
+        /// more of a coin's nodes than limits.max_retire_percent. Without it such a plan is refused.
+        opt retire: Vec<CoinName>,
+        /// Safety limits of the planner.
+        opt limits: Limits,
+    }
+}
+
+yaml_struct! {
+    /// Safety limits of the planner.
+    pub struct Limits {
+        /// A coin losing more than this share of its nodes in one revision is refused unless it
+        /// is listed in `retire` (default 50).
+        opt max_retire_percent: Percent,
     }
 }
 

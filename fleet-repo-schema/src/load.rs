@@ -843,6 +843,12 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
             .as_ref()
             .and_then(|n| n.slack_channel.clone()),
         approvers: f.approvers.iter().flatten().map(spanned_value).collect(),
+        retire: f.retire.clone().unwrap_or_default(),
+        max_retire_percent: f
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_retire_percent)
+            .map_or(builtin::MAX_RETIRE_PERCENT, |p| p.0),
     };
     let mut out = BTreeMap::new();
     for (path, c) in coins {

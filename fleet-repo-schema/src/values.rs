@@ -312,6 +312,8 @@ bounded_int! {
     DataVolumeGb(u32), 1 ..= 65536, Code::OutOfRange, Code::OutOfRange;
     /// Blocks a node may trail the reference height by.
     LagBlocks(u64), 0 ..= 1000000, Code::OutOfRange, Code::OutOfRange;
+    /// A share in percent.
+    Percent(u32), 0 ..= 100, Code::OutOfRange, Code::OutOfRange;
 }
 
 /// A duration written as `30s`, `10m`, `12h`, `2d`, `1w` or combinations (`1h30m`).

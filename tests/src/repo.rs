@@ -102,7 +102,28 @@ pub fn repo_of(coins: &[CoinSpec]) -> MemTree {
 }
 
 /// `coins` loaded; panics with the diagnostics if the loader refuses them.
+///
+/// No coins at all is a world, not a repository: the loader refuses a fleet without coins
+/// (E113), so an empty list is the fleet of [`fleet_yaml`] with its coins taken away.
 pub fn desired_of_specs(coins: &[CoinSpec]) -> Desired {
+    if coins.is_empty() {
+        let placeholder = CoinSpec {
+            name: "placeholder".into(),
+            version: "1.0.0".into(),
+            instance_type: "m5.large".into(),
+            data_volume_gb: 100,
+            zones: vec![SUBNETS[0].0.into()],
+            nodes_per_zone: 1,
+            max_unavailable: 1,
+            approval: "none".into(),
+            bake: "1m".into(),
+            before_upgrade: false,
+            restore_new_nodes: false,
+        };
+        let mut d = desired_of_specs(&[placeholder]);
+        d.coins.clear();
+        return d;
+    }
     let loaded = load(&repo_of(coins));
     match loaded.desired {
         Some(d) => d,

@@ -409,6 +409,11 @@ impl AwsWorld {
                 adaptive,
                 poll_interval: Duration::from_millis(20),
                 command_timeout: Duration::from_secs(30),
+                // moto, not AWS: a page of 1,000 instances takes it seconds, and more on a
+                // busy 2-core machine, where AWS answers in well under one. The production
+                // bounds are tested against an endpoint that never answers (hardening.rs).
+                attempt_timeout: Duration::from_secs(120),
+                operation_timeout: Duration::from_secs(300),
                 interceptors: vec![shared],
                 ..AwsOptions::default()
             },

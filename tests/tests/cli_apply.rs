@@ -307,3 +307,76 @@ fn a_plan_that_cannot_see_says_so() {
     assert!(out.stdout.contains("not judged:"), "{}", out.stdout);
     assert!(out.stdout.contains("is booting"), "{}", out.stdout);
 }
+
+/// Hardening: a repository that loses coins by mistake never retires them. A coin file
+/// deleted is refused until fleet.yaml's `retire:` names the coin (exit 1, the nodes still
+/// running after `apply --yes`); `coins/` renamed is an invalid revision (E113) that plans
+/// nothing at all; confirmed, the retirement is planned, behind its approval.
+#[test]
+fn a_vanished_coin_is_retired_only_when_the_repository_says_so() {
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().to_str().unwrap();
+    let desired = fleet_tests::world::desired_of(&fleet_tests::world::example_tree());
+    {
+        let sim =
+            SimProvider::open(state.path(), Arc::new(SystemClock), SimConfig::default()).unwrap();
+        sim.seed(&desired, &Default::default()).unwrap();
+    }
+    let run = |args: &[&str], repo: &std::path::Path| {
+        let mut all = args.to_vec();
+        all.extend(["--repo", repo.to_str().unwrap(), "--state-dir", st]);
+        all.extend(["--sim-speed", "20000", "--color", "never"]);
+        fleet(&all)
+    };
+    let dogecoin_nodes = || {
+        let sim =
+            SimProvider::open(state.path(), Arc::new(SystemClock), SimConfig::default()).unwrap();
+        let o = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fleet_tests::observe(&sim, &desired));
+        o.nodes
+            .iter()
+            .filter(|n| n.key.coin.as_str() == "dogecoin")
+            .count()
+    };
+    // Two zones, one node each.
+    assert_eq!(dogecoin_nodes(), 2);
+
+    let deleted = example_copy("fleet.yaml", str::to_string);
+    std::fs::remove_file(deleted.path().join("coins/dogecoin.yaml")).unwrap();
+    let out = run(&["plan", "--detailed-exitcode"], deleted.path());
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("this revision retires every node of dogecoin (2 nodes)")
+            && out
+                .stdout
+                .contains("add `retire: [dogecoin]` to fleet.yaml"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&["apply", "--yes"], deleted.path());
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(dogecoin_nodes(), 2, "{}", out.stdout);
+
+    // `git mv coins Coins`: no coins at all, refused as a revision, with the likely cause.
+    let renamed = example_copy("fleet.yaml", str::to_string);
+    std::fs::rename(renamed.path().join("coins"), renamed.path().join("Coins")).unwrap();
+    let out = run(&["plan", "--detailed-exitcode"], renamed.path());
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("E113") && said.contains("Coins/"), "{said}");
+    assert!(!said.contains("retire"), "{said}");
+    assert_eq!(dogecoin_nodes(), 2);
+
+    // Confirmed in fleet.yaml: planned, and retiring always asks for approval.
+    let confirmed = example_copy("fleet.yaml", |t| format!("{t}retire: [dogecoin]\n"));
+    std::fs::remove_file(confirmed.path().join("coins/dogecoin.yaml")).unwrap();
+    let out = run(&["plan", "--detailed-exitcode"], confirmed.path());
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("add `retire:"), "{}", out.stdout);
+    assert!(out.stdout.contains("dogecoin"), "{}", out.stdout);
+    assert!(out.stdout.contains("retire"), "{}", out.stdout);
+}

@@ -104,6 +104,15 @@ fn commits_roll_out_zone_by_zone_bad_commits_change_nothing_force_push_goes_back
     });
     let zones = ["eu-central-1a", "eu-central-1b", "eu-central-1c"];
     assert_zone_by_zone(&starts(&d.state_dir, "0.21.5"), &zones, 2);
+    // Hardening: a pass that finds nothing to do says every zone is in line (`passed`), not
+    // "not yet" because no rollout said so.
+    let s = d.wait_for("a converged pass after the rollout", LONG, |s| {
+        s["commit"] == c2.as_str()
+            && s["pass"]["running"] == false
+            && s["pass"]["last_result"] == "converged"
+    });
+    let z = &s["coins"]["litecoin"]["zones"];
+    assert!(zones.iter().all(|zone| z[*zone]["passed"] == true), "{s}");
 
     // A broken commit: reported with file, line and column; nothing applied.
     let before = ssm_commands(&d.state_dir);
@@ -213,10 +222,14 @@ fn webhook_fetches_at_once_and_bad_signatures_change_nothing() {
     let body = format!(
         r#"{{"ref":"refs/heads/main","before":"{c1}","after":"{c2}","repository":{{"full_name":"example/fleet"}},"pusher":{{"name":"op"}}}}"#
     );
+    // Each delivery has its own id, as GitHub's do (a repeated id is a replay, handled once).
+    let deliveries = std::cell::Cell::new(0u32);
     let post = |sig: Option<&str>, event: &str, body: &str| {
+        deliveries.set(deliveries.get() + 1);
+        let id = format!("72d3162e-cc78-11e3-81ab-4c9367dc{:04}", deliveries.get());
         let mut h = vec![
             ("X-GitHub-Event", event),
-            ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+            ("X-GitHub-Delivery", id.as_str()),
             ("Content-Type", "application/json"),
         ];
         if let Some(s) = sig {

@@ -259,7 +259,14 @@ fn sim_config() -> SimConfig {
 }
 
 async fn build(case: &Case, clock: Arc<dyn Clock>) -> World {
-    let desired = desired_of_specs(&case.desired);
+    let mut desired = desired_of_specs(&case.desired);
+    // The generated repositories retire freely (coins gone, zones dropped): they confirm it,
+    // as fleet.yaml's `retire:` does; refusing unconfirmed retirements is a unit test of the
+    // planner.
+    desired.fleet.retire = NAMES
+        .iter()
+        .map(|n| fleet_repo_schema::values::CoinName::parse(n).unwrap())
+        .collect();
     let variant = desired_of_specs(&case.world);
     let sim = SimProvider::new(clock, sim_config());
     let versions: BTreeMap<String, Version> = case

@@ -501,6 +501,59 @@ pub fn needs_approval(policy: Approval, class: Class) -> bool {
     policy.requires(class)
 }
 
+/// Retirements the revision does not say it wants, refused (like Terraform's
+/// `prevent_destroy`, Argo CD's prune confirmation): every node of a coin (its file gone,
+/// renamed or emptied), more than `limits.max_retire_percent` of a coin's nodes, or any
+/// retirement at all in a revision where more than one coin disappears (the shape of a
+/// repository broken by mistake, so even a small scale-down in it is not taken on trust). A
+/// coin listed in fleet.yaml's `retire:` is retired as planned. A refused coin is left alone
+/// entirely, its other changes too, until the revision is fixed or confirmed.
+fn retirement_refusals(
+    desired: &Desired,
+    observed: &Observed,
+    retire: &BTreeMap<CoinName, Vec<Step>>,
+) -> BTreeMap<CoinName, Vec<Refusal>> {
+    let gone: Vec<&str> = retire
+        .keys()
+        .map(CoinName::as_str)
+        .filter(|c| !desired.coins.contains_key(*c))
+        .collect();
+    let max = desired.fleet.max_retire_percent;
+    let mut out: BTreeMap<CoinName, Vec<Refusal>> = BTreeMap::new();
+    for (coin, steps) in retire {
+        if desired.fleet.retire.contains(coin) {
+            continue;
+        }
+        let n = steps.len();
+        let total = observed.nodes_of(coin).len() + n;
+        let why = if n == total {
+            format!(
+                "this revision retires every node of {coin} ({n} node{})",
+                plural(n)
+            )
+        } else if n * 100 > max as usize * total {
+            format!(
+                "this revision retires {n} of {coin}'s {total} nodes, more than limits.max_retire_percent ({max} %)"
+            )
+        } else if gone.len() > 1 {
+            format!(
+                "{} coins disappear in this revision ({}), which looks like a repository broken by mistake",
+                gone.len(),
+                gone.join(", ")
+            )
+        } else {
+            continue;
+        };
+        out.entry(coin.clone()).or_default().push(Refusal {
+            node: None,
+            reason: format!(
+                "{why}: fleet retires that only when fleet.yaml says so: add `retire: [{coin}]` to fleet.yaml to confirm (snapshots are taken first)"
+            ),
+        });
+    }
+    out
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -596,6 +649,8 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         }
     }
 
+    let mut retire_refusals = retirement_refusals(desired, observed, &retire);
+
     // Snapshots by coin, looked up once rather than scanned for every coin.
     let mut snapshots: BTreeMap<&str, Vec<&SnapshotInfo>> = BTreeMap::new();
     for s in &observed.snapshots {
@@ -613,13 +668,19 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
             retire.remove(&c.name).unwrap_or_default(),
             cleanup.remove(&c.name).unwrap_or_default(),
         );
+        let mut cp = cp;
+        cp.refusals
+            .extend(retire_refusals.remove(&c.name).unwrap_or_default());
         if !cp.waves.is_empty() || !cp.refusals.is_empty() || !cp.unjudged.is_empty() {
             coins.insert(c.name.clone(), cp);
         }
     }
     // Coins gone from the repository: only retirements.
     for (name, steps) in retire {
-        coins.insert(name.clone(), coin::plan_removed(name, steps));
+        let mut cp = coin::plan_removed(name.clone(), steps);
+        cp.refusals
+            .extend(retire_refusals.remove(&name).unwrap_or_default());
+        coins.insert(name, cp);
     }
     Plan {
         at_ms: now,

@@ -356,3 +356,85 @@ fn a_missing_record_is_pointed_without_taking_the_node_down() {
     assert!(cp.waves[0].disrupted().is_empty());
     assert_eq!(cp.approval, None);
 }
+
+/// Hardening: a coin gone from the repository, a coin losing more than
+/// `limits.max_retire_percent` of its nodes, or any retirement while several coins disappear
+/// at once, is refused unless fleet.yaml's `retire:` names the coin.
+#[test]
+fn retirements_the_revision_does_not_ask_for_are_refused() {
+    let d = desired("28.1", "");
+    // dogecoin and monero run, but the repository has only bitcoin.
+    let mut w = World::running(&d, "28.1");
+    w.node("dogecoin", "eu-central-1a", 1, "1.14.9", |_| {});
+    w.node("monero", "eu-central-1a", 1, "0.18.3.4", |_| {});
+    let o = w.observed(&d);
+    let p = plan(&d, &o, 0);
+    for coin in ["dogecoin", "monero"] {
+        let cp = p.coin(coin).unwrap();
+        assert_eq!(cp.refusals.len(), 1, "{coin}: {:?}", cp.refusals);
+        assert!(
+            cp.refusals[0].reason.contains("every node of")
+                && cp.refusals[0].reason.contains(&format!("retire: [{coin}]")),
+            "{}",
+            cp.refusals[0].reason
+        );
+    }
+    // Confirmed: planned, with the approval it always needs.
+    let mut d2 = d.clone();
+    d2.fleet.retire = vec![CoinName::parse("dogecoin").unwrap()];
+    let p = plan(&d2, &o, 0);
+    assert!(p.coin("dogecoin").unwrap().refusals.is_empty());
+    assert!(p.coin("dogecoin").unwrap().approval.is_some());
+    assert!(!p.coin("monero").unwrap().refusals.is_empty());
+
+    // Shrinking bitcoin from 2 to 1 node per zone retires 3 of 6 (50 %): allowed; with a
+    // limit of 40 % it is refused.
+    let shrunk = desired("28.1", "").clone();
+    let mut small = shrunk.clone();
+    let c = small.coins.get_mut("bitcoin").unwrap();
+    c.nodes_per_zone = 1;
+    c.nodes.retain(|s| s.index == 1);
+    let o = World::running(&shrunk, "28.1").observed(&small);
+    assert!(
+        plan(&small, &o, 0)
+            .coin("bitcoin")
+            .unwrap()
+            .refusals
+            .is_empty()
+    );
+    small.fleet.max_retire_percent = 40;
+    let p = plan(&small, &o, 0);
+    let r = &p.coin("bitcoin").unwrap().refusals;
+    assert!(
+        r.iter()
+            .any(|r| r.reason.contains("3 of bitcoin's 6 nodes")),
+        "{r:?}"
+    );
+
+    // dogecoin and monero both gone (confirmed) and bitcoin shrunk to 1 node per zone (50 %,
+    // allowed on its own): in a revision that drops several coins, even that is refused
+    // until confirmed.
+    let mut w = World::running(&desired("28.1", ""), "28.1");
+    w.node("dogecoin", "eu-central-1a", 1, "1.14.9", |_| {});
+    w.node("monero", "eu-central-1a", 1, "0.18.3.4", |_| {});
+    let mut small = desired("28.1", "");
+    let c = small.coins.get_mut("bitcoin").unwrap();
+    c.nodes_per_zone = 1;
+    c.nodes.retain(|s| s.index == 1);
+    small.fleet.retire = ["dogecoin", "monero"]
+        .map(|c| CoinName::parse(c).unwrap())
+        .to_vec();
+    let o = w.observed(&small);
+    let p = plan(&small, &o, 0);
+    let r = &p.coin("bitcoin").unwrap().refusals;
+    assert!(
+        r.iter().any(|r| r
+            .reason
+            .contains("2 coins disappear in this revision (dogecoin, monero)")),
+        "{r:?}"
+    );
+    assert!(p.coin("dogecoin").unwrap().refusals.is_empty());
+    small.fleet.retire.push(CoinName::parse("bitcoin").unwrap());
+    let p = plan(&small, &o, 0);
+    assert!(p.coin("bitcoin").unwrap().refusals.is_empty());
+}
