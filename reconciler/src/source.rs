@@ -460,32 +460,38 @@ impl GitTree<'_> {
     fn entry(&self, path: &str) -> Option<git2::TreeEntry<'static>> {
         self.root.get_path(Path::new(path)).ok()
     }
-}
 
-impl FileTree for GitTree<'_> {
-    fn list(&self, dir: &str) -> Result<Vec<String>, ReadError> {
+    /// The sorted names in `dir` (the root when empty) of its sub-trees (`trees`) or of its
+    /// other entries; none when `dir` is missing or not a tree.
+    fn names_in(&self, dir: &str, trees: bool) -> Vec<String> {
         let sub;
         let tree = if dir.is_empty() {
             &self.root
         } else {
             let Some(e) = self.entry(dir) else {
-                return Ok(Vec::new());
+                return Vec::new();
             };
             match e.to_object(self.repo).and_then(|o| o.peel_to_tree()) {
                 Ok(t) => {
                     sub = t;
                     &sub
                 }
-                Err(_) => return Ok(Vec::new()),
+                Err(_) => return Vec::new(),
             }
         };
         let mut names: Vec<String> = tree
             .iter()
-            .filter(|e| e.kind() != Some(git2::ObjectType::Tree))
+            .filter(|e| (e.kind() == Some(git2::ObjectType::Tree)) == trees)
             .map(|e| String::from_utf8_lossy(e.name_bytes()).into_owned())
             .collect();
         names.sort();
-        Ok(names)
+        names
+    }
+}
+
+impl FileTree for GitTree<'_> {
+    fn list(&self, dir: &str) -> Result<Vec<String>, ReadError> {
+        Ok(self.names_in(dir, false))
     }
 
     fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
@@ -522,28 +528,7 @@ impl FileTree for GitTree<'_> {
     }
 
     fn list_dirs(&self, dir: &str) -> Result<Vec<String>, ReadError> {
-        let sub;
-        let tree = if dir.is_empty() {
-            &self.root
-        } else {
-            let Some(e) = self.entry(dir) else {
-                return Ok(Vec::new());
-            };
-            match e.to_object(self.repo).and_then(|o| o.peel_to_tree()) {
-                Ok(t) => {
-                    sub = t;
-                    &sub
-                }
-                Err(_) => return Ok(Vec::new()),
-            }
-        };
-        let mut names: Vec<String> = tree
-            .iter()
-            .filter(|e| e.kind() == Some(git2::ObjectType::Tree))
-            .map(|e| String::from_utf8_lossy(e.name_bytes()).into_owned())
-            .collect();
-        names.sort();
-        Ok(names)
+        Ok(self.names_in(dir, true))
     }
 }
 

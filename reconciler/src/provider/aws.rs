@@ -261,17 +261,16 @@ impl AwsProvider {
                 code,
                 instance: instance.map(str::to_string),
             },
-            None if matches!(e, SdkError::TimeoutError(_)) => ProviderError::Api {
-                op: op.to_string(),
-                code: "timeout".into(),
-                message: format!(
+            None if matches!(e, SdkError::TimeoutError(_)) => ProviderError::timed_out(
+                op,
+                format!(
                     "no answer within {} s (each attempt {} s, connecting {} s): the endpoint is unreachable or stalled; the next pass retries",
                     self.opts.operation_timeout.as_secs(),
                     self.opts.attempt_timeout.as_secs(),
                     self.opts.connect_timeout.as_secs()
                 ),
-                instance: instance.map(str::to_string),
-            },
+                instance,
+            ),
             None => ProviderError::Api {
                 op: op.to_string(),
                 code: match &e {
@@ -430,12 +429,11 @@ impl AwsProvider {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ProviderError::Api {
-                    op: "ec2:DescribeInstances".into(),
-                    code: "timeout".into(),
-                    message: format!("instance did not become {want} within the bound"),
-                    instance: Some(node.instance_id.clone()),
-                });
+                return Err(ProviderError::timed_out(
+                    "ec2:DescribeInstances",
+                    format!("instance did not become {want} within the bound"),
+                    Some(&node.instance_id),
+                ));
             }
             tokio::time::sleep(self.opts.poll_interval).await;
         }
@@ -1076,12 +1074,11 @@ impl Provider for AwsProvider {
                 _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ProviderError::Api {
-                    op: "ec2:DescribeVolumesModifications".into(),
-                    code: "timeout".into(),
-                    message: format!("{vol} did not reach `optimizing` within the bound"),
-                    instance: Some(node.instance_id.clone()),
-                });
+                return Err(ProviderError::timed_out(
+                    "ec2:DescribeVolumesModifications",
+                    format!("{vol} did not reach `optimizing` within the bound"),
+                    Some(&node.instance_id),
+                ));
             }
             tokio::time::sleep(self.opts.poll_interval).await;
         }
@@ -1141,12 +1138,7 @@ impl Provider for AwsProvider {
         let inst = self.instance(node).await?;
         self.snapshot_instance(node, &inst, reason)
             .await?
-            .ok_or_else(|| ProviderError::Refused {
-                reason: format!(
-                    "instance {} has no data volume to snapshot",
-                    node.instance_id
-                ),
-            })
+            .ok_or_else(|| ProviderError::no_data_volume(node))
     }
 
     async fn retire(

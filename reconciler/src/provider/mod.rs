@@ -484,6 +484,28 @@ pub enum ProviderError {
     Setup(String),
 }
 
+impl ProviderError {
+    /// A call (or a wait made of calls) that did not finish within its bound.
+    pub fn timed_out(op: &str, message: String, instance: Option<&str>) -> ProviderError {
+        ProviderError::Api {
+            op: op.to_string(),
+            code: "timeout".into(),
+            message,
+            instance: instance.map(str::to_string),
+        }
+    }
+
+    /// A snapshot of a node that has no data volume, refused the same way by every provider.
+    pub fn no_data_volume(node: &NodeRef) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "instance {} has no data volume to snapshot",
+                node.instance_id
+            ),
+        }
+    }
+}
+
 /// A fleet that can be observed and changed. Implementations: [`aws::AwsProvider`] and
 /// [`sim::SimProvider`]; both pass one conformance suite (`tests/tests/provider_conformance.rs`).
 #[async_trait]

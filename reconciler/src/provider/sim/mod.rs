@@ -527,12 +527,7 @@ impl Provider for SimProvider {
         self.with(|w, now| {
             w.call("DescribeInstances")?;
             w.snapshot_of(node, reason, now)?
-                .ok_or_else(|| ProviderError::Refused {
-                    reason: format!(
-                        "instance {} has no data volume to snapshot",
-                        node.instance_id
-                    ),
-                })
+                .ok_or_else(|| ProviderError::no_data_volume(node))
         })
     }
 
