@@ -25,6 +25,7 @@ pub(super) fn plan_coin(
     let mut zones: Vec<(Zone, Vec<Vec<Step>>, Vec<Step>)> = Vec::new();
     let mut repairs: Vec<(Zone, Vec<Step>)> = Vec::new();
     let coin_nodes = observed.nodes_of(&coin.name);
+    // A coin's nodes mostly run one or two versions: classify each once.
     let mut classes: BTreeMap<&str, Class> = BTreeMap::new();
     let newest_snapshot = snapshots
         .iter()
@@ -167,20 +168,24 @@ pub(super) fn plan_coin(
                 (ObservedVersion::Unknown { .. }, _) => (None, false),
             };
             if running != Some(&coin.version) {
-                let c = match running {
-                    // A coin's nodes mostly run one or two versions: classify each once.
-                    Some(v) => *classes
-                        .entry(v.as_str())
-                        .or_insert_with(|| classify(v.as_str(), coin.version.as_str())),
-                    None => Class::Unknown,
-                };
-                match running {
+                // An upgrade to the target cut off after its marker was written leaves the
+                // node at either the version it was recorded at or the target: the change
+                // is at most recorded → target, whatever the daemon says when asked.
+                let size_from = running.or(if confirm_first {
+                    n.recorded_version.as_ref()
+                } else {
+                    None
+                });
+                match size_from {
                     Some(v) => {
                         from_versions.insert(v.clone());
+                        let c = *classes
+                            .entry(v.as_str())
+                            .or_insert_with(|| classify(v.as_str(), coin.version.as_str()));
                         known_class = known_class.max(c);
                     }
-                    // An interrupted upgrade to the target counts as unknown only when no
-                    // node tells the change's size.
+                    // An interrupted upgrade to the target with no recorded version counts
+                    // as unknown only when no node tells the change's size.
                     None if confirm_first => unknown_confirm = true,
                     None => unknown_plain = true,
                 }

@@ -205,9 +205,45 @@ fn an_interrupted_upgrade_to_the_target_is_confirmed_before_any_restart() {
         } => {}
         other => panic!("{other:?}"),
     }
-    // The only unknown is a cut-off upgrade to the target: its size is unknown, which under
-    // `major` needs a person.
+    // The node was recorded at the target already (the crash fell between recording the
+    // version and clearing the marker): nothing to approve.
+    assert_eq!(cp.class, Class::None);
+    assert_eq!(cp.approval, None);
+}
+
+#[test]
+fn an_interrupted_upgrade_is_sized_from_the_version_it_was_recorded_at() {
+    // Every node at `target`, the last one cut off mid-upgrade to it while recorded at
+    // `recorded`: it runs one or the other, so the change is at most recorded → target.
+    let cut_off = |target: &str, recorded: Option<&str>| {
+        let d = desired(target, "");
+        let mut w = World::running(&d, target);
+        let i = &mut w.instances[5];
+        match recorded {
+            Some(r) => i.tags.insert(tags::VERSION.into(), r.into()),
+            None => i.tags.remove(tags::VERSION),
+        };
+        i.recorded_version = recorded.map(|r| Version::parse(r).unwrap());
+        i.pending = Some(PendingStep::Upgrade { to: target.into() });
+        i.version = tags::version(&i.tags, i.pending.as_ref());
+        let p = plan(&d, &w.observed(&d), 0);
+        p.coin("bitcoin").unwrap().clone()
+    };
+    // A patch rollout 28.1 → 28.1.1: `major` asks no one (a reconciler killed at that
+    // moment used to wait for an approval nobody would give).
+    let cp = cut_off("28.1.1", Some("28.1"));
+    assert_eq!(cp.step_count(), 1);
+    assert_eq!(cp.class, Class::Patch);
+    assert_eq!(cp.approval, None);
+    // A major one cut off the same way still asks.
+    let cp = cut_off("29.0", Some("28.1"));
+    assert_eq!(cp.class, Class::Major);
+    assert!(cp.approval.is_some());
+    // With no recorded version to go by the size is unknown, which under `major` needs a
+    // person.
+    let cp = cut_off("29.0", None);
     assert_eq!(cp.class, Class::Unknown);
+    assert!(cp.approval.is_some());
 }
 
 #[test]
