@@ -225,9 +225,13 @@ pub fn body(b: &BumpInfo<'_>) -> String {
     } else {
         ""
     };
+    let pin = match &b.image {
+        ImageNote::Pinned(d) => format!(" {d}"),
+        ImageNote::NotPinned | ImageNote::Unresolved { .. } => String::new(),
+    };
     let _ = writeln!(
         o,
-        "\nOn each node: {snap}`systemctl stop 'node@*' && systemctl start node@{v}` over SSM; the chain data on the EBS volume is kept."
+        "\nOn each node: {snap}`fleet-node upgrade {v}{pin}` over SSM (the image is pulled first; only then is `node@{v}` enabled and started in place of the old version); the chain data on the EBS volume is kept."
     );
 
     let _ = writeln!(o, "\n### Release notes\n");

@@ -6,6 +6,10 @@ use crate::values::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Largest `custom_metrics` script, in bytes: scripts travel in the node's user data, which
+/// EC2 caps at 16 KiB.
+pub const MAX_METRICS_SCRIPT: usize = 4096;
+
 /// Built-in defaults, used where neither the coin nor fleet.yaml's `defaults` set a value.
 pub mod builtin {
     /// `rollout.max_unavailable`.
@@ -114,6 +118,10 @@ pub struct Coin {
     pub container_config: BTreeMap<EnvName, EnvValue>,
     /// Metric name to script path in the repository.
     pub custom_metrics: BTreeMap<MetricName, RepoPath>,
+    /// Metric name to the script's content, read from the repository at load (at most
+    /// [`MAX_METRICS_SCRIPT`] bytes of UTF-8 each): what a node installs.
+    #[serde(skip)]
+    pub metric_scripts: BTreeMap<MetricName, String>,
     /// Extra AWS tags.
     pub tags: BTreeMap<TagKey, TagValue>,
     /// The node slots, zone by zone in rollout order.

@@ -158,7 +158,7 @@ codes! {
     EnvValue = "E320", Error, "invalid environment value",
         "Values of host_config and container_config are written to env files read by systemd and docker. They must be single-line text without control characters; a line break would inject another variable.";
     MetricsScript = "E321", Error, "custom metrics script is missing or outside the repository",
-        "custom_metrics maps a metric name to a script path relative to the repository root, without `..`. The script must exist in the repository.";
+        "custom_metrics maps a metric name to a script path relative to the repository root, without `..`. The script must exist in the repository and be UTF-8 text of at most 4 KiB: fleet installs it on every node of the coin, through the node's user data.";
     ReservedTag = "E322", Error, "reserved tag key",
         "Tag keys starting with `fleet:` record fleet's ownership of resources, and `aws:` is reserved by AWS. Pick another key.";
     OutOfRange = "E323", Error, "number out of range",

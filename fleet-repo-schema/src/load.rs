@@ -342,7 +342,7 @@ pub fn load(tree: &dyn FileTree) -> Loaded {
     diagnostics.dedup();
     let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
     let desired = match (has_errors, fleet) {
-        (false, Some(f)) => Some(resolve(&f, &coins)),
+        (false, Some(f)) => Some(resolve(&f, &coins, tree)),
         _ => None,
     };
     Loaded {
@@ -736,6 +736,15 @@ fn check_coin(
                     ),
                     "add the script to the repository, or fix the path (relative to the repository root)",
                 );
+            } else if let Err(what) = read_metrics_script(tree, p) {
+                err(
+                    out,
+                    Code::MetricsScript,
+                    path,
+                    script.span,
+                    format!("`custom_metrics.{}` script `{p}` {what}", name.value),
+                    "keep a metrics script a small text file (it is installed on every node through its user data)",
+                );
             }
         }
     }
@@ -821,11 +830,26 @@ fn check_health_timeouts(
     }
 }
 
+/// The content of a metrics script, or what is wrong with it.
+fn read_metrics_script(tree: &dyn FileTree, p: &str) -> Result<String, String> {
+    let bytes = tree
+        .read(p, MAX_METRICS_SCRIPT as u64)
+        .map_err(|e| match e {
+            ReadError::TooLarge { size, limit } => format!("is {size} bytes, over {limit}"),
+            e => format!("cannot be read: {e}"),
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
+    if text.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    Ok(text)
+}
+
 fn spanned_value<T: Clone>(s: &Spanned<T>) -> T {
     s.value.clone()
 }
 
-fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
+fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> Desired {
     let dr = f.defaults.as_ref().and_then(|d| d.rollout.as_ref());
     let dh = f.defaults.as_ref().and_then(|d| d.health.as_ref());
     let fleet = Fleet {
@@ -979,6 +1003,15 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)]) -> Desired {
                 .as_ref()
                 .map(Entries::to_map)
                 .unwrap_or_default(),
+            // Checked by check_coin: present, small, text.
+            metric_scripts: c
+                .custom_metrics
+                .as_ref()
+                .map(Entries::to_map)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(n, p)| Some((n, read_metrics_script(tree, p.as_str()).ok()?)))
+                .collect(),
             tags: c.tags.as_ref().map(Entries::to_map).unwrap_or_default(),
         };
         out.insert(name.as_str().to_string(), coin);

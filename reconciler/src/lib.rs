@@ -24,6 +24,7 @@ pub mod demo;
 pub mod events;
 pub mod health;
 pub mod node;
+pub mod node_config;
 #[cfg(feature = "bots")]
 pub mod people;
 pub mod plan;

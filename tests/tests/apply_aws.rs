@@ -123,7 +123,7 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
     // Exactly one restart per node, zone by zone, each naming its one instance.
     let restarts: Vec<(String, String)> = world.commands()[before..]
         .iter()
-        .filter(|(_, c)| c.contains("systemctl start"))
+        .filter(|(_, c)| reconciler::provider::commands::upgrade_target(c).is_some())
         .cloned()
         .collect();
     let order: Vec<&str> = restarts
@@ -132,7 +132,11 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
         .collect();
     assert_eq!(order, ["eu-central-1a", "eu-central-1b", "eu-central-1c"]);
     for (_, c) in &restarts {
-        assert_eq!(c, "systemctl stop 'node@*' && systemctl start 'node@28.1'");
+        // The example pins bitcoin 28.1's image by digest: the node pulls exactly that.
+        assert_eq!(
+            c,
+            "/usr/local/sbin/fleet-node upgrade '28.1' 'sha256:fed9369828c2e48f88cfbe36ef0e2d25a14d0c48d6287e9eb59bde270e54c265'"
+        );
     }
     // Each zone's node was seen catching up and then in sync before the next zone's step.
     let events = rec.events();

@@ -25,17 +25,17 @@ fn config(url: &str, watch: bool) -> String {
     )
 }
 
-/// (zone, sim time) of each successful start of `node@<version>`, in order.
+/// (zone, sim time) of each successful upgrade to `<version>`, in order.
 fn starts(state_dir: &std::path::Path, version: &str) -> Vec<(String, u64)> {
     let sim: Value =
         serde_json::from_slice(&std::fs::read(state_dir.join("sim.json")).expect("sim.json"))
             .expect("sim.json is JSON");
-    let needle = format!("systemctl start 'node@{version}'");
+    let is_start = |s: &str| reconciler::provider::commands::upgrade_target(s) == Some(version);
     sim["commands"]
         .as_array()
         .expect("commands")
         .iter()
-        .filter(|c| c["ok"] == true && c["command"].as_str().is_some_and(|s| s.contains(&needle)))
+        .filter(|c| c["ok"] == true && c["command"].as_str().is_some_and(is_start))
         .map(|c| {
             (
                 c["key"]["zone"].as_str().unwrap_or("").to_string(),

@@ -186,8 +186,8 @@ fn sigkill_at_random_points_of_rollouts_converges_within_the_budget() {
             continue;
         }
         let cmd = c["command"].as_str().unwrap_or("");
-        if let Some(rest) = cmd.split("systemctl start 'node@").nth(1) {
-            let version = rest.split('\'').next().unwrap_or("").to_string();
+        if let Some(version) = reconciler::provider::commands::upgrade_target(cmd) {
+            let version = version.to_string();
             let key = format!(
                 "{}/{}/{}",
                 c["key"]["coin"].as_str().unwrap_or(""),

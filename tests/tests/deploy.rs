@@ -608,3 +608,39 @@ fn container_image_final_stage_runs_as_a_non_root_uid() {
         assert!(entries.contains(e), ".dockerignore does not exclude {e}");
     }
 }
+
+#[test]
+fn iam_policy_lets_fleet_write_every_tag_its_steps_record() {
+    use reconciler::provider::{PendingStep, tags};
+    // What the crash protocol writes on a managed instance after its launch: the marker of
+    // each kind of step, then the tags that record its result.
+    let steps = [
+        PendingStep::Upgrade { to: "1".into() },
+        PendingStep::ChangeType {
+            to: "c5.large".into(),
+        },
+        PendingStep::Reconfigure {
+            to: "host=00000000".into(),
+        },
+    ];
+    let mut written: BTreeSet<String> = [tags::PENDING.to_string()].into();
+    for s in &steps {
+        written.extend(s.record().into_iter().map(|(k, _)| k.to_string()));
+    }
+    let p = policy();
+    let allowed: BTreeSet<String> = statements(&p)
+        .iter()
+        .filter(|s| as_list(&s["Action"]).contains(&"ec2:CreateTags".to_string()))
+        .filter(|s| {
+            s["Condition"]
+                .get("StringEquals")
+                .is_some_and(|c| c.get("ec2:CreateAction").is_none())
+        })
+        .flat_map(|s| as_list(&s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]))
+        .collect();
+    let missing: Vec<&String> = written.difference(&allowed).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/iam-policy.json does not let fleet write {missing:?} on managed instances (add them to the CreateTags statement's aws:TagKeys)"
+    );
+}

@@ -17,6 +17,7 @@ use reconciler::events::{Event, RecordingNotifier};
 use reconciler::node::NodeKey;
 use reconciler::plan::{Plan, plan};
 use reconciler::provider::ObservedVersion;
+use reconciler::provider::commands;
 use reconciler::provider::sim::{SimConfig, SimFault, SimProber, SimProvider};
 use reconciler::store::{Decision, Journal, Record};
 use std::collections::{BTreeMap, BTreeSet};
@@ -165,7 +166,7 @@ async fn monitor(
 fn restarts(sim: &SimProvider) -> BTreeMap<String, Vec<(u64, String, String)>> {
     let mut out: BTreeMap<String, Vec<(u64, String, String)>> = BTreeMap::new();
     for c in sim.commands() {
-        if c.command.contains("systemctl start") && c.ok {
+        if commands::upgrade_target(&c.command).is_some() && c.ok {
             out.entry(c.key.coin.to_string()).or_default().push((
                 c.at_ms,
                 c.key.zone.to_string(),
@@ -180,7 +181,7 @@ fn restarts(sim: &SimProvider) -> BTreeMap<String, Vec<(u64, String, String)>> {
 fn assert_no_double_restart(sim: &SimProvider, context: &str) {
     let mut seen = BTreeSet::new();
     for c in sim.commands() {
-        if c.command.contains("systemctl start") && c.ok {
+        if commands::upgrade_target(&c.command).is_some() && c.ok {
             assert!(
                 seen.insert((c.instance_id.clone(), c.command.clone())),
                 "{context}: {} restarted twice: {}",
@@ -679,4 +680,56 @@ async fn journal_failures_stop_the_coin() {
     }
     assert!(stopped >= 4, "{report:#?}");
     assert!(rig.sim.commands().is_empty(), "a node was touched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_coin_syncs_from_genesis_past_sync_timeout_while_it_progresses() {
+    // litecoin alone, new (no node, no snapshot), one node per zone; its chain is 60,000
+    // blocks long, 20 minutes of validating at 50 blocks/s, and its sync_timeout is 10m. A
+    // node syncing from genesis is gated on progress (stall_timeout), not on sync_timeout.
+    let mut d = desired_of(&example_tree());
+    d.coins.retain(|name, _| name == "litecoin");
+    let c = d.coins.get_mut("litecoin").unwrap();
+    c.health.sync_timeout = fleet_repo_schema::values::Duration::parse("10m").unwrap();
+    c.snapshots.restore_new_nodes = false;
+    let desired = Arc::new(d);
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
+    let mut config = SimConfig::default();
+    config.chains.insert(
+        "litecoin".into(),
+        reconciler::provider::sim::ChainParams {
+            base_height: 60_000,
+            ..reconciler::provider::sim::ChainParams::for_coin("litecoin")
+        },
+    );
+    let rig = Rig {
+        desired,
+        sim: SimProvider::new(Arc::clone(&clock), config),
+        clock,
+        journal: Arc::new(Journal::in_memory()),
+        rec: Arc::new(RecordingNotifier::default()),
+    };
+    let (report, _) = rig.apply().await;
+    assert!(report.all_completed(), "{report:#?}");
+    // It took longer than sync_timeout, and the gate said how long it would take.
+    let waited = report.coins[0].gate_wait_ms;
+    assert!(waited > 10 * 60_000, "gated {waited} ms");
+    let etas = rig
+        .rec
+        .events()
+        .into_iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::Gate {
+                    verdict: reconciler::health::Verdict::Waiting {
+                        eta_ms: Some(_),
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(etas > 0, "no gate reading carried an ETA");
 }

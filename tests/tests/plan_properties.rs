@@ -226,6 +226,8 @@ struct ModelNode {
     stopped: bool,
     /// (step, target) of a step cut off half way.
     pending: Option<(&'static str, String)>,
+    /// The fingerprint of its configuration (`fleet:config`), as launched.
+    config: String,
 }
 
 #[derive(Debug, Default)]
@@ -289,6 +291,7 @@ async fn build(case: &Case, clock: Arc<dyn Clock>) -> World {
                     has_dns: true,
                     stopped: false,
                     pending: None,
+                    config: fingerprint(coin, slot),
                 },
             );
         }
@@ -398,6 +401,14 @@ fn planned(case: &Case) -> (World, Observed, Plan) {
     })
 }
 
+/// The `fleet:config` a node of `slot` of `coin` carries when launched from it.
+fn fingerprint(coin: &fleet_repo_schema::Coin, slot: &fleet_repo_schema::NodeSlot) -> String {
+    reconciler::node_config::NodeFiles::of(coin, slot)
+        .unwrap()
+        .fingerprint()
+        .to_tag()
+}
+
 /// The steps the model says the plan must have, as (action, node or record name).
 fn expected_steps(d: &Desired, m: &Model) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
@@ -428,6 +439,11 @@ fn expected_steps(d: &Desired, m: &Model) -> BTreeSet<(String, String)> {
             let upgrade_cut = matches!(n.pending, Some(("upgrade", _)));
             if upgrade_cut || n.version != coin.version.as_str() {
                 add("upgrade", who.clone());
+            }
+            // Settings the world's repository gave it that this one changes (a coin's ports
+            // follow its place among the coins, its records its slot).
+            if n.config != fingerprint(coin, slot) {
+                add("reconfigure", who.clone());
             }
             if !(n.has_dns && n.dns_name == slot.dns_name) {
                 add("set-dns", who.clone());

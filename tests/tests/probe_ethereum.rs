@@ -50,6 +50,7 @@ async fn ethereum_probe_reads_anvil_and_the_gate_judges_it() {
         max_lag_blocks: 3,
         stall_timeout_ms: 60_000,
         sync_timeout_ms: 600_000,
+        full_sync: false,
     };
     let now = now_ms();
     // At the reference, and within max_lag of it: in sync.

@@ -196,6 +196,7 @@ async fn http_probe_reads_heights_at_pointers() {
         max_lag_blocks: 0,
         stall_timeout_ms: 60_000,
         sync_timeout_ms: 600_000,
+        full_sync: false,
     };
     assert!(matches!(
         Gate::new(cfg, now).observe(now, &reading, None),
@@ -382,6 +383,7 @@ async fn ethereum_probe_while_syncing_holds_the_gate() {
         max_lag_blocks: 1_000,
         stall_timeout_ms: 60_000,
         sync_timeout_ms: 600_000,
+        full_sync: false,
     };
     // Syncing: held even with a generous max_lag and a reference it already meets.
     assert!(matches!(

@@ -40,6 +40,7 @@ const GATE: GateConfig = GateConfig {
     max_lag_blocks: 0,
     stall_timeout_ms: 60_000,
     sync_timeout_ms: 240_000,
+    full_sync: false,
 };
 
 /// What the gate must say of `reading` with `reference`, from the contract alone.

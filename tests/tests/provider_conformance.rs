@@ -125,7 +125,7 @@ async fn upgrade_targets_one_instance(w: &dyn TestWorld) {
         w.commands(),
         vec![(
             a.instance_id.clone(),
-            "systemctl stop 'node@*' && systemctl start 'node@1.14.10'".to_string()
+            "/usr/local/sbin/fleet-node upgrade '1.14.10'".to_string()
         )]
     );
     let o = observe(w).await;

@@ -361,7 +361,7 @@ async fn a_release_becomes_one_pull_request_changing_only_the_version_and_digest
         "at most 1 down at once",
         "stay so for 30m",
         "a snapshot of its data volume",
-        "systemctl start node@29.0",
+        &format!("fleet-node upgrade 29.0 {DIGEST_29}"),
         "Thanks to `@alice` for bitcoin/bitcoin#31415.",
     ] {
         assert!(b.contains(needle), "body lacks {needle:?}:\n{b}");

@@ -1,7 +1,7 @@
 //! The simulator as a product feature: chains that advance, nodes that restart and catch up
 //! headers first, faults, and a world that persists between runs in the state directory.
 
-use fleet_repo_schema::values::Version;
+use fleet_repo_schema::values::{InstanceType, Version};
 use fleet_tests::world::{SimWorld, TestWorld};
 use reconciler::clock::ManualClock;
 use reconciler::node::NodeKey;
@@ -196,4 +196,63 @@ fn the_world_persists_in_the_state_directory() {
     std::fs::write(dir.path().join("sim.json"), b"{not json").unwrap();
     let err = SimProvider::open(dir.path(), Arc::new(clock), SimConfig::default()).unwrap_err();
     assert!(err.to_string().contains("move it away"), "{err}");
+}
+
+#[test]
+fn a_reboot_brings_the_daemon_back_only_when_its_unit_is_enabled() {
+    let w = SimWorld::new();
+    w.sim.seed(w.desired(), &BTreeMap::new()).unwrap();
+    let boot_and_start = 2 * MIN;
+    // A node fleet launched: its user data enables the bootstrap and node@<version>.
+    let n = first_node(&w, "litecoin");
+    w.sim.reboot(&n.instance_id).unwrap();
+    assert!(w.sim.chain_status(&n.instance_id).is_err(), "rebooting");
+    w.clock.advance_ms(boot_and_start);
+    assert!(
+        w.sim.chain_status(&n.instance_id).is_ok(),
+        "an enabled unit comes back by itself"
+    );
+
+    // A node whose user data only started the unit once (fleet's before it enabled it, or
+    // one set up by hand): after a reboot, and after a stop, change of type and start, the
+    // instance runs and the daemon does not, as on EC2.
+    let d = w.desired();
+    let c = &d.coins["litecoin"];
+    let mut slot = c.nodes[0].clone();
+    slot.index = 2;
+    let mut spec = LaunchSpec::new(&d.fleet, c, &slot, None).unwrap();
+    spec.user_data = "#!/bin/bash\nsystemctl start \"node@0.21.4\"\n".into();
+    let (id, _) = futures_lite(w.provider().launch(&spec)).unwrap();
+    w.clock.advance_ms(boot_and_start);
+    assert!(w.sim.chain_status(&id).is_ok(), "first boot: started once");
+    w.sim.reboot(&id).unwrap();
+    w.clock.advance_ms(60 * MIN);
+    let down = w.sim.chain_status(&id).unwrap_err();
+    assert!(down.contains("not running"), "{down}");
+    let legacy = NodeRef {
+        instance_id: id.clone(),
+        key: NodeKey::of(&slot),
+    };
+    futures_lite(
+        w.provider()
+            .change_instance_type(&legacy, &InstanceType::parse("c5.2xlarge").unwrap()),
+    )
+    .unwrap();
+    w.clock.advance_ms(60 * MIN);
+    assert!(
+        w.sim.chain_status(&id).is_err(),
+        "still down after a change of type"
+    );
+
+    // fleet's upgrade enables the unit it starts: from then on a reboot brings it back.
+    futures_lite(
+        w.provider()
+            .upgrade(&legacy, &Version::parse("0.21.5").unwrap()),
+    )
+    .unwrap();
+    w.clock.advance_ms(boot_and_start);
+    assert!(w.sim.chain_status(&id).is_ok());
+    w.sim.reboot(&id).unwrap();
+    w.clock.advance_ms(boot_and_start);
+    assert!(w.sim.chain_status(&id).is_ok(), "enabled by the upgrade");
 }

@@ -5,6 +5,7 @@
 use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
 use crate::events::{Event, Failure, StepOutcome};
 use crate::node::NodeKey;
+use crate::node_config::NodeFiles;
 use crate::plan::{Action, Step, Wave};
 use crate::provider::{DnsTarget, LaunchSpec, NodeRef, Outcome, ProviderError};
 use crate::store::{Record, StepRecord};
@@ -136,7 +137,30 @@ impl Executor {
                 if *snapshot_first {
                     p.snapshot(&n, &format!("before-upgrade:{to}")).await?;
                 }
-                Ok((None, p.upgrade(&n, to).await?))
+                // The coin's digest pins the image of its version, not of any other.
+                let digest = run
+                    .coin()
+                    .ok()
+                    .filter(|c| c.version == *to)
+                    .and_then(|c| c.image.digest.as_ref());
+                Ok((None, p.upgrade_pinned(&n, to, digest).await?))
+            }
+            Action::Reconfigure {
+                restart, version, ..
+            } => {
+                let n = node()?;
+                let coin = run
+                    .coin()
+                    .map_err(|_| ProviderError::Setup(format!("coin {} missing", run.cp.coin)))?;
+                let slot = coin
+                    .nodes
+                    .iter()
+                    .find(|s| Some(NodeKey::of(s)) == step.node)
+                    .ok_or_else(|| ProviderError::Setup(format!("no slot for {}", step.action)))?;
+                let files = NodeFiles::of(coin, slot).map_err(|e| ProviderError::Refused {
+                    reason: e.to_string(),
+                })?;
+                Ok((None, p.reconfigure(&n, version, &files, *restart).await?))
             }
             Action::GrowVolume { to_gb, .. } => Ok((None, p.grow_volume(&node()?, *to_gb).await?)),
             Action::ChangeType { to, .. } | Action::Start { instance_type: to } => {

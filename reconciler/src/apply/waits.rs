@@ -10,7 +10,7 @@ use crate::events::{BudgetWait, Event, Failure, GatePhase};
 use crate::health::rating::reference_height;
 use crate::health::{ChainStatus, CoinHealth, Gate, GateConfig, ProbeError, ProbeTarget, Verdict};
 use crate::node::NodeKey;
-use crate::plan::{ObservedNode, Wave};
+use crate::plan::{Action, ObservedNode, Wave};
 use crate::store::Record;
 use fleet_repo_schema::values::Zone;
 use fleet_repo_schema::{Coin, Probe};
@@ -147,8 +147,23 @@ impl Executor {
         if nodes.is_empty() {
             return Ok(());
         }
+        // Launched on an empty volume: a sync from genesis, gated on progress only.
+        let full_sync: BTreeSet<NodeKey> = wave
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.action,
+                    Action::Launch {
+                        snapshot_id: None,
+                        ..
+                    }
+                )
+            })
+            .filter_map(|s| s.node.clone())
+            .collect();
         let t0 = self.now();
-        self.gate_nodes(run, coin, zone, &nodes, GatePhase::AfterStep)
+        self.gate_nodes(run, coin, zone, &nodes, &full_sync, GatePhase::AfterStep)
             .await?;
         report.gate_wait_ms += self.now() - t0;
         Ok(())
@@ -161,6 +176,7 @@ impl Executor {
         coin: &Coin,
         zone: &Zone,
         nodes: &[(NodeKey, String)],
+        full_sync: &BTreeSet<NodeKey>,
         phase: GatePhase,
     ) -> StepResult<()> {
         if coin.health.probe == Probe::None {
@@ -171,7 +187,14 @@ impl Executor {
         let start = self.now();
         let mut gates: BTreeMap<NodeKey, Gate> = nodes
             .iter()
-            .map(|(k, _)| (k.clone(), Gate::new(cfg, start)))
+            .map(|(k, _)| {
+                let cfg = if full_sync.contains(k) {
+                    cfg.full_sync()
+                } else {
+                    cfg
+                };
+                (k.clone(), Gate::new(cfg, start))
+            })
             .collect();
         let gated: BTreeSet<&NodeKey> = nodes.iter().map(|(k, _)| k).collect();
         // Observed once: instance ids do not change during a gate; from then on only the
@@ -386,8 +409,15 @@ impl Executor {
                 continue;
             }
             let t0 = self.now();
-            self.gate_nodes(run, coin, earlier, &nodes, GatePhase::EarlierZone)
-                .await?;
+            self.gate_nodes(
+                run,
+                coin,
+                earlier,
+                &nodes,
+                &BTreeSet::new(),
+                GatePhase::EarlierZone,
+            )
+            .await?;
             if !self.journal.zone_passed(
                 coin.name.as_str(),
                 earlier.as_str(),

@@ -1,7 +1,9 @@
 //! The health gate of one node: a pure state machine fed readings (and the coin's reference
 //! height) from the moment the node's step finished, saying "waiting" (why, with rate and
 //! ETA), "in sync" ([`super::ChainStatus::caught_up`], the one rule) or "failed" (stalled for
-//! `stall_timeout`, or not in sync within `sync_timeout`), and failed for good once failed.
+//! `stall_timeout`, or not in sync within `sync_timeout`), and failed for good once failed. A
+//! node syncing from genesis ([`GateConfig::full_sync`]) is gated on progress only: it fails
+//! when it stalls, never because a full sync takes days.
 
 use super::{ChainStatus, ProbeError, WaitReason};
 use crate::clock::Millis;
@@ -20,6 +22,11 @@ pub struct GateConfig {
     pub stall_timeout_ms: u64,
     /// Not in sync this long after the gate started fails it.
     pub sync_timeout_ms: u64,
+    /// A node syncing its chain from genesis (launched without a snapshot): hours to weeks
+    /// of steady progress. Only a stall (`stall_timeout`) fails it; `sync_timeout` is for
+    /// catching up after a restart.
+    #[serde(default)]
+    pub full_sync: bool,
 }
 
 impl GateConfig {
@@ -29,6 +36,15 @@ impl GateConfig {
             max_lag_blocks: h.max_lag_blocks,
             stall_timeout_ms: h.stall_timeout.0.as_millis() as u64,
             sync_timeout_ms: h.sync_timeout.0.as_millis() as u64,
+            full_sync: false,
+        }
+    }
+
+    /// The same, for a node syncing from genesis.
+    pub fn full_sync(self) -> GateConfig {
+        GateConfig {
+            full_sync: true,
+            ..self
         }
     }
 }
@@ -200,7 +216,7 @@ impl Gate {
                 waiting: reason,
             });
         }
-        if now.saturating_sub(self.started_ms) >= self.cfg.sync_timeout_ms {
+        if !self.cfg.full_sync && now.saturating_sub(self.started_ms) >= self.cfg.sync_timeout_ms {
             return self.fail(GateFailure::SyncTimeout {
                 height: self.last_height,
                 target,
@@ -247,6 +263,7 @@ mod tests {
         max_lag_blocks: 2,
         stall_timeout_ms: 60_000,
         sync_timeout_ms: 600_000,
+        full_sync: false,
     };
 
     fn st(blocks: u64, headers: u64, ibd: bool) -> Result<ChainStatus, ProbeError> {
@@ -389,5 +406,33 @@ mod tests {
             Verdict::Failed(f) => f.to_string(),
             other => format!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_full_sync_is_gated_on_progress_not_on_sync_timeout() {
+        // The same slow, steady node as above, syncing from genesis: far past sync_timeout
+        // it is still waiting, with an ETA from its rate.
+        let mut g = Gate::new(CFG.full_sync(), 0);
+        let mut v = None;
+        for i in 1..=100u64 {
+            v = Some(g.observe(i * 30_000, &st(i, 1_000, true), Some(1_000)));
+        }
+        match v.unwrap() {
+            Verdict::Waiting {
+                eta_ms: Some(eta),
+                blocks_per_sec: Some(r),
+                ..
+            } => {
+                assert!((r - 1.0 / 30.0).abs() < 1e-9, "{r}");
+                assert_eq!(eta, 900 * 30_000, "900 blocks left at one per 30 s");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A stall still fails it.
+        let v = g.observe(100 * 30_000 + 60_000, &st(100, 1_000, true), Some(1_000));
+        assert!(
+            matches!(v, Verdict::Failed(GateFailure::Stalled { .. })),
+            "{v:?}"
+        );
     }
 }

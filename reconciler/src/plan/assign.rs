@@ -60,6 +60,16 @@ impl ObservedNode {
         }
     }
 
+    /// The fingerprint of its configuration (`fleet:config`); empty when it carries none.
+    pub fn config(&self) -> crate::node_config::Fingerprint {
+        crate::node_config::Fingerprint::from_tag(
+            self.tags
+                .get(crate::provider::tags::CONFIG)
+                .map(String::as_str)
+                .unwrap_or(""),
+        )
+    }
+
     /// A reference for actions.
     pub fn node_ref(&self) -> crate::provider::NodeRef {
         crate::provider::NodeRef {

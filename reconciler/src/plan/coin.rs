@@ -4,6 +4,7 @@
 //! duration.
 
 use super::*;
+use crate::node_config::{Fingerprint, NodeFiles};
 use crate::provider::{InstanceState, ObservedVersion, PendingStep};
 use fleet_repo_schema::Coin;
 use fleet_repo_schema::semver::classify;
@@ -159,9 +160,10 @@ pub(super) fn plan_coin(
             let (running, confirm_first): (Option<&Version>, bool) = match (&n.version, &n.pending)
             {
                 (ObservedVersion::Known { version }, _) => (Some(version), false),
-                (ObservedVersion::Unknown { .. }, Some(PendingStep::ChangeType { .. })) => {
-                    (n.recorded_version.as_ref(), false)
-                }
+                (
+                    ObservedVersion::Unknown { .. },
+                    Some(PendingStep::ChangeType { .. } | PendingStep::Reconfigure { .. }),
+                ) => (n.recorded_version.as_ref(), false),
                 (ObservedVersion::Unknown { .. }, Some(p @ PendingStep::Upgrade { .. })) => {
                     (None, p.is_upgrade_to(&coin.version))
                 }
@@ -208,6 +210,58 @@ pub(super) fn plan_coin(
                     },
                     reason,
                 ));
+            }
+            // The node's rendered configuration, by its fingerprint. An upgrade of the same
+            // node restarts the daemon anyway: the files are written first, without a restart
+            // of their own. A node without a readable fingerprint (launched by an older fleet
+            // or by hand) differs in every part.
+            match NodeFiles::of(coin, slot) {
+                // (A stopped node is started first, by the zone's repair wave.)
+                Ok(files) => {
+                    let have = n.config();
+                    let changed = have.differs(&files.fingerprint());
+                    if !changed.is_empty() {
+                        let upgrading = steps.iter().any(|s| {
+                            matches!(
+                                s.action,
+                                Action::Upgrade {
+                                    confirm_first: false,
+                                    ..
+                                }
+                            )
+                        });
+                        let restart = !upgrading && changed.iter().any(|p| p.restarts());
+                        let reason = if have == Fingerprint::default() {
+                            "the node carries no configuration fingerprint (fleet:config)".into()
+                        } else {
+                            "the coin file's settings differ from the node's".into()
+                        };
+                        // Before the upgrade: it installs the node side the upgrade runs.
+                        let at = steps
+                            .iter()
+                            .position(|s| matches!(s.action, Action::Upgrade { .. }))
+                            .unwrap_or(steps.len());
+                        let version = n
+                            .recorded_version
+                            .clone()
+                            .unwrap_or_else(|| coin.version.clone());
+                        steps.insert(
+                            at,
+                            step(
+                                Action::Reconfigure {
+                                    changed,
+                                    version,
+                                    restart,
+                                },
+                                reason,
+                            ),
+                        );
+                    }
+                }
+                Err(e) => refusals.push(Refusal {
+                    node: Some(key.clone()),
+                    reason: format!("{}: {e}", coin.file),
+                }),
             }
             if !n.dns_names.iter().any(|d| d == &slot.dns_name) {
                 steps.push(step(

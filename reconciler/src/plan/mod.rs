@@ -29,6 +29,7 @@ mod tests;
 pub use assign::{Observed, ObservedNode, Orphan, OrphanReason};
 
 use crate::node::NodeKey;
+use crate::node_config::ConfigPart;
 use crate::provider::{DnsRecord, SnapshotInfo, tags};
 use fleet_repo_schema::semver::Class;
 use fleet_repo_schema::values::{CoinName, InstanceType, Version, Zone};
@@ -332,6 +333,18 @@ pub enum Action {
         /// before restarting anything.
         confirm_first: bool,
     },
+    /// Rewrite the node's configuration files (`fleet-node apply-config` over SSM) and, when
+    /// `restart`, restart its daemon to take them in (gated like an upgrade).
+    Reconfigure {
+        /// The parts that differ (their names only, never their values).
+        changed: Vec<ConfigPart>,
+        /// The version its daemon runs (as recorded; the target when unknown, in which case
+        /// an upgrade follows): the `node@` unit a node set up by an older fleet enables.
+        version: Version,
+        /// Whether the daemon restarts (something the container sees changed, and no
+        /// upgrade of the same node restarts it anyway).
+        restart: bool,
+    },
     /// Grow the data volume (online).
     GrowVolume {
         /// Volume.
@@ -380,6 +393,7 @@ impl Action {
                 | Action::ChangeType { .. }
                 | Action::Start { .. }
                 | Action::Retire { .. }
+                | Action::Reconfigure { restart: true, .. }
         )
     }
     /// Rough duration.
@@ -390,6 +404,8 @@ impl Action {
             Action::ChangeType { .. } => estimate::CHANGE_TYPE_MS,
             Action::Start { .. } => estimate::START_MS,
             Action::Retire { .. } => estimate::RETIRE_MS,
+            Action::Reconfigure { restart: true, .. } => estimate::UPGRADE_MS,
+            Action::Reconfigure { restart: false, .. } => 0,
             Action::GrowVolume { .. } | Action::SetDns { .. } | Action::DeleteDns { .. } => 0,
         }
     }
@@ -398,6 +414,7 @@ impl Action {
         match self {
             Action::Launch { .. } => "launch",
             Action::Upgrade { .. } => "upgrade",
+            Action::Reconfigure { .. } => "reconfigure",
             Action::GrowVolume { .. } => "grow-volume",
             Action::ChangeType { .. } => "change-type",
             Action::Start { .. } => "start",
@@ -441,6 +458,19 @@ impl fmt::Display for Action {
                     write!(f, ", snapshot first")?;
                 }
                 Ok(())
+            }
+            Action::Reconfigure {
+                changed, restart, ..
+            } => {
+                write!(f, "reconfigure ")?;
+                for (i, p) in changed.iter().enumerate() {
+                    write!(f, "{}{p}", if i == 0 { "" } else { ", " })?;
+                }
+                if *restart {
+                    write!(f, ", then restart the daemon")
+                } else {
+                    write!(f, " (no restart)")
+                }
             }
             Action::GrowVolume { from_gb, to_gb, .. } => {
                 write!(f, "grow data volume {from_gb} → {to_gb} GB")

@@ -4,6 +4,7 @@
 //! fleets are in `tests/tests/plan_properties.rs`.
 
 use super::*;
+use crate::node_config::ConfigPart;
 use crate::provider::{
     InstanceState, Observation, ObservedInstance, ObservedVolume, PendingStep, tags,
 };
@@ -59,7 +60,14 @@ impl World {
     fn running(d: &Desired, version: &str) -> World {
         let mut w = World::default();
         for s in d.nodes() {
-            w.node(s.coin.as_str(), s.zone.as_str(), s.index, version, |_| {});
+            // Each node carries the fingerprint of the configuration the coin file asks for.
+            let config = crate::node_config::NodeFiles::of(&d.coins[s.coin.as_str()], s)
+                .unwrap()
+                .fingerprint()
+                .to_tag();
+            w.node(s.coin.as_str(), s.zone.as_str(), s.index, version, |i| {
+                i.tags.insert(tags::CONFIG.into(), config);
+            });
         }
         w
     }
@@ -473,4 +481,131 @@ fn retirements_the_revision_does_not_ask_for_are_refused() {
     small.fleet.retire.push(CoinName::parse("bitcoin").unwrap());
     let p = plan(&small, &o, 0);
     assert!(p.coin("bitcoin").unwrap().refusals.is_empty());
+}
+
+/// `d` with bitcoin's coin edited by `edit`.
+fn edited(d: &Desired, edit: impl FnOnce(&mut fleet_repo_schema::Coin)) -> Desired {
+    let mut d = d.clone();
+    edit(d.coins.get_mut("bitcoin").unwrap());
+    d
+}
+
+fn actions(cp: &CoinPlan) -> Vec<(String, String)> {
+    cp.waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .map(|s| {
+            (
+                s.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                s.action.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_changed_setting_is_a_reconfigure_rolled_out_like_an_upgrade() {
+    let d = desired("28.1", "");
+    let w = World::running(&d, "28.1");
+    let d2 = edited(&d, |c| {
+        c.container_config.insert(
+            fleet_repo_schema::values::EnvName::parse("DBCACHE_MB").unwrap(),
+            fleet_repo_schema::values::EnvValue::parse("8000").unwrap(),
+        );
+    });
+    let p = plan(&d2, &w.observed(&d2), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 6, "{:#?}", actions(cp));
+    // Zone by zone, within max_unavailable 2, each wave gated like an upgrade's.
+    let zones: Vec<_> = cp.waves.iter().map(|w| w.zone.clone().unwrap()).collect();
+    assert_eq!(
+        zones.iter().map(|z| z.as_str()).collect::<Vec<_>>(),
+        ["eu-central-1a", "eu-central-1b", "eu-central-1c"]
+    );
+    for w in &cp.waves {
+        assert_eq!(disrupted(w).len(), 2);
+        for s in &w.steps {
+            assert_eq!(
+                s.action,
+                Action::Reconfigure {
+                    changed: vec![ConfigPart::Container],
+                    version: Version::parse("28.1").unwrap(),
+                    restart: true
+                }
+            );
+        }
+    }
+    // The plan names what changed, never a value.
+    let text = cp.waves[0].steps[0].action.to_string();
+    assert_eq!(
+        text,
+        "reconfigure container_config, then restart the daemon"
+    );
+    assert_eq!(cp.approval, None, "a setting is not a version change");
+}
+
+#[test]
+fn a_metrics_script_alone_is_written_without_a_restart() {
+    let d = desired("28.1", "");
+    let w = World::running(&d, "28.1");
+    let d2 = edited(&d, |c| {
+        c.metric_scripts.insert(
+            fleet_repo_schema::values::MetricName::parse("peers").unwrap(),
+            "#!/bin/sh\necho 8\n".into(),
+        );
+    });
+    let p = plan(&d2, &w.observed(&d2), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 6);
+    for w in &cp.waves {
+        assert!(
+            disrupted(w).is_empty(),
+            "nothing goes down: {:#?}",
+            actions(cp)
+        );
+    }
+    assert!(matches!(
+        &cp.waves[0].steps[0].action,
+        Action::Reconfigure { changed, restart: false, .. } if *changed == [ConfigPart::Metrics]
+    ));
+}
+
+#[test]
+fn a_reconfigure_with_an_upgrade_writes_first_and_restarts_once() {
+    let d = desired("28.1", "");
+    let w = World::running(&d, "28.1");
+    let d2 = edited(&desired("28.1.1", ""), |c| {
+        c.secrets =
+            Some(fleet_repo_schema::values::SecretName::parse("nodes/bitcoin/rpc2").unwrap());
+    });
+    let p = plan(&d2, &w.observed(&d2), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    let first: Vec<_> = actions(cp)
+        .into_iter()
+        .filter(|(n, _)| n == "bitcoin/eu-central-1a/1")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(
+        first,
+        [
+            "reconfigure secrets (no restart)".to_string(),
+            "upgrade 28.1 → 28.1.1, snapshot first".to_string()
+        ]
+    );
+}
+
+#[test]
+fn a_node_without_a_fingerprint_is_reconfigured_in_every_part() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    w.instances[0].tags.remove(tags::CONFIG);
+    let p = plan(&d, &w.observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 1);
+    let s = &cp.waves[0].steps[0];
+    assert!(matches!(
+        &s.action,
+        Action::Reconfigure { changed, restart: true, .. } if *changed == ConfigPart::ALL
+    ));
+    assert!(s.reason.contains("fleet:config"), "{}", s.reason);
 }

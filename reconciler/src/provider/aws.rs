@@ -11,7 +11,7 @@
 //! - SSM commands always name their one instance, are waited for with a bound, and are read
 //!   back with GetCommandInvocation (never ListCommandInvocations).
 
-use super::commands::{GROW_FS_COMMAND, is_active_command, restart_command};
+use super::commands::{GROW_FS_COMMAND, is_active_command, reconfigure_command, upgrade_command};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use aws_config::BehaviorVersion;
@@ -881,7 +881,9 @@ impl Provider for AwsProvider {
                             .name(&spec.instance_profile)
                             .build(),
                     )
-                    .user_data(aws_smithy_types::base64::encode(spec.user_data.as_bytes()))
+                    .user_data(aws_smithy_types::base64::encode(userdata::encode(
+                        &spec.user_data,
+                    )))
                     .metadata_options(
                         InstanceMetadataOptionsRequest::builder()
                             .http_tokens(HttpTokensState::Required)
@@ -965,13 +967,37 @@ impl Provider for AwsProvider {
         Ok((id, outcome))
     }
 
-    async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
-        let command = restart_command(version)?;
+    async fn upgrade_pinned(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+        digest: Option<&Digest>,
+    ) -> Result<Outcome, ProviderError> {
+        let command = upgrade_command(version, digest)?;
         let step = PendingStep::Upgrade {
             to: version.to_string(),
         };
         run_marked(self, node, &step, |_| async {
             self.run_command(node, &command, &format!("fleet: {} to {version}", node.key))
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn reconfigure(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+        files: &crate::node_config::NodeFiles,
+        restart: bool,
+    ) -> Result<Outcome, ProviderError> {
+        let command = reconfigure_command(version, files, restart)?;
+        let step = PendingStep::Reconfigure {
+            to: files.fingerprint().to_tag(),
+        };
+        run_marked(self, node, &step, |_| async {
+            self.run_command(node, &command, &format!("fleet: reconfigure {}", node.key))
                 .await
                 .map(drop)
         })

@@ -1,16 +1,112 @@
-//! The shell commands fleet sends to a node over SSM, built in one place. A version reaches a
-//! command only through [`restart_command`] or [`is_active_command`], which check it again
-//! right before it becomes part of a shell line, whatever checked it before.
+//! The shell commands fleet sends to a node over SSM, built in one place. A version or digest
+//! reaches a command only through the functions here, which check it again right before it
+//! becomes part of a shell line, whatever checked it before.
+//!
+//! On the node, `/usr/local/sbin/fleet-node` (`deploy/node/fleet-node`, installed by the
+//! user data) does the work: an upgrade pulls the new image first and only then stops and
+//! disables the running version and enables and starts the new one.
 
-use super::ProviderError;
-use fleet_repo_schema::values::Version;
+use super::{ProviderError, userdata};
+use crate::node_config::NodeFiles;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use fleet_repo_schema::values::{Digest, Version};
 
-/// The shell command that restarts a node at `version`.
-pub fn restart_command(version: &Version) -> Result<String, ProviderError> {
+/// The node side's program, as installed by the user data.
+pub const NODE_PROGRAM: &str = "/usr/local/sbin/fleet-node";
+
+/// The shell command that upgrades a node to `version` (pinned to `digest` when the coin
+/// pins one): pull, then switch the enabled `node@` unit. A failed pull fails the command
+/// with the registry's message and leaves the running daemon alone.
+pub fn upgrade_command(
+    version: &Version,
+    digest: Option<&Digest>,
+) -> Result<String, ProviderError> {
     let v = shell_safe(version)?;
-    Ok(format!(
-        "systemctl stop 'node@*' && systemctl start 'node@{v}'"
-    ))
+    match digest {
+        None => Ok(format!("{NODE_PROGRAM} upgrade '{v}'")),
+        Some(d) => Ok(format!(
+            "{NODE_PROGRAM} upgrade '{v}' '{}'",
+            digest_safe(d)?
+        )),
+    }
+}
+
+/// The shell command that rewrites a node's configuration to `files` (its daemon at
+/// `version`) and, when `restart`, restarts the daemon if anything it sees changed. Every
+/// file travels gzip-compressed in base64 (an alphabet with no quote or shell character) and
+/// is staged in a fresh directory; the new `fleet-node` from the bundle then installs each
+/// file that differs atomically (`fleet-node apply-config`). Idempotent.
+pub fn reconfigure_command(
+    version: &Version,
+    files: &NodeFiles,
+    restart: bool,
+) -> Result<String, ProviderError> {
+    let v = shell_safe(version)?;
+    let mut c = String::from(
+        "set -euo pipefail\nd=$(mktemp -d /tmp/fleet-config.XXXXXX)\ntrap 'rm -rf \"$d\"' EXIT\ninstall -d \"$d/metrics\"\n",
+    );
+    let mut put = |name: &str, text: &str| {
+        c.push_str(&format!(
+            "printf '%s' '{}' | base64 -d | gzip -dc > \"$d/\"'{name}'\n",
+            BASE64.encode(userdata::encode(text))
+        ));
+    };
+    put("fleet-node", userdata::HELPER);
+    put("node@.service", userdata::NODE_UNIT);
+    put("fleet-node-bootstrap.service", userdata::BOOTSTRAP_UNIT);
+    put("fleet-node-metrics.service", userdata::METRICS_SERVICE);
+    put("fleet-node-metrics.timer", userdata::METRICS_TIMER);
+    put("sysconfig-node", &files.host_env);
+    put("container.env", &files.container_env);
+    put("secret-id", &files.secret_id);
+    if let Some(d) = &files.digest {
+        put("digest", &format!("{d}\n"));
+    }
+    for (name, script) in &files.metrics {
+        // Names are [A-Za-z0-9_.-], not starting with a dot (NodeFiles::of).
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            || name.starts_with('.')
+        {
+            return Err(ProviderError::Refused {
+                reason: format!("metric name {name:?} will not reach a shell"),
+            });
+        }
+        put(&format!("metrics/{name}"), script);
+    }
+    let mode = if restart { "restart" } else { "no-restart" };
+    c.push_str(&format!(
+        "bash \"$d/fleet-node\" apply-config \"$d\" '{v}' {mode}\n"
+    ));
+    Ok(c)
+}
+
+/// The version an [`upgrade_command`] upgrades to, if `command` is one (what tests and
+/// the simulator's records are read back with).
+pub fn upgrade_target(command: &str) -> Option<&str> {
+    let rest = command
+        .strip_prefix(NODE_PROGRAM)?
+        .strip_prefix(" upgrade '")?;
+    rest.split('\'').next()
+}
+
+/// `digest` as it may appear inside single quotes: `sha256:` and 64 lower-case hex digits.
+fn digest_safe(digest: &Digest) -> Result<&str, ProviderError> {
+    let d = digest.as_str();
+    let ok = d.len() == 71
+        && d.starts_with("sha256:")
+        && d[7..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if ok {
+        Ok(d)
+    } else {
+        Err(ProviderError::Refused {
+            reason: format!("digest {d:?} is not an image digest; it will not reach a shell"),
+        })
+    }
 }
 
 /// The shell command that succeeds exactly when `node@<version>` is active.
@@ -48,13 +144,26 @@ mod tests {
     fn commands_quote_and_check_the_version() {
         let v = Version::parse("28.1").unwrap();
         assert_eq!(
-            restart_command(&v).unwrap(),
-            "systemctl stop 'node@*' && systemctl start 'node@28.1'"
+            upgrade_command(&v, None).unwrap(),
+            "/usr/local/sbin/fleet-node upgrade '28.1'"
+        );
+        let d = Digest::parse(&format!("sha256:{}", "0f".repeat(32))).unwrap();
+        assert_eq!(
+            upgrade_command(&v, Some(&d)).unwrap(),
+            format!(
+                "/usr/local/sbin/fleet-node upgrade '28.1' 'sha256:{}'",
+                "0f".repeat(32)
+            )
         );
         assert_eq!(
             is_active_command(&v).unwrap(),
             "systemctl is-active --quiet 'node@28.1'"
         );
+        assert_eq!(
+            upgrade_target(&upgrade_command(&v, Some(&d)).unwrap()),
+            Some("28.1")
+        );
+        assert_eq!(upgrade_target("systemctl start 'node@28.1'"), None);
         for bad in ["1; rm -rf /", "$(id)", "a b", "", "-x", "1'2"] {
             assert!(Version::parse(bad).is_err(), "{bad} must not parse");
         }

@@ -24,7 +24,7 @@ pub mod userdata;
 
 use crate::node::NodeKey;
 use async_trait::async_trait;
-use fleet_repo_schema::values::{InstanceType, Version};
+use fleet_repo_schema::values::{Digest, InstanceType, Version};
 use fleet_repo_schema::{Coin, Fleet, NodeSlot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -117,6 +117,13 @@ pub enum PendingStep {
         /// The instance type it was going to.
         to: String,
     },
+    /// `reconfigure`: the node's files were being rewritten towards the fingerprint `to`
+    /// (the tag value of [`crate::node_config::Fingerprint`]; not part of the marker, which
+    /// must stay a short tag value: the step writes it when done).
+    Reconfigure {
+        /// The fingerprint it was going to.
+        to: String,
+    },
     /// A marker this version of fleet does not write (a newer fleet, or a person).
     Unknown {
         /// The tag's value.
@@ -130,6 +137,7 @@ impl PendingStep {
         match self {
             PendingStep::Upgrade { to } => format!("upgrade:{to}"),
             PendingStep::ChangeType { to } => format!("change-type:{to}"),
+            PendingStep::Reconfigure { .. } => "reconfigure".into(),
             PendingStep::Unknown { tag } => tag.clone(),
         }
     }
@@ -138,6 +146,7 @@ impl PendingStep {
         match s.split_once(':') {
             Some(("upgrade", to)) => PendingStep::Upgrade { to: to.to_string() },
             Some(("change-type", to)) => PendingStep::ChangeType { to: to.to_string() },
+            _ if s == "reconfigure" => PendingStep::Reconfigure { to: String::new() },
             _ => PendingStep::Unknown { tag: s.to_string() },
         }
     }
@@ -152,6 +161,7 @@ impl fmt::Display for PendingStep {
         match self {
             PendingStep::Upgrade { to } => write!(f, "upgrade towards {to}"),
             PendingStep::ChangeType { to } => write!(f, "change of type towards {to}"),
+            PendingStep::Reconfigure { .. } => write!(f, "reconfiguration"),
             PendingStep::Unknown { tag } => write!(f, "step {tag:?}"),
         }
     }
@@ -367,10 +377,18 @@ impl LaunchSpec {
                     slot.zone, coin.name
                 ),
             })?;
-        let user_data =
-            userdata::render(fleet, coin, slot).map_err(|e| ProviderError::Refused {
-                reason: e.to_string(),
-            })?;
+        let refused = |e: userdata::RenderError| ProviderError::Refused {
+            reason: e.to_string(),
+        };
+        let user_data = userdata::render(fleet, coin, slot).map_err(refused)?;
+        let mut tags = tags::for_node(coin, slot);
+        tags.insert(
+            tags::CONFIG.to_string(),
+            crate::node_config::NodeFiles::of(coin, slot)
+                .map_err(refused)?
+                .fingerprint()
+                .to_tag(),
+        );
         Ok(LaunchSpec {
             slot: slot.clone(),
             version: coin.version.clone(),
@@ -387,7 +405,7 @@ impl LaunchSpec {
             data_volume_gb: coin.data_volume_gb,
             snapshot_id,
             user_data,
-            tags: tags::for_node(coin, slot),
+            tags,
             dns: DnsTarget {
                 hosted_zone_id: fleet.hosted_zone_id.to_string(),
                 name: slot.dns_name.clone(),
@@ -527,9 +545,33 @@ pub trait Provider: Send + Sync {
     /// ensured. Returns the instance id.
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError>;
 
-    /// Restart the node's daemon at `version` (`systemctl stop 'node@*' && systemctl start
-    /// node@<version>` via SSM), then record the version. No-op when it already runs it.
-    async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError>;
+    /// Restart the node's daemon at `version`, its image pinned to `digest` when given
+    /// (`fleet-node upgrade <version> [<digest>]` via SSM: pull first, then switch the
+    /// enabled `node@` unit), then record the version. No-op when it already runs it. A
+    /// failed pull fails the step and leaves the running daemon alone.
+    async fn upgrade_pinned(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+        digest: Option<&Digest>,
+    ) -> Result<Outcome, ProviderError>;
+
+    /// Rewrite the node's configuration to `files` over SSM (`fleet-node apply-config`) and,
+    /// when `restart`, restart its daemon at `version` if anything the container sees
+    /// changed; then record the fingerprint (`fleet:config`). No-op when the node already
+    /// carries it.
+    async fn reconfigure(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+        files: &crate::node_config::NodeFiles,
+        restart: bool,
+    ) -> Result<Outcome, ProviderError>;
+
+    /// [`Provider::upgrade_pinned`] without a digest pin.
+    async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
+        self.upgrade_pinned(node, version, None).await
+    }
 
     /// After a crash in the middle of an upgrade to `version` (the node's `fleet:pending` is
     /// `upgrade:<version>`, its version unknown): ask the node whether `node@<version>` is

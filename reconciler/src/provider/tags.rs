@@ -30,6 +30,9 @@ pub const INDEX: &str = "fleet:index";
 pub const VERSION: &str = "fleet:version";
 /// A step under way.
 pub const PENDING: &str = "fleet:pending";
+/// The fingerprint of the node's rendered configuration ([`crate::node_config::Fingerprint`]),
+/// written at launch and after each reconfiguration.
+pub const CONFIG: &str = "fleet:config";
 /// Why a snapshot was taken.
 pub const REASON: &str = "fleet:reason";
 

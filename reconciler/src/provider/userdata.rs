@@ -1,22 +1,33 @@
 //! The first-boot user data of a node, rendered from `deploy/node/user-data.sh.tmpl` with
-//! `deploy/node/node@.service` embedded. Nodes fleet launches look to operators exactly like
-//! the ones they run today: the same env files, the same unit, `node@<version>`.
+//! the node side embedded: `deploy/node/fleet-node` (installed as /usr/local/sbin/fleet-node)
+//! and its units. Nodes fleet launches look to operators like the ones they run today: the
+//! same env files, the same unit, `node@<version>`, now enabled so that it survives reboots.
 //!
 //! Every value comes from a validated [`Desired`](fleet_repo_schema::Desired) and is
 //! additionally quoted for the place it goes (single-quoted for the shell, double-quoted for
 //! systemd's EnvironmentFile, raw for Docker's `--env-file`, whose format has no quoting).
 
+use crate::node_config::NodeFiles;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use fleet_repo_schema::values::Version;
 use fleet_repo_schema::{Coin, Fleet, NodeSlot};
 
 /// The template.
 pub const TEMPLATE: &str = include_str!("../../../deploy/node/user-data.sh.tmpl");
-/// The unit.
+/// The daemon's unit.
 pub const NODE_UNIT: &str = include_str!("../../../deploy/node/node@.service");
-/// EC2's limit on user data before base64.
+/// The node side's program (`/usr/local/sbin/fleet-node`).
+pub const HELPER: &str = include_str!("../../../deploy/node/fleet-node");
+/// Every boot: `fleet-node bootstrap`.
+pub const BOOTSTRAP_UNIT: &str = include_str!("../../../deploy/node/fleet-node-bootstrap.service");
+/// The custom metrics, run by their timer.
+pub const METRICS_SERVICE: &str = include_str!("../../../deploy/node/fleet-node-metrics.service");
+/// Every minute.
+pub const METRICS_TIMER: &str = include_str!("../../../deploy/node/fleet-node-metrics.timer");
+/// EC2's limit on user data before base64, which applies to the gzip-compressed script
+/// ([`encode`]; cloud-init decompresses it).
 pub const MAX_USER_DATA: usize = 16 * 1024;
-/// Where the container sees its data when the coin does not say (`host_config.DATA_VOLUME`).
-pub const DEFAULT_DATA_VOLUME: &str = "/node/data";
 
 /// Rendering failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,7 +42,7 @@ pub enum RenderError {
     },
     /// Too large for EC2.
     #[error(
-        "user data for {node} is {size} bytes, over EC2's 16 KiB; shorten host_config/container_config"
+        "user data for {node} is {size} bytes compressed, over EC2's 16 KiB; shorten host_config, container_config or the custom_metrics scripts"
     )]
     TooLarge {
         /// The node.
@@ -44,20 +55,6 @@ pub enum RenderError {
 /// Single-quote `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Double-quote `s` for a systemd EnvironmentFile (which also reads `\` escapes).
-fn systemd_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        if matches!(c, '"' | '\\' | '$' | '`') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
 
 /// Replace each `{{NAME}}` of `template` in one pass, so that a value that happens to contain
@@ -94,76 +91,67 @@ pub fn render(fleet: &Fleet, coin: &Coin, slot: &NodeSlot) -> Result<String, Ren
     // Checked again here: these end up in a shell script.
     let version = Version::parse(coin.version.as_str())
         .map_err(|e| bad(format!("version {:?}: {e}", coin.version.as_str())))?;
-    for (k, v) in coin.host_config.iter().chain(coin.container_config.iter()) {
-        if v.as_str().chars().any(char::is_control) || k.as_str().contains('=') {
-            return Err(bad(format!("env {} has a control character", k.as_str())));
-        }
+    let files = NodeFiles::of(coin, slot)?;
+    let digest = match &files.digest {
+        Some(d) => format!(
+            "printf '%s\\n' {} > \"$ROOT/etc/fleet-node/digests/$VERSION\"",
+            shell_quote(d)
+        ),
+        None => "# (no image digest pinned: the image is pulled by its version tag)".into(),
+    };
+    let mut metrics = String::new();
+    for (name, script) in &files.metrics {
+        metrics.push_str(&format!(
+            "printf '%s' {} | base64 -d > \"$ROOT/etc/fleet-node/metrics/\"{}\n",
+            shell_quote(&BASE64.encode(script)),
+            shell_quote(name)
+        ));
     }
-
-    let ports: Vec<u16> = coin
-        .rpc_ports
-        .iter()
-        .chain(coin.p2p_ports.iter())
-        .copied()
-        .collect();
-    let publish = ports
-        .iter()
-        .map(|p| format!("-p {p}:{p}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let ports_s = ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let data_volume = coin
-        .host_config
-        .iter()
-        .find(|(k, _)| k.as_str() == "DATA_VOLUME")
-        .map(|(_, v)| v.as_str().to_string())
-        .unwrap_or_else(|| DEFAULT_DATA_VOLUME.to_string());
-
-    let mut host = String::new();
-    for (k, v) in &coin.host_config {
-        if k.as_str() != "DATA_VOLUME" {
-            host.push_str(&format!("{}={}\n", k.as_str(), systemd_quote(v.as_str())));
-        }
+    if metrics.is_empty() {
+        metrics.push_str("# (no custom metrics)");
     }
-    // fleet's own keys last, so that they win.
-    for (k, v) in [
-        ("IMAGE", coin.image.repository.to_string()),
-        ("COIN", coin.name.to_string()),
-        ("PORTS", ports_s),
-        ("PUBLISH", publish),
-        ("DATA_VOLUME", data_volume),
-        ("NODE_NAME", node.clone()),
-    ] {
-        host.push_str(&format!("{k}={}\n", systemd_quote(&v)));
-    }
-    let mut container = String::new();
-    for (k, v) in &coin.container_config {
-        container.push_str(&format!("{}={}\n", k.as_str(), v.as_str()));
-    }
-
-    let secret = shell_quote(coin.secrets.as_ref().map(|s| s.as_str()).unwrap_or(""));
-    let values: [(&str, &str); 7] = [
-        ("COIN", &shell_quote(coin.name.as_str())),
+    let values: [(&str, &str); 11] = [
         ("VERSION", &shell_quote(version.as_str())),
-        ("NODE_NAME", &shell_quote(&node)),
-        ("SECRET_ID", &secret),
-        ("HOST_ENV", host.trim_end()),
-        ("CONTAINER_ENV", container.trim_end()),
+        ("SECRET_ID", &shell_quote(&files.secret_id)),
+        ("HOST_ENV", files.host_env.trim_end()),
+        ("CONTAINER_ENV", files.container_env.trim_end()),
+        ("DIGEST", &digest),
+        ("METRICS", metrics.trim_end()),
+        ("HELPER", HELPER.trim_end()),
         ("NODE_UNIT", NODE_UNIT.trim_end()),
+        ("BOOTSTRAP_UNIT", BOOTSTRAP_UNIT.trim_end()),
+        ("METRICS_SERVICE", METRICS_SERVICE.trim_end()),
+        ("METRICS_TIMER", METRICS_TIMER.trim_end()),
     ];
     let out = substitute(TEMPLATE, &values).map_err(bad)?;
     let _ = fleet;
-    if out.len() > MAX_USER_DATA {
-        return Err(RenderError::TooLarge {
-            node,
-            size: out.len(),
-        });
+    let size = encode(&out).len();
+    if size > MAX_USER_DATA {
+        return Err(RenderError::TooLarge { node, size });
     }
     Ok(out)
+}
+
+/// Whether rendered `user_data` leaves the daemon enabled on every boot: it enables
+/// fleet-node-bootstrap.service, which enables `node@<version>` (both run for real in
+/// `tests/tests/node_side.rs`). The simulator asks this of each launch, so a template that
+/// stops enabling them gives simulated nodes that stay down after a reboot, as real ones would.
+pub fn enables_the_daemon(user_data: &str) -> bool {
+    user_data
+        .lines()
+        .any(|l| l.trim() == "systemctl enable fleet-node-bootstrap.service")
+        && HELPER.contains("  systemctl enable \"node@$version.service\"\n")
+}
+
+/// The user data as EC2 receives it (before base64): gzip, which cloud-init recognises and
+/// decompresses. The node side is ~10 KiB of script; compressed, a node's user data is a
+/// third of that, which leaves room for the coin's settings under EC2's 16 KiB.
+pub fn encode(plain: &str) -> Vec<u8> {
+    use std::io::Write as _;
+    // mtime 0, no file name: the same script always encodes to the same bytes.
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(plain.as_bytes()).expect("writing to memory");
+    z.finish().expect("writing to memory")
 }
 
 #[cfg(test)]
@@ -181,10 +169,5 @@ mod tests {
         let out = substitute("a={{A}} b={{B}}", &[("A", "{{B}}"), ("B", "x")]).unwrap();
         assert_eq!(out, "a={{B}} b=x");
         assert!(substitute("{{C}}", &[]).is_err());
-    }
-
-    #[test]
-    fn systemd_quote_escapes() {
-        assert_eq!(systemd_quote(r#"a"b\c$d"#), r#""a\"b\\c\$d""#);
     }
 }

@@ -10,7 +10,7 @@
 //! The simulator must never be kinder than AWS: each primitive is one simulated API call,
 //! throttled and failed by injected faults exactly where AWS would.
 
-use super::commands::{GROW_FS_COMMAND, is_active_command, restart_command};
+use super::commands::{GROW_FS_COMMAND, is_active_command, reconfigure_command, upgrade_command};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 pub use world::{ChainParams, CommandRecord, MAX_ATTEMPTS, SimConfig, SimFault};
@@ -190,6 +190,24 @@ impl SimProvider {
     pub fn chain_status(&self, instance_id: &str) -> Result<ChainStatus, String> {
         let w = self.lock();
         w.status(instance_id, self.clock.now_ms())
+    }
+
+    /// An EC2 reboot of `instance_id` (a maintenance event, `sudo reboot`): the instance is
+    /// back after `boot_ms`, its daemon only if its unit is enabled.
+    pub fn reboot(&self, instance_id: &str) -> Result<(), ProviderError> {
+        self.with(|w, now| {
+            let height = w.blocks_now(instance_id, now);
+            let i = w
+                .instances
+                .get_mut(instance_id)
+                .filter(|i| !i.terminated)
+                .ok_or_else(|| ProviderError::NotFound {
+                    instance: instance_id.to_string(),
+                })?;
+            i.daemon.start_height = height;
+            w.boot(instance_id, now);
+            Ok(())
+        })
     }
 
     /// Create every node of `desired` at once, running `versions[coin]` (or the desired
@@ -407,21 +425,59 @@ impl Provider for SimProvider {
         })
     }
 
-    async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
-        let command = restart_command(version)?;
+    async fn upgrade_pinned(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+        digest: Option<&Digest>,
+    ) -> Result<Outcome, ProviderError> {
+        let command = upgrade_command(version, digest)?;
         let step = PendingStep::Upgrade {
             to: version.to_string(),
         };
         run_marked(self, node, &step, |_| async {
             self.with(|w, now| {
                 let height = w.blocks_now(&node.instance_id, now);
+                // A failed command (a failed pull) leaves the old daemon running.
                 w.run_command(node, &command, now)?;
+                // `fleet-node upgrade` enables the new unit and disables the old one.
                 w.live_mut(node)?.daemon = Daemon {
                     version: Some(version.to_string()),
                     started_ms: now,
                     start_height: height,
                     stopped: false,
+                    enabled: true,
                 };
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn reconfigure(
+        &self,
+        node: &NodeRef,
+        version: &Version,
+        files: &crate::node_config::NodeFiles,
+        restart: bool,
+    ) -> Result<Outcome, ProviderError> {
+        let command = reconfigure_command(version, files, restart)?;
+        let step = PendingStep::Reconfigure {
+            to: files.fingerprint().to_tag(),
+        };
+        run_marked(self, node, &step, |_| async {
+            self.with(|w, now| {
+                let height = w.blocks_now(&node.instance_id, now);
+                // A failed command (a file the node refuses) changes nothing it runs.
+                w.run_command(node, &command, now)?;
+                let d = &mut w.live_mut(node)?.daemon;
+                // `fleet-node apply-config` enables the unit (and the every-boot set-up).
+                d.enabled = true;
+                if restart {
+                    d.started_ms = now;
+                    d.start_height = height;
+                    d.stopped = false;
+                }
                 Ok(())
             })
         })
@@ -511,12 +567,7 @@ impl Provider for SimProvider {
                 w.call("ModifyInstanceAttribute")?;
                 w.live_mut(node)?.instance_type = instance_type.to_string();
                 w.call("StartInstances")?;
-                let boot = w.config.boot_ms;
-                let i = w.live_mut(node)?;
-                i.stopped = false;
-                i.running_at_ms = now + boot;
-                i.daemon.stopped = false;
-                i.daemon.started_ms = now + boot;
+                w.boot(&node.instance_id, now);
                 Ok(())
             })
         })

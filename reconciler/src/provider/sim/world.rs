@@ -11,7 +11,7 @@ use crate::clock::Millis;
 use crate::health::ChainStatus;
 use crate::node::NodeKey;
 use crate::provider::{
-    DnsRecord, InstanceState, LaunchSpec, NodeRef, ProviderError, SnapshotInfo, tags,
+    DnsRecord, InstanceState, LaunchSpec, NodeRef, ProviderError, SnapshotInfo, tags, userdata,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -138,6 +138,11 @@ pub(super) struct Daemon {
     pub(super) start_height: u64,
     /// Stopped (instance stopped).
     pub(super) stopped: bool,
+    /// Whether its `node@` unit is enabled: only then does a boot (a reboot, a stop and
+    /// start) run it again, as systemd does. Nodes whose user data does not enable it (and
+    /// worlds saved before this was modelled) come back without their daemon.
+    #[serde(default)]
+    pub(super) enabled: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +381,7 @@ impl World {
                     started_ms: running_at_ms,
                     start_height: height,
                     stopped: false,
+                    enabled: userdata::enables_the_daemon(&spec.user_data),
                 },
             },
         );
@@ -424,6 +430,18 @@ impl World {
             InstanceState::Pending
         } else {
             InstanceState::Running
+        }
+    }
+
+    /// The instance boots (after a start, a reboot or an EC2 maintenance event) at `now`:
+    /// running `boot_ms` later, its daemon with it only if its unit is enabled.
+    pub(super) fn boot(&mut self, instance_id: &str, now: Millis) {
+        let boot = self.config.boot_ms;
+        if let Some(i) = self.instances.get_mut(instance_id) {
+            i.stopped = false;
+            i.running_at_ms = now + boot;
+            i.daemon.stopped = !i.daemon.enabled;
+            i.daemon.started_ms = now + boot;
         }
     }
 

@@ -1,0 +1,294 @@
+//! A node's rendered configuration: what fleet writes on a node for its slot, file by file
+//! (the layout of `deploy/node/fleet-node`), and its [`Fingerprint`], recorded on the
+//! instance as the `fleet:config` tag. The planner compares the fingerprint a node carries
+//! with the one the repository asks for; a difference is a `Reconfigure` step naming the
+//! parts that differ (never their values). Pure: no provider, no I/O.
+
+use crate::provider::userdata::{
+    BOOTSTRAP_UNIT, HELPER, METRICS_SERVICE, METRICS_TIMER, NODE_UNIT, RenderError,
+};
+use fleet_repo_schema::{Coin, NodeSlot};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+
+/// Where the container sees its data when the coin does not say (`host_config.DATA_VOLUME`).
+pub const DEFAULT_DATA_VOLUME: &str = "/node/data";
+
+/// Double-quote `s` for a systemd EnvironmentFile (which also reads `\` escapes).
+fn systemd_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | '$' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// What fleet writes on a node for `slot` (besides the version): the node's rendered
+/// configuration, one value per file of `deploy/node/fleet-node`'s layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFiles {
+    /// `/etc/sysconfig/node`: the coin's `host_config`, then fleet's own keys.
+    pub host_env: String,
+    /// `/etc/fleet-node/container.env`: the coin's `container_config`.
+    pub container_env: String,
+    /// `/etc/fleet-node/secret-id`: the coin's `secrets`, or empty.
+    pub secret_id: String,
+    /// `/etc/fleet-node/digests/<version>`: the coin's `image.digest`.
+    pub digest: Option<String>,
+    /// `/etc/fleet-node/metrics/<name>`: the coin's `custom_metrics` scripts.
+    pub metrics: Vec<(String, String)>,
+}
+
+impl NodeFiles {
+    /// The files of `slot` of `coin`, each value checked again for its place.
+    pub fn of(coin: &Coin, slot: &NodeSlot) -> Result<NodeFiles, RenderError> {
+        let node = slot.dns_name.clone();
+        let bad = |what: String| RenderError::BadValue {
+            node: node.clone(),
+            what,
+        };
+        for (k, v) in coin.host_config.iter().chain(coin.container_config.iter()) {
+            if v.as_str().chars().any(char::is_control) || k.as_str().contains('=') {
+                return Err(bad(format!("env {} has a control character", k.as_str())));
+            }
+        }
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let all: Vec<u16> = coin
+            .rpc_ports
+            .iter()
+            .chain(coin.p2p_ports.iter())
+            .copied()
+            .collect();
+        let data_volume = coin
+            .host_config
+            .iter()
+            .find(|(k, _)| k.as_str() == "DATA_VOLUME")
+            .map(|(_, v)| v.as_str().to_string())
+            .unwrap_or_else(|| DEFAULT_DATA_VOLUME.to_string());
+        let mut host_env = String::new();
+        for (k, v) in &coin.host_config {
+            if k.as_str() != "DATA_VOLUME" {
+                host_env.push_str(&format!("{}={}\n", k.as_str(), systemd_quote(v.as_str())));
+            }
+        }
+        // fleet's own keys last, so that they win.
+        for (k, v) in [
+            ("IMAGE", coin.image.repository.to_string()),
+            ("COIN", coin.name.to_string()),
+            ("PORTS", list(&all)),
+            ("RPC_PORTS", list(&coin.rpc_ports)),
+            ("P2P_PORTS", list(&coin.p2p_ports)),
+            ("DATA_VOLUME", data_volume),
+            ("NODE_NAME", node.clone()),
+        ] {
+            host_env.push_str(&format!("{k}={}\n", systemd_quote(&v)));
+        }
+        let mut container_env = String::new();
+        for (k, v) in &coin.container_config {
+            container_env.push_str(&format!("{}={}\n", k.as_str(), v.as_str()));
+        }
+        let mut metrics = Vec::new();
+        for (name, script) in &coin.metric_scripts {
+            // A file name under /etc/fleet-node/metrics: never `.`, `..` or hidden.
+            if name.as_str().starts_with('.') {
+                return Err(bad(format!(
+                    "custom_metrics name {:?} starts with a dot",
+                    name.as_str()
+                )));
+            }
+            metrics.push((name.as_str().to_string(), script.clone()));
+        }
+        Ok(NodeFiles {
+            host_env,
+            container_env,
+            secret_id: coin
+                .secrets
+                .as_ref()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+            digest: coin.image.digest.as_ref().map(|d| d.as_str().to_string()),
+            metrics,
+        })
+    }
+}
+
+impl NodeFiles {
+    /// The fingerprint of these files, as recorded in `fleet:config`.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut metrics = String::new();
+        for (name, script) in &self.metrics {
+            metrics.push_str(&format!("{name}\0{script}\0"));
+        }
+        let program = [
+            HELPER,
+            NODE_UNIT,
+            BOOTSTRAP_UNIT,
+            METRICS_SERVICE,
+            METRICS_TIMER,
+        ]
+        .join("\0");
+        let parts = [
+            (ConfigPart::Host, self.host_env.clone()),
+            (ConfigPart::Container, self.container_env.clone()),
+            (ConfigPart::Secret, self.secret_id.clone()),
+            (ConfigPart::Image, self.digest.clone().unwrap_or_default()),
+            (ConfigPart::Metrics, metrics),
+            (ConfigPart::Program, program),
+        ];
+        Fingerprint(
+            parts
+                .into_iter()
+                .map(|(p, text)| (p, short_hash(&text)))
+                .collect(),
+        )
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    d[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A part of a node's configuration, as the plan names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConfigPart {
+    /// `/etc/sysconfig/node`: `host_config`, `image.repository`, `ports`.
+    Host,
+    /// `/etc/fleet-node/container.env`: `container_config`.
+    Container,
+    /// `/etc/fleet-node/secret-id`: `secrets` (the secret's name; fleet never reads its value).
+    Secret,
+    /// `/etc/fleet-node/digests/<version>`: `image.digest`.
+    Image,
+    /// `/etc/fleet-node/metrics/`: `custom_metrics` scripts.
+    Metrics,
+    /// fleet's node side itself: `fleet-node` and its units (a newer fleet).
+    Program,
+}
+
+impl ConfigPart {
+    /// Every part, in tag order.
+    pub const ALL: [ConfigPart; 6] = [
+        ConfigPart::Host,
+        ConfigPart::Container,
+        ConfigPart::Secret,
+        ConfigPart::Image,
+        ConfigPart::Metrics,
+        ConfigPart::Program,
+    ];
+    /// Its name in the tag.
+    pub fn key(self) -> &'static str {
+        match self {
+            ConfigPart::Host => "host",
+            ConfigPart::Container => "container",
+            ConfigPart::Secret => "secret",
+            ConfigPart::Image => "image",
+            ConfigPart::Metrics => "metrics",
+            ConfigPart::Program => "program",
+        }
+    }
+    /// The coin file's keys behind it, as the plan shows them.
+    pub fn coin_keys(self) -> &'static str {
+        match self {
+            ConfigPart::Host => "host_config/image.repository/ports",
+            ConfigPart::Container => "container_config",
+            ConfigPart::Secret => "secrets",
+            ConfigPart::Image => "image.digest",
+            ConfigPart::Metrics => "custom_metrics",
+            ConfigPart::Program => "fleet's node side",
+        }
+    }
+    /// Whether the daemon must restart to see a change of it. Only metrics scripts are
+    /// outside what the container sees.
+    pub fn restarts(self) -> bool {
+        !matches!(self, ConfigPart::Metrics)
+    }
+}
+
+impl std::fmt::Display for ConfigPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.coin_keys())
+    }
+}
+
+/// Short hashes of each part of a node's configuration: `host=1a2b3c4d container=…`, the
+/// value of the `fleet:config` tag (letters, digits, `=` and spaces: a valid EC2 tag value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint(BTreeMap<ConfigPart, String>);
+
+impl Fingerprint {
+    /// The tag value.
+    pub fn to_tag(&self) -> String {
+        ConfigPart::ALL
+            .iter()
+            .filter_map(|p| self.0.get(p).map(|h| format!("{}={h}", p.key())))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    /// Parse a tag value; parts it does not name, or names in a form this fleet does not
+    /// write, count as different from anything.
+    pub fn from_tag(s: &str) -> Fingerprint {
+        let mut m = BTreeMap::new();
+        for word in s.split_whitespace() {
+            if let Some((k, h)) = word.split_once('=')
+                && let Some(p) = ConfigPart::ALL.iter().find(|p| p.key() == k)
+                && h.len() == 8
+                && h.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                m.insert(*p, h.to_ascii_lowercase());
+            }
+        }
+        Fingerprint(m)
+    }
+    /// The parts where `self` (what a node carries) differs from `want`.
+    pub fn differs(&self, want: &Fingerprint) -> Vec<ConfigPart> {
+        ConfigPart::ALL
+            .into_iter()
+            .filter(|p| self.0.get(p) != want.0.get(p))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_quote_escapes() {
+        assert_eq!(systemd_quote(r#"a"b\c$d"#), r#""a\"b\\c\$d""#);
+    }
+
+    #[test]
+    fn a_fingerprint_survives_its_tag_and_names_what_differs() {
+        let f = Fingerprint(
+            ConfigPart::ALL
+                .iter()
+                .map(|p| (*p, "0123abcd".to_string()))
+                .collect(),
+        );
+        let tag = f.to_tag();
+        assert!(tag.len() < 256, "an EC2 tag value: {tag}");
+        assert_eq!(Fingerprint::from_tag(&tag), f);
+        let mut g = f.clone();
+        g.0.insert(ConfigPart::Container, "ffffffff".into());
+        assert_eq!(f.differs(&g), [ConfigPart::Container]);
+        // A tag this fleet cannot read differs in every part (the node is reconfigured).
+        assert_eq!(
+            Fingerprint::from_tag("garbage").differs(&f),
+            ConfigPart::ALL
+        );
+    }
+}
