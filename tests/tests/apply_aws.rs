@@ -36,7 +36,10 @@ impl Prober for RestartingNodes {
             .world
             .commands()
             .iter()
-            .filter(|(id, cmd)| *id == t.instance_id && cmd.contains("systemctl start"))
+            .filter(|(id, cmd)| {
+                *id == t.instance_id
+                    && reconciler::provider::commands::upgrade_target(cmd).is_some()
+            })
             .count();
         let mut seen = self.seen.lock().unwrap();
         let e = seen.entry(t.instance_id.clone()).or_insert((0, 0));

@@ -399,6 +399,88 @@ async fn versions_are_checked_before_the_shell(w: &dyn TestWorld) {
     let _ = w;
 }
 
+/// A reconfiguration sends one command to that instance (the files staged, then
+/// `fleet-node apply-config`), then records the fingerprint; repeating it sends nothing. A
+/// crash between its marker and the command leaves the marker; the next attempt completes
+/// it, and the version stays what it was all along.
+async fn reconfigure_records_the_fingerprint(w: &dyn TestWorld) {
+    let a = launch(w, "litecoin", 0).await;
+    let d = w.desired();
+    let mut coin = d.coins["litecoin"].clone();
+    coin.container_config.insert(
+        fleet_repo_schema::values::EnvName::parse("DBCACHE").unwrap(),
+        fleet_repo_schema::values::EnvValue::parse("2000").unwrap(),
+    );
+    let slot = &coin.nodes[0];
+    let files = reconciler::node_config::NodeFiles::of(&coin, slot).unwrap();
+    let want = files.fingerprint();
+    let before = node(&observe(w).await, &a).config();
+    assert_eq!(
+        before.differs(&want),
+        [reconciler::node_config::ConfigPart::Container],
+        "launched with the file's fingerprint, one part changed since"
+    );
+    let version = coin.version.clone();
+
+    w.inject(Fault::FailOp {
+        op: "SendCommand",
+        times: 1,
+    });
+    assert!(
+        w.provider()
+            .reconfigure(&a, &version, &files, true)
+            .await
+            .is_err()
+    );
+    let o = observe(w).await;
+    let n = node(&o, &a);
+    assert_eq!(
+        n.pending.as_ref().map(|p| p.to_tag()),
+        Some("reconfigure".into())
+    );
+    assert!(w.commands().is_empty(), "the command never left");
+    assert_eq!(
+        n.config(),
+        before,
+        "nothing recorded before the command succeeded"
+    );
+
+    assert_eq!(
+        w.provider()
+            .reconfigure(&a, &version, &files, true)
+            .await
+            .unwrap(),
+        Outcome::Done
+    );
+    let cmds = w.commands();
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].0, a.instance_id);
+    assert!(
+        cmds[0]
+            .1
+            .ends_with(&format!("apply-config \"$d\" '{version}' restart\n")),
+        "{}",
+        cmds[0].1
+    );
+    assert!(
+        !cmds[0].1.contains("DBCACHE"),
+        "values travel encoded, never as shell words"
+    );
+    let o = observe(w).await;
+    let n = node(&o, &a);
+    assert_eq!(n.config(), want);
+    assert_eq!(n.pending, None);
+    assert_eq!(n.version.known(), Some(&version));
+    assert_eq!(
+        w.provider()
+            .reconfigure(&a, &version, &files, true)
+            .await
+            .unwrap(),
+        Outcome::AlreadyDone
+    );
+    assert_eq!(w.commands().len(), 1, "no second command");
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -430,6 +512,7 @@ conformance!(
     launch_is_idempotent,
     launch_restores_from_snapshot,
     upgrade_targets_one_instance,
+    reconfigure_records_the_fingerprint,
     failed_command_leaves_version_unknown,
     crash_between_steps_converges,
     grow_volume_never_shrinks,
