@@ -189,3 +189,115 @@ async fn upgrade_across_three_zones_issues_ssm_commands_in_zone_order() {
     assert_eq!(snaps, 3);
     assert!(plan(&desired, &after, SystemClock.now_ms()).is_empty());
 }
+
+/// On moto: a coin's tags and fleet.yaml's security groups changed on a running fleet are
+/// planned as online steps and applied with CreateTags and ModifyInstanceAttribute; the
+/// next plan is empty.
+#[tokio::test]
+async fn tags_and_security_groups_converge_on_aws() {
+    let world = Arc::new(AwsWorld::new("apply_tags_groups").await);
+    let mut desired = world.desired().clone();
+    desired.coins.retain(|k, _| k == "litecoin");
+    let coin = desired.coins["litecoin"].clone();
+    for slot in &coin.nodes {
+        let spec = LaunchSpec::new(&desired.fleet, &coin, slot, None).unwrap();
+        world.aws.launch(&spec).await.unwrap();
+    }
+    let vpc = world
+        .ec2
+        .describe_subnets()
+        .subnet_ids(desired.fleet.subnets.values().next().unwrap().as_str())
+        .send()
+        .await
+        .unwrap()
+        .subnets()[0]
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let group = world
+        .ec2
+        .create_security_group()
+        .group_name("fleet-nodes-2")
+        .description("fleet test nodes, second group")
+        .vpc_id(vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    desired.fleet.security_groups =
+        vec![fleet_repo_schema::values::SecurityGroupId::parse(&group).unwrap()];
+    desired.coins.get_mut("litecoin").unwrap().tags.insert(
+        fleet_repo_schema::values::TagKey::parse("CostCenter").unwrap(),
+        fleet_repo_schema::values::TagValue::parse("trading").unwrap(),
+    );
+    let desired = Arc::new(desired);
+    let observed = fleet_tests::observe(&world.aws, &desired).await;
+    let p = plan(&desired, &observed, SystemClock.now_ms());
+    let names: Vec<&str> = p
+        .coins
+        .iter()
+        .flat_map(|c| &c.waves)
+        .flat_map(|w| &w.steps)
+        .map(|s| s.action.name())
+        .collect();
+    let n = coin.nodes.len();
+    assert_eq!(
+        names.iter().filter(|a| **a == "set-tags").count(),
+        n,
+        "{names:?}"
+    );
+    assert_eq!(
+        names
+            .iter()
+            .filter(|a| **a == "set-security-groups")
+            .count(),
+        n,
+        "{names:?}"
+    );
+    assert_eq!(names.len(), 2 * n, "nothing else: {names:?}");
+    let exec = Arc::new(Executor {
+        provider: Arc::new(world.aws.clone()),
+        prober: Arc::new(RestartingNodes {
+            world: Arc::clone(&world),
+            seen: Mutex::default(),
+        }),
+        journal: Arc::new(Journal::in_memory()),
+        notifier: Arc::new(RecordingNotifier::default()),
+        clock: Arc::new(SystemClock),
+        opts: ExecOptions {
+            parallel_coins: 4,
+            poll_ms: 50,
+            commit: "c1".into(),
+        },
+    });
+    let report = exec
+        .apply(&desired, &p, &tokio_util::sync::CancellationToken::new())
+        .await;
+    assert!(report.all_completed(), "{report:#?}");
+    // What EC2 now says, read with the raw client.
+    let out = world.ec2.describe_instances().send().await.unwrap();
+    let mut seen = 0;
+    for i in out.reservations().iter().flat_map(|r| r.instances()) {
+        let groups: Vec<&str> = i
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id())
+            .collect();
+        assert_eq!(groups, [group.as_str()]);
+        assert!(
+            i.tags()
+                .iter()
+                .any(|t| t.key() == Some("CostCenter") && t.value() == Some("trading"))
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, n);
+    let again = plan(
+        &desired,
+        &fleet_tests::observe(&world.aws, &desired).await,
+        SystemClock.now_ms(),
+    );
+    assert!(again.is_empty(), "{again:#?}");
+}

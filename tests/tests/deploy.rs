@@ -315,7 +315,8 @@ fn iam_policy_conditions_use_the_tags_fleet_writes() {
                 {
                     used.insert(tag.to_string());
                 } else if key == "aws:TagKeys" {
-                    used.extend(as_list(value));
+                    // Patterns (`fleet:*` in a StringNotLike) name no one tag.
+                    used.extend(as_list(value).into_iter().filter(|k| !k.contains('*')));
                 }
             }
         }
@@ -636,11 +637,29 @@ fn iam_policy_lets_fleet_write_every_tag_its_steps_record() {
                 .get("StringEquals")
                 .is_some_and(|c| c.get("ec2:CreateAction").is_none())
         })
-        .flat_map(|s| as_list(&s["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"]))
+        .filter_map(|s| s["Condition"].get("ForAllValues:StringEquals"))
+        .flat_map(|c| as_list(&c["aws:TagKeys"]))
         .collect();
     let missing: Vec<&String> = written.difference(&allowed).collect();
     assert!(
         missing.is_empty(),
         "deploy/iam-policy.json does not let fleet write {missing:?} on managed instances (add them to the CreateTags statement's aws:TagKeys)"
+    );
+}
+
+#[test]
+fn iam_policy_keeps_fleet_tags_out_of_coin_tagging() {
+    // The statement that lets fleet converge a coin's own tags must not let it (or whoever
+    // holds the role) write fleet's record or AWS's reserved keys.
+    let p = policy();
+    let coin_tags = statements(&p)
+        .iter()
+        .find(|s| s["Sid"] == "SetCoinTagsOnManagedInstancesAndVolumes")
+        .expect("the coin tags statement");
+    let denied = as_list(&coin_tags["Condition"]["ForAllValues:StringNotLike"]["aws:TagKeys"]);
+    assert_eq!(denied, ["fleet:*", "aws:*"]);
+    assert_eq!(
+        coin_tags["Condition"]["StringEquals"]["aws:ResourceTag/fleet:managed"],
+        "true"
     );
 }

@@ -228,6 +228,8 @@ struct ModelNode {
     pending: Option<(&'static str, String)>,
     /// The fingerprint of its configuration (`fleet:config`), as launched.
     config: String,
+    /// Its `Name` tag, as launched (its slot's DNS name then).
+    name_tag: String,
 }
 
 #[derive(Debug, Default)]
@@ -292,6 +294,7 @@ async fn build(case: &Case, clock: Arc<dyn Clock>) -> World {
                     stopped: false,
                     pending: None,
                     config: fingerprint(coin, slot),
+                    name_tag: slot.dns_name.clone(),
                 },
             );
         }
@@ -444,6 +447,10 @@ fn expected_steps(d: &Desired, m: &Model) -> BTreeSet<(String, String)> {
             // follow its place among the coins, its records its slot).
             if n.config != fingerprint(coin, slot) {
                 add("reconfigure", who.clone());
+            }
+            // (The generated coins list no tags of their own: only `Name` can differ.)
+            if n.name_tag != slot.dns_name {
+                add("set-tags", who.clone());
             }
             if !(n.has_dns && n.dns_name == slot.dns_name) {
                 add("set-dns", who.clone());

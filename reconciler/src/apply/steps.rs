@@ -162,6 +162,12 @@ impl Executor {
                 })?;
                 Ok((None, p.reconfigure(&n, version, &files, *restart).await?))
             }
+            Action::SetTags { volume_id, set } => {
+                Ok((None, p.set_tags(&node()?, volume_id.as_deref(), set).await?))
+            }
+            Action::SetSecurityGroups { to, .. } => {
+                Ok((None, p.set_security_groups(&node()?, to).await?))
+            }
             Action::GrowVolume { to_gb, .. } => Ok((None, p.grow_volume(&node()?, *to_gb).await?)),
             Action::ChangeType { to, .. } | Action::Start { instance_type: to } => {
                 Ok((None, p.change_instance_type(&node()?, to).await?))

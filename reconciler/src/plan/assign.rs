@@ -41,6 +41,9 @@ pub struct ObservedNode {
     pub dns_names: Vec<String>,
     /// Every tag.
     pub tags: BTreeMap<String, String>,
+    /// Its security groups, sorted (None: not observed).
+    #[serde(default)]
+    pub security_groups: Option<Vec<String>>,
 }
 
 impl ObservedNode {
@@ -57,6 +60,7 @@ impl ObservedNode {
             data_volume: i.data_volume,
             dns_names,
             tags: i.tags,
+            security_groups: i.security_groups,
         }
     }
 

@@ -263,6 +263,45 @@ pub(super) fn plan_coin(
                     reason: format!("{}: {e}", coin.file),
                 }),
             }
+            // Tags the coin lists, and the instance's Name: set where they differ. (A key
+            // dropped from the coin file stays on its nodes: fleet does not know which of an
+            // instance's other tags are someone else's.)
+            let set: BTreeMap<String, String> = coin
+                .tags
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_str().to_string()))
+                .chain([("Name".to_string(), slot.dns_name.clone())])
+                .filter(|(k, v)| n.tags.get(k) != Some(v))
+                .collect();
+            if !set.is_empty() {
+                let keys: Vec<&str> = set.keys().map(String::as_str).collect();
+                steps.push(step(
+                    Action::SetTags {
+                        volume_id: n.data_volume.as_ref().map(|v| v.volume_id.clone()),
+                        set: set.clone(),
+                    },
+                    format!("tags {} differ from the coin file", keys.join(", ")),
+                ));
+            }
+            if let Some(have) = &n.security_groups {
+                let mut want: Vec<String> = desired
+                    .fleet
+                    .security_groups
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect();
+                want.sort();
+                want.dedup();
+                if *have != want {
+                    steps.push(step(
+                        Action::SetSecurityGroups {
+                            from: have.clone(),
+                            to: want,
+                        },
+                        "fleet.yaml network.security_groups differ from the instance's".into(),
+                    ));
+                }
+            }
             if !n.dns_names.iter().any(|d| d == &slot.dns_name) {
                 steps.push(step(
                     Action::SetDns {

@@ -345,6 +345,20 @@ pub enum Action {
         /// upgrade of the same node restarts it anyway).
         restart: bool,
     },
+    /// Set tags the coin lists (and `Name`) on the instance and its data volume (online).
+    SetTags {
+        /// The data volume, tagged along.
+        volume_id: Option<String>,
+        /// Key → value, only those that differ.
+        set: BTreeMap<String, String>,
+    },
+    /// Attach exactly fleet.yaml's `network.security_groups` (online).
+    SetSecurityGroups {
+        /// Groups now.
+        from: Vec<String>,
+        /// Groups wanted, sorted.
+        to: Vec<String>,
+    },
     /// Grow the data volume (online).
     GrowVolume {
         /// Volume.
@@ -406,7 +420,11 @@ impl Action {
             Action::Retire { .. } => estimate::RETIRE_MS,
             Action::Reconfigure { restart: true, .. } => estimate::UPGRADE_MS,
             Action::Reconfigure { restart: false, .. } => 0,
-            Action::GrowVolume { .. } | Action::SetDns { .. } | Action::DeleteDns { .. } => 0,
+            Action::GrowVolume { .. }
+            | Action::SetDns { .. }
+            | Action::DeleteDns { .. }
+            | Action::SetTags { .. }
+            | Action::SetSecurityGroups { .. } => 0,
         }
     }
     /// Short name: `upgrade`, `grow-volume`, …
@@ -415,6 +433,8 @@ impl Action {
             Action::Launch { .. } => "launch",
             Action::Upgrade { .. } => "upgrade",
             Action::Reconfigure { .. } => "reconfigure",
+            Action::SetTags { .. } => "set-tags",
+            Action::SetSecurityGroups { .. } => "set-security-groups",
             Action::GrowVolume { .. } => "grow-volume",
             Action::ChangeType { .. } => "change-type",
             Action::Start { .. } => "start",
@@ -474,6 +494,16 @@ impl fmt::Display for Action {
             }
             Action::GrowVolume { from_gb, to_gb, .. } => {
                 write!(f, "grow data volume {from_gb} → {to_gb} GB")
+            }
+            Action::SetTags { set, .. } => {
+                write!(f, "tag")?;
+                for (i, (k, v)) in set.iter().enumerate() {
+                    write!(f, "{}{k}={v}", if i == 0 { " " } else { ", " })?;
+                }
+                Ok(())
+            }
+            Action::SetSecurityGroups { from, to } => {
+                write!(f, "security groups {} → {}", from.join(", "), to.join(", "))
             }
             // A change of type that stopped half way, already at the wanted type.
             Action::ChangeType { from, to } if from == to.as_str() => {

@@ -65,8 +65,12 @@ impl World {
                 .unwrap()
                 .fingerprint()
                 .to_tag();
+            let coin_tags = tags::for_node(&d.coins[s.coin.as_str()], s);
             w.node(s.coin.as_str(), s.zone.as_str(), s.index, version, |i| {
                 i.tags.insert(tags::CONFIG.into(), config);
+                for (k, v) in coin_tags {
+                    i.tags.entry(k).or_insert(v);
+                }
             });
         }
         w
@@ -608,4 +612,41 @@ fn a_node_without_a_fingerprint_is_reconfigured_in_every_part() {
         Action::Reconfigure { changed, restart: true, .. } if *changed == ConfigPart::ALL
     ));
     assert!(s.reason.contains("fleet:config"), "{}", s.reason);
+}
+
+#[test]
+fn tags_and_security_groups_converge_without_taking_a_node_down() {
+    let d = desired("28.1", "tags: { CostCenter: custody }\n");
+    let mut w = World::running(&d, "28.1");
+    for i in &mut w.instances {
+        *i = i
+            .clone()
+            .with_security_groups(vec!["sg-0123456789abcdef0".into()]);
+    }
+    // The coin's tag changed, and fleet.yaml names another group.
+    let mut d2 = edited(&desired("28.1", "tags: { CostCenter: trading }\n"), |_| {});
+    d2.fleet.security_groups =
+        vec![fleet_repo_schema::values::SecurityGroupId::parse("sg-0fedcba9876543210").unwrap()];
+    let p = plan(&d2, &w.observed(&d2), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 12, "{:#?}", actions(cp));
+    for w in &cp.waves {
+        assert!(disrupted(w).is_empty());
+    }
+    let first: Vec<String> = actions(cp)
+        .into_iter()
+        .filter(|(n, _)| n == "bitcoin/eu-central-1a/1")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(
+        first,
+        [
+            "tag CostCenter=trading",
+            "security groups sg-0123456789abcdef0 → sg-0fedcba9876543210"
+        ]
+    );
+    // Observed without its groups (a provider that does not read them): no step for them.
+    let w = World::running(&d, "28.1");
+    let p = plan(&d, &w.observed(&d), 0);
+    assert!(p.is_empty(), "{p:#?}");
 }

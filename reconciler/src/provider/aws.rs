@@ -658,21 +658,29 @@ impl Provider for AwsProvider {
                 .map_err(|e| self.err("ec2:DescribeInstances", None, e))?;
             for i in out.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = i.instance_id() else { continue };
-                raw.push(ObservedInstance::new(
-                    id.to_string(),
-                    tag_map(i.tags()),
-                    state_of(i),
-                    i.instance_type()
-                        .map(|t| t.as_str())
-                        .unwrap_or("")
-                        .to_string(),
-                    i.private_ip_address().map(str::to_string),
-                    data_volume_id(i).map(|v| ObservedVolume {
-                        volume_id: v,
-                        size_gb: 0,
-                        snapshot_id: None,
-                    }),
-                ));
+                raw.push(
+                    ObservedInstance::new(
+                        id.to_string(),
+                        tag_map(i.tags()),
+                        state_of(i),
+                        i.instance_type()
+                            .map(|t| t.as_str())
+                            .unwrap_or("")
+                            .to_string(),
+                        i.private_ip_address().map(str::to_string),
+                        data_volume_id(i).map(|v| ObservedVolume {
+                            volume_id: v,
+                            size_gb: 0,
+                            snapshot_id: None,
+                        }),
+                    )
+                    .with_security_groups(
+                        i.security_groups()
+                            .iter()
+                            .filter_map(|g| g.group_id().map(str::to_string))
+                            .collect(),
+                    ),
+                );
             }
             token = out
                 .next_token()
@@ -1002,6 +1010,57 @@ impl Provider for AwsProvider {
                 .map(drop)
         })
         .await
+    }
+
+    async fn set_tags(
+        &self,
+        node: &NodeRef,
+        volume_id: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Outcome, ProviderError> {
+        let facts = self.read(node).await?;
+        if tags.iter().all(|(k, v)| facts.tags.get(k) == Some(v)) {
+            return Ok(Outcome::AlreadyDone);
+        }
+        let mut req = self.ec2.create_tags().resources(node.instance_id.as_str());
+        if let Some(v) = volume_id {
+            req = req.resources(v);
+        }
+        for (k, v) in tags {
+            req = req.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+        }
+        req.send()
+            .await
+            .map_err(|e| self.err("ec2:CreateTags", Some(&node.instance_id), e))?;
+        Ok(Outcome::Done)
+    }
+
+    async fn set_security_groups(
+        &self,
+        node: &NodeRef,
+        groups: &[String],
+    ) -> Result<Outcome, ProviderError> {
+        let mut have: Vec<String> = self
+            .instance(node)
+            .await?
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect();
+        have.sort();
+        let mut want = groups.to_vec();
+        want.sort();
+        if have == want {
+            return Ok(Outcome::AlreadyDone);
+        }
+        self.ec2
+            .modify_instance_attribute()
+            .instance_id(node.instance_id.as_str())
+            .set_groups(Some(want))
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&node.instance_id), e))?;
+        Ok(Outcome::Done)
     }
 
     async fn confirm_version(

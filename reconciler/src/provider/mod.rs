@@ -203,9 +203,20 @@ pub struct ObservedInstance {
     pub data_volume: Option<ObservedVolume>,
     /// Every tag.
     pub tags: BTreeMap<String, String>,
+    /// Its security groups, sorted (None: not read by whoever built this observation).
+    #[serde(default)]
+    pub security_groups: Option<Vec<String>>,
 }
 
 impl ObservedInstance {
+    /// The same, with its security groups as read.
+    pub fn with_security_groups(mut self, mut groups: Vec<String>) -> ObservedInstance {
+        groups.sort();
+        groups.dedup();
+        self.security_groups = Some(groups);
+        self
+    }
+
     /// An instance from what the provider read; the tags are interpreted here, identically
     /// for every provider.
     pub fn new(
@@ -228,6 +239,7 @@ impl ObservedInstance {
             private_ip,
             data_volume,
             tags,
+            security_groups: None,
         }
     }
 }
@@ -566,6 +578,23 @@ pub trait Provider: Send + Sync {
         version: &Version,
         files: &crate::node_config::NodeFiles,
         restart: bool,
+    ) -> Result<Outcome, ProviderError>;
+
+    /// Set `tags` on the instance (and on its data volume `volume_id`, when given): tags the
+    /// coin lists and its `Name` (AWS: one CreateTags). No-op when they already are.
+    async fn set_tags(
+        &self,
+        node: &NodeRef,
+        volume_id: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Outcome, ProviderError>;
+
+    /// Attach exactly `groups` to the instance (AWS: ModifyInstanceAttribute, online). No-op
+    /// when it has them.
+    async fn set_security_groups(
+        &self,
+        node: &NodeRef,
+        groups: &[String],
     ) -> Result<Outcome, ProviderError>;
 
     /// [`Provider::upgrade_pinned`] without a digest pin.

@@ -338,6 +338,7 @@ impl Provider for SimProvider {
                             snapshot_id: v.snapshot_id.clone(),
                         }),
                 )
+                .with_security_groups(i.security_groups.clone())
             })
             .collect();
         let zone_records: Vec<DnsRecord> = w
@@ -482,6 +483,47 @@ impl Provider for SimProvider {
             })
         })
         .await
+    }
+
+    async fn set_tags(
+        &self,
+        node: &NodeRef,
+        volume_id: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Outcome, ProviderError> {
+        self.with(|w, _| {
+            w.call("DescribeInstances")?;
+            let i = w.live(node)?;
+            if tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)) {
+                return Ok(Outcome::AlreadyDone);
+            }
+            w.call("CreateTags")?;
+            let i = w.live_mut(node)?;
+            i.tags
+                .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let _ = volume_id;
+            Ok(Outcome::Done)
+        })
+    }
+
+    async fn set_security_groups(
+        &self,
+        node: &NodeRef,
+        groups: &[String],
+    ) -> Result<Outcome, ProviderError> {
+        self.with(|w, _| {
+            w.call("DescribeInstances")?;
+            let mut want = groups.to_vec();
+            want.sort();
+            let mut have = w.live(node)?.security_groups.clone();
+            have.sort();
+            if have == want {
+                return Ok(Outcome::AlreadyDone);
+            }
+            w.call("ModifyInstanceAttribute")?;
+            w.live_mut(node)?.security_groups = want;
+            Ok(Outcome::Done)
+        })
     }
 
     async fn confirm_version(

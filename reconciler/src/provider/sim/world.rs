@@ -157,6 +157,9 @@ pub(super) struct Instance {
     pub(super) private_ip: String,
     pub(super) data_volume: Option<String>,
     pub(super) daemon: Daemon,
+    /// Security group ids, as launched or modified.
+    #[serde(default)]
+    pub(super) security_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +379,7 @@ impl World {
                 zone: spec.slot.zone.to_string(),
                 private_ip,
                 data_volume: Some(vol),
+                security_groups: spec.security_groups.clone(),
                 daemon: Daemon {
                     version: Some(spec.version.to_string()),
                     started_ms: running_at_ms,
