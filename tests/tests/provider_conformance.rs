@@ -481,6 +481,23 @@ async fn reconfigure_records_the_fingerprint(w: &dyn TestWorld) {
     assert_eq!(w.commands().len(), 1, "no second command");
 }
 
+/// A node of a coin with P2P ports is launched with a public address, in its zone's
+/// subnet with fleet.yaml's groups; one launched without is observed as such.
+async fn p2p_nodes_get_a_public_address(w: &dyn TestWorld) {
+    let s = spec(w, "bitcoin", 0, None);
+    assert!(s.public_ip, "bitcoin has P2P ports");
+    let a = launch(w, "bitcoin", 0).await;
+    let mut t = spec(w, "bitcoin", 1, None);
+    t.public_ip = false;
+    let (b, _) = w.provider().launch(&t).await.unwrap();
+    let o = observe(w).await;
+    let na = node(&o, &a);
+    assert_eq!(na.public_ip, Some(true));
+    assert_eq!(na.security_groups.as_deref(), Some(&s.security_groups[..]));
+    let nb = o.nodes.iter().find(|n| n.instance_id == b).unwrap();
+    assert_eq!(nb.public_ip, Some(false));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -513,6 +530,7 @@ conformance!(
     launch_restores_from_snapshot,
     upgrade_targets_one_instance,
     reconfigure_records_the_fingerprint,
+    p2p_nodes_get_a_public_address,
     failed_command_leaves_version_unknown,
     crash_between_steps_converges,
     grow_volume_never_shrinks,

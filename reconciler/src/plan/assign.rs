@@ -44,6 +44,9 @@ pub struct ObservedNode {
     /// Its security groups, sorted (None: not observed).
     #[serde(default)]
     pub security_groups: Option<Vec<String>>,
+    /// Whether it has a public address (None: not observed).
+    #[serde(default)]
+    pub public_ip: Option<bool>,
 }
 
 impl ObservedNode {
@@ -61,6 +64,7 @@ impl ObservedNode {
             dns_names,
             tags: i.tags,
             security_groups: i.security_groups,
+            public_ip: i.public_ip,
         }
     }
 

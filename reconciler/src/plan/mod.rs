@@ -686,6 +686,22 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         }
     }
 
+    // P2P needs a public address, which EC2 gives only at launch (an Elastic IP aside, which
+    // fleet does not manage): a node without one is left for a person, said once per node.
+    for coin in desired.coins.values().filter(|c| !c.p2p_ports.is_empty()) {
+        for n in observed.nodes_of(&coin.name) {
+            if n.public_ip == Some(false) {
+                flagged.push(Flag {
+                    what: n.instance_id.clone(),
+                    reason: format!(
+                        "{} has no public address, so peers cannot reach its P2P ports {:?}: fleet asks for one only at launch; retire and relaunch the node (it restores from a snapshot), or attach an Elastic IP by hand",
+                        n.key, coin.p2p_ports
+                    ),
+                });
+            }
+        }
+    }
+
     // Records of a placed coin whose name is no slot's name any more (after nodes_per_zone
     // went down or zones were reordered) but that still point at a node.
     for coin in desired.coins.values() {

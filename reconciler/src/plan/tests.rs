@@ -650,3 +650,16 @@ fn tags_and_security_groups_converge_without_taking_a_node_down() {
     let p = plan(&d, &w.observed(&d), 0);
     assert!(p.is_empty(), "{p:#?}");
 }
+
+#[test]
+fn a_p2p_node_without_a_public_address_is_left_for_a_person() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    w.instances[2] = w.instances[2].clone().with_public_ip(false);
+    w.instances[3] = w.instances[3].clone().with_public_ip(true);
+    let p = plan(&d, &w.observed(&d), 0);
+    assert!(p.is_empty(), "no step can give a running instance one");
+    assert_eq!(p.flagged.len(), 1, "{:#?}", p.flagged);
+    assert_eq!(p.flagged[0].what, "i-0003");
+    assert!(p.flagged[0].reason.contains("no public address"));
+}

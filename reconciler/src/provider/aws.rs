@@ -558,6 +558,26 @@ impl AwsProvider {
     }
 }
 
+/// An instance's security groups: those EC2 lists for the instance, which are its primary
+/// network interface's (moto lists them only on the interface when the instance was launched
+/// with one, as fleet does for a public address).
+fn groups_of(i: &aws_sdk_ec2::types::Instance) -> Vec<String> {
+    let ids = |gs: &[aws_sdk_ec2::types::GroupIdentifier]| -> Vec<String> {
+        gs.iter()
+            .filter_map(|g| g.group_id().map(str::to_string))
+            .collect()
+    };
+    let own = ids(i.security_groups());
+    if !own.is_empty() {
+        return own;
+    }
+    i.network_interfaces()
+        .iter()
+        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+        .map(|n| ids(n.groups()))
+        .unwrap_or_default()
+}
+
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
@@ -674,12 +694,8 @@ impl Provider for AwsProvider {
                             snapshot_id: None,
                         }),
                     )
-                    .with_security_groups(
-                        i.security_groups()
-                            .iter()
-                            .filter_map(|g| g.group_id().map(str::to_string))
-                            .collect(),
-                    ),
+                    .with_security_groups(groups_of(i))
+                    .with_public_ip(i.public_ip_address().is_some_and(|a| !a.is_empty())),
                 );
             }
             token = out
@@ -883,7 +899,6 @@ impl Provider for AwsProvider {
                     ))
                     .min_count(1)
                     .max_count(1)
-                    .subnet_id(&spec.subnet_id)
                     .iam_instance_profile(
                         IamInstanceProfileSpecification::builder()
                             .name(&spec.instance_profile)
@@ -928,8 +943,23 @@ impl Provider for AwsProvider {
                     .tag_specifications(tags_inst.build())
                     .tag_specifications(tags_vol.build())
                     .client_token(token.chars().take(64).collect::<String>());
-                for sg in &spec.security_groups {
-                    req = req.security_group_ids(sg);
+                if spec.public_ip {
+                    // A public address can only be asked for on the network interface,
+                    // which then carries the subnet and the groups.
+                    req = req.network_interfaces(
+                        aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder()
+                            .device_index(0)
+                            .subnet_id(&spec.subnet_id)
+                            .set_groups(Some(spec.security_groups.clone()))
+                            .associate_public_ip_address(true)
+                            .delete_on_termination(true)
+                            .build(),
+                    );
+                } else {
+                    req = req.subnet_id(&spec.subnet_id);
+                    for sg in &spec.security_groups {
+                        req = req.security_group_ids(sg);
+                    }
                 }
                 let out = req
                     .send()
@@ -1040,13 +1070,7 @@ impl Provider for AwsProvider {
         node: &NodeRef,
         groups: &[String],
     ) -> Result<Outcome, ProviderError> {
-        let mut have: Vec<String> = self
-            .instance(node)
-            .await?
-            .security_groups()
-            .iter()
-            .filter_map(|g| g.group_id().map(str::to_string))
-            .collect();
+        let mut have = groups_of(&self.instance(node).await?);
         have.sort();
         let mut want = groups.to_vec();
         want.sort();

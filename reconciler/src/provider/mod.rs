@@ -206,6 +206,9 @@ pub struct ObservedInstance {
     /// Its security groups, sorted (None: not read by whoever built this observation).
     #[serde(default)]
     pub security_groups: Option<Vec<String>>,
+    /// Whether it has a public IPv4 address (None: not read).
+    #[serde(default)]
+    pub public_ip: Option<bool>,
 }
 
 impl ObservedInstance {
@@ -240,7 +243,14 @@ impl ObservedInstance {
             data_volume,
             tags,
             security_groups: None,
+            public_ip: None,
         }
+    }
+
+    /// The same, with whether it has a public address as read.
+    pub fn with_public_ip(mut self, has: bool) -> ObservedInstance {
+        self.public_ip = Some(has);
+        self
     }
 }
 
@@ -356,6 +366,9 @@ pub struct LaunchSpec {
     pub subnet_id: String,
     /// Security groups.
     pub security_groups: Vec<String>,
+    /// Ask for a public IPv4 address: the coin has P2P ports, which peers on the internet
+    /// must reach (RPC stays on the private address: `fleet-node run`).
+    pub public_ip: bool,
     /// Instance profile name.
     pub instance_profile: String,
     /// Root volume, GiB.
@@ -413,6 +426,7 @@ impl LaunchSpec {
                 .map(|s| s.to_string())
                 .collect(),
             instance_profile: fleet.instance_profile.to_string(),
+            public_ip: !coin.p2p_ports.is_empty(),
             root_volume_gb: coin.root_volume_gb,
             data_volume_gb: coin.data_volume_gb,
             snapshot_id,

@@ -339,6 +339,7 @@ impl Provider for SimProvider {
                         }),
                 )
                 .with_security_groups(i.security_groups.clone())
+                .with_public_ip(i.public_ip)
             })
             .collect();
         let zone_records: Vec<DnsRecord> = w

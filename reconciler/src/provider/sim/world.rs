@@ -160,6 +160,9 @@ pub(super) struct Instance {
     /// Security group ids, as launched or modified.
     #[serde(default)]
     pub(super) security_groups: Vec<String>,
+    /// Launched with a public address.
+    #[serde(default)]
+    pub(super) public_ip: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -380,6 +383,7 @@ impl World {
                 private_ip,
                 data_volume: Some(vol),
                 security_groups: spec.security_groups.clone(),
+                public_ip: spec.public_ip,
                 daemon: Daemon {
                     version: Some(spec.version.to_string()),
                     started_ms: running_at_ms,
