@@ -118,6 +118,8 @@ pub struct Coin {
     pub container_config: BTreeMap<EnvName, EnvValue>,
     /// Metric name to script path in the repository.
     pub custom_metrics: BTreeMap<MetricName, RepoPath>,
+    /// The container's log driver and options (the coin's, else fleet.yaml's), if set.
+    pub logging: Option<LoggingSpec>,
     /// Metric name to the script's content, read from the repository at load (at most
     /// [`MAX_METRICS_SCRIPT`] bytes of UTF-8 each): what a node installs.
     #[serde(skip)]
@@ -126,6 +128,15 @@ pub struct Coin {
     pub tags: BTreeMap<TagKey, TagValue>,
     /// The node slots, zone by zone in rollout order.
     pub nodes: Vec<NodeSlot>,
+}
+
+/// A container's Docker log driver and its options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggingSpec {
+    /// `--log-driver`.
+    pub driver: LogDriver,
+    /// `--log-opt name=value`, each.
+    pub options: BTreeMap<LogOptName, EnvValue>,
 }
 
 /// Image repository and pin.

@@ -152,7 +152,7 @@ codes! {
     NoApprovers = "E317", Error, "approvals needed but nobody may approve",
         "The coin's rollout.approval asks for approvals, but fleet.yaml lists no approvers: every such rollout would wait forever. Add approvers or set approval: none.";
     ReservedEnv = "E318", Error, "reserved host_config key",
-        "IMAGE, COIN and PORTS in the node's /etc/sysconfig/node are written by fleet from the coin's image, name and ports. Set those fields instead.";
+        "IMAGE, COIN, PORTS, RPC_PORTS, P2P_PORTS and NODE_NAME in the node's /etc/sysconfig/node are written by fleet from the coin's image, name and ports and the node's DNS name. Set those fields instead.";
     Identifier = "E319", Error, "malformed identifier",
         "The value does not have the form of what it names (an AWS id such as vpc-…/subnet-…/sg-…/ami-…, a region, a DNS name, an instance type, a GitHub owner/repo, an environment variable name…). The message gives the expected form.";
     EnvValue = "E320", Error, "invalid environment value",

@@ -131,6 +131,8 @@ yaml_struct! {
         opt retire: Vec<CoinName>,
         /// Safety limits of the planner.
         opt limits: Limits,
+        /// The log driver of every coin's container, unless the coin sets its own.
+        opt logging: Logging,
     }
 }
 
@@ -272,5 +274,17 @@ yaml_struct! {
         opt custom_metrics: Entries<MetricName, RepoPath>,
         /// AWS tags added to the coin's resources.
         opt tags: Entries<TagKey, TagValue>,
+        /// The container's Docker log driver and options; replaces fleet.yaml's logging.
+        opt logging: Logging,
+    }
+}
+
+yaml_struct! {
+    /// Where the container's logs go: Docker's --log-driver and --log-opt.
+    pub struct Logging {
+        /// Docker log driver, e.g. gelf (Graylog), awslogs, json-file.
+        req driver: LogDriver,
+        /// The driver's options, e.g. gelf-address: udp://graylog.internal:12201.
+        opt options: Entries<LogOptName, EnvValue>,
     }
 }

@@ -686,10 +686,20 @@ fn check_coin(
     // Environment.
     if let Some(env) = &c.host_config {
         for (k, _) in &env.0 {
-            if ["IMAGE", "COIN", "PORTS"].contains(&k.value.as_str()) {
+            if [
+                "IMAGE",
+                "COIN",
+                "PORTS",
+                "RPC_PORTS",
+                "P2P_PORTS",
+                "NODE_NAME",
+            ]
+            .contains(&k.value.as_str())
+            {
                 let field = match k.value.as_str() {
                     "IMAGE" => "image.repository and version",
                     "COIN" => "coin",
+                    "NODE_NAME" => "the node's DNS name (internal_domain)",
                     _ => "ports",
                 };
                 err(
@@ -1003,6 +1013,14 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                 .as_ref()
                 .map(Entries::to_map)
                 .unwrap_or_default(),
+            logging: c
+                .logging
+                .as_ref()
+                .or(f.logging.as_ref())
+                .map(|l| LoggingSpec {
+                    driver: l.driver.clone(),
+                    options: l.options.as_ref().map(Entries::to_map).unwrap_or_default(),
+                }),
             // Checked by check_coin: present, small, text.
             metric_scripts: c
                 .custom_metrics

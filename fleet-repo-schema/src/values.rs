@@ -176,6 +176,14 @@ pattern_string! {
     EnvName, Code::Identifier, r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", max 128,
         "an environment variable name (letters, digits and _, not starting with a digit)",
         "environment variable names are letters, digits and _, e.g. RPC_PORT";
+    /// A Docker log driver.
+    LogDriver, Code::Identifier, r"^[a-z0-9][a-z0-9_.-]{0,63}$", max 64,
+        "a Docker log driver name such as gelf, awslogs or json-file",
+        "use the driver's name as Docker knows it, e.g. gelf";
+    /// The name of a Docker log driver option.
+    LogOptName, Code::Identifier, r"^[a-z0-9][a-z0-9_.-]{0,63}$", max 64,
+        "a Docker log option name such as gelf-address",
+        "use the option's name as Docker knows it, e.g. gelf-address";
     /// A custom metric's name.
     MetricName, Code::Identifier, r"^[A-Za-z0-9_.-]{1,128}$", max 128,
         "a metric name (letters, digits and _.-)",

@@ -43,6 +43,10 @@ pub struct NodeFiles {
     pub digest: Option<String>,
     /// `/etc/fleet-node/metrics/<name>`: the coin's `custom_metrics` scripts.
     pub metrics: Vec<(String, String)>,
+    /// `/etc/fleet-node/logging`: the container's log driver on the first line, then one
+    /// `name=value` option per line (the coin's `logging`, else fleet.yaml's); None: Docker's
+    /// default.
+    pub logging: Option<String>,
 }
 
 impl NodeFiles {
@@ -110,7 +114,15 @@ impl NodeFiles {
             }
             metrics.push((name.as_str().to_string(), script.clone()));
         }
+        let logging = coin.logging.as_ref().map(|l| {
+            let mut text = format!("{}\n", l.driver.as_str());
+            for (k, v) in &l.options {
+                text.push_str(&format!("{}={}\n", k.as_str(), v.as_str()));
+            }
+            text
+        });
         Ok(NodeFiles {
+            logging,
             host_env,
             container_env,
             secret_id: coin
@@ -145,6 +157,10 @@ impl NodeFiles {
             (ConfigPart::Secret, self.secret_id.clone()),
             (ConfigPart::Image, self.digest.clone().unwrap_or_default()),
             (ConfigPart::Metrics, metrics),
+            (
+                ConfigPart::Logging,
+                self.logging.clone().unwrap_or_default(),
+            ),
             (ConfigPart::Program, program),
         ];
         Fingerprint(
@@ -175,18 +191,21 @@ pub enum ConfigPart {
     Image,
     /// `/etc/fleet-node/metrics/`: `custom_metrics` scripts.
     Metrics,
+    /// `/etc/fleet-node/logging`: `logging` (the container's log driver).
+    Logging,
     /// fleet's node side itself: `fleet-node` and its units (a newer fleet).
     Program,
 }
 
 impl ConfigPart {
     /// Every part, in tag order.
-    pub const ALL: [ConfigPart; 6] = [
+    pub const ALL: [ConfigPart; 7] = [
         ConfigPart::Host,
         ConfigPart::Container,
         ConfigPart::Secret,
         ConfigPart::Image,
         ConfigPart::Metrics,
+        ConfigPart::Logging,
         ConfigPart::Program,
     ];
     /// Its name in the tag.
@@ -197,6 +216,7 @@ impl ConfigPart {
             ConfigPart::Secret => "secret",
             ConfigPart::Image => "image",
             ConfigPart::Metrics => "metrics",
+            ConfigPart::Logging => "logging",
             ConfigPart::Program => "program",
         }
     }
@@ -208,6 +228,7 @@ impl ConfigPart {
             ConfigPart::Secret => "secrets",
             ConfigPart::Image => "image.digest",
             ConfigPart::Metrics => "custom_metrics",
+            ConfigPart::Logging => "logging",
             ConfigPart::Program => "fleet's node side",
         }
     }

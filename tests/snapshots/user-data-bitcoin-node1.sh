@@ -41,6 +41,7 @@ cat > "$ROOT/usr/local/sbin/fleet-node" <<'FLEET_NODE_HELPER'
 #   /etc/fleet-node/container.env     the container's environment, without secrets
 #   /etc/fleet-node/secret-id         the coin's Secrets Manager secret (empty: none)
 #   /etc/fleet-node/metrics/NAME      custom metrics scripts
+#   /etc/fleet-node/logging           the container's log driver, then its name=value options
 #   /etc/opt/node-config              container.env plus the secret's keys (rebuilt every boot)
 set -euo pipefail
 
@@ -148,12 +149,18 @@ cmd_run() {
   for p in ${P2P_PORTS//,/ }; do
     args+=(-p "$p:$p" -p "$p:$p/udp")
   done
-  if [ -n "${LOG_DRIVER:-}" ]; then
-    args+=("--log-driver=$LOG_DRIVER")
-    # LOG_OPTS: comma-separated key=value pairs (validated by fleet).
-    for p in ${LOG_OPTS//,/ }; do
-      args+=("--log-opt=$p")
-    done
+  # The log driver on the first line, then one name=value option per line, each one word
+  # for docker whatever it holds (validated by fleet: no control characters).
+  if [ -s "$CONF/logging" ]; then
+    local first=1 line
+    while IFS= read -r line || [ -n "$line" ]; do
+      if [ "$first" = 1 ]; then
+        args+=("--log-driver=$line")
+        first=0
+      elif [ -n "$line" ]; then
+        args+=("--log-opt=$line")
+      fi
+    done < "$CONF/logging"
   fi
   exec docker run "${args[@]}" "$ref"
 }
@@ -239,6 +246,12 @@ cmd_apply_config() {
   elif [ -f "$CONF/digests/$version" ]; then
     rm -f "$CONF/digests/$version"
     CHANGED+=("/etc/fleet-node/digests/$version")
+  fi
+  if [ -f "$dir/logging" ]; then
+    put "$dir/logging" "$CONF/logging" 0644
+  elif [ -f "$CONF/logging" ]; then
+    rm -f "$CONF/logging"
+    CHANGED+=("/etc/fleet-node/logging")
   fi
   seen=${#CHANGED[@]}
   # What it does not see.
@@ -450,6 +463,8 @@ umask 022
 printf '%s\n' "$VERSION" > "$ROOT/etc/fleet-node/version"
 printf '%s\n' 'sha256:fed9369828c2e48f88cfbe36ef0e2d25a14d0c48d6287e9eb59bde270e54c265' > "$ROOT/etc/fleet-node/digests/$VERSION"
 printf '%s' 'IyEvYmluL3NoCiMgUHVibGlzaCB0aGUgbm9kZSdzIGJsb2NrIGhlaWdodCB0byBDbG91ZFdhdGNoIChydW4gZXZlcnkgbWludXRlIGJ5IHRoZSBub2RlJ3MgdGltZXIpLgojIENyZWRlbnRpYWxzIGNvbWUgZnJvbSB0aGUgY29udGFpbmVyJ3MgZW52aXJvbm1lbnQgKHRoZSBjb2luJ3MgU2VjcmV0cyBNYW5hZ2VyIHNlY3JldCkuCnNldCAtZXUKaGVpZ2h0PSQoZG9ja2VyIGV4ZWMgYml0Y29pbi1ub2RlIGJpdGNvaW4tY2xpIC1ycGNwb3J0PTgzMzIgZ2V0YmxvY2tjb3VudCkKYXdzIGNsb3Vkd2F0Y2ggcHV0LW1ldHJpYy1kYXRhIC0tbmFtZXNwYWNlIE5vZGVzIC0tbWV0cmljLW5hbWUgQmxvY2tIZWlnaHQgXAogIC0tZGltZW5zaW9ucyBDb2luPWJpdGNvaW4sSW5zdGFuY2U9IiQoZWMyLW1ldGFkYXRhIC1pIHwgY3V0IC1kJyAnIC1mMikiIC0tdmFsdWUgIiRoZWlnaHQiCg==' | base64 -d > "$ROOT/etc/fleet-node/metrics/"'block_height'
+
+printf '%s' 'Z2VsZgpnZWxmLWFkZHJlc3M9dWRwOi8vZ3JheWxvZy5pbnRlcm5hbDoxMjIwMQp0YWc9e3suTmFtZX19Cg==' | base64 -d > "$ROOT/etc/fleet-node/logging"
 
 # 3. From now on, every boot prepares the node and starts its daemon; this one too.
 systemctl daemon-reload

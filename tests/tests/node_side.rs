@@ -668,3 +668,23 @@ fn a_node_set_up_by_an_older_fleet_is_brought_under_fleet_node_and_enabled() {
     );
     assert!(!s.read("etc/sysconfig/node").contains("PUBLISH"));
 }
+
+#[test]
+fn the_log_driver_and_its_options_reach_docker_one_word_each() {
+    // The example's fleet.yaml sends every container's logs to Graylog over GELF, with a
+    // Docker template in an option: each option is one argument, whatever it holds.
+    let s = Sandbox::new();
+    ok(&s.first_boot(&bitcoin_user_data()));
+    assert_eq!(
+        s.read("etc/fleet-node/logging"),
+        "gelf\ngelf-address=udp://graylog.internal:12201\ntag={{.Name}}\n"
+    );
+    s.take_calls();
+    ok(&s.fleet_node(&["run", "28.1"]));
+    let calls = s.take_calls();
+    let run = calls.iter().find(|c| c.starts_with("docker run")).unwrap();
+    assert!(
+        run.contains(" --log-driver=gelf --log-opt=gelf-address=udp://graylog.internal:12201 --log-opt=tag=\\{\\{.Name\\}\\} "),
+        "{run}"
+    );
+}

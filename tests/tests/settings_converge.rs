@@ -106,6 +106,8 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "rollout.max_unavailable" => "2",
             "rollout.bake" => "1h",
             "rollout.approval" => "none",
+            "logging.driver" => "awslogs",
+            "logging.options" => return Err("the example's bitcoin sets no logging, and options need a driver: fleet.yaml's `logging.options` covers them"),
             _ => return Err("no change written for this key"),
         },
         ("fleet.yaml", k) => match k {
@@ -135,6 +137,8 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "approvers" => "[U012ABCDEF]",
             "retire" => "[bitcoin]",
             "limits.max_retire_percent" => "30",
+            "logging.driver" => "json-file",
+            "logging.options" => "{ max-size: 100m }",
             _ => return Err("no change written for this key"),
         },
         _ => return Err("not a file of the example"),

@@ -63,6 +63,9 @@ pub fn reconfigure_command(
     if let Some(d) = &files.digest {
         put("digest", &format!("{d}\n"));
     }
+    if let Some(l) = &files.logging {
+        put("logging", l);
+    }
     for (name, script) in &files.metrics {
         // Names are [A-Za-z0-9_.-], not starting with a dot (NodeFiles::of).
         if !name

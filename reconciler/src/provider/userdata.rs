@@ -110,6 +110,14 @@ pub fn render(fleet: &Fleet, coin: &Coin, slot: &NodeSlot) -> Result<String, Ren
     if metrics.is_empty() {
         metrics.push_str("# (no custom metrics)");
     }
+    // The log settings are repository text too: base64, like the scripts.
+    match &files.logging {
+        Some(l) => metrics.push_str(&format!(
+            "\nprintf '%s' {} | base64 -d > \"$ROOT/etc/fleet-node/logging\"",
+            shell_quote(&BASE64.encode(l))
+        )),
+        None => metrics.push_str("\n# (no log driver set: Docker's default)"),
+    }
     let values: [(&str, &str); 11] = [
         ("VERSION", &shell_quote(version.as_str())),
         ("SECRET_ID", &shell_quote(&files.secret_id)),
