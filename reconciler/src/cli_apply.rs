@@ -5,7 +5,7 @@ use crate::cli::{
     ApplyArgs, ColorChoice, DemoArgs, EXIT_CHANGES, EXIT_INVALID, EXIT_OK, Format, PlanArgs,
     ProviderKind, WorldArgs, open_repo,
 };
-use crate::clock::{AnchoredClock, Clock, Millis, SystemClock, check_speed};
+use crate::clock::{AnchoredClock, Clock, Millis, check_speed};
 use crate::demo::DemoWorld;
 use crate::events::{Event, Notifier};
 use crate::health::Prober;
@@ -150,7 +150,7 @@ async fn open_world(
                     std::time::Duration::from_secs(10),
                 )),
                 provider: Arc::new(aws),
-                clock: Arc::new(SystemClock),
+                clock: Arc::new(crate::clock::SystemClock),
                 desired,
                 commit,
                 _lock: lock,

@@ -29,6 +29,8 @@ cat > "$ROOT/usr/local/sbin/fleet-node" <<'FLEET_NODE_HELPER'
 #   fleet-node upgrade VERSION [DIGEST]  pull first; only when the pull succeeded, stop and
 #                                        disable the running version, enable and start VERSION
 #   fleet-node metrics                   run the coin's custom metrics scripts (a timer)
+#   fleet-node grow-root                 grow the root partition and file system after fleet
+#                                        grew the root volume
 #   fleet-node apply-config DIR VERSION restart|no-restart
 #                                        install a configuration fleet staged in DIR (over
 #                                        SSM): the files that differ, atomically; restart the
@@ -331,6 +333,26 @@ cmd_bootstrap() {
   systemctl start --no-block "node@$version.service"
 }
 
+# After fleet grew the root volume: grow the root partition (growpart exits 1 when there is
+# nothing to grow) and the root file system to fill it.
+cmd_grow_root() {
+  local src name disk part fstype rc=0
+  src=$(findmnt -n -o SOURCE /)
+  fstype=$(findmnt -n -o FSTYPE /)
+  name=$(basename "$src")
+  disk=$(lsblk -n -o PKNAME "$src" | head -n 1)
+  if [ -n "$disk" ] && [ -f "$ROOT/sys/class/block/$name/partition" ]; then
+    part=$(cat "$ROOT/sys/class/block/$name/partition")
+    growpart "/dev/$disk" "$part" || rc=$?
+    [ "$rc" = 0 ] || [ "$rc" = 1 ] || die "growpart /dev/$disk $part failed ($rc)"
+  fi
+  case "$fstype" in
+    xfs) xfs_growfs -d / > /dev/null ;;
+    ext4) resize2fs "$src" ;;
+    *) die "the root file system is $fstype; grow it by hand" ;;
+  esac
+}
+
 cmd_metrics() {
   load_host_env
   local s failed=0
@@ -355,11 +377,12 @@ case "${1:-}" in
     cmd_upgrade "$2" "${3:-}"
     ;;
   metrics) cmd_metrics ;;
+  grow-root) cmd_grow_root ;;
   apply-config)
     [ $# = 4 ] || die "usage: fleet-node apply-config DIR VERSION restart|no-restart"
     cmd_apply_config "$2" "$3" "$4"
     ;;
-  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|metrics|apply-config DIR VERSION MODE" ;;
+  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|metrics|grow-root|apply-config DIR VERSION MODE" ;;
 esac
 FLEET_NODE_HELPER
 chmod 0755 "$ROOT/usr/local/sbin/fleet-node"

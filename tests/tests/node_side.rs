@@ -189,6 +189,13 @@ case "$tool" in
   mountpoint) [ -f "$S/mounted" ]; exit ;;
   mount) touch "$S/mounted" ;;
   xfs_growfs) ;;
+  findmnt)
+    case "$*" in
+      *SOURCE*) echo /dev/nvme0n1p1 ;;
+      *FSTYPE*) echo xfs ;;
+    esac ;;
+  lsblk) echo nvme0n1 ;;
+  growpart) [ -f "$S/grown" ] && { echo "NOCHANGE: partition 1 is size 33554399"; exit 1; }; touch "$S/grown" ;;
   curl)
     case "$*" in
       *api/token*) echo token ;;
@@ -232,6 +239,9 @@ const TOOLS: &[&str] = &[
     "mountpoint",
     "xfs_growfs",
     "curl",
+    "findmnt",
+    "lsblk",
+    "growpart",
 ];
 
 /// A sandbox: a root directory the node side writes into, a data device, stand-ins.
@@ -687,4 +697,24 @@ fn the_log_driver_and_its_options_reach_docker_one_word_each() {
         run.contains(" --log-driver=gelf --log-opt=gelf-address=udp://graylog.internal:12201 --log-opt=tag=\\{\\{.Name\\}\\} "),
         "{run}"
     );
+}
+
+#[test]
+fn growing_the_root_grows_its_partition_and_file_system_and_again_changes_nothing() {
+    let s = Sandbox::new();
+    ok(&s.first_boot(&bitcoin_user_data()));
+    // The root partition as sysfs shows it.
+    let sys = s.root().join("sys/class/block/nvme0n1p1");
+    std::fs::create_dir_all(&sys).unwrap();
+    std::fs::write(sys.join("partition"), "1\n").unwrap();
+    s.take_calls();
+    ok(&s.fleet_node(&["grow-root"]));
+    let calls = s.take_calls();
+    assert!(
+        calls.contains(&"growpart /dev/nvme0n1 1".to_string()),
+        "{calls:#?}"
+    );
+    assert!(calls.contains(&"xfs_growfs -d /".to_string()), "{calls:#?}");
+    // Run again (a retried step): growpart says NOCHANGE (exit 1), which is not a failure.
+    ok(&s.fleet_node(&["grow-root"]));
 }

@@ -498,6 +498,44 @@ async fn p2p_nodes_get_a_public_address(w: &dyn TestWorld) {
     assert_eq!(nb.public_ip, Some(false));
 }
 
+/// The root volume is observed at its launch size and grows online, the partition and file
+/// system with it over SSM; it never shrinks, and growing to its size changes nothing.
+async fn root_volume_grows_never_shrinks(w: &dyn TestWorld) {
+    let s = spec(w, "litecoin", 0, None);
+    let a = launch(w, "litecoin", 0).await;
+    let root = node(&observe(w).await, &a)
+        .root_volume
+        .clone()
+        .expect("root volume observed");
+    assert_eq!(root.size_gb, s.root_volume_gb);
+    let bigger = s.root_volume_gb + 16;
+    assert_eq!(
+        w.provider().grow_root_volume(&a, bigger).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        w.commands(),
+        vec![(
+            a.instance_id.clone(),
+            "/usr/local/sbin/fleet-node grow-root".to_string()
+        )]
+    );
+    let after = node(&observe(w).await, &a).root_volume.clone().unwrap();
+    assert_eq!(
+        (after.volume_id.as_str(), after.size_gb),
+        (root.volume_id.as_str(), bigger)
+    );
+    assert_eq!(
+        w.provider().grow_root_volume(&a, bigger).await.unwrap(),
+        Outcome::AlreadyDone
+    );
+    assert!(matches!(
+        w.provider().grow_root_volume(&a, s.root_volume_gb).await,
+        Err(ProviderError::Refused { .. })
+    ));
+    assert_eq!(w.commands().len(), 1);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -531,6 +569,7 @@ conformance!(
     upgrade_targets_one_instance,
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
+    root_volume_grows_never_shrinks,
     failed_command_leaves_version_unknown,
     crash_between_steps_converges,
     grow_volume_never_shrinks,

@@ -107,7 +107,11 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "rollout.bake" => "1h",
             "rollout.approval" => "none",
             "logging.driver" => "awslogs",
-            "logging.options" => return Err("the example's bitcoin sets no logging, and options need a driver: fleet.yaml's `logging.options` covers them"),
+            "logging.options" => {
+                return Err(
+                    "the example's bitcoin sets no logging, and options need a driver: fleet.yaml's `logging.options` covers them",
+                );
+            }
             _ => return Err("no change written for this key"),
         },
         ("fleet.yaml", k) => match k {

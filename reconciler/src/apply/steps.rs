@@ -168,6 +168,9 @@ impl Executor {
             Action::SetSecurityGroups { to, .. } => {
                 Ok((None, p.set_security_groups(&node()?, to).await?))
             }
+            Action::GrowRootVolume { to_gb, .. } => {
+                Ok((None, p.grow_root_volume(&node()?, *to_gb).await?))
+            }
             Action::GrowVolume { to_gb, .. } => Ok((None, p.grow_volume(&node()?, *to_gb).await?)),
             Action::ChangeType { to, .. } | Action::Start { instance_type: to } => {
                 Ok((None, p.change_instance_type(&node()?, to).await?))

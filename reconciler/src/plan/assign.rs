@@ -47,6 +47,9 @@ pub struct ObservedNode {
     /// Whether it has a public address (None: not observed).
     #[serde(default)]
     pub public_ip: Option<bool>,
+    /// Its root volume (None: not observed).
+    #[serde(default)]
+    pub root_volume: Option<ObservedVolume>,
 }
 
 impl ObservedNode {
@@ -65,6 +68,7 @@ impl ObservedNode {
             tags: i.tags,
             security_groups: i.security_groups,
             public_ip: i.public_ip,
+            root_volume: i.root_volume,
         }
     }
 

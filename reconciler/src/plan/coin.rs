@@ -263,6 +263,22 @@ pub(super) fn plan_coin(
                     reason: format!("{}: {e}", coin.file),
                 }),
             }
+            // The root volume grows online, after a reconfiguration (which installs the
+            // `fleet-node` that grows the partition on nodes set up before it).
+            if let Some(v) = n
+                .root_volume
+                .as_ref()
+                .filter(|v| v.size_gb < coin.root_volume_gb)
+            {
+                steps.push(step(
+                    Action::GrowRootVolume {
+                        volume_id: v.volume_id.clone(),
+                        from_gb: v.size_gb,
+                        to_gb: coin.root_volume_gb,
+                    },
+                    format!("instance.root_volume_gb is {}", coin.root_volume_gb),
+                ));
+            }
             // Tags the coin lists, and the instance's Name: set where they differ. (A key
             // dropped from the coin file stays on its nodes: fleet does not know which of an
             // instance's other tags are someone else's.)

@@ -359,6 +359,15 @@ pub enum Action {
         /// Groups wanted, sorted.
         to: Vec<String>,
     },
+    /// Grow the root volume, its partition and file system (online).
+    GrowRootVolume {
+        /// Volume.
+        volume_id: String,
+        /// Size now.
+        from_gb: u32,
+        /// Size wanted.
+        to_gb: u32,
+    },
     /// Grow the data volume (online).
     GrowVolume {
         /// Volume.
@@ -421,6 +430,7 @@ impl Action {
             Action::Reconfigure { restart: true, .. } => estimate::UPGRADE_MS,
             Action::Reconfigure { restart: false, .. } => 0,
             Action::GrowVolume { .. }
+            | Action::GrowRootVolume { .. }
             | Action::SetDns { .. }
             | Action::DeleteDns { .. }
             | Action::SetTags { .. }
@@ -436,6 +446,7 @@ impl Action {
             Action::SetTags { .. } => "set-tags",
             Action::SetSecurityGroups { .. } => "set-security-groups",
             Action::GrowVolume { .. } => "grow-volume",
+            Action::GrowRootVolume { .. } => "grow-root-volume",
             Action::ChangeType { .. } => "change-type",
             Action::Start { .. } => "start",
             Action::SetDns { .. } => "set-dns",
@@ -494,6 +505,9 @@ impl fmt::Display for Action {
             }
             Action::GrowVolume { from_gb, to_gb, .. } => {
                 write!(f, "grow data volume {from_gb} → {to_gb} GB")
+            }
+            Action::GrowRootVolume { from_gb, to_gb, .. } => {
+                write!(f, "grow root volume {from_gb} → {to_gb} GB")
             }
             Action::SetTags { set, .. } => {
                 write!(f, "tag")?;
@@ -696,6 +710,26 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
                     reason: format!(
                         "{} has no public address, so peers cannot reach its P2P ports {:?}: fleet asks for one only at launch; retire and relaunch the node (it restores from a snapshot), or attach an Elastic IP by hand",
                         n.key, coin.p2p_ports
+                    ),
+                });
+            }
+        }
+    }
+
+    // A root volume larger than the coin asks for stays (EBS cannot shrink one, and it holds
+    // no chain): said, not refused.
+    for coin in desired.coins.values() {
+        for n in observed.nodes_of(&coin.name) {
+            if let Some(v) = n
+                .root_volume
+                .as_ref()
+                .filter(|v| v.size_gb > coin.root_volume_gb)
+            {
+                flagged.push(Flag {
+                    what: n.instance_id.clone(),
+                    reason: format!(
+                        "root volume {} of {} is {} GB, more than instance.root_volume_gb {}: EBS cannot shrink it; only nodes launched from now on get {} GB",
+                        v.volume_id, n.key, v.size_gb, coin.root_volume_gb, coin.root_volume_gb
                     ),
                 });
             }

@@ -663,3 +663,36 @@ fn a_p2p_node_without_a_public_address_is_left_for_a_person() {
     assert_eq!(p.flagged[0].what, "i-0003");
     assert!(p.flagged[0].reason.contains("no public address"));
 }
+
+#[test]
+fn a_larger_root_volume_grows_online_and_a_smaller_one_is_only_said() {
+    let d = desired("28.1", "");
+    let root = |w: &mut World, gb: u32| {
+        for (n, i) in w.instances.iter_mut().enumerate() {
+            *i = i.clone().with_root_volume(ObservedVolume {
+                volume_id: format!("vol-root-{n}"),
+                size_gb: gb,
+                snapshot_id: None,
+            });
+        }
+    };
+    // Launched at 16 GB; the coin now asks for 32.
+    let d2 = edited(&d, |c| c.root_volume_gb = 32);
+    let mut w = World::running(&d, "28.1");
+    root(&mut w, 16);
+    let p = plan(&d2, &w.observed(&d2), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 6);
+    assert!(cp.waves.iter().all(|w| disrupted(w).is_empty()));
+    assert_eq!(
+        cp.waves[0].steps[0].action.to_string(),
+        "grow root volume 16 → 32 GB"
+    );
+    // Larger than asked: EBS cannot shrink it; flagged, nothing refused.
+    let mut w = World::running(&d, "28.1");
+    root(&mut w, 64);
+    let p = plan(&d, &w.observed(&d), 0);
+    assert!(p.is_empty());
+    assert_eq!(p.flagged.len(), 6);
+    assert!(p.flagged[0].reason.contains("cannot shrink"));
+}

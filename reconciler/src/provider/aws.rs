@@ -11,7 +11,9 @@
 //! - SSM commands always name their one instance, are waited for with a bound, and are read
 //!   back with GetCommandInvocation (never ListCommandInvocations).
 
-use super::commands::{GROW_FS_COMMAND, is_active_command, reconfigure_command, upgrade_command};
+use super::commands::{
+    GROW_FS_COMMAND, GROW_ROOT_COMMAND, is_active_command, reconfigure_command, upgrade_command,
+};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use aws_config::BehaviorVersion;
@@ -291,6 +293,116 @@ impl AwsProvider {
             f = f.values(*v);
         }
         f.build()
+    }
+
+    /// Grow `disk` of the node to `size_gb`: ModifyVolume, wait until the instance sees the
+    /// size, then the file system over SSM. Refuses to shrink.
+    async fn grow_disk(
+        &self,
+        node: &NodeRef,
+        disk: Disk,
+        size_gb: u32,
+    ) -> Result<Outcome, ProviderError> {
+        let inst = self.instance(node).await?;
+        let vol = match disk {
+            Disk::Data => data_volume_id(&inst),
+            Disk::Root => root_volume_id(&inst),
+        }
+        .ok_or_else(|| ProviderError::Refused {
+            reason: format!(
+                "instance {} has no {} volume",
+                node.instance_id,
+                disk.name()
+            ),
+        })?;
+        let out = self
+            .ec2
+            .describe_volumes()
+            .volume_ids(&vol)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeVolumes", Some(&node.instance_id), e))?;
+        let current = out
+            .volumes()
+            .first()
+            .and_then(|v| v.size())
+            .unwrap_or(0)
+            .max(0) as u32;
+        if size_gb < current {
+            return Err(ProviderError::Refused {
+                reason: format!(
+                    "{} volume {vol} of {} is {current} GB; shrinking it to {size_gb} GB would lose data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
+                    disk.name(),
+                    node.key
+                ),
+            });
+        }
+        if size_gb == current {
+            return Ok(Outcome::AlreadyDone);
+        }
+        self.ec2
+            .modify_volume()
+            .volume_id(&vol)
+            .size(size_gb as i32)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:ModifyVolume", Some(&node.instance_id), e))?;
+        // The instance sees the new size only once the modification is `optimizing` (or done);
+        // growing the file system before that would grow nothing.
+        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+        loop {
+            let out = self
+                .ec2
+                .describe_volumes_modifications()
+                .volume_ids(&vol)
+                .send()
+                .await
+                .map_err(|e| {
+                    self.err(
+                        "ec2:DescribeVolumesModifications",
+                        Some(&node.instance_id),
+                        e,
+                    )
+                })?;
+            let state = out
+                .volumes_modifications()
+                .iter()
+                .filter(|m| m.target_size() == Some(size_gb as i32))
+                .filter_map(|m| m.modification_state())
+                .map(|s| s.as_str().to_string())
+                .next();
+            match state.as_deref() {
+                Some("optimizing" | "completed") => break,
+                Some("failed") => {
+                    return Err(ProviderError::Api {
+                        op: "ec2:ModifyVolume".into(),
+                        code: "ModificationFailed".into(),
+                        message: format!("growing {vol} to {size_gb} GB failed"),
+                        instance: Some(node.instance_id.clone()),
+                    });
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::timed_out(
+                    "ec2:DescribeVolumesModifications",
+                    format!("{vol} did not reach `optimizing` within the bound"),
+                    Some(&node.instance_id),
+                ));
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+        }
+        let command = match disk {
+            Disk::Data => GROW_FS_COMMAND,
+            Disk::Root => GROW_ROOT_COMMAND,
+        };
+        self.run_command(
+            node,
+            command,
+            &format!("fleet: grow {} {} to {size_gb} GB", node.key, disk.name()),
+        )
+        .await?;
+        Ok(Outcome::Done)
     }
 
     /// One managed, non-terminated instance by id.
@@ -584,6 +696,33 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Which of a node's volumes.
+#[derive(Debug, Clone, Copy)]
+enum Disk {
+    Data,
+    Root,
+}
+
+impl Disk {
+    fn name(self) -> &'static str {
+        match self {
+            Disk::Data => "data",
+            Disk::Root => "root",
+        }
+    }
+}
+
+/// The volume at the instance's root device.
+fn root_volume_id(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
+    let root = i.root_device_name()?;
+    i.block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(root))
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_id())
+        .map(str::to_string)
+}
+
 fn data_volume_id(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
     i.block_device_mappings()
         .iter()
@@ -661,6 +800,9 @@ impl Provider for AwsProvider {
         let before = self.stats.calls();
         // Instances: every managed one that is not terminated.
         let mut raw = Vec::new();
+        // Root volumes by instance, and the devices they are at (for DescribeVolumes).
+        let mut roots: BTreeMap<String, String> = BTreeMap::new();
+        let mut root_devices = std::collections::BTreeSet::<String>::new();
         let mut token = None;
         loop {
             let out = self
@@ -697,6 +839,10 @@ impl Provider for AwsProvider {
                     .with_security_groups(groups_of(i))
                     .with_public_ip(i.public_ip_address().is_some_and(|a| !a.is_empty())),
                 );
+                if let (Some(dev), Some(vol)) = (i.root_device_name(), root_volume_id(i)) {
+                    root_devices.insert(dev.to_string());
+                    roots.insert(id.to_string(), vol);
+                }
             }
             token = out
                 .next_token()
@@ -706,15 +852,18 @@ impl Provider for AwsProvider {
                 break;
             }
         }
-        // Data volumes: sizes and origins.
+        // Data and root volumes: sizes and origins.
         let mut volumes: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
         let mut token = None;
+        let devices: Vec<&str> = std::iter::once(DATA_DEVICE)
+            .chain(root_devices.iter().map(String::as_str))
+            .collect();
         loop {
             let out = self
                 .ec2
                 .describe_volumes()
                 .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
-                .filters(Self::filter("attachment.device", &[DATA_DEVICE]))
+                .filters(Self::filter("attachment.device", &devices))
                 .max_results(500)
                 .set_next_token(token)
                 .send()
@@ -747,6 +896,15 @@ impl Provider for AwsProvider {
             {
                 v.size_gb = *size;
                 v.snapshot_id = snap.clone();
+            }
+            if let Some(vol) = roots.get(&r.instance_id)
+                && let Some((size, snap)) = volumes.get(vol)
+            {
+                r.root_volume = Some(ObservedVolume {
+                    volume_id: vol.clone(),
+                    size_gb: *size,
+                    snapshot_id: snap.clone(),
+                });
             }
         }
         // Snapshots fleet took.
@@ -1111,93 +1269,15 @@ impl Provider for AwsProvider {
     }
 
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
-        let inst = self.instance(node).await?;
-        let vol = data_volume_id(&inst).ok_or_else(|| ProviderError::Refused {
-            reason: format!("instance {} has no data volume", node.instance_id),
-        })?;
-        let out = self
-            .ec2
-            .describe_volumes()
-            .volume_ids(&vol)
-            .send()
-            .await
-            .map_err(|e| self.err("ec2:DescribeVolumes", Some(&node.instance_id), e))?;
-        let current = out
-            .volumes()
-            .first()
-            .and_then(|v| v.size())
-            .unwrap_or(0)
-            .max(0) as u32;
-        if size_gb < current {
-            return Err(ProviderError::Refused {
-                reason: format!(
-                    "volume {vol} of {} is {current} GB; shrinking to {size_gb} GB would lose chain data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
-                    node.key
-                ),
-            });
-        }
-        if size_gb == current {
-            return Ok(Outcome::AlreadyDone);
-        }
-        self.ec2
-            .modify_volume()
-            .volume_id(&vol)
-            .size(size_gb as i32)
-            .send()
-            .await
-            .map_err(|e| self.err("ec2:ModifyVolume", Some(&node.instance_id), e))?;
-        // The instance sees the new size only once the modification is `optimizing` (or done);
-        // growing the file system before that would grow nothing.
-        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
-        loop {
-            let out = self
-                .ec2
-                .describe_volumes_modifications()
-                .volume_ids(&vol)
-                .send()
-                .await
-                .map_err(|e| {
-                    self.err(
-                        "ec2:DescribeVolumesModifications",
-                        Some(&node.instance_id),
-                        e,
-                    )
-                })?;
-            let state = out
-                .volumes_modifications()
-                .iter()
-                .filter(|m| m.target_size() == Some(size_gb as i32))
-                .filter_map(|m| m.modification_state())
-                .map(|s| s.as_str().to_string())
-                .next();
-            match state.as_deref() {
-                Some("optimizing" | "completed") => break,
-                Some("failed") => {
-                    return Err(ProviderError::Api {
-                        op: "ec2:ModifyVolume".into(),
-                        code: "ModificationFailed".into(),
-                        message: format!("growing {vol} to {size_gb} GB failed"),
-                        instance: Some(node.instance_id.clone()),
-                    });
-                }
-                _ => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProviderError::timed_out(
-                    "ec2:DescribeVolumesModifications",
-                    format!("{vol} did not reach `optimizing` within the bound"),
-                    Some(&node.instance_id),
-                ));
-            }
-            tokio::time::sleep(self.opts.poll_interval).await;
-        }
-        self.run_command(
-            node,
-            GROW_FS_COMMAND,
-            &format!("fleet: grow {} to {size_gb} GB", node.key),
-        )
-        .await?;
-        Ok(Outcome::Done)
+        self.grow_disk(node, Disk::Data, size_gb).await
+    }
+
+    async fn grow_root_volume(
+        &self,
+        node: &NodeRef,
+        size_gb: u32,
+    ) -> Result<Outcome, ProviderError> {
+        self.grow_disk(node, Disk::Root, size_gb).await
     }
 
     async fn change_instance_type(

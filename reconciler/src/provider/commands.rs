@@ -122,6 +122,9 @@ pub fn is_active_command(version: &Version) -> Result<String, ProviderError> {
 /// /node-data by the node's user data).
 pub const GROW_FS_COMMAND: &str = "xfs_growfs -d /node-data";
 
+/// The command that grows the root partition and file system after the root volume grew.
+pub const GROW_ROOT_COMMAND: &str = "/usr/local/sbin/fleet-node grow-root";
+
 /// `version` as it may appear inside single quotes of a unit name: the version rule again,
 /// and no byte outside `[A-Za-z0-9._+-]`, and no leading `-` (an option to systemctl).
 fn shell_safe(version: &Version) -> Result<&str, ProviderError> {

@@ -209,6 +209,9 @@ pub struct ObservedInstance {
     /// Whether it has a public IPv4 address (None: not read).
     #[serde(default)]
     pub public_ip: Option<bool>,
+    /// Its root volume (None: not read).
+    #[serde(default)]
+    pub root_volume: Option<ObservedVolume>,
 }
 
 impl ObservedInstance {
@@ -244,7 +247,14 @@ impl ObservedInstance {
             tags,
             security_groups: None,
             public_ip: None,
+            root_volume: None,
         }
+    }
+
+    /// The same, with its root volume as read.
+    pub fn with_root_volume(mut self, v: ObservedVolume) -> ObservedInstance {
+        self.root_volume = Some(v);
+        self
     }
 
     /// The same, with whether it has a public address as read.
@@ -629,6 +639,14 @@ pub trait Provider: Send + Sync {
 
     /// Grow the data volume to `size_gb` and the file system with it. Refuses to shrink.
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError>;
+
+    /// Grow the root volume to `size_gb` online and its partition and file system with it
+    /// (`fleet-node grow-root` over SSM). Refuses to shrink.
+    async fn grow_root_volume(
+        &self,
+        node: &NodeRef,
+        size_gb: u32,
+    ) -> Result<Outcome, ProviderError>;
 
     /// Stop, change the instance type, start.
     async fn change_instance_type(

@@ -10,7 +10,9 @@
 //! The simulator must never be kinder than AWS: each primitive is one simulated API call,
 //! throttled and failed by injected faults exactly where AWS would.
 
-use super::commands::{GROW_FS_COMMAND, is_active_command, reconfigure_command, upgrade_command};
+use super::commands::{
+    GROW_FS_COMMAND, GROW_ROOT_COMMAND, is_active_command, reconfigure_command, upgrade_command,
+};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 pub use world::{ChainParams, CommandRecord, MAX_ATTEMPTS, SimConfig, SimFault};
@@ -341,6 +343,17 @@ impl Provider for SimProvider {
                 .with_security_groups(i.security_groups.clone())
                 .with_public_ip(i.public_ip)
             })
+            .map(|o| {
+                let root = w.instances.get(&o.instance_id).and_then(|i| i.root.clone());
+                match root {
+                    Some((volume_id, size_gb)) => o.with_root_volume(ObservedVolume {
+                        volume_id,
+                        size_gb,
+                        snapshot_id: None,
+                    }),
+                    None => o,
+                }
+            })
             .collect();
         let zone_records: Vec<DnsRecord> = w
             .dns
@@ -585,6 +598,36 @@ impl Provider for SimProvider {
             }
             w.call("DescribeVolumesModifications")?;
             w.run_command(node, GROW_FS_COMMAND, now)?;
+            Ok(Outcome::Done)
+        })
+    }
+
+    async fn grow_root_volume(
+        &self,
+        node: &NodeRef,
+        size_gb: u32,
+    ) -> Result<Outcome, ProviderError> {
+        self.with(|w, now| {
+            w.call("DescribeInstances")?;
+            let (vol, current) = w.live(node)?.root.clone().ok_or_else(|| ProviderError::Refused {
+                reason: format!("instance {} has no root volume", node.instance_id),
+            })?;
+            w.call("DescribeVolumes")?;
+            if size_gb < current {
+                return Err(ProviderError::Refused {
+                    reason: format!(
+                        "root volume {vol} of {} is {current} GB; shrinking it to {size_gb} GB would lose data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
+                        node.key
+                    ),
+                });
+            }
+            if size_gb == current {
+                return Ok(Outcome::AlreadyDone);
+            }
+            w.call("ModifyVolume")?;
+            w.live_mut(node)?.root = Some((vol, size_gb));
+            w.call("DescribeVolumesModifications")?;
+            w.run_command(node, GROW_ROOT_COMMAND, now)?;
             Ok(Outcome::Done)
         })
     }

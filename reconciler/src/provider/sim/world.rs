@@ -163,6 +163,9 @@ pub(super) struct Instance {
     /// Launched with a public address.
     #[serde(default)]
     pub(super) public_ip: bool,
+    /// Its root volume (id, GiB); None in worlds saved before it was modelled.
+    #[serde(default)]
+    pub(super) root: Option<(String, u32)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -352,6 +355,7 @@ impl World {
     ) -> String {
         let id = self.new_id("i");
         let vol = self.new_id("vol");
+        let root = self.new_id("vol");
         self.volumes.insert(
             vol.clone(),
             Volume {
@@ -384,6 +388,7 @@ impl World {
                 data_volume: Some(vol),
                 security_groups: spec.security_groups.clone(),
                 public_ip: spec.public_ip,
+                root: Some((root, spec.root_volume_gb)),
                 daemon: Daemon {
                     version: Some(spec.version.to_string()),
                     started_ms: running_at_ms,
