@@ -176,6 +176,10 @@ impl Waiting {
     fn remove(&mut self, id: u64) {
         self.queue.retain(|(i, _, _)| *i != id);
     }
+    /// Whether connection `id` is still silent (has sent no request).
+    fn contains(&self, id: u64) -> bool {
+        self.queue.iter().any(|(i, _, _)| *i == id)
+    }
     /// Close the connection that has waited longest, if it has been silent for
     /// [`SILENT_GRACE`]; false when none has.
     fn evict_oldest(&mut self) -> bool {
@@ -246,6 +250,7 @@ pub async fn serve(listener: TcpListener, state: ServerState, shutdown: Cancella
         let keep_alive = slots.available_permits() >= MAX_CONNECTIONS / 2;
         let (id, evict) = waiting(&silent).add();
         let state = Arc::clone(&state);
+        let metrics_state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         let silent = Arc::clone(&silent);
         tokio::spawn(async move {
@@ -266,7 +271,13 @@ pub async fn serve(listener: TcpListener, state: ServerState, shutdown: Cancella
             // A connection lives at most CONNECTION_LIFETIME (a keep-alive client cannot hold
             // a slot for ever); on shutdown, the request under way is answered first.
             tokio::select! {
-                _ = conn.as_mut() => {}
+                r = conn.as_mut() => {
+                    // Silent until hyper's header timeout: one more way a client that sends
+                    // nothing loses its slot, and shows in the metrics.
+                    if r.is_err() && waiting(&silent).contains(id) {
+                        metrics_state.shared.metrics.connection("timed-out");
+                    }
+                }
                 _ = evict.cancelled() => {}
                 _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
                 _ = shutdown.cancelled() => {

@@ -51,6 +51,12 @@ pub enum Fault {
         /// Standard error.
         stderr: String,
     },
+    /// The next `times` SendCommand calls are answered as SSM answers for an instance whose
+    /// agent has not registered yet (`InvalidInstanceId`, recorded real response shape).
+    AgentNotReady {
+        /// Calls.
+        times: u32,
+    },
 }
 
 /// One world the conformance cases run in.
@@ -155,6 +161,7 @@ impl TestWorld for SimWorld {
                 times: 1,
                 stderr,
             },
+            Fault::AgentNotReady { times } => SimFault::AgentNotReady { times },
         });
     }
     fn clear_faults(&self) {
@@ -286,8 +293,14 @@ impl Intercept for TestInterceptor {
         let mut st = self.state.lock().unwrap();
         let mut throttle = false;
         let mut fail_command = None;
+        let mut agent_not_ready = false;
         for f in st.faults.iter_mut() {
             match f {
+                Fault::AgentNotReady { times } if *times > 0 && op == "SendCommand" => {
+                    *times -= 1;
+                    agent_not_ready = true;
+                    break;
+                }
                 Fault::Throttle { op: o, times } if *times > 0 && o.is_none_or(|o| o == op) => {
                     *times -= 1;
                     throttle = true;
@@ -305,7 +318,16 @@ impl Intercept for TestInterceptor {
         }
         drop(st);
         let resp = ctx.response_mut();
-        if throttle {
+        if agent_not_ready {
+            // What SSM returns for an instance not (yet) managed by it.
+            *resp.status_mut() = 400u16.try_into().unwrap();
+            resp.headers_mut().remove("content-length");
+            resp.headers_mut()
+                .insert("content-type", "application/x-amz-json-1.1");
+            *resp.body_mut() = SdkBody::from(
+                "{\"__type\":\"InvalidInstanceId\",\"Message\":\"Instances [[i-0123456789abcdef0]] not in a valid state for account 123456789012\"}",
+            );
+        } else if throttle {
             let (status, body, content_type) = throttling_response(&service);
             *resp.status_mut() = status.try_into().unwrap();
             resp.headers_mut().remove("content-length");
@@ -409,6 +431,7 @@ impl AwsWorld {
                 adaptive,
                 poll_interval: Duration::from_millis(20),
                 command_timeout: Duration::from_secs(30),
+                agent_wait: Duration::from_secs(5),
                 // moto, not AWS: a page of 1,000 instances takes it seconds, and more on a
                 // busy 2-core machine, where AWS answers in well under one. The production
                 // bounds are tested against an endpoint that never answers (hardening.rs).

@@ -301,3 +301,36 @@ async fn tags_and_security_groups_converge_on_aws() {
     );
     assert!(again.is_empty(), "{again:#?}");
 }
+
+/// An agent that never registers fails the step after `agent_wait` with SSM's own code,
+/// rather than waiting for ever (moto world: 5 s).
+#[tokio::test]
+async fn an_agent_that_never_registers_fails_the_step_with_ssms_code() {
+    let world = AwsWorld::new("apply_agent_never").await;
+    let d = world.desired().clone();
+    let c = &d.coins["dogecoin"];
+    let spec = LaunchSpec::new(&d.fleet, c, &c.nodes[0], None).unwrap();
+    let (id, _) = world.aws.launch(&spec).await.unwrap();
+    world.inject(fleet_tests::world::Fault::AgentNotReady { times: 10_000 });
+    let node = reconciler::provider::NodeRef {
+        key: reconciler::node::NodeKey::of(&c.nodes[0]),
+        instance_id: id,
+    };
+    let t = std::time::Instant::now();
+    let r = world
+        .aws
+        .upgrade(&node, &Version::parse("1.14.10").unwrap())
+        .await;
+    match r {
+        Err(reconciler::provider::ProviderError::Api { code, .. }) => {
+            assert_eq!(code, "InvalidInstanceId")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        t.elapsed() >= std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    world.clear_faults();
+}

@@ -536,6 +536,21 @@ async fn root_volume_grows_never_shrinks(w: &dyn TestWorld) {
     assert_eq!(w.commands().len(), 1);
 }
 
+/// An instance whose SSM agent has not registered yet (it just booted) answers
+/// InvalidInstanceId: the provider asks again, and the step goes through once it has.
+async fn a_command_waits_for_the_ssm_agent(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    w.inject(Fault::AgentNotReady { times: 2 });
+    assert_eq!(
+        w.provider().upgrade(&a, &v("1.14.10")).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        node(&observe(w).await, &a).version.known(),
+        Some(&v("1.14.10"))
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -570,6 +585,7 @@ conformance!(
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
     root_volume_grows_never_shrinks,
+    a_command_waits_for_the_ssm_agent,
     failed_command_leaves_version_unknown,
     crash_between_steps_converges,
     grow_volume_never_shrinks,

@@ -204,7 +204,7 @@ impl Metrics {
             );
             r.register(
                 "fleet_http_connections_crowded",
-                "Connections accepted while every slot was taken: evicted (the longest-waiting silent connection was closed to make room) or shed (closed at once: no connection was silent)",
+                "Connections the server closed to keep its slots for clients that talk: evicted (accepted while every slot was taken, so the longest-waiting silent connection was closed to make room), shed (accepted while every slot was taken and none was silent: closed at once) or timed-out (sent no request within the header timeout)",
                 m.connections.clone(),
             );
             r.register(

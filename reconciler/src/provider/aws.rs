@@ -74,6 +74,10 @@ pub struct AwsOptions {
     pub initial_backoff: Duration,
     /// How long to wait for an SSM command.
     pub command_timeout: Duration,
+    /// How long to wait for an instance's SSM agent to register (SendCommand answers
+    /// `InvalidInstanceId` until then: an instance just started, by a change of type or a
+    /// repair, registers a minute or two after it boots).
+    pub agent_wait: Duration,
     /// Longest to establish a connection to an AWS endpoint.
     pub connect_timeout: Duration,
     /// Longest for one attempt of a call (a request and its answer).
@@ -97,6 +101,7 @@ impl Default for AwsOptions {
             adaptive: true,
             initial_backoff: Duration::from_secs(1),
             command_timeout: Duration::from_secs(600),
+            agent_wait: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(3),
             attempt_timeout: Duration::from_secs(20),
             operation_timeout: Duration::from_secs(60),
@@ -469,17 +474,32 @@ impl AwsProvider {
         comment: &str,
     ) -> Result<String, ProviderError> {
         let id = node.instance_id.as_str();
-        let out = self
-            .ssm
-            .send_command()
-            .document_name("AWS-RunShellScript")
-            .instance_ids(id)
-            .parameters("commands", vec![command.to_string()])
-            .timeout_seconds(self.opts.command_timeout.as_secs().clamp(30, 2_592_000) as i32)
-            .comment(comment.chars().take(100).collect::<String>())
-            .send()
-            .await
-            .map_err(|e| self.err("ssm:SendCommand", Some(id), e))?;
+        let agent_deadline = tokio::time::Instant::now() + self.opts.agent_wait;
+        let out = loop {
+            let sent = self
+                .ssm
+                .send_command()
+                .document_name("AWS-RunShellScript")
+                .instance_ids(id)
+                .parameters("commands", vec![command.to_string()])
+                .timeout_seconds(self.opts.command_timeout.as_secs().clamp(30, 2_592_000) as i32)
+                .comment(comment.chars().take(100).collect::<String>())
+                .send()
+                .await
+                .map_err(|e| self.err("ssm:SendCommand", Some(id), e));
+            match sent {
+                Ok(out) => break out,
+                // The instance's agent has not registered yet (it just booted): nothing
+                // was sent; ask again until it has, within `agent_wait`.
+                Err(ProviderError::Api { ref code, .. })
+                    if code == "InvalidInstanceId"
+                        && tokio::time::Instant::now() < agent_deadline =>
+                {
+                    tokio::time::sleep(self.opts.poll_interval).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let command_id = out
             .command()
             .and_then(|c| c.command_id())

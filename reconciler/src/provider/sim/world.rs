@@ -107,6 +107,12 @@ pub enum SimFault {
         /// Standard error of the failure.
         stderr: String,
     },
+    /// The next `times` SendCommand calls find the instance's SSM agent not registered yet
+    /// (`InvalidInstanceId`): each is a call that sends nothing, and the provider asks again.
+    AgentNotReady {
+        /// Calls.
+        times: u32,
+    },
     /// The next `times` attempts of `op` (or of any call) are throttled.
     Throttle {
         /// Operation name (`RunInstances`…), or any.
@@ -465,6 +471,21 @@ impl World {
         command: &str,
         now: Millis,
     ) -> Result<(), ProviderError> {
+        // An agent that has not registered answers InvalidInstanceId; the provider asks
+        // again (the AWS provider within `agent_wait`), each time one call.
+        while let Some(i) = self
+            .faults
+            .iter()
+            .position(|f| matches!(f, SimFault::AgentNotReady { times } if *times > 0))
+        {
+            self.call("SendCommand")?;
+            if let SimFault::AgentNotReady { times } = &mut self.faults[i] {
+                *times -= 1;
+                if *times == 0 {
+                    self.faults.remove(i);
+                }
+            }
+        }
         self.call("SendCommand")?;
         let key = node.key.clone();
         let mut failed = None;
