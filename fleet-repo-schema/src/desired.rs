@@ -59,8 +59,10 @@ pub struct Fleet {
     pub vpc_id: VpcId,
     /// Subnet of each zone.
     pub subnets: BTreeMap<Zone, SubnetId>,
-    /// Security groups of every node.
+    /// Security groups of every node (besides its coin's own).
     pub security_groups: Vec<SecurityGroupId>,
+    /// Networks each coin's group lets RPC in from.
+    pub rpc_from: Vec<Cidr>,
     /// Node AMI.
     pub node_ami: AmiId,
     /// Node instance profile.
@@ -174,6 +176,8 @@ pub struct HealthSpec {
     pub stall_timeout: Duration,
     /// Not in sync this long after restart fails the gate.
     pub sync_timeout: Duration,
+    /// How long a sync from genesis takes, as the coin file estimates it (plan only).
+    pub full_sync_estimate: Option<Duration>,
     /// http probe settings.
     pub http: Option<HttpSpec>,
 }

@@ -90,8 +90,11 @@ yaml_struct! {
         req vpc_id: VpcId,
         /// One public subnet per availability zone the fleet may use (zone: subnet id).
         req subnets: Entries<Zone, SubnetId>,
-        /// Security groups attached to every node.
-        req security_groups: NonEmpty<SecurityGroupId>,
+        /// Security groups attached to every node, besides the coin's own (at most 4).
+        req security_groups: NonEmpty<Spanned<SecurityGroupId>>,
+        /// Networks the coins' RPC ports are open to in their own security groups (IPv4
+        /// CIDRs, e.g. the VPC's); P2P ports are open to all.
+        opt rpc_from: Vec<Cidr>,
     }
 }
 
@@ -226,6 +229,8 @@ yaml_struct! {
         opt stall_timeout: Spanned<Duration>,
         /// A node not in sync this long after its restart fails its gate (at least 1m); overrides defaults.health.
         opt sync_timeout: Spanned<Duration>,
+        /// How long a new node takes to sync from genesis, e.g. 3d: shown in the plan and its estimate (no gate uses it).
+        opt full_sync_estimate: Duration,
         /// Settings of the http probe (required with probe: http).
         opt http: Spanned<HttpProbe>,
     }

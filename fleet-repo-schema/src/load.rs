@@ -356,7 +356,25 @@ fn err(out: &mut Vec<Diagnostic>, code: Code, file: &str, span: Span, msg: Strin
     out.push(Diagnostic::error(code, file, span, msg).with_help(help));
 }
 
+/// Security groups an instance may have (AWS's default quota per network interface).
+pub const MAX_GROUPS_PER_NODE: usize = 5;
+
 fn check_fleet(out: &mut Vec<Diagnostic>, f: &FleetFile) {
+    // fleet attaches each coin's own group besides these.
+    if let Some(g) = f.network.security_groups.get(MAX_GROUPS_PER_NODE - 1) {
+        err(
+            out,
+            Code::OutOfRange,
+            FLEET_FILE,
+            g.span,
+            format!(
+                "{} security groups: AWS allows {MAX_GROUPS_PER_NODE} per network interface and fleet attaches each coin's own group too, so at most {} here",
+                f.network.security_groups.len(),
+                MAX_GROUPS_PER_NODE - 1
+            ),
+            "merge groups into at most 4: each coin's own group is the fifth, and 5 is AWS's default quota of security groups per network interface",
+        );
+    }
     if let Some(h) = f.defaults.as_ref().and_then(|d| d.health.as_ref()) {
         check_health_timeouts(
             out,
@@ -868,7 +886,13 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
         hosted_zone_id: f.hosted_zone_id.clone(),
         vpc_id: f.network.vpc_id.clone(),
         subnets: f.network.subnets.to_map(),
-        security_groups: f.network.security_groups.0.clone(),
+        security_groups: f
+            .network
+            .security_groups
+            .iter()
+            .map(spanned_value)
+            .collect(),
+        rpc_from: f.network.rpc_from.clone().unwrap_or_default(),
         node_ami: f.node_ami.clone(),
         instance_profile: f.instance_profile.clone(),
         image_registry: f.image_registry.clone(),
@@ -968,6 +992,7 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                     .unwrap_or(Duration(std::time::Duration::from_secs(
                         builtin::SYNC_TIMEOUT_SECS,
                     ))),
+                full_sync_estimate: ch.full_sync_estimate,
                 http: ch.http.as_ref().map(|h| HttpSpec {
                     path: h.value.path.clone(),
                     height_pointer: h.value.height_pointer.clone(),

@@ -269,6 +269,81 @@ impl Decode for EnvValue {
     }
 }
 
+/// An IPv4 network in CIDR notation, such as `10.0.0.0/16`: its address has no bits set
+/// beyond the prefix (`10.0.0.1/16` is refused, as EC2 would read it as another network than
+/// the one its writer may mean). Where fleet lets RPC in from (`network.rpc_from`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct Cidr(String);
+
+impl Cidr {
+    /// The syntax (the network-address rule is checked in [`Cidr::parse`]).
+    pub const PATTERN: &'static str = r"^(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(?:3[0-2]|[12]?[0-9])$";
+
+    /// Check `s` and wrap it.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(Cidr::PATTERN).expect("valid"));
+        let expected = || "expected an IPv4 network such as 10.0.0.0/16".to_string();
+        if s.len() > 18 || !RE.is_match(s) {
+            return Err(expected());
+        }
+        let (addr, prefix) = s.split_once('/').ok_or_else(expected)?;
+        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| expected())?;
+        let prefix: u32 = prefix.parse().map_err(|_| expected())?;
+        let bits = u32::from(addr);
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        if bits & !mask != 0 {
+            return Err(format!(
+                "has bits set beyond its /{prefix} prefix: the network is {}/{prefix}",
+                std::net::Ipv4Addr::from(bits & mask)
+            ));
+        }
+        Ok(Cidr(s.to_string()))
+    }
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        Cidr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Decode for Cidr {
+    fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+        let text = String::decode(node, cx)?;
+        Cidr::parse(&text)
+            .map_err(|why| {
+                let p = cx.path();
+                let shown = show(&text);
+                cx.report(
+                    Code::Identifier,
+                    node.span,
+                    format!("`{p}` is {shown}: {why}"),
+                    "write the network's address and prefix length, e.g. 10.0.0.0/16 for the VPC or 10.0.5.0/24 for the reconciler's subnet",
+                );
+            })
+            .ok()
+    }
+    fn schema() -> Json {
+        json!({"type": "string", "pattern": Cidr::PATTERN, "maxLength": 18})
+    }
+}
+
 /// Declare an integer newtype with a range.
 macro_rules! bounded_int {
     ($(
@@ -559,6 +634,33 @@ impl Decode for TagPattern {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cidr_is_an_ipv4_network_address_with_its_prefix() {
+        for ok in [
+            "10.0.0.0/16",
+            "0.0.0.0/0",
+            "192.168.1.7/32",
+            "172.16.0.0/12",
+        ] {
+            assert_eq!(Cidr::parse(ok).unwrap().as_str(), ok);
+        }
+        assert_eq!(
+            Cidr::parse("10.0.0.1/16").unwrap_err(),
+            "has bits set beyond its /16 prefix: the network is 10.0.0.0/16"
+        );
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "256.0.0.0/8",
+            "::/0",
+            "10.0.0.0/16 ",
+            "010.0.0.0/8",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

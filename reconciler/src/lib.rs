@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod demo;
 pub mod events;
 pub mod health;
+pub mod network;
 pub mod node;
 pub mod node_config;
 #[cfg(feature = "bots")]

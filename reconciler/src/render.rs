@@ -141,6 +141,7 @@ pub fn plan_human(plan: &Plan, desired: &Desired, st: Style) -> String {
                 WaveKind::Rollout => zone.to_string(),
                 WaveKind::Retire => format!("{zone}  retire"),
                 WaveKind::Cleanup => "DNS clean-up".into(),
+                WaveKind::Network => "network: the coin's security group".into(),
             };
             let gated = if w.kind == WaveKind::Repair {
                 st.dim("  then gate")

@@ -608,6 +608,7 @@ pub fn probe_target(
             max_lag_blocks: 0,
             stall_timeout: values::Duration(Duration::from_secs(60)),
             sync_timeout: values::Duration(Duration::from_secs(600)),
+            full_sync_estimate: None,
             http: http.map(|(path, height, target)| HttpSpec {
                 path: values::HttpPath::parse(path).expect("an HTTP path"),
                 height_pointer: values::JsonPointer::parse(height).expect("a JSON pointer"),

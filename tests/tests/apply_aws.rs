@@ -234,6 +234,10 @@ async fn tags_and_security_groups_converge_on_aws() {
     );
     let desired = Arc::new(desired);
     let observed = fleet_tests::observe(&world.aws, &desired).await;
+    let own = reconciler::network::CoinNetwork::of(&desired.fleet, &desired.coins["litecoin"])
+        .find(observed.groups.as_deref().unwrap_or_default())
+        .map(|g| g.group_id.clone());
+    assert!(own.is_some(), "litecoin's own group: {:?}", observed.groups);
     let p = plan(&desired, &observed, SystemClock.now_ms());
     let names: Vec<&str> = p
         .coins
@@ -285,7 +289,13 @@ async fn tags_and_security_groups_converge_on_aws() {
             .iter()
             .filter_map(|g| g.group_id())
             .collect();
-        assert_eq!(groups, [group.as_str()]);
+        // fleet.yaml's new group and the coin's own (made when litecoin was launched).
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        assert!(groups.contains(&group.as_str()), "{groups:?}");
+        assert!(
+            groups.iter().any(|g| own.as_deref() == Some(*g)),
+            "{groups:?} has the coin's own {own:?}"
+        );
         assert!(
             i.tags()
                 .iter()

@@ -59,6 +59,21 @@ impl Rig {
         }
     }
 
+    /// `base` seeded at its own versions, to be taken to `desired`. Call inside a paused
+    /// runtime.
+    fn seeded(base: &Desired, desired: Desired) -> Rig {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new(T0));
+        let sim = SimProvider::new(Arc::clone(&clock), SimConfig::default());
+        sim.seed(base, &BTreeMap::new()).unwrap();
+        Rig {
+            desired: Arc::new(desired),
+            sim,
+            clock,
+            journal: Arc::new(Journal::in_memory()),
+            rec: Arc::new(RecordingNotifier::default()),
+        }
+    }
+
     async fn plan(&self) -> Plan {
         let o = fleet_tests::observe(&self.sim, &self.desired).await;
         plan(&self.desired, &o, self.clock.now_ms())
@@ -732,4 +747,61 @@ async fn a_new_coin_syncs_from_genesis_past_sync_timeout_while_it_progresses() {
         })
         .count();
     assert!(etas > 0, "no gate reading carried an ETA");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconfiguration_the_daemon_refuses_stops_at_its_first_node() {
+    // litecoin runs as the example says; then the coin file gains a setting its daemon
+    // refuses. The first node restarts into it and stays down (the simulator does not bring
+    // it back); the rollout stops there, the coin's other nodes untouched.
+    let base = desired_of(&example_tree());
+    let mut changed = base.clone();
+    let ltc = changed.coins.get_mut("litecoin").unwrap();
+    ltc.container_config.insert(
+        fleet_repo_schema::values::EnvName::parse("DBCACHE").unwrap(),
+        fleet_repo_schema::values::EnvValue::parse("-1").unwrap(),
+    );
+    let rig = Rig::seeded(&base, changed);
+    rig.sim.inject(SimFault::RejectsConfig {
+        coin: "litecoin".into(),
+        contains: "DBCACHE=-1".into(),
+    });
+    let p = rig.plan().await;
+    let cp = p.coin("litecoin").expect("litecoin is reconfigured");
+    assert!(
+        cp.waves.iter().flat_map(|w| &w.steps).all(|s| matches!(
+            s.action,
+            reconciler::plan::Action::Reconfigure { restart: true, .. }
+        )),
+        "{cp:#?}"
+    );
+    assert_eq!(p.coins.len(), 1, "only litecoin changes: {p:#?}");
+    let (report, worst) = rig.apply().await;
+    let ltc = report.coins.iter().find(|c| c.coin == "litecoin").unwrap();
+    let CoinOutcome::Failed { failure } = &ltc.outcome else {
+        panic!("{:?}", ltc.outcome)
+    };
+    let first = &rig.desired.coins["litecoin"].nodes[0];
+    let first_key = NodeKey::of(first);
+    assert_eq!(failure.node(), Some(&first_key), "{failure}");
+    let reconfigured: Vec<_> = rig
+        .sim
+        .commands()
+        .into_iter()
+        .filter(|c| c.key.coin.as_str() == "litecoin" && c.command.contains("apply-config"))
+        .collect();
+    assert_eq!(
+        reconfigured.len(),
+        1,
+        "only the first node: {reconfigured:#?}"
+    );
+    assert!(worst["litecoin"] <= 1, "{worst:?}");
+    // Still down: nothing the simulator does brings a refused configuration back up.
+    let id = &reconfigured[0].instance_id;
+    rig.clock.sleep(3_600_000).await;
+    let status = rig.sim.chain_status(id);
+    assert!(
+        status.as_ref().is_err_and(|e| e.contains("exits at start")),
+        "{status:?}"
+    );
 }

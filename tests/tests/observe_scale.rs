@@ -161,7 +161,8 @@ async fn sim_counts_pages_like_aws() {
     sim.seed(&d, &BTreeMap::new()).unwrap();
     let o = w.provider().observe(&Scope::of(&d.fleet)).await.unwrap();
     assert_eq!(o.instances.len(), total);
-    // ceil(1500/1000) + ceil(1500/500) + 1 + ceil(1500/300)
+    // ceil(1500/1000) instances + ceil(1500/500) volumes + 1 snapshots + 1 security groups (six
+    // coins, one page) + ceil(1500/300) records
     assert_eq!(total, 1500);
-    assert_eq!(o.api_calls, 2 + 3 + 1 + 5);
+    assert_eq!(o.api_calls, 2 + 3 + 1 + 1 + 5);
 }

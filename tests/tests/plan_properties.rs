@@ -235,6 +235,8 @@ struct ModelNode {
 #[derive(Debug, Default)]
 struct Model {
     nodes: BTreeMap<NodeKey, ModelNode>,
+    /// Each seeded coin's own security group: its inbound rules.
+    groups: BTreeMap<String, Vec<reconciler::network::IngressRule>>,
     /// Records left pointing at no node.
     stray: Vec<String>,
 }
@@ -281,6 +283,10 @@ async fn build(case: &Case, clock: Arc<dyn Clock>) -> World {
     sim.seed(&variant, &versions).unwrap();
     let mut model = Model::default();
     for coin in variant.coins.values() {
+        model.groups.insert(
+            coin.name.to_string(),
+            reconciler::network::CoinNetwork::of(&variant.fleet, coin).rules,
+        );
         for slot in &coin.nodes {
             model.nodes.insert(
                 NodeKey::of(slot),
@@ -422,6 +428,12 @@ fn expected_steps(d: &Desired, m: &Model) -> BTreeSet<(String, String)> {
         );
     };
     for coin in d.coins.values() {
+        // The coin's own group: made when the world's repository had no such coin, brought
+        // in step when its ports changed.
+        let rules = reconciler::network::CoinNetwork::of(&d.fleet, coin).rules;
+        if m.groups.get(coin.name.as_str()) != Some(&rules) {
+            add("set-coin-network", format!("fleet-{}", coin.name));
+        }
         let names: BTreeSet<&str> = coin.nodes.iter().map(|s| s.dns_name.as_str()).collect();
         for slot in &coin.nodes {
             let key = NodeKey::of(slot);
@@ -487,6 +499,7 @@ fn actual_steps(p: &Plan) -> Result<BTreeSet<(String, String)>, TestCaseError> {
             for s in &w.steps {
                 let who = match &s.action {
                     Action::DeleteDns { record } => record.name.clone(),
+                    Action::SetCoinNetwork { name, .. } => name.clone(),
                     _ => s.node.as_ref().map(|n| n.to_string()).unwrap_or_default(),
                 };
                 let fresh = out.insert((s.action.name().to_string(), who.clone()));
@@ -508,10 +521,11 @@ fn check_shape(p: &Plan, d: &Desired, model: &Model) -> Result<(), TestCaseError
             cp.coin
         );
         let phase = |k: WaveKind| match k {
-            WaveKind::Repair => 0,
-            WaveKind::Rollout => 1,
-            WaveKind::Retire => 2,
-            WaveKind::Cleanup => 3,
+            WaveKind::Network => 0,
+            WaveKind::Repair => 1,
+            WaveKind::Rollout => 2,
+            WaveKind::Retire => 3,
+            WaveKind::Cleanup => 4,
         };
         let mut last_phase = 0;
         let mut last_zone = 0;
@@ -555,7 +569,7 @@ fn check_shape(p: &Plan, d: &Desired, model: &Model) -> Result<(), TestCaseError
                     let stopped = model.nodes.get(node).is_some_and(|n| n.stopped);
                     prop_assert!(stopped, "{}: repair of {} which is up", cp.coin, node);
                 }
-            } else if w.kind != WaveKind::Cleanup {
+            } else if !matches!(w.kind, WaveKind::Cleanup | WaveKind::Network) {
                 prop_assert!(
                     w.disrupted().len() as u32 <= cp.max_unavailable,
                     "{}: wave {i} in {:?} takes {} nodes down, max_unavailable {}",

@@ -72,7 +72,8 @@ fn the_demo_plan() {
 fn a_bootstrap_plan_launches_every_node() {
     let d = example_desired().unwrap();
     let p = plan_of(&d, &sim());
-    assert_eq!(p.step_count(), d.nodes().count());
+    // A launch per node, and each coin's own security group made first.
+    assert_eq!(p.step_count(), d.nodes().count() + d.coins.len());
     check_snapshot("plan-bootstrap.txt", &plan_human(&p, &d, PLAIN));
 }
 

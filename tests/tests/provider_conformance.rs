@@ -4,6 +4,7 @@
 
 use fleet_repo_schema::values::{InstanceType, Version};
 use fleet_tests::world::{AwsWorld, Fault, SimWorld, TestWorld};
+use reconciler::network::{IngressRule, Protocol, Source};
 use reconciler::node::NodeKey;
 use reconciler::plan::{Observed, ObservedNode, Orphan, OrphanReason};
 use reconciler::provider::{
@@ -493,7 +494,16 @@ async fn p2p_nodes_get_a_public_address(w: &dyn TestWorld) {
     let o = observe(w).await;
     let na = node(&o, &a);
     assert_eq!(na.public_ip, Some(true));
-    assert_eq!(na.security_groups.as_deref(), Some(&s.security_groups[..]));
+    let own = s
+        .network
+        .find(o.groups.as_deref().expect("groups observed"))
+        .expect("the coin's own group")
+        .group_id
+        .clone();
+    let mut want = s.security_groups.clone();
+    want.push(own);
+    want.sort();
+    assert_eq!(na.security_groups.as_deref(), Some(&want[..]));
     let nb = o.nodes.iter().find(|n| n.instance_id == b).unwrap();
     assert_eq!(nb.public_ip, Some(false));
 }
@@ -551,6 +561,76 @@ async fn a_command_waits_for_the_ssm_agent(w: &dyn TestWorld) {
     );
 }
 
+/// A launch makes the coin's own security group (named, tagged, with exactly the rules its
+/// ports ask for) and puts the node in it besides fleet.yaml's groups; the coin's next node
+/// shares it. Changed rules are brought in step (one added, one revoked), then nothing
+/// changes; another coin gets a group of its own.
+async fn the_coins_own_group_is_made_and_kept(w: &dyn TestWorld) {
+    let s = spec(w, "bitcoin", 0, None);
+    assert!(
+        s.network
+            .rules
+            .iter()
+            .any(|r| r.source == Source::Ipv4("0.0.0.0/0".into())),
+        "P2P is open to all: {:?}",
+        s.network.rules
+    );
+    assert!(
+        s.network
+            .rules
+            .iter()
+            .any(|r| r.from_port == 8332 && r.source == Source::Ipv4("10.20.0.0/16".into())),
+        "RPC from network.rpc_from: {:?}",
+        s.network.rules
+    );
+    let a = launch(w, "bitcoin", 0).await;
+    let b = launch(w, "bitcoin", 1).await;
+    let o = observe(w).await;
+    let groups = o.groups.clone().expect("groups observed");
+    assert_eq!(groups.len(), 1, "one group for the coin: {groups:#?}");
+    let g = &groups[0];
+    assert_eq!(
+        (g.name.as_str(), g.coin.as_deref(), g.vpc_id.as_str()),
+        ("fleet-bitcoin", Some("bitcoin"), s.network.vpc_id.as_str())
+    );
+    assert_eq!(g.rules, s.network.rules);
+    for n in [&a, &b] {
+        assert!(
+            node(&o, n)
+                .security_groups
+                .as_ref()
+                .is_some_and(|gs| gs.contains(&g.group_id)),
+            "{} is in the coin's group",
+            n.key
+        );
+    }
+
+    let mut net = s.network.clone();
+    let dropped = net.rules.pop().expect("rules");
+    net.rules.push(IngressRule {
+        protocol: Protocol::Tcp,
+        from_port: 8332,
+        to_port: 8332,
+        source: Source::Ipv4("192.168.0.0/24".into()),
+    });
+    net.rules.sort();
+    let (id, outcome) = w.provider().ensure_coin_network(&net).await.unwrap();
+    assert_eq!((id.as_str(), outcome), (g.group_id.as_str(), Outcome::Done));
+    let after = observe(w).await.groups.unwrap();
+    assert_eq!(after[0].rules, net.rules);
+    assert!(!after[0].rules.contains(&dropped));
+    assert_eq!(
+        w.provider().ensure_coin_network(&net).await.unwrap(),
+        (g.group_id.clone(), Outcome::AlreadyDone)
+    );
+
+    let other = spec(w, "litecoin", 0, None).network;
+    let (lid, outcome) = w.provider().ensure_coin_network(&other).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    assert_ne!(lid, g.group_id);
+    assert_eq!(observe(w).await.groups.unwrap().len(), 2);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -584,6 +664,7 @@ conformance!(
     upgrade_targets_one_instance,
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
+    the_coins_own_group_is_made_and_kept,
     root_volume_grows_never_shrinks,
     a_command_waits_for_the_ssm_agent,
     failed_command_leaves_version_unknown,

@@ -100,6 +100,7 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "health.max_lag_blocks" => "5",
             "health.stall_timeout" => "2h",
             "health.sync_timeout" => "24h",
+            "health.full_sync_estimate" => "5d",
             k if k.starts_with("health.http.") => {
                 return Err("only with `probe: http`, which the example's bitcoin does not use");
             }
@@ -134,6 +135,7 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
                 "{ eu-central-1a: subnet-0aaaaaaaaaaaaaaa9, eu-central-1b: subnet-0bbbbbbbbbbbbbbb9, eu-central-1c: subnet-0ccccccccccccccc9 }"
             }
             "network.security_groups" => "[sg-0fedcba9876543210]",
+            "network.rpc_from" => "[10.20.0.0/16, 192.168.0.0/24]",
             k if k.starts_with("defaults.") => {
                 return Err("a default: the coin's own key covers what it does");
             }

@@ -419,7 +419,7 @@ impl Executor {
                         });
                     }
                 }
-                (WaveKind::Retire | WaveKind::Cleanup, _) => {
+                (WaveKind::Network | WaveKind::Retire | WaveKind::Cleanup, _) => {
                     self.run_steps(run, wave, report).await?;
                 }
                 (WaveKind::Repair | WaveKind::Rollout, None) => {

@@ -4,6 +4,7 @@
 
 use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
 use crate::events::{Event, Failure, StepOutcome};
+use crate::network::CoinNetwork;
 use crate::node::NodeKey;
 use crate::node_config::NodeFiles;
 use crate::plan::{Action, Step, Wave};
@@ -109,6 +110,12 @@ impl Executor {
                 key,
             })
         };
+        let coin_network = || -> Result<CoinNetwork, ProviderError> {
+            let coin = run
+                .coin()
+                .map_err(|_| ProviderError::Setup(format!("coin {} missing", run.cp.coin)))?;
+            Ok(CoinNetwork::of(&desired.fleet, coin))
+        };
         let zone_id = desired.fleet.hosted_zone_id.as_str();
         match &step.action {
             Action::Launch { snapshot_id, .. } => {
@@ -165,8 +172,17 @@ impl Executor {
             Action::SetTags { volume_id, set } => {
                 Ok((None, p.set_tags(&node()?, volume_id.as_deref(), set).await?))
             }
+            Action::SetCoinNetwork { .. } => {
+                let (_, o) = p.ensure_coin_network(&coin_network()?).await?;
+                Ok((None, o))
+            }
             Action::SetSecurityGroups { to, .. } => {
-                Ok((None, p.set_security_groups(&node()?, to).await?))
+                // The coin's own group by what the world says now (the network step before
+                // made it, or a crash did and this finds it).
+                let (own, _) = p.ensure_coin_network(&coin_network()?).await?;
+                let mut groups = to.clone();
+                groups.push(own);
+                Ok((None, p.set_security_groups(&node()?, &groups).await?))
             }
             Action::GrowRootVolume { to_gb, .. } => {
                 Ok((None, p.grow_root_volume(&node()?, *to_gb).await?))

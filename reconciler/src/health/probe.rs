@@ -1018,6 +1018,7 @@ mod tests {
                 max_lag_blocks: 0,
                 stall_timeout: values::Duration(Duration::from_secs(60)),
                 sync_timeout: values::Duration(Duration::from_secs(600)),
+                full_sync_estimate: None,
                 http: (probe == Probe::Http).then(|| HttpSpec {
                     path: HttpPath::parse("/info").unwrap(),
                     height_pointer: JsonPointer::parse("/h").unwrap(),

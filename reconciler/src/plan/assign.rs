@@ -50,6 +50,9 @@ pub struct ObservedNode {
     /// Its root volume (None: not observed).
     #[serde(default)]
     pub root_volume: Option<ObservedVolume>,
+    /// Its VPC (None: not observed).
+    #[serde(default)]
+    pub vpc_id: Option<String>,
 }
 
 impl ObservedNode {
@@ -69,6 +72,7 @@ impl ObservedNode {
             security_groups: i.security_groups,
             public_ip: i.public_ip,
             root_volume: i.root_volume,
+            vpc_id: i.vpc_id,
         }
     }
 
@@ -167,6 +171,9 @@ pub struct Observed {
     pub snapshots: Vec<SnapshotInfo>,
     /// Node-like DNS records under the fleet's domain, sorted by name.
     pub dns: Vec<DnsRecord>,
+    /// The managed security groups (the coins' own), by group id (None: not observed).
+    #[serde(default)]
+    pub groups: Option<Vec<crate::network::ObservedGroup>>,
     /// API calls the observation made.
     pub api_calls: u64,
 }
@@ -180,6 +187,7 @@ impl Observed {
             instances,
             dns,
             snapshots,
+            groups,
             api_calls,
         } = observation;
         let mut by_ip: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -248,6 +256,7 @@ impl Observed {
             orphans,
             snapshots,
             dns,
+            groups,
             api_calls,
         }
     }

@@ -28,6 +28,9 @@ pub(super) fn plan_coin(
     let coin_nodes = observed.nodes_of(&coin.name);
     // A coin's nodes mostly run one or two versions: classify each once.
     let mut classes: BTreeMap<&str, Class> = BTreeMap::new();
+    // The coin's own security group: Some(None) when groups were read and it has none.
+    let net = crate::network::CoinNetwork::of(&desired.fleet, coin);
+    let coin_group = observed.groups.as_deref().map(|gs| net.find(gs));
     let newest_snapshot = snapshots
         .iter()
         .filter(|s| s.state != "error" && s.size_gb <= coin.data_volume_gb)
@@ -61,6 +64,11 @@ pub(super) fn plan_coin(
                         version: coin.version.clone(),
                         instance_type: coin.instance_type.clone(),
                         data_volume_gb: coin.data_volume_gb,
+                        full_sync_ms: snapshot_id
+                            .is_none()
+                            .then_some(coin.health.full_sync_estimate)
+                            .flatten()
+                            .map(|d| d.0.as_millis() as u64),
                         snapshot_id,
                         dns_name: slot.dns_name.clone(),
                     },
@@ -299,7 +307,13 @@ pub(super) fn plan_coin(
                     format!("tags {} differ from the coin file", keys.join(", ")),
                 ));
             }
-            if let Some(have) = &n.security_groups {
+            // A node in another VPC than fleet.yaml's (the fleet moved) keeps its groups: none
+            // of the fleet's VPC can be attached to it; it is replaced by hand.
+            let other_vpc = n
+                .vpc_id
+                .as_deref()
+                .is_some_and(|v| v != desired.fleet.vpc_id.as_str());
+            if let Some(have) = n.security_groups.as_ref().filter(|_| !other_vpc) {
                 let mut want: Vec<String> = desired
                     .fleet
                     .security_groups
@@ -308,13 +322,29 @@ pub(super) fn plan_coin(
                     .collect();
                 want.sort();
                 want.dedup();
-                if *have != want {
+                // With the coin's own group when groups were read (it is made first when
+                // missing, so the node lacks it).
+                let own = coin_group.flatten().map(|g| g.group_id.clone());
+                let mut all = want.clone();
+                all.extend(own.clone());
+                all.sort();
+                let differs = match coin_group {
+                    Some(None) => true,
+                    _ => *have != all,
+                };
+                if differs {
+                    let reason = if have.iter().all(|g| want.contains(g)) && own.is_none() {
+                        format!("the node lacks the coin's own group {}", net.group_name())
+                    } else {
+                        "the instance's security groups are not fleet.yaml's network.security_groups and the coin's own".into()
+                    };
                     steps.push(step(
                         Action::SetSecurityGroups {
                             from: have.clone(),
                             to: want,
+                            coin_group: own,
                         },
-                        "fleet.yaml network.security_groups differ from the instance's".into(),
+                        reason,
                     ));
                 }
             }
@@ -362,6 +392,57 @@ pub(super) fn plan_coin(
     let batch = max_unavailable.saturating_sub(down_elsewhere).max(1) as usize;
 
     let mut waves = Vec::new();
+    // A missing group is made when something will use it: a node in the fleet's VPC, or a
+    // launch (which makes it anyway).
+    let needs_group = coin_nodes.iter().any(|n| {
+        n.vpc_id
+            .as_deref()
+            .is_none_or(|v| v == desired.fleet.vpc_id.as_str())
+    }) || zones.iter().any(|(_, d, _)| {
+        d.iter()
+            .flatten()
+            .any(|s| matches!(s.action, Action::Launch { .. }))
+    });
+    let network = match coin_group {
+        Some(None) if !needs_group => None,
+        Some(None) => Some(Action::SetCoinNetwork {
+            group_id: None,
+            name: net.group_name(),
+            add: net.rules.clone(),
+            revoke: vec![],
+        }),
+        Some(Some(g)) => {
+            let change = net.diff(&g.rules);
+            (!change.is_empty()).then(|| Action::SetCoinNetwork {
+                group_id: Some(g.group_id.clone()),
+                name: net.group_name(),
+                add: change.add,
+                revoke: change.revoke,
+            })
+        }
+        None => None,
+    };
+    if let Some(action) = network {
+        let reason = match &action {
+            Action::SetCoinNetwork { group_id: None, .. } => {
+                "the coin has no security group of its own".to_string()
+            }
+            _ => "the group's inbound rules differ from the coin's ports and network.rpc_from"
+                .to_string(),
+        };
+        waves.push(Wave {
+            kind: WaveKind::Network,
+            zone: None,
+            part: 1,
+            parts: 1,
+            steps: vec![Step {
+                node: None,
+                instance_id: None,
+                action,
+                reason,
+            }],
+        });
+    }
     let mut estimate_ms = 0;
     for (zone, steps) in repairs {
         estimate_ms += steps

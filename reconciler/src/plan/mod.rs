@@ -254,6 +254,9 @@ impl Serialize for ApprovalTarget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WaveKind {
+    /// The coin's own security group is made or its rules brought in step (first: launches
+    /// and attachments need it; takes nothing down).
+    Network,
     /// Nodes of a zone that are down now are brought back up (started, or their type change
     /// finished) before any rollout; they pass their gate, without a bake.
     Repair,
@@ -318,6 +321,9 @@ pub enum Action {
         data_volume_gb: u32,
         /// Snapshot its data volume starts from.
         snapshot_id: Option<String>,
+        /// Without a snapshot: how long the sync from genesis takes, as the coin file's
+        /// `health.full_sync_estimate` says (None: it does not say).
+        full_sync_ms: Option<u64>,
         /// DNS name it gets.
         dns_name: String,
     },
@@ -352,12 +358,26 @@ pub enum Action {
         /// Key → value, only those that differ.
         set: BTreeMap<String, String>,
     },
-    /// Attach exactly fleet.yaml's `network.security_groups` (online).
+    /// Make the coin's own security group, or bring its inbound rules in step (online).
+    SetCoinNetwork {
+        /// The group (None: it does not exist yet and is made).
+        group_id: Option<String>,
+        /// Its name, `fleet-<coin>`.
+        name: String,
+        /// Rules to add.
+        add: Vec<crate::network::IngressRule>,
+        /// Rules to revoke.
+        revoke: Vec<crate::network::IngressRule>,
+    },
+    /// Attach exactly fleet.yaml's `network.security_groups` and the coin's own group
+    /// (online).
     SetSecurityGroups {
         /// Groups now.
         from: Vec<String>,
-        /// Groups wanted, sorted.
+        /// fleet.yaml's groups, sorted (the coin's own joins them).
         to: Vec<String>,
+        /// The coin's own group (None: made by this plan's network step, id not known yet).
+        coin_group: Option<String>,
     },
     /// Grow the root volume, its partition and file system (online).
     GrowRootVolume {
@@ -422,6 +442,11 @@ impl Action {
     /// Rough duration.
     pub fn estimate_ms(&self) -> u64 {
         match self {
+            Action::Launch {
+                snapshot_id: None,
+                full_sync_ms: Some(ms),
+                ..
+            } => estimate::LAUNCH_MS.max(*ms),
             Action::Launch { .. } => estimate::LAUNCH_MS,
             Action::Upgrade { .. } => estimate::UPGRADE_MS,
             Action::ChangeType { .. } => estimate::CHANGE_TYPE_MS,
@@ -434,6 +459,7 @@ impl Action {
             | Action::SetDns { .. }
             | Action::DeleteDns { .. }
             | Action::SetTags { .. }
+            | Action::SetCoinNetwork { .. }
             | Action::SetSecurityGroups { .. } => 0,
         }
     }
@@ -444,6 +470,7 @@ impl Action {
             Action::Upgrade { .. } => "upgrade",
             Action::Reconfigure { .. } => "reconfigure",
             Action::SetTags { .. } => "set-tags",
+            Action::SetCoinNetwork { .. } => "set-coin-network",
             Action::SetSecurityGroups { .. } => "set-security-groups",
             Action::GrowVolume { .. } => "grow-volume",
             Action::GrowRootVolume { .. } => "grow-root-volume",
@@ -464,15 +491,24 @@ impl fmt::Display for Action {
                 instance_type,
                 data_volume_gb,
                 snapshot_id,
+                full_sync_ms,
                 ..
             } => {
                 write!(
                     f,
                     "launch {version} on {instance_type}, {data_volume_gb} GB"
                 )?;
-                match snapshot_id {
-                    Some(s) => write!(f, " from {s}"),
-                    None => write!(f, " (empty volume: full sync)"),
+                match (snapshot_id, full_sync_ms) {
+                    (Some(s), _) => write!(f, " from {s}"),
+                    (None, Some(ms)) => write!(
+                        f,
+                        " (empty volume: full sync, about {} by health.full_sync_estimate)",
+                        fleet_repo_schema::human_ms(*ms)
+                    ),
+                    (None, None) => write!(
+                        f,
+                        " (empty volume: full sync; health.full_sync_estimate would say how long)"
+                    ),
                 }
             }
             Action::Upgrade {
@@ -516,8 +552,47 @@ impl fmt::Display for Action {
                 }
                 Ok(())
             }
-            Action::SetSecurityGroups { from, to } => {
-                write!(f, "security groups {} → {}", from.join(", "), to.join(", "))
+            Action::SetCoinNetwork {
+                group_id,
+                name,
+                add,
+                revoke,
+            } => {
+                match group_id {
+                    None => write!(f, "create security group {name}")?,
+                    Some(id) => write!(f, "security group {name} ({id})")?,
+                }
+                let list = |rules: &[crate::network::IngressRule]| {
+                    rules
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                if !add.is_empty() {
+                    write!(f, ": allow {}", list(add))?;
+                }
+                if !revoke.is_empty() {
+                    let sep = if add.is_empty() { ":" } else { ";" };
+                    write!(f, "{sep} revoke {}", list(revoke))?;
+                }
+                Ok(())
+            }
+            Action::SetSecurityGroups {
+                from,
+                to,
+                coin_group,
+            } => {
+                write!(
+                    f,
+                    "security groups {} → {} and the coin's own",
+                    from.join(", "),
+                    to.join(", ")
+                )?;
+                match coin_group {
+                    Some(id) => write!(f, " {id}"),
+                    None => Ok(()),
+                }
             }
             // A change of type that stopped half way, already at the wanted type.
             Action::ChangeType { from, to } if from == to.as_str() => {
@@ -733,6 +808,22 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
                     ),
                 });
             }
+        }
+    }
+
+    // A coin's own group outlives the coin: fleet does not delete groups (an instance fleet
+    // does not manage may use one), it says so.
+    for g in observed.groups.iter().flatten() {
+        if let Some(coin) = &g.coin
+            && !desired.coins.contains_key(coin.as_str())
+        {
+            flagged.push(Flag {
+                what: g.group_id.clone(),
+                reason: format!(
+                    "security group {} is coin {coin}'s, which is no longer in the fleet repository: delete it once no instance uses it (fleet does not delete security groups)",
+                    g.name
+                ),
+            });
         }
     }
 

@@ -123,6 +123,14 @@ impl World {
     fn observed(self, d: &Desired) -> Observed {
         Observed::assign(d, Observation::new(self.instances, self.dns, vec![], 0))
     }
+
+    /// Observed with the managed security groups read too.
+    fn observed_with(self, d: &Desired, groups: Vec<crate::network::ObservedGroup>) -> Observed {
+        Observed::assign(
+            d,
+            Observation::new(self.instances, self.dns, vec![], 0).with_groups(groups),
+        )
+    }
 }
 
 fn disrupted(w: &Wave) -> Vec<String> {
@@ -642,7 +650,7 @@ fn tags_and_security_groups_converge_without_taking_a_node_down() {
         first,
         [
             "tag CostCenter=trading",
-            "security groups sg-0123456789abcdef0 → sg-0fedcba9876543210"
+            "security groups sg-0123456789abcdef0 → sg-0fedcba9876543210 and the coin's own"
         ]
     );
     // Observed without its groups (a provider that does not read them): no step for them.
@@ -695,4 +703,102 @@ fn a_larger_root_volume_grows_online_and_a_smaller_one_is_only_said() {
     assert!(p.is_empty());
     assert_eq!(p.flagged.len(), 6);
     assert!(p.flagged[0].reason.contains("cannot shrink"));
+}
+
+#[test]
+fn the_coins_own_group_is_made_first_then_kept_in_step() {
+    use crate::network::{CoinNetwork, IngressRule, ObservedGroup, Protocol, Source};
+    let d = desired("28.1", "");
+    let fleet_group = "sg-0123456789abcdef0".to_string();
+    let in_groups = |groups: Vec<String>| {
+        let mut w = World::running(&d, "28.1");
+        for i in &mut w.instances {
+            *i = i.clone().with_security_groups(groups.clone());
+        }
+        w
+    };
+    // No group yet: made first (P2P from anywhere; no rpc_from, so no RPC rule), then every
+    // node joins it; nothing goes down.
+    let p = plan(
+        &d,
+        &in_groups(vec![fleet_group.clone()]).observed_with(&d, vec![]),
+        0,
+    );
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.waves[0].kind, WaveKind::Network);
+    assert_eq!(
+        cp.waves[0].steps[0].action.to_string(),
+        "create security group fleet-bitcoin: allow tcp 8333 from 0.0.0.0/0, udp 8333 from 0.0.0.0/0"
+    );
+    assert_eq!(cp.step_count(), 7, "{:#?}", actions(cp));
+    assert!(cp.waves.iter().all(|w| disrupted(w).is_empty()));
+    assert!(
+        cp.waves[1..]
+            .iter()
+            .flat_map(|w| &w.steps)
+            .all(|s| matches!(
+                &s.action,
+                Action::SetSecurityGroups {
+                    coin_group: None,
+                    ..
+                }
+            ))
+    );
+
+    // The group as it should be, every node in it: nothing to do.
+    let net = CoinNetwork::of(&d.fleet, &d.coins["bitcoin"]);
+    let group = |rules: Vec<IngressRule>| ObservedGroup {
+        group_id: "sg-0000000000000000c".into(),
+        name: net.group_name(),
+        coin: Some("bitcoin".into()),
+        vpc_id: net.vpc_id.clone(),
+        rules,
+    };
+    let both = vec![fleet_group.clone(), "sg-0000000000000000c".to_string()];
+    let p = plan(
+        &d,
+        &in_groups(both.clone()).observed_with(&d, vec![group(net.rules.clone())]),
+        0,
+    );
+    assert!(p.is_empty(), "{p:#?}");
+
+    // rpc_from set, and a rule someone added by hand: one online step adds and revokes.
+    let mut d2 = d.clone();
+    d2.fleet.rpc_from = vec![fleet_repo_schema::values::Cidr::parse("10.20.0.0/16").unwrap()];
+    let stray = IngressRule {
+        protocol: Protocol::Tcp,
+        from_port: 22,
+        to_port: 22,
+        source: Source::Ipv4("0.0.0.0/0".into()),
+    };
+    let mut rules = net.rules.clone();
+    rules.push(stray);
+    let p = plan(
+        &d2,
+        &in_groups(both.clone()).observed_with(&d2, vec![group(rules)]),
+        0,
+    );
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 1, "{:#?}", actions(cp));
+    assert_eq!(
+        cp.waves[0].steps[0].action.to_string(),
+        "security group fleet-bitcoin (sg-0000000000000000c): allow tcp 8332 from 10.20.0.0/16; revoke tcp 22 from 0.0.0.0/0"
+    );
+
+    // The group of a coin that is gone is said, never deleted.
+    let mut gone = group(vec![]);
+    gone.coin = Some("monero".into());
+    gone.name = "fleet-monero".into();
+    let p = plan(
+        &d,
+        &in_groups(both).observed_with(&d, vec![group(net.rules.clone()), gone]),
+        0,
+    );
+    assert!(p.is_empty());
+    assert_eq!(p.flagged.len(), 1);
+    assert!(
+        p.flagged[0]
+            .reason
+            .contains("no longer in the fleet repository")
+    );
 }

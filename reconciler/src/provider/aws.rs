@@ -16,6 +16,7 @@ use super::commands::{
 };
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
+use crate::network::{CoinNetwork, IngressRule, ObservedGroup, Protocol, Source};
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
@@ -710,6 +711,74 @@ fn groups_of(i: &aws_sdk_ec2::types::Instance) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A security group's inbound rules, one per source (EC2 groups several in a permission).
+fn rules_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Vec<IngressRule> {
+    let mut out = Vec::new();
+    for p in g.ip_permissions() {
+        let protocol = Protocol::parse(p.ip_protocol().unwrap_or("-1"));
+        let rule = |source: Source| IngressRule {
+            protocol: protocol.clone(),
+            from_port: p.from_port().unwrap_or(-1),
+            to_port: p.to_port().unwrap_or(-1),
+            source,
+        };
+        out.extend(
+            p.ip_ranges()
+                .iter()
+                .filter_map(|r| r.cidr_ip())
+                .map(|c| rule(Source::Ipv4(c.to_string()))),
+        );
+        out.extend(
+            p.ipv6_ranges()
+                .iter()
+                .filter_map(|r| r.cidr_ipv6())
+                .map(|c| rule(Source::Ipv6(c.to_string()))),
+        );
+        out.extend(
+            p.user_id_group_pairs()
+                .iter()
+                .filter_map(|r| r.group_id())
+                .map(|g| rule(Source::Group(g.to_string()))),
+        );
+        out.extend(
+            p.prefix_list_ids()
+                .iter()
+                .filter_map(|r| r.prefix_list_id())
+                .map(|l| rule(Source::PrefixList(l.to_string()))),
+        );
+    }
+    out.sort();
+    out
+}
+
+/// The EC2 permission of one rule.
+fn permission(r: &IngressRule) -> aws_sdk_ec2::types::IpPermission {
+    use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range, PrefixListId, UserIdGroupPair};
+    let p = IpPermission::builder()
+        .ip_protocol(r.protocol.as_str())
+        .from_port(r.from_port)
+        .to_port(r.to_port);
+    match &r.source {
+        Source::Ipv4(c) => p.ip_ranges(IpRange::builder().cidr_ip(c).build()),
+        Source::Ipv6(c) => p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build()),
+        Source::Group(g) => p.user_id_group_pairs(UserIdGroupPair::builder().group_id(g).build()),
+        Source::PrefixList(l) => {
+            p.prefix_list_ids(PrefixListId::builder().prefix_list_id(l).build())
+        }
+    }
+    .build()
+}
+
+fn observed_group(g: &aws_sdk_ec2::types::SecurityGroup) -> ObservedGroup {
+    ObservedGroup {
+        group_id: g.group_id().unwrap_or("").to_string(),
+        name: g.group_name().unwrap_or("").to_string(),
+        coin: tag_map(g.tags()).get(tags::COIN).cloned(),
+        vpc_id: g.vpc_id().unwrap_or("").to_string(),
+        rules: rules_of(g),
+    }
+}
+
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
@@ -857,6 +926,7 @@ impl Provider for AwsProvider {
                         }),
                     )
                     .with_security_groups(groups_of(i))
+                    .with_vpc(i.vpc_id().map(str::to_string))
                     .with_public_ip(i.public_ip_address().is_some_and(|a| !a.is_empty())),
                 );
                 if let (Some(dev), Some(vol)) = (i.root_device_name(), root_volume_id(i)) {
@@ -961,6 +1031,28 @@ impl Provider for AwsProvider {
                 break;
             }
         }
+        // The coins' own security groups.
+        let mut groups = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_security_groups()
+                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DescribeSecurityGroups", None, e))?;
+            groups.extend(out.security_groups().iter().map(observed_group));
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
         // Node records.
         let domain = scope.internal_domain.as_str();
         let mut dns = Vec::new();
@@ -996,7 +1088,7 @@ impl Provider for AwsProvider {
             }
         }
         let calls = self.stats.calls() - before;
-        Ok(Observation::new(raw, dns, snapshots, calls))
+        Ok(Observation::new(raw, dns, snapshots, calls).with_groups(groups))
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError> {
@@ -1037,6 +1129,9 @@ impl Provider for AwsProvider {
         let (id, ip, launched) = match found.into_iter().next() {
             Some((id, ip)) => (id, ip, false),
             None => {
+                let (own, _) = self.ensure_coin_network(&spec.network).await?;
+                let mut groups = spec.security_groups.clone();
+                groups.push(own);
                 let root_device = self
                     .ec2
                     .describe_images()
@@ -1128,14 +1223,14 @@ impl Provider for AwsProvider {
                         aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder()
                             .device_index(0)
                             .subnet_id(&spec.subnet_id)
-                            .set_groups(Some(spec.security_groups.clone()))
+                            .set_groups(Some(groups))
                             .associate_public_ip_address(true)
                             .delete_on_termination(true)
                             .build(),
                     );
                 } else {
                     req = req.subnet_id(&spec.subnet_id);
-                    for sg in &spec.security_groups {
+                    for sg in &groups {
                         req = req.security_group_ids(sg);
                     }
                 }
@@ -1241,6 +1336,89 @@ impl Provider for AwsProvider {
             .await
             .map_err(|e| self.err("ec2:CreateTags", Some(&node.instance_id), e))?;
         Ok(Outcome::Done)
+    }
+
+    async fn ensure_coin_network(
+        &self,
+        net: &CoinNetwork,
+    ) -> Result<(String, Outcome), ProviderError> {
+        let found = self
+            .ec2
+            .describe_security_groups()
+            .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+            .filters(Self::filter(
+                &format!("tag:{}", tags::COIN),
+                &[net.coin.as_str()],
+            ))
+            .filters(Self::filter("vpc-id", &[net.vpc_id.as_str()]))
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeSecurityGroups", None, e))?;
+        let found = found
+            .security_groups()
+            .iter()
+            .map(observed_group)
+            .min_by(|a, b| a.group_id.cmp(&b.group_id));
+        let (id, have, mut outcome) = match found {
+            Some(g) => (g.group_id, g.rules, Outcome::AlreadyDone),
+            None => {
+                let mut tagging =
+                    TagSpecification::builder().resource_type(ResourceType::SecurityGroup);
+                for (k, v) in net.tags() {
+                    tagging = tagging.tags(Tag::builder().key(k).value(v).build());
+                }
+                let out = self
+                    .ec2
+                    .create_security_group()
+                    .group_name(net.group_name())
+                    .description(net.description())
+                    .vpc_id(&net.vpc_id)
+                    .tag_specifications(tagging.build())
+                    .send()
+                    .await
+                    .map_err(|e| match self.err("ec2:CreateSecurityGroup", None, e) {
+                        ProviderError::Api { code, .. } if code == "InvalidGroup.Duplicate" => {
+                            ProviderError::Refused {
+                                reason: format!(
+                                    "a security group named {} exists in {} without fleet's tags (fleet:managed, fleet:coin={}): fleet does not take over a group it did not make; rename or delete that group",
+                                    net.group_name(),
+                                    net.vpc_id,
+                                    net.coin
+                                ),
+                            }
+                        }
+                        e => e,
+                    })?;
+                let id = out.group_id().unwrap_or("").to_string();
+                // EC2 gives a new group an allow-all outbound rule and no inbound one.
+                (id, vec![], Outcome::Done)
+            }
+        };
+        let change = net.diff(&have);
+        if !change.add.is_empty() {
+            let mut req = self.ec2.authorize_security_group_ingress().group_id(&id);
+            for r in &change.add {
+                req = req.ip_permissions(permission(r));
+            }
+            match req.send().await {
+                Ok(_) => {}
+                // Another pass added them meanwhile: the rules are there either way.
+                Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {}
+                Err(e) => return Err(self.err("ec2:AuthorizeSecurityGroupIngress", None, e)),
+            }
+            outcome = Outcome::Done;
+        }
+        if !change.revoke.is_empty() {
+            let mut req = self.ec2.revoke_security_group_ingress().group_id(&id);
+            for r in &change.revoke {
+                req = req.ip_permissions(permission(r));
+            }
+            req.send()
+                .await
+                .map_err(|e| self.err("ec2:RevokeSecurityGroupIngress", None, e))?;
+            outcome = Outcome::Done;
+        }
+        Ok((id, outcome))
     }
 
     async fn set_security_groups(

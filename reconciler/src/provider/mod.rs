@@ -212,6 +212,9 @@ pub struct ObservedInstance {
     /// Its root volume (None: not read).
     #[serde(default)]
     pub root_volume: Option<ObservedVolume>,
+    /// Its VPC (None: not read).
+    #[serde(default)]
+    pub vpc_id: Option<String>,
 }
 
 impl ObservedInstance {
@@ -248,7 +251,14 @@ impl ObservedInstance {
             security_groups: None,
             public_ip: None,
             root_volume: None,
+            vpc_id: None,
         }
+    }
+
+    /// The same, with its VPC as read.
+    pub fn with_vpc(mut self, vpc_id: Option<String>) -> ObservedInstance {
+        self.vpc_id = vpc_id;
+        self
     }
 
     /// The same, with its root volume as read.
@@ -323,6 +333,10 @@ pub struct Observation {
     pub dns: Vec<DnsRecord>,
     /// Managed snapshots, newest first.
     pub snapshots: Vec<SnapshotInfo>,
+    /// Security groups tagged `fleet:managed` (the coins' own), in group id order (None: not
+    /// read by whoever built this observation, and then not planned for).
+    #[serde(default)]
+    pub groups: Option<Vec<crate::network::ObservedGroup>>,
     /// API calls this observation made (AWS: SDK operations, retries not counted twice).
     pub api_calls: u64,
 }
@@ -347,8 +361,20 @@ impl Observation {
             instances,
             dns,
             snapshots,
+            groups: None,
             api_calls,
         }
+    }
+
+    /// The same, with the managed security groups as read.
+    pub fn with_groups(mut self, mut groups: Vec<crate::network::ObservedGroup>) -> Observation {
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        for g in &mut groups {
+            g.rules.sort();
+            g.rules.dedup();
+        }
+        self.groups = Some(groups);
+        self
     }
 }
 
@@ -374,8 +400,10 @@ pub struct LaunchSpec {
     pub ami: String,
     /// Subnet of the slot's zone.
     pub subnet_id: String,
-    /// Security groups.
+    /// fleet.yaml's security groups (the coin's own joins them: `network`).
     pub security_groups: Vec<String>,
+    /// The coin's own security group, made or brought in step before a launch.
+    pub network: crate::network::CoinNetwork,
     /// Ask for a public IPv4 address: the coin has P2P ports, which peers on the internet
     /// must reach (RPC stays on the private address: `fleet-node run`).
     pub public_ip: bool,
@@ -435,6 +463,7 @@ impl LaunchSpec {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            network: crate::network::CoinNetwork::of(fleet, coin),
             instance_profile: fleet.instance_profile.to_string(),
             public_ip: !coin.p2p_ports.is_empty(),
             root_volume_gb: coin.root_volume_gb,
@@ -576,9 +605,10 @@ pub trait Provider: Send + Sync {
     /// scope's hosted zone.
     async fn observe(&self, scope: &Scope) -> Result<Observation, ProviderError>;
 
-    /// Launch the node of a slot (instance, data volume restored from `snapshot_id` when
-    /// set, DNS record). If an instance already holds the slot, only the DNS record is
-    /// ensured. Returns the instance id.
+    /// Launch the node of a slot (instance in fleet.yaml's groups and the coin's own, made
+    /// or brought in step first by [`Provider::ensure_coin_network`]; data volume restored
+    /// from `snapshot_id` when set; DNS record). If an instance already holds the slot, only
+    /// the DNS record is ensured. Returns the instance id.
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError>;
 
     /// Restart the node's daemon at `version`, its image pinned to `digest` when given
@@ -612,6 +642,17 @@ pub trait Provider: Send + Sync {
         volume_id: Option<&str>,
         tags: &BTreeMap<String, String>,
     ) -> Result<Outcome, ProviderError>;
+
+    /// Make the coin's own security group when it has none (named, tagged and described as
+    /// [`crate::network::CoinNetwork`] says) and set its inbound rules to exactly
+    /// `net.rules` (AWS: DescribeSecurityGroups, then CreateSecurityGroup,
+    /// AuthorizeSecurityGroupIngress and RevokeSecurityGroupIngress as needed). Returns its
+    /// id; AlreadyDone when nothing changed. A group of that name in the VPC that fleet did
+    /// not tag is refused, never taken over.
+    async fn ensure_coin_network(
+        &self,
+        net: &crate::network::CoinNetwork,
+    ) -> Result<(String, Outcome), ProviderError>;
 
     /// Attach exactly `groups` to the instance (AWS: ModifyInstanceAttribute, online). No-op
     /// when it has them.

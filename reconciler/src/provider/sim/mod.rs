@@ -15,8 +15,11 @@ use super::commands::{
 };
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
+use crate::network::{CoinNetwork, ObservedGroup};
 pub use world::{ChainParams, CommandRecord, MAX_ATTEMPTS, SimConfig, SimFault};
-use world::{Daemon, INSTANCES_PAGE, RECORDS_PAGE, SNAPSHOTS_PAGE, VOLUMES_PAGE, World};
+use world::{
+    Daemon, GROUPS_PAGE, INSTANCES_PAGE, RECORDS_PAGE, SNAPSHOTS_PAGE, VOLUMES_PAGE, World,
+};
 
 mod world;
 
@@ -225,10 +228,15 @@ impl SimProvider {
             let version = versions.get(coin.name.as_str()).unwrap_or(&coin.version);
             let mut c = coin.clone();
             c.version = version.clone();
+            // Seeding is not the fleet's doing: it makes no calls.
+            let calls = (w.calls, w.attempts);
+            let (group, _) =
+                w.ensure_group(&crate::network::CoinNetwork::of(&desired.fleet, &c))?;
+            (w.calls, w.attempts) = calls;
             for slot in &coin.nodes {
                 let spec = LaunchSpec::new(&desired.fleet, &c, slot, None)?;
                 let tip = w.tip(coin.name.as_str(), now);
-                let id = w.create_instance(&spec, now, tip, true);
+                let id = w.create_instance(&spec, &group, now, tip, true);
                 let ip = w.instances[&id].private_ip.clone();
                 w.upsert_dns(&spec.dns.hosted_zone_id, &spec.dns.name, &ip);
             }
@@ -341,6 +349,7 @@ impl Provider for SimProvider {
                         }),
                 )
                 .with_security_groups(i.security_groups.clone())
+                .with_vpc(i.vpc_id.clone())
                 .with_public_ip(i.public_ip)
             })
             .map(|o| {
@@ -367,8 +376,20 @@ impl Provider for SimProvider {
             .collect();
         let snapshots: Vec<SnapshotInfo> = w.snapshots.values().map(|s| s.info.clone()).collect();
         let n_volumes = instances.iter().filter(|i| i.data_volume.is_some()).count();
+        let groups: Vec<ObservedGroup> = w
+            .groups
+            .values()
+            .map(|g| ObservedGroup {
+                group_id: g.id.clone(),
+                name: g.name.clone(),
+                coin: Some(g.coin.clone()),
+                vpc_id: g.vpc_id.clone(),
+                rules: g.rules.clone(),
+            })
+            .collect();
         for (op, n) in [
             ("DescribeInstances", pages(instances.len(), INSTANCES_PAGE)),
+            ("DescribeSecurityGroups", pages(groups.len(), GROUPS_PAGE)),
             ("DescribeVolumes", pages(n_volumes, VOLUMES_PAGE)),
             ("DescribeSnapshots", pages(snapshots.len(), SNAPSHOTS_PAGE)),
             ("ListResourceRecordSets", pages(n_records, RECORDS_PAGE)),
@@ -379,7 +400,7 @@ impl Provider for SimProvider {
         }
         let calls = w.calls - before;
         drop(w);
-        Ok(Observation::new(instances, dns, snapshots, calls))
+        Ok(Observation::new(instances, dns, snapshots, calls).with_groups(groups))
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError> {
@@ -395,6 +416,7 @@ impl Provider for SimProvider {
             let (id, outcome) = match existing {
                 Some((id, _)) => (id, Outcome::AlreadyDone),
                 None => {
+                    let (group, _) = w.ensure_group(&spec.network)?;
                     w.call("RunInstances")?;
                     if w.faults.iter().any(|f| matches!(f, SimFault::LaunchFailsInZone { zone } if zone.as_str() == spec.slot.zone.as_str())) {
                         return Err(ProviderError::Api {
@@ -418,7 +440,10 @@ impl Provider for SimProvider {
                         })?,
                         None => 0,
                     };
-                    (w.create_instance(spec, now, height, false), Outcome::Done)
+                    (
+                        w.create_instance(spec, &group, now, height, false),
+                        Outcome::Done,
+                    )
                 }
             };
             let ip = w.instances[&id].private_ip.clone();
@@ -485,6 +510,7 @@ impl Provider for SimProvider {
                 let height = w.blocks_now(&node.instance_id, now);
                 // A failed command (a file the node refuses) changes nothing it runs.
                 w.run_command(node, &command, now)?;
+                w.wrote_config(node, files, now)?;
                 let d = &mut w.live_mut(node)?.daemon;
                 // `fleet-node apply-config` enables the unit (and the every-boot set-up).
                 d.enabled = true;
@@ -518,6 +544,13 @@ impl Provider for SimProvider {
             let _ = volume_id;
             Ok(Outcome::Done)
         })
+    }
+
+    async fn ensure_coin_network(
+        &self,
+        net: &CoinNetwork,
+    ) -> Result<(String, Outcome), ProviderError> {
+        self.with(|w, _| w.ensure_group(net))
     }
 
     async fn set_security_groups(

@@ -9,7 +9,9 @@
 
 use crate::clock::Millis;
 use crate::health::ChainStatus;
+use crate::network::{CoinNetwork, IngressRule};
 use crate::node::NodeKey;
+use crate::provider::Outcome;
 use crate::provider::{
     DnsRecord, InstanceState, LaunchSpec, NodeRef, ProviderError, SnapshotInfo, tags, userdata,
 };
@@ -24,6 +26,8 @@ pub(super) const INSTANCES_PAGE: usize = 1000;
 pub(super) const VOLUMES_PAGE: usize = 500;
 /// DescribeSnapshots page size (EC2's maximum).
 pub(super) const SNAPSHOTS_PAGE: usize = 1000;
+/// DescribeSecurityGroups page size (EC2's maximum).
+pub(super) const GROUPS_PAGE: usize = 1000;
 /// ListResourceRecordSets page size (Route53's maximum).
 pub(super) const RECORDS_PAGE: usize = 300;
 
@@ -113,6 +117,16 @@ pub enum SimFault {
         /// Calls.
         times: u32,
     },
+    /// `coin`'s daemon refuses a configuration whose host or container environment
+    /// contains `contains` (a setting its version does not know): from the next start after
+    /// such files are written, it exits at once, and systemd restarts it in vain, until
+    /// files without it are written and it is started again.
+    RejectsConfig {
+        /// Coin.
+        coin: String,
+        /// Text whose presence it refuses, e.g. `DBCACHE=-1`.
+        contains: String,
+    },
     /// The next `times` attempts of `op` (or of any call) are throttled.
     Throttle {
         /// Operation name (`RunInstances`…), or any.
@@ -172,6 +186,13 @@ pub(super) struct Instance {
     /// Its root volume (id, GiB); None in worlds saved before it was modelled.
     #[serde(default)]
     pub(super) root: Option<(String, u32)>,
+    /// Files its daemon refuses were written at this time ([`SimFault::RejectsConfig`]):
+    /// every start since then exits.
+    #[serde(default)]
+    pub(super) rejected_config: Option<(Millis, String)>,
+    /// Its VPC (None in worlds saved before it was modelled).
+    #[serde(default)]
+    pub(super) vpc_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +201,16 @@ pub(super) struct Volume {
     pub(super) size_gb: u32,
     pub(super) snapshot_id: Option<String>,
     pub(super) zone: String,
+}
+
+/// A security group fleet made for a coin (the only kind the simulated account has).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Group {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) coin: String,
+    pub(super) vpc_id: String,
+    pub(super) rules: Vec<IngressRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +243,9 @@ pub(super) struct World {
     pub(super) instances: BTreeMap<String, Instance>,
     pub(super) volumes: BTreeMap<String, Volume>,
     pub(super) snapshots: BTreeMap<String, Snapshot>,
+    /// Security groups by id (worlds saved before they were modelled have none).
+    #[serde(default)]
+    pub(super) groups: BTreeMap<String, Group>,
     /// hosted zone id -> name -> record.
     pub(super) dns: BTreeMap<String, BTreeMap<String, DnsRecord>>,
     pub(super) faults: Vec<SimFault>,
@@ -259,6 +293,13 @@ impl World {
         }
         let coin = i.tags.get(tags::COIN).cloned().unwrap_or_default();
         let p = self.params(&coin);
+        if let Some((since, why)) = &i.rejected_config
+            && i.daemon.started_ms.max(i.running_at_ms) >= *since
+        {
+            return Err(format!(
+                "{instance_id}: connection refused (the daemon exits at start: {why})"
+            ));
+        }
         let up_at = i.daemon.started_ms.max(i.running_at_ms) + p.start_delay_ms;
         if now < up_at {
             return Err(format!(
@@ -347,14 +388,86 @@ impl World {
         }
     }
 
+    /// The coin's own group, made when missing, its rules set to `net`'s; each EC2 call
+    /// counted as on AWS (one DescribeSecurityGroups, then only what changes).
+    pub(super) fn ensure_group(
+        &mut self,
+        net: &CoinNetwork,
+    ) -> Result<(String, Outcome), ProviderError> {
+        self.call("DescribeSecurityGroups")?;
+        let found = self
+            .groups
+            .values()
+            .filter(|g| g.coin == net.coin && g.vpc_id == net.vpc_id)
+            .map(|g| g.id.clone())
+            .min();
+        let (id, mut outcome) = match found {
+            Some(id) => (id, Outcome::AlreadyDone),
+            None => {
+                self.call("CreateSecurityGroup")?;
+                let id = self.new_id("sg");
+                self.groups.insert(
+                    id.clone(),
+                    Group {
+                        id: id.clone(),
+                        name: net.group_name(),
+                        coin: net.coin.clone(),
+                        vpc_id: net.vpc_id.clone(),
+                        rules: vec![],
+                    },
+                );
+                (id, Outcome::Done)
+            }
+        };
+        let change = net.diff(&self.groups[&id].rules);
+        if !change.add.is_empty() {
+            self.call("AuthorizeSecurityGroupIngress")?;
+            let g = self.groups.get_mut(&id).expect("just found");
+            g.rules.extend(change.add);
+            g.rules.sort();
+            outcome = Outcome::Done;
+        }
+        if !change.revoke.is_empty() {
+            self.call("RevokeSecurityGroupIngress")?;
+            let g = self.groups.get_mut(&id).expect("just found");
+            g.rules.retain(|r| !change.revoke.contains(r));
+            outcome = Outcome::Done;
+        }
+        Ok((id, outcome))
+    }
+
+    /// `files` were written on the node at `now`: whether its daemon will refuse them.
+    pub(super) fn wrote_config(
+        &mut self,
+        node: &NodeRef,
+        files: &crate::node_config::NodeFiles,
+        now: Millis,
+    ) -> Result<(), ProviderError> {
+        let refused = self.faults.iter().find_map(|f| match f {
+            SimFault::RejectsConfig { coin, contains }
+                if coin == node.key.coin.as_str()
+                    && (files.host_env.contains(contains.as_str())
+                        || files.container_env.contains(contains.as_str())) =>
+            {
+                Some(format!("it refuses {contains:?} in its configuration"))
+            }
+            _ => None,
+        });
+        let i = self.live_mut(node)?;
+        i.rejected_config = refused.map(|why| (now, why));
+        Ok(())
+    }
+
     pub(super) fn new_id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
         format!("{prefix}-{:017x}", 0x000f_1ee7_0000_0000_u64 + self.next_id)
     }
 
+    /// A new instance of `spec`, in its groups and the coin's own `coin_group`.
     pub(super) fn create_instance(
         &mut self,
         spec: &LaunchSpec,
+        coin_group: &str,
         now: Millis,
         height: u64,
         running: bool,
@@ -392,9 +505,15 @@ impl World {
                 zone: spec.slot.zone.to_string(),
                 private_ip,
                 data_volume: Some(vol),
-                security_groups: spec.security_groups.clone(),
+                security_groups: {
+                    let mut g = spec.security_groups.clone();
+                    g.push(coin_group.to_string());
+                    g
+                },
                 public_ip: spec.public_ip,
                 root: Some((root, spec.root_volume_gb)),
+                rejected_config: None,
+                vpc_id: Some(spec.network.vpc_id.clone()),
                 daemon: Daemon {
                     version: Some(spec.version.to_string()),
                     started_ms: running_at_ms,
