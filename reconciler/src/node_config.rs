@@ -172,6 +172,77 @@ impl NodeFiles {
     }
 }
 
+impl NodeFiles {
+    /// Every setting these files hold, as the coin file (or fleet.yaml) names it, with its
+    /// rendered value: what the plan names when a node's differs (never showing a value).
+    pub fn settings(&self) -> Vec<(ConfigPart, String, String)> {
+        let mut out = Vec::new();
+        let env = |text: &str| -> Vec<(String, String)> {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        for (k, v) in env(&self.host_env) {
+            let name = match k.as_str() {
+                "IMAGE" => "image.repository".to_string(),
+                "RPC_PORTS" => "ports.rpc".to_string(),
+                "P2P_PORTS" => "ports.p2p".to_string(),
+                "NODE_NAME" => "internal_domain".to_string(),
+                // Derived from the two above, or the same for every node of a coin.
+                "PORTS" | "COIN" => continue,
+                _ => format!("host_config.{k}"),
+            };
+            out.push((ConfigPart::Host, name, v));
+        }
+        for (k, v) in env(&self.container_env) {
+            out.push((ConfigPart::Container, format!("container_config.{k}"), v));
+        }
+        out.push((ConfigPart::Secret, "secrets".into(), self.secret_id.clone()));
+        out.push((
+            ConfigPart::Image,
+            "image.digest".into(),
+            self.digest.clone().unwrap_or_default(),
+        ));
+        for (name, script) in &self.metrics {
+            out.push((
+                ConfigPart::Metrics,
+                format!("custom_metrics.{name}"),
+                script.clone(),
+            ));
+        }
+        if let Some(l) = &self.logging {
+            let mut lines = l.lines();
+            let driver = lines.next().unwrap_or_default().to_string();
+            out.push((ConfigPart::Logging, "logging.driver".into(), driver));
+            for (k, v) in lines.filter_map(|l| l.split_once('=')) {
+                out.push((
+                    ConfigPart::Logging,
+                    format!("logging.options.{k}"),
+                    v.to_string(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The per-setting record of these files (`fleet:config-keys`).
+    pub fn key_print(&self) -> KeyPrint {
+        KeyPrint(
+            self.settings()
+                .into_iter()
+                .map(|(p, name, value)| ((p, tiny_hash(&name)), tiny_hash(&value)))
+                .collect(),
+        )
+    }
+}
+
+/// 16 bits of SHA-256, as 4 hex digits.
+fn tiny_hash(text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    d[..2].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn short_hash(text: &str) -> String {
     let d = Sha256::digest(text.as_bytes());
     d[..4].iter().map(|b| format!("{b:02x}")).collect()
@@ -283,6 +354,150 @@ impl Fingerprint {
     }
 }
 
+/// Per setting of a node's configuration, a 16-bit hash of its name and one of its value:
+/// the value of the `fleet:config-keys` tag, entries of 9 characters (the part's letter, the
+/// name's hash, the value's) without separators, so up to 28 settings fit in a tag value.
+/// With it the plan names the settings that differ ([`KeyPrint::changes`]); a node with more
+/// settings than fit carries none (an empty tag), and the plan names parts only. A changed
+/// value whose 16-bit hash happens to be equal is still a difference of its part (the
+/// fingerprint), named by the part.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPrint(BTreeMap<(ConfigPart, String), String>);
+
+/// A setting that differs between a node and the repository, by name (never by value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "kebab-case")]
+pub enum SettingChange {
+    /// The repository sets it, the node has it with another value.
+    Changed {
+        /// Its part.
+        part: ConfigPart,
+        /// The setting, e.g. `container_config.DBCACHE`.
+        setting: String,
+    },
+    /// The repository sets it, the node does not have it.
+    Added {
+        /// Its part.
+        part: ConfigPart,
+        /// The setting.
+        setting: String,
+    },
+    /// The node has settings of this part the repository no longer sets (their names are
+    /// not recorded, only counted).
+    Removed {
+        /// The part.
+        part: ConfigPart,
+        /// How many.
+        count: usize,
+    },
+}
+
+impl SettingChange {
+    /// The part it belongs to.
+    pub fn part(&self) -> ConfigPart {
+        match self {
+            SettingChange::Changed { part, .. }
+            | SettingChange::Added { part, .. }
+            | SettingChange::Removed { part, .. } => *part,
+        }
+    }
+}
+
+impl std::fmt::Display for SettingChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SettingChange::Changed { setting, .. } => f.write_str(setting),
+            SettingChange::Added { setting, .. } => write!(f, "{setting} (new)"),
+            SettingChange::Removed { part, count } => write!(
+                f,
+                "{count} setting{} of {} removed",
+                if *count == 1 { "" } else { "s" },
+                part.coin_keys()
+            ),
+        }
+    }
+}
+
+impl ConfigPart {
+    fn letter(self) -> char {
+        self.key().chars().next().unwrap_or('?')
+    }
+}
+
+impl KeyPrint {
+    /// Most characters of an EC2 tag value.
+    const MAX_TAG: usize = 256;
+
+    /// The tag value; empty when it would not fit in one.
+    pub fn to_tag(&self) -> String {
+        let s: String = self
+            .0
+            .iter()
+            .map(|((p, k), v)| format!("{}{k}{v}", p.letter()))
+            .collect();
+        if s.len() > Self::MAX_TAG {
+            String::new()
+        } else {
+            s
+        }
+    }
+
+    /// Parse a tag value; None when it is empty or not of this form.
+    pub fn from_tag(s: &str) -> Option<KeyPrint> {
+        if s.is_empty() || !s.len().is_multiple_of(9) || !s.is_ascii() {
+            return None;
+        }
+        let mut m = BTreeMap::new();
+        for i in (0..s.len()).step_by(9) {
+            let e = &s[i..i + 9];
+            let letter = e.chars().next()?;
+            let part = ConfigPart::ALL.into_iter().find(|p| p.letter() == letter)?;
+            let (k, v) = (&e[1..5], &e[5..9]);
+            if !(k.bytes().chain(v.bytes())).all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            m.insert((part, k.to_ascii_lowercase()), v.to_ascii_lowercase());
+        }
+        Some(KeyPrint(m))
+    }
+
+    /// The settings of `want` that differ from this record (what a node carries), among the
+    /// parts in `parts` (those whose fingerprint differs).
+    pub fn changes(&self, want: &NodeFiles, parts: &[ConfigPart]) -> Vec<SettingChange> {
+        let mut out = Vec::new();
+        let mut wanted = std::collections::BTreeSet::new();
+        for (part, name, value) in want.settings() {
+            let key = (part, tiny_hash(&name));
+            wanted.insert(key.clone());
+            if !parts.contains(&part) {
+                continue;
+            }
+            match self.0.get(&key) {
+                None => out.push(SettingChange::Added {
+                    part,
+                    setting: name,
+                }),
+                Some(v) if *v != tiny_hash(&value) => out.push(SettingChange::Changed {
+                    part,
+                    setting: name,
+                }),
+                Some(_) => {}
+            }
+        }
+        for part in parts {
+            let count = self
+                .0
+                .keys()
+                .filter(|k| k.0 == *part && !wanted.contains(*k))
+                .count();
+            if count > 0 {
+                out.push(SettingChange::Removed { part: *part, count });
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +526,49 @@ mod tests {
             Fingerprint::from_tag("garbage").differs(&f),
             ConfigPart::ALL
         );
+    }
+
+    fn files(container: &[(&str, &str)]) -> NodeFiles {
+        NodeFiles {
+            host_env: "IMAGE=\"r/x\"\nCOIN=\"x\"\nPORTS=\"1,2\"\nRPC_PORTS=\"1\"\nP2P_PORTS=\"2\"\nDATA_VOLUME=\"/d\"\nNODE_NAME=\"n\"\n".into(),
+            container_env: container.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
+            secret_id: String::new(),
+            digest: None,
+            metrics: vec![],
+            logging: Some("gelf\ngelf-address=udp://graylog:12201\n".into()),
+        }
+    }
+
+    #[test]
+    fn the_per_setting_record_survives_its_tag_or_is_left_out_when_too_long() {
+        let f = files(&[("DBCACHE", "4000")]);
+        let names: Vec<String> = f.settings().into_iter().map(|(_, n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "image.repository",
+                "ports.rpc",
+                "ports.p2p",
+                "host_config.DATA_VOLUME",
+                "internal_domain",
+                "container_config.DBCACHE",
+                "secrets",
+                "image.digest",
+                "logging.driver",
+                "logging.options.gelf-address"
+            ]
+        );
+        let tag = f.key_print().to_tag();
+        assert_eq!(tag.len(), 9 * names.len());
+        assert_eq!(KeyPrint::from_tag(&tag), Some(f.key_print()));
+        assert!(f.key_print().changes(&f, &ConfigPart::ALL).is_empty());
+        for bad in ["", "x", "zzzzzzzzz", "q12345678", "c1234567g"] {
+            assert_eq!(KeyPrint::from_tag(bad), None, "{bad}");
+        }
+        // 28 settings fit in the 256 characters of a tag value; more leave it empty.
+        let many: Vec<(String, String)> = (0..30).map(|i| (format!("K{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(files(&many).key_print().to_tag(), "");
+        assert_eq!(files(&many[..19]).key_print().to_tag().len(), 252);
     }
 }

@@ -76,6 +76,8 @@ pub trait TestWorld: Send + Sync {
     fn commands(&self) -> Vec<(String, String)>;
     /// HTTP attempts (or simulated attempts) so far.
     fn attempts(&self) -> u64;
+    /// Make the secret `name` exist (with a dummy value) or not, in the world's account.
+    async fn set_secret(&self, name: &str, exists: bool);
 }
 
 /// The example fleet repository as a memory tree.
@@ -176,6 +178,9 @@ impl TestWorld for SimWorld {
     }
     fn attempts(&self) -> u64 {
         self.sim.call_counts().1
+    }
+    async fn set_secret(&self, name: &str, exists: bool) {
+        self.sim.set_secret(name, exists);
     }
 }
 
@@ -379,6 +384,8 @@ pub struct AwsWorld {
     pub ec2: aws_sdk_ec2::Client,
     /// Route53 client.
     pub r53: aws_sdk_route53::Client,
+    /// Secrets Manager client.
+    pub sm: aws_sdk_secretsmanager::Client,
     desired: Desired,
 }
 
@@ -424,6 +431,11 @@ impl AwsWorld {
                 .interceptor(interceptor.clone())
                 .build(),
         );
+        let sm = aws_sdk_secretsmanager::Client::from_conf(
+            aws_sdk_secretsmanager::config::Builder::from(&sdk)
+                .interceptor(interceptor.clone())
+                .build(),
+        );
         let aws = AwsProvider::from_sdk_config(
             &sdk,
             AwsOptions {
@@ -448,6 +460,7 @@ impl AwsWorld {
             interceptor,
             ec2,
             r53,
+            sm,
             desired,
         }
     }
@@ -580,5 +593,24 @@ impl TestWorld for AwsWorld {
     }
     fn attempts(&self) -> u64 {
         self.aws.stats().attempts()
+    }
+    async fn set_secret(&self, name: &str, exists: bool) {
+        if exists {
+            self.sm
+                .create_secret()
+                .name(name)
+                .secret_string(r#"{"RPC_PASSWORD":"test-only"}"#)
+                .send()
+                .await
+                .expect("CreateSecret");
+        } else {
+            self.sm
+                .delete_secret()
+                .secret_id(name)
+                .force_delete_without_recovery(true)
+                .send()
+                .await
+                .expect("DeleteSecret");
+        }
     }
 }

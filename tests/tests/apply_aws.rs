@@ -344,3 +344,51 @@ async fn an_agent_that_never_registers_fails_the_step_with_ssms_code() {
     );
     world.clear_faults();
 }
+
+#[tokio::test]
+async fn a_secret_scheduled_for_deletion_holds_the_launches_that_would_read_it() {
+    let world = AwsWorld::new("apply_aws::secret_scheduled_for_deletion").await;
+    let desired = world.desired().clone();
+    let ltc = desired.coins["litecoin"]
+        .secrets
+        .clone()
+        .expect("litecoin names a secret");
+    for s in desired.coins.values().filter_map(|c| c.secrets.as_ref()) {
+        world.set_secret(s.as_str(), true).await;
+    }
+    // Deleted with a recovery window: it still exists, scheduled for deletion, and reading
+    // it fails until it is restored.
+    world
+        .sm
+        .delete_secret()
+        .secret_id(ltc.as_str())
+        .recovery_window_in_days(7)
+        .send()
+        .await
+        .expect("DeleteSecret");
+    let observed = fleet_tests::observe(&world.aws, &desired).await;
+    assert_eq!(
+        observed
+            .secrets
+            .as_ref()
+            .and_then(|s| s.get(ltc.as_str()).copied()),
+        Some(reconciler::provider::SecretState::ScheduledForDeletion),
+        "{:?}",
+        observed.secrets
+    );
+    let p = plan(&desired, &observed, SystemClock.now_ms());
+    let refused: Vec<&str> = p
+        .coins
+        .iter()
+        .filter(|c| !c.refusals.is_empty())
+        .map(|c| c.coin.as_str())
+        .collect();
+    assert_eq!(refused, ["litecoin"], "{p:#?}");
+    assert!(
+        p.coin("litecoin").unwrap().refusals[0]
+            .reason
+            .contains("is scheduled for deletion"),
+        "{:?}",
+        p.coin("litecoin").unwrap().refusals
+    );
+}

@@ -45,7 +45,9 @@ const IMPLIED: &[(&str, &str, &str)] = &[
 
 /// Actions AWS authorises only on `Resource: "*"` (no resource-level permissions).
 fn star_only(action: &str) -> bool {
-    action.starts_with("ec2:Describe") || action == "ssm:GetCommandInvocation"
+    action.starts_with("ec2:Describe")
+        || action == "ssm:GetCommandInvocation"
+        || action == "secretsmanager:ListSecrets"
 }
 
 /// The source without `//` comments (whole-line and trailing), so prose never counts as a call.
@@ -622,6 +624,7 @@ fn iam_policy_lets_fleet_write_every_tag_its_steps_record() {
         },
         PendingStep::Reconfigure {
             to: "host=00000000".into(),
+            keys: "c12345678".into(),
         },
     ];
     let mut written: BTreeSet<String> = [tags::PENDING.to_string()].into();

@@ -370,6 +370,7 @@ async fn aws_calls_time_out_on_an_endpoint_that_never_answers() {
         .observe(&Scope {
             hosted_zone_id: "Z1".into(),
             internal_domain: "internal".into(),
+            secrets: vec![],
         })
         .await;
     let took = t.elapsed();

@@ -631,6 +631,36 @@ async fn the_coins_own_group_is_made_and_kept(w: &dyn TestWorld) {
     assert_eq!(observe(w).await.groups.unwrap().len(), 2);
 }
 
+/// Whether each secret the coins name exists is observed by name (the secret's value is
+/// never read); a name that is only a prefix of an existing secret's is not taken for it.
+async fn secrets_are_seen_by_name(w: &dyn TestWorld) {
+    use reconciler::provider::SecretState;
+    let scope = Scope::of_desired(w.desired());
+    assert!(
+        scope.secrets.len() >= 2,
+        "the example names secrets: {scope:?}"
+    );
+    let (a, b) = (scope.secrets[0].clone(), scope.secrets[1].clone());
+    for s in &scope.secrets {
+        w.set_secret(s, true).await;
+    }
+    w.set_secret(&b, false).await;
+    // Another secret whose name starts with `b`'s.
+    w.set_secret(&format!("{b}-old"), true).await;
+    let o = w.provider().observe(&scope).await.unwrap();
+    let seen = o.secrets.expect("secrets observed");
+    assert_eq!(seen.len(), scope.secrets.len(), "{seen:?}");
+    assert_eq!(seen[&a], SecretState::Exists);
+    assert_eq!(seen[&b], SecretState::Missing, "{seen:?}");
+    // A scope without secrets asks nothing about them.
+    let o = w
+        .provider()
+        .observe(&Scope::of(&w.desired().fleet))
+        .await
+        .unwrap();
+    assert_eq!(o.secrets, Some(Default::default()));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -665,6 +695,7 @@ conformance!(
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
     the_coins_own_group_is_made_and_kept,
+    secrets_are_seen_by_name,
     root_volume_grows_never_shrinks,
     a_command_waits_for_the_ssm_agent,
     failed_command_leaves_version_unknown,

@@ -263,3 +263,21 @@ fn every_setting_converges_as_the_reference_says() {
     );
     assert!(checked > 30, "{checked} keys checked");
 }
+
+/// Every node of the example fleet carries its per-setting record (`fleet:config-keys` fits in
+/// a tag), so a plan names the settings that differ rather than only their parts.
+#[test]
+fn the_example_nodes_record_their_settings_key_by_key() {
+    let d = load(&example_tree()).desired.expect("the example is valid");
+    for coin in d.coins.values() {
+        let slot = &coin.nodes[0];
+        let files = reconciler::node_config::NodeFiles::of(coin, slot).unwrap();
+        let tag = files.key_print().to_tag();
+        assert!(
+            !tag.is_empty(),
+            "{}: {} settings do not fit in a tag",
+            coin.name,
+            files.settings().len()
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub async fn observe(
     provider: &dyn Provider,
     desired: &Desired,
 ) -> Result<Observed, ProviderError> {
-    let observation = provider.observe(&Scope::of(&desired.fleet)).await?;
+    let observation = provider.observe(&Scope::of_desired(desired)).await?;
     Ok(Observed::assign(desired, observation))
 }
 

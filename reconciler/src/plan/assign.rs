@@ -86,6 +86,11 @@ impl ObservedNode {
         )
     }
 
+    /// The per-setting record of its configuration (`fleet:config-keys`), when it carries one.
+    pub fn key_print(&self) -> Option<crate::node_config::KeyPrint> {
+        crate::node_config::KeyPrint::from_tag(self.tags.get(crate::provider::tags::CONFIG_KEYS)?)
+    }
+
     /// A reference for actions.
     pub fn node_ref(&self) -> crate::provider::NodeRef {
         crate::provider::NodeRef {
@@ -174,6 +179,9 @@ pub struct Observed {
     /// The managed security groups (the coins' own), by group id (None: not observed).
     #[serde(default)]
     pub groups: Option<Vec<crate::network::ObservedGroup>>,
+    /// Whether each secret the coins name exists (None: not observed).
+    #[serde(default)]
+    pub secrets: Option<BTreeMap<String, crate::provider::SecretState>>,
     /// API calls the observation made.
     pub api_calls: u64,
 }
@@ -188,6 +196,7 @@ impl Observed {
             dns,
             snapshots,
             groups,
+            secrets,
             api_calls,
         } = observation;
         let mut by_ip: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -257,6 +266,7 @@ impl Observed {
             snapshots,
             dns,
             groups,
+            secrets,
             api_calls,
         }
     }

@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::node_config::{Fingerprint, NodeFiles};
-use crate::provider::{InstanceState, ObservedVersion, PendingStep};
+use crate::provider::{InstanceState, ObservedVersion, PendingStep, SecretState};
 use fleet_repo_schema::Coin;
 use fleet_repo_schema::semver::classify;
 
@@ -253,11 +253,16 @@ pub(super) fn plan_coin(
                             .recorded_version
                             .clone()
                             .unwrap_or_else(|| coin.version.clone());
+                        let settings = n
+                            .key_print()
+                            .map(|k| k.changes(&files, &changed))
+                            .unwrap_or_default();
                         steps.insert(
                             at,
                             step(
                                 Action::Reconfigure {
                                     changed,
+                                    settings,
                                     version,
                                     restart,
                                 },
@@ -508,6 +513,8 @@ pub(super) fn plan_coin(
         });
     }
 
+    refusals.extend(secret_refusal(coin, observed, &waves));
+
     let class = if unknown_plain || (known_class == Class::None && unknown_confirm) {
         known_class.max(Class::Unknown)
     } else {
@@ -537,6 +544,40 @@ pub(super) fn plan_coin(
         unjudged,
         estimate_ms,
     }
+}
+
+/// The coin's secret is read by its nodes at every boot and at each reconfiguration
+/// (`fleet-node bootstrap`, `apply-config`): a plan with such a step for a coin whose secret
+/// cannot be read is refused, before any node depends on it.
+fn secret_refusal(coin: &Coin, observed: &Observed, waves: &[Wave]) -> Option<Refusal> {
+    let name = coin.secrets.as_ref()?;
+    let state = observed.secrets.as_ref()?.get(name.as_str())?;
+    let why = match state {
+        SecretState::Exists => return None,
+        SecretState::Missing => "does not exist",
+        SecretState::ScheduledForDeletion => "is scheduled for deletion",
+    };
+    let needing = waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .filter(|s| {
+            matches!(
+                s.action,
+                Action::Launch { .. }
+                    | Action::Reconfigure { .. }
+                    | Action::ChangeType { .. }
+                    | Action::Start { .. }
+            )
+        })
+        .count();
+    (needing > 0).then(|| Refusal {
+        node: None,
+        reason: format!(
+            "{}: secret {name} {why} in Secrets Manager, and the nodes read it at every boot and reconfiguration ({needing} step{} of this plan boot or reconfigure one): create or restore it, or change `secrets`",
+            coin.file,
+            plural(needing)
+        ),
+    })
 }
 
 /// Rough duration of waves run one after the other, each as long as its slowest step.

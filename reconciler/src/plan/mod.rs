@@ -344,6 +344,10 @@ pub enum Action {
     Reconfigure {
         /// The parts that differ (their names only, never their values).
         changed: Vec<ConfigPart>,
+        /// The settings that differ, by name, where the node's record names them
+        /// (`fleet:config-keys`); parts of `changed` none of these belong to are named as
+        /// parts.
+        settings: Vec<crate::node_config::SettingChange>,
         /// The version its daemon runs (as recorded; the target when unknown, in which case
         /// an upgrade follows): the `node@` unit a node set up by an older fleet enables.
         version: Version,
@@ -527,11 +531,19 @@ impl fmt::Display for Action {
                 Ok(())
             }
             Action::Reconfigure {
-                changed, restart, ..
+                changed,
+                settings,
+                restart,
+                ..
             } => {
                 write!(f, "reconfigure ")?;
-                for (i, p) in changed.iter().enumerate() {
-                    write!(f, "{}{p}", if i == 0 { "" } else { ", " })?;
+                let named = settings.iter().map(|s| s.to_string());
+                let parts = changed
+                    .iter()
+                    .filter(|p| !settings.iter().any(|s| s.part() == **p))
+                    .map(|p| p.to_string());
+                for (i, what) in named.chain(parts).enumerate() {
+                    write!(f, "{}{what}", if i == 0 { "" } else { ", " })?;
                 }
                 if *restart {
                     write!(f, ", then restart the daemon")

@@ -60,14 +60,15 @@ impl World {
     fn running(d: &Desired, version: &str) -> World {
         let mut w = World::default();
         for s in d.nodes() {
-            // Each node carries the fingerprint of the configuration the coin file asks for.
-            let config = crate::node_config::NodeFiles::of(&d.coins[s.coin.as_str()], s)
-                .unwrap()
-                .fingerprint()
-                .to_tag();
+            // Each node carries the fingerprint of the configuration the coin file asks for,
+            // and its per-setting record.
+            let files = crate::node_config::NodeFiles::of(&d.coins[s.coin.as_str()], s).unwrap();
+            let config = files.fingerprint().to_tag();
+            let keys = files.key_print().to_tag();
             let coin_tags = tags::for_node(&d.coins[s.coin.as_str()], s);
             w.node(s.coin.as_str(), s.zone.as_str(), s.index, version, |i| {
                 i.tags.insert(tags::CONFIG.into(), config);
+                i.tags.insert(tags::CONFIG_KEYS.into(), keys);
                 for (k, v) in coin_tags {
                     i.tags.entry(k).or_insert(v);
                 }
@@ -541,6 +542,10 @@ fn a_changed_setting_is_a_reconfigure_rolled_out_like_an_upgrade() {
                 s.action,
                 Action::Reconfigure {
                     changed: vec![ConfigPart::Container],
+                    settings: vec![crate::node_config::SettingChange::Added {
+                        part: ConfigPart::Container,
+                        setting: "container_config.DBCACHE_MB".into()
+                    }],
                     version: Version::parse("28.1").unwrap(),
                     restart: true
                 }
@@ -551,9 +556,56 @@ fn a_changed_setting_is_a_reconfigure_rolled_out_like_an_upgrade() {
     let text = cp.waves[0].steps[0].action.to_string();
     assert_eq!(
         text,
-        "reconfigure container_config, then restart the daemon"
+        "reconfigure container_config.DBCACHE_MB (new), then restart the daemon"
     );
     assert_eq!(cp.approval, None, "a setting is not a version change");
+}
+
+#[test]
+fn the_plan_names_the_settings_that_differ_never_their_values() {
+    let base = |c: &mut fleet_repo_schema::Coin| {
+        for (k, v) in [("DBCACHE", "4000"), ("PRUNE", "0"), ("TXINDEX", "1")] {
+            c.container_config.insert(
+                fleet_repo_schema::values::EnvName::parse(k).unwrap(),
+                fleet_repo_schema::values::EnvValue::parse(v).unwrap(),
+            );
+        }
+    };
+    let d = edited(&desired("28.1", ""), base);
+    // DBCACHE changes, PRUNE goes, the image pin and a host setting are new.
+    let d2 = edited(&d, |c| {
+        let env = |s: &str| fleet_repo_schema::values::EnvName::parse(s).unwrap();
+        c.container_config.insert(
+            env("DBCACHE"),
+            fleet_repo_schema::values::EnvValue::parse("s3cr3t-looking-8000").unwrap(),
+        );
+        c.container_config.remove(&env("PRUNE"));
+        c.host_config.insert(
+            env("EXTRA_ARGS"),
+            fleet_repo_schema::values::EnvValue::parse("-debug").unwrap(),
+        );
+    });
+    let p = plan(&d2, &World::running(&d, "28.1").observed(&d2), 0);
+    let text = p.coin("bitcoin").unwrap().waves[0].steps[0]
+        .action
+        .to_string();
+    assert_eq!(
+        text,
+        "reconfigure host_config.EXTRA_ARGS (new), container_config.DBCACHE, 1 setting of container_config removed, then restart the daemon"
+    );
+    assert!(!text.contains("8000") && !text.contains("debug"), "{text}");
+    // A node without the per-setting record (older, or too many settings): parts only.
+    let mut w = World::running(&d, "28.1");
+    for i in &mut w.instances {
+        i.tags.remove(tags::CONFIG_KEYS);
+    }
+    let p = plan(&d2, &w.observed(&d2), 0);
+    assert_eq!(
+        p.coin("bitcoin").unwrap().waves[0].steps[0]
+            .action
+            .to_string(),
+        "reconfigure host_config/image.repository/ports, container_config, then restart the daemon"
+    );
 }
 
 #[test]
@@ -801,4 +853,59 @@ fn the_coins_own_group_is_made_first_then_kept_in_step() {
             .reason
             .contains("no longer in the fleet repository")
     );
+}
+
+#[test]
+fn a_step_that_needs_a_missing_secret_is_refused_before_it_runs() {
+    use crate::provider::SecretState;
+    let d = desired("28.1", "secrets: nodes/bitcoin/rpc\n");
+    let with_secret = |w: World, d: &Desired, state: SecretState| {
+        Observed::assign(
+            d,
+            Observation::new(w.instances, w.dns, vec![], 0)
+                .with_secrets(BTreeMap::from([("nodes/bitcoin/rpc".to_string(), state)])),
+        )
+    };
+    // An upgrade does not read the secret (the node's environment has its keys already).
+    let up = desired("28.2", "secrets: nodes/bitcoin/rpc\n");
+    let p = plan(
+        &up,
+        &with_secret(World::running(&d, "28.1"), &up, SecretState::Missing),
+        0,
+    );
+    assert!(!p.has_refusals(), "{p:#?}");
+    // A reconfiguration does, and a launch (every boot does).
+    let changed = desired(
+        "28.1",
+        "secrets: nodes/bitcoin/rpc\ncontainer_config: { DBCACHE: \"4000\" }\n",
+    );
+    for state in [SecretState::Missing, SecretState::ScheduledForDeletion] {
+        let p = plan(
+            &changed,
+            &with_secret(World::running(&d, "28.1"), &changed, state),
+            0,
+        );
+        let cp = p.coin("bitcoin").unwrap();
+        assert_eq!(cp.refusals.len(), 1, "{cp:#?}");
+        let why = &cp.refusals[0].reason;
+        assert!(why.contains("secret nodes/bitcoin/rpc"), "{why}");
+        assert!(why.contains("6 steps of this plan"), "{why}");
+    }
+    let p = plan(
+        &d,
+        &with_secret(World::default(), &d, SecretState::Missing),
+        0,
+    );
+    assert!(
+        p.coin("bitcoin").unwrap().refusals[0]
+            .reason
+            .contains("does not exist")
+    );
+    // The secret there: no refusal.
+    let p = plan(
+        &changed,
+        &with_secret(World::running(&d, "28.1"), &changed, SecretState::Exists),
+        0,
+    );
+    assert!(!p.has_refusals());
 }

@@ -186,6 +186,7 @@ pub struct AwsProvider {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
     r53: aws_sdk_route53::Client,
+    sm: aws_sdk_secretsmanager::Client,
     stats: Arc<CallStats>,
     opts: AwsOptions,
 }
@@ -228,17 +229,22 @@ impl AwsProvider {
             .retry_config(retry.clone())
             .timeout_config(t.clone());
         let mut r53 = aws_sdk_route53::config::Builder::from(sdk)
+            .retry_config(retry.clone())
+            .timeout_config(t.clone());
+        let mut sm = aws_sdk_secretsmanager::config::Builder::from(sdk)
             .retry_config(retry)
             .timeout_config(t);
         for i in std::iter::once(&counter).chain(opts.interceptors.iter()) {
             ec2.push_interceptor(i.clone());
             ssm.push_interceptor(i.clone());
             r53.push_interceptor(i.clone());
+            sm.push_interceptor(i.clone());
         }
         AwsProvider {
             ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
             ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
             r53: aws_sdk_route53::Client::from_conf(r53.build()),
+            sm: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
             stats,
             opts,
         }
@@ -1053,6 +1059,54 @@ impl Provider for AwsProvider {
                 break;
             }
         }
+        // The secrets the coins name: listed by name, ten names a request (ListSecrets' limit
+        // per filter; its name filter matches prefixes, so only exact names count). Values are
+        // never read.
+        let mut secrets: BTreeMap<String, SecretState> = BTreeMap::new();
+        for names in scope.secrets.chunks(10) {
+            let mut token = None;
+            loop {
+                let out = self
+                    .sm
+                    .list_secrets()
+                    .filters(
+                        aws_sdk_secretsmanager::types::Filter::builder()
+                            .key(aws_sdk_secretsmanager::types::FilterNameStringType::Name)
+                            .set_values(Some(names.to_vec()))
+                            .build(),
+                    )
+                    .include_planned_deletion(true)
+                    .max_results(100)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("secretsmanager:ListSecrets", None, e))?;
+                for s in out.secret_list() {
+                    let Some(name) = s.name().filter(|n| names.iter().any(|w| w == n)) else {
+                        continue;
+                    };
+                    let state = if s.deleted_date().is_some() {
+                        SecretState::ScheduledForDeletion
+                    } else {
+                        SecretState::Exists
+                    };
+                    let e = secrets.entry(name.to_string()).or_insert(state);
+                    if state == SecretState::Exists {
+                        *e = state;
+                    }
+                }
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        for name in &scope.secrets {
+            secrets.entry(name.clone()).or_insert(SecretState::Missing);
+        }
         // Node records.
         let domain = scope.internal_domain.as_str();
         let mut dns = Vec::new();
@@ -1088,7 +1142,9 @@ impl Provider for AwsProvider {
             }
         }
         let calls = self.stats.calls() - before;
-        Ok(Observation::new(raw, dns, snapshots, calls).with_groups(groups))
+        Ok(Observation::new(raw, dns, snapshots, calls)
+            .with_groups(groups)
+            .with_secrets(secrets))
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError> {
@@ -1304,9 +1360,7 @@ impl Provider for AwsProvider {
         restart: bool,
     ) -> Result<Outcome, ProviderError> {
         let command = reconfigure_command(version, files, restart)?;
-        let step = PendingStep::Reconfigure {
-            to: files.fingerprint().to_tag(),
-        };
+        let step = PendingStep::reconfigure(files);
         run_marked(self, node, &step, |_| async {
             self.run_command(node, &command, &format!("fleet: reconfigure {}", node.key))
                 .await

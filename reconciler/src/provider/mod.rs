@@ -123,6 +123,9 @@ pub enum PendingStep {
     Reconfigure {
         /// The fingerprint it was going to.
         to: String,
+        /// The per-setting record it was going to (the tag value of
+        /// [`crate::node_config::KeyPrint`]; empty when it does not fit in a tag).
+        keys: String,
     },
     /// A marker this version of fleet does not write (a newer fleet, or a person).
     Unknown {
@@ -146,10 +149,21 @@ impl PendingStep {
         match s.split_once(':') {
             Some(("upgrade", to)) => PendingStep::Upgrade { to: to.to_string() },
             Some(("change-type", to)) => PendingStep::ChangeType { to: to.to_string() },
-            _ if s == "reconfigure" => PendingStep::Reconfigure { to: String::new() },
+            _ if s == "reconfigure" => PendingStep::Reconfigure {
+                to: String::new(),
+                keys: String::new(),
+            },
             _ => PendingStep::Unknown { tag: s.to_string() },
         }
     }
+    /// The marked step that rewrites a node's configuration to `files`.
+    pub fn reconfigure(files: &crate::node_config::NodeFiles) -> PendingStep {
+        PendingStep::Reconfigure {
+            to: files.fingerprint().to_tag(),
+            keys: files.key_print().to_tag(),
+        }
+    }
+
     /// Whether this is an upgrade towards `version`.
     pub fn is_upgrade_to(&self, version: &Version) -> bool {
         matches!(self, PendingStep::Upgrade { to } if to == version.as_str())
@@ -304,24 +318,56 @@ pub struct SnapshotInfo {
     pub reason: String,
 }
 
-/// What an observation covers beyond the managed instances, volumes and snapshots: the hosted
-/// zone whose node records are listed.
+/// What an observation covers beyond the managed instances, volumes, snapshots and security
+/// groups: the hosted zone whose node records are listed, and the secrets whose existence is
+/// checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     /// Route53 hosted zone of the nodes' records.
     pub hosted_zone_id: String,
     /// Its domain: records named `node<N>.<coin>.<domain>` are node records.
     pub internal_domain: String,
+    /// Secrets Manager secrets (names) whose existence to check, sorted, each once.
+    pub secrets: Vec<String>,
 }
 
 impl Scope {
-    /// The scope of a fleet.
+    /// The scope of a fleet, without secrets.
     pub fn of(fleet: &Fleet) -> Scope {
         Scope {
             hosted_zone_id: fleet.hosted_zone_id.to_string(),
             internal_domain: fleet.internal_domain.to_string(),
+            secrets: vec![],
         }
     }
+
+    /// The scope of a desired fleet: its hosted zone and the secrets its coins name.
+    pub fn of_desired(desired: &fleet_repo_schema::Desired) -> Scope {
+        let mut secrets: Vec<String> = desired
+            .coins
+            .values()
+            .filter_map(|c| c.secrets.as_ref().map(|s| s.to_string()))
+            .collect();
+        secrets.sort();
+        secrets.dedup();
+        Scope {
+            secrets,
+            ..Scope::of(&desired.fleet)
+        }
+    }
+}
+
+/// Whether a secret a coin names can be read by its nodes, as Secrets Manager lists it
+/// (ListSecrets: names and dates only, never a value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretState {
+    /// It exists.
+    Exists,
+    /// It exists but is scheduled for deletion (reading it fails until it is restored).
+    ScheduledForDeletion,
+    /// There is no secret of that name in the fleet's account and region.
+    Missing,
 }
 
 /// Everything fleet manages, as observed in one pass: facts only.
@@ -337,6 +383,10 @@ pub struct Observation {
     /// read by whoever built this observation, and then not planned for).
     #[serde(default)]
     pub groups: Option<Vec<crate::network::ObservedGroup>>,
+    /// The scope's secrets and whether each exists (None: not read by whoever built this
+    /// observation, and then not checked).
+    #[serde(default)]
+    pub secrets: Option<BTreeMap<String, SecretState>>,
     /// API calls this observation made (AWS: SDK operations, retries not counted twice).
     pub api_calls: u64,
 }
@@ -362,8 +412,15 @@ impl Observation {
             dns,
             snapshots,
             groups: None,
+            secrets: None,
             api_calls,
         }
+    }
+
+    /// The same, with the scope's secrets as listed.
+    pub fn with_secrets(mut self, secrets: BTreeMap<String, SecretState>) -> Observation {
+        self.secrets = Some(secrets);
+        self
     }
 
     /// The same, with the managed security groups as read.
@@ -445,13 +502,12 @@ impl LaunchSpec {
         };
         let user_data = userdata::render(fleet, coin, slot).map_err(refused)?;
         let mut tags = tags::for_node(coin, slot);
-        tags.insert(
-            tags::CONFIG.to_string(),
-            crate::node_config::NodeFiles::of(coin, slot)
-                .map_err(refused)?
-                .fingerprint()
-                .to_tag(),
-        );
+        let files = crate::node_config::NodeFiles::of(coin, slot).map_err(refused)?;
+        tags.insert(tags::CONFIG.to_string(), files.fingerprint().to_tag());
+        let keys = files.key_print().to_tag();
+        if !keys.is_empty() {
+            tags.insert(tags::CONFIG_KEYS.to_string(), keys);
+        }
         Ok(LaunchSpec {
             slot: slot.clone(),
             version: coin.version.clone(),
@@ -601,8 +657,8 @@ pub trait Provider: Send + Sync {
         0
     }
 
-    /// Observe every managed instance, data volume and snapshot, and the node records of the
-    /// scope's hosted zone.
+    /// Observe every managed instance, data volume, snapshot and security group, the node
+    /// records of the scope's hosted zone, and whether the scope's secrets exist.
     async fn observe(&self, scope: &Scope) -> Result<Observation, ProviderError>;
 
     /// Launch the node of a slot (instance in fleet.yaml's groups and the coin's own, made

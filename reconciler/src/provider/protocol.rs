@@ -67,7 +67,7 @@ impl PendingStep {
                 facts.instance_type == *to
                     && matches!(facts.state, InstanceState::Running | InstanceState::Pending)
             }
-            PendingStep::Reconfigure { to } => facts.tag(tags::CONFIG) == Some(to.as_str()),
+            PendingStep::Reconfigure { to, .. } => facts.tag(tags::CONFIG) == Some(to.as_str()),
             PendingStep::Unknown { .. } => false,
         }
     }
@@ -77,7 +77,12 @@ impl PendingStep {
     pub fn record(&self) -> Vec<(&'static str, &str)> {
         match self {
             PendingStep::Upgrade { to } => vec![(tags::VERSION, to.as_str())],
-            PendingStep::Reconfigure { to } => vec![(tags::CONFIG, to.as_str())],
+            PendingStep::Reconfigure { to, keys } => {
+                vec![
+                    (tags::CONFIG, to.as_str()),
+                    (tags::CONFIG_KEYS, keys.as_str()),
+                ]
+            }
             PendingStep::ChangeType { .. } | PendingStep::Unknown { .. } => vec![],
         }
     }

@@ -9,6 +9,8 @@
 //! | `fleet:index` | instance, volumes, snapshots | index within the zone, from 1 |
 //! | `fleet:version` | instance | version running, written only after the start succeeded |
 //! | `fleet:pending` | instance | `<step>:<target>` while a step is under way |
+//! | `fleet:config` | instance | fingerprint of the node's rendered configuration, per part |
+//! | `fleet:config-keys` | instance | per setting, hashes of its name and value (empty when they do not fit) |
 //! | `fleet:reason` | snapshots | why the snapshot was taken |
 //! | `Name` | instance | `node<N>.<coin>.<domain>` at launch |
 
@@ -33,6 +35,10 @@ pub const PENDING: &str = "fleet:pending";
 /// The fingerprint of the node's rendered configuration ([`crate::node_config::Fingerprint`]),
 /// written at launch and after each reconfiguration.
 pub const CONFIG: &str = "fleet:config";
+/// Per setting of the node's configuration, short hashes of its name and value
+/// ([`crate::node_config::KeyPrint`]): what lets the plan name the settings that differ.
+/// Written with [`CONFIG`].
+pub const CONFIG_KEYS: &str = "fleet:config-keys";
 /// Why a snapshot was taken.
 pub const REASON: &str = "fleet:reason";
 

@@ -155,6 +155,17 @@ impl SimProvider {
             .map_err(|e| ProviderError::Setup(format!("{}: cannot write: {e}", path.display())))
     }
 
+    /// Remove (`exists: false`) or restore a secret of the simulated account.
+    pub fn set_secret(&self, name: &str, exists: bool) {
+        let mut w = self.lock();
+        if exists {
+            w.missing_secrets.remove(name);
+        } else {
+            w.missing_secrets.insert(name.to_string());
+        }
+        let _ = self.save(&w);
+    }
+
     /// Inject a fault.
     pub fn inject(&self, fault: SimFault) {
         let mut w = self.lock();
@@ -387,8 +398,21 @@ impl Provider for SimProvider {
                 rules: g.rules.clone(),
             })
             .collect();
+        let secrets: BTreeMap<String, SecretState> = scope
+            .secrets
+            .iter()
+            .map(|s| {
+                let state = if w.missing_secrets.contains(s) {
+                    SecretState::Missing
+                } else {
+                    SecretState::Exists
+                };
+                (s.clone(), state)
+            })
+            .collect();
         for (op, n) in [
             ("DescribeInstances", pages(instances.len(), INSTANCES_PAGE)),
+            ("ListSecrets", scope.secrets.len().div_ceil(10) as u64),
             ("DescribeSecurityGroups", pages(groups.len(), GROUPS_PAGE)),
             ("DescribeVolumes", pages(n_volumes, VOLUMES_PAGE)),
             ("DescribeSnapshots", pages(snapshots.len(), SNAPSHOTS_PAGE)),
@@ -400,7 +424,9 @@ impl Provider for SimProvider {
         }
         let calls = w.calls - before;
         drop(w);
-        Ok(Observation::new(instances, dns, snapshots, calls).with_groups(groups))
+        Ok(Observation::new(instances, dns, snapshots, calls)
+            .with_groups(groups)
+            .with_secrets(secrets))
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError> {
@@ -502,9 +528,7 @@ impl Provider for SimProvider {
         restart: bool,
     ) -> Result<Outcome, ProviderError> {
         let command = reconfigure_command(version, files, restart)?;
-        let step = PendingStep::Reconfigure {
-            to: files.fingerprint().to_tag(),
-        };
+        let step = PendingStep::reconfigure(files);
         run_marked(self, node, &step, |_| async {
             self.with(|w, now| {
                 let height = w.blocks_now(&node.instance_id, now);

@@ -246,6 +246,10 @@ pub(super) struct World {
     /// Security groups by id (worlds saved before they were modelled have none).
     #[serde(default)]
     pub(super) groups: BTreeMap<String, Group>,
+    /// Secrets the simulated account lacks (it has every other: a simulation has nobody to
+    /// create them, so a test removes one to see a fleet without it).
+    #[serde(default)]
+    pub(super) missing_secrets: std::collections::BTreeSet<String>,
     /// hosted zone id -> name -> record.
     pub(super) dns: BTreeMap<String, BTreeMap<String, DnsRecord>>,
     pub(super) faults: Vec<SimFault>,
