@@ -110,23 +110,25 @@ impl Executor {
                 key,
             })
         };
-        let coin_network = || -> Result<CoinNetwork, ProviderError> {
-            let coin = run
-                .coin()
-                .map_err(|_| ProviderError::Setup(format!("coin {} missing", run.cp.coin)))?;
-            Ok(CoinNetwork::of(&desired.fleet, coin))
+        let coin = || {
+            run.coin()
+                .map_err(|_| ProviderError::Setup(format!("coin {} missing", run.cp.coin)))
         };
+        // The step's coin and slot, for steps that render what a node should be.
+        let slot = || {
+            let coin = coin()?;
+            let slot = coin
+                .nodes
+                .iter()
+                .find(|s| Some(NodeKey::of(s)) == step.node)
+                .ok_or_else(|| ProviderError::Setup(format!("no slot for {}", step.action)))?;
+            Ok::<_, ProviderError>((coin, slot))
+        };
+        let coin_network = || Ok::<_, ProviderError>(CoinNetwork::of(&desired.fleet, coin()?));
         let zone_id = desired.fleet.hosted_zone_id.as_str();
         match &step.action {
             Action::Launch { snapshot_id, .. } => {
-                let coin = run
-                    .coin()
-                    .map_err(|_| ProviderError::Setup(format!("coin {} missing", run.cp.coin)))?;
-                let slot = coin
-                    .nodes
-                    .iter()
-                    .find(|s| Some(NodeKey::of(s)) == step.node)
-                    .ok_or_else(|| ProviderError::Setup(format!("no slot for {}", step.action)))?;
+                let (coin, slot) = slot()?;
                 let spec = LaunchSpec::new(&desired.fleet, coin, slot, snapshot_id.clone())?;
                 let (id, o) = p.launch(&spec).await?;
                 Ok((Some(id), o))
@@ -156,14 +158,7 @@ impl Executor {
                 restart, version, ..
             } => {
                 let n = node()?;
-                let coin = run
-                    .coin()
-                    .map_err(|_| ProviderError::Setup(format!("coin {} missing", run.cp.coin)))?;
-                let slot = coin
-                    .nodes
-                    .iter()
-                    .find(|s| Some(NodeKey::of(s)) == step.node)
-                    .ok_or_else(|| ProviderError::Setup(format!("no slot for {}", step.action)))?;
+                let (coin, slot) = slot()?;
                 let files = NodeFiles::of(coin, slot).map_err(|e| ProviderError::Refused {
                     reason: e.to_string(),
                 })?;

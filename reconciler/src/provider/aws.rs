@@ -11,9 +11,7 @@
 //! - SSM commands always name their one instance, are waited for with a bound, and are read
 //!   back with GetCommandInvocation (never ListCommandInvocations).
 
-use super::commands::{
-    GROW_FS_COMMAND, GROW_ROOT_COMMAND, is_active_command, reconfigure_command, upgrade_command,
-};
+use super::commands::{is_active_command, reconfigure_command, upgrade_command};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use crate::network::{CoinNetwork, IngressRule, ObservedGroup, Protocol, Source};
@@ -320,13 +318,7 @@ impl AwsProvider {
             Disk::Data => data_volume_id(&inst),
             Disk::Root => root_volume_id(&inst),
         }
-        .ok_or_else(|| ProviderError::Refused {
-            reason: format!(
-                "instance {} has no {} volume",
-                node.instance_id,
-                disk.name()
-            ),
-        })?;
+        .ok_or_else(|| ProviderError::no_disk(node, disk))?;
         let out = self
             .ec2
             .describe_volumes()
@@ -341,13 +333,7 @@ impl AwsProvider {
             .unwrap_or(0)
             .max(0) as u32;
         if size_gb < current {
-            return Err(ProviderError::Refused {
-                reason: format!(
-                    "{} volume {vol} of {} is {current} GB; shrinking it to {size_gb} GB would lose data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
-                    disk.name(),
-                    node.key
-                ),
-            });
+            return Err(ProviderError::shrink(node, disk, &vol, current, size_gb));
         }
         if size_gb == current {
             return Ok(Outcome::AlreadyDone);
@@ -404,13 +390,9 @@ impl AwsProvider {
             }
             tokio::time::sleep(self.opts.poll_interval).await;
         }
-        let command = match disk {
-            Disk::Data => GROW_FS_COMMAND,
-            Disk::Root => GROW_ROOT_COMMAND,
-        };
         self.run_command(
             node,
-            command,
+            disk.grow_command(),
             &format!("fleet: grow {} {} to {size_gb} GB", node.key, disk.name()),
         )
         .await?;
@@ -789,22 +771,6 @@ fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
         .collect()
-}
-
-/// Which of a node's volumes.
-#[derive(Debug, Clone, Copy)]
-enum Disk {
-    Data,
-    Root,
-}
-
-impl Disk {
-    fn name(self) -> &'static str {
-        match self {
-            Disk::Data => "data",
-            Disk::Root => "root",
-        }
-    }
 }
 
 /// The volume at the instance's root device.

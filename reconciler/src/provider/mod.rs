@@ -544,6 +544,33 @@ pub struct DnsTarget {
     pub name: String,
 }
 
+/// Which of a node's volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    /// The data volume (`/dev/sdf`, the chain).
+    Data,
+    /// The root volume.
+    Root,
+}
+
+impl Disk {
+    /// `data` or `root`, as messages say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Disk::Data => "data",
+            Disk::Root => "root",
+        }
+    }
+
+    /// What grows its partition and file system on the node once the volume grew.
+    pub fn grow_command(self) -> &'static str {
+        match self {
+            Disk::Data => commands::GROW_FS_COMMAND,
+            Disk::Root => commands::GROW_ROOT_COMMAND,
+        }
+    }
+}
+
 /// What an idempotent action found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -631,6 +658,35 @@ impl ProviderError {
             code: "timeout".into(),
             message,
             instance: instance.map(str::to_string),
+        }
+    }
+
+    /// Growing a volume of `node` that it does not have, refused the same way by every
+    /// provider.
+    pub fn no_disk(node: &NodeRef, disk: Disk) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "instance {} has no {} volume",
+                node.instance_id,
+                disk.name()
+            ),
+        }
+    }
+
+    /// Shrinking a volume, refused the same way by every provider.
+    pub fn shrink(
+        node: &NodeRef,
+        disk: Disk,
+        volume_id: &str,
+        current: u32,
+        size_gb: u32,
+    ) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "{} volume {volume_id} of {} is {current} GB; shrinking it to {size_gb} GB would lose data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
+                disk.name(),
+                node.key
+            ),
         }
     }
 

@@ -10,9 +10,7 @@
 //! The simulator must never be kinder than AWS: each primitive is one simulated API call,
 //! throttled and failed by injected faults exactly where AWS would.
 
-use super::commands::{
-    GROW_FS_COMMAND, GROW_ROOT_COMMAND, is_active_command, reconfigure_command, upgrade_command,
-};
+use super::commands::{is_active_command, reconfigure_command, upgrade_command};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use crate::network::{CoinNetwork, ObservedGroup};
@@ -631,32 +629,7 @@ impl Provider for SimProvider {
     }
 
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
-        self.with(|w, now| {
-            w.call("DescribeInstances")?;
-            let vol_id = w.live(node)?.data_volume.clone().ok_or_else(|| ProviderError::Refused {
-                reason: format!("instance {} has no data volume", node.instance_id),
-            })?;
-            w.call("DescribeVolumes")?;
-            let current = w.volumes.get(&vol_id).map(|v| v.size_gb).unwrap_or(0);
-            if size_gb < current {
-                return Err(ProviderError::Refused {
-                    reason: format!(
-                        "volume {vol_id} of {} is {current} GB; shrinking to {size_gb} GB would lose chain data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
-                        node.key
-                    ),
-                });
-            }
-            if size_gb == current {
-                return Ok(Outcome::AlreadyDone);
-            }
-            w.call("ModifyVolume")?;
-            if let Some(v) = w.volumes.get_mut(&vol_id) {
-                v.size_gb = size_gb;
-            }
-            w.call("DescribeVolumesModifications")?;
-            w.run_command(node, GROW_FS_COMMAND, now)?;
-            Ok(Outcome::Done)
-        })
+        self.with(|w, now| w.grow_disk(node, Disk::Data, size_gb, now))
     }
 
     async fn grow_root_volume(
@@ -664,29 +637,7 @@ impl Provider for SimProvider {
         node: &NodeRef,
         size_gb: u32,
     ) -> Result<Outcome, ProviderError> {
-        self.with(|w, now| {
-            w.call("DescribeInstances")?;
-            let (vol, current) = w.live(node)?.root.clone().ok_or_else(|| ProviderError::Refused {
-                reason: format!("instance {} has no root volume", node.instance_id),
-            })?;
-            w.call("DescribeVolumes")?;
-            if size_gb < current {
-                return Err(ProviderError::Refused {
-                    reason: format!(
-                        "root volume {vol} of {} is {current} GB; shrinking it to {size_gb} GB would lose data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
-                        node.key
-                    ),
-                });
-            }
-            if size_gb == current {
-                return Ok(Outcome::AlreadyDone);
-            }
-            w.call("ModifyVolume")?;
-            w.live_mut(node)?.root = Some((vol, size_gb));
-            w.call("DescribeVolumesModifications")?;
-            w.run_command(node, GROW_ROOT_COMMAND, now)?;
-            Ok(Outcome::Done)
-        })
+        self.with(|w, now| w.grow_disk(node, Disk::Root, size_gb, now))
     }
 
     async fn change_instance_type(

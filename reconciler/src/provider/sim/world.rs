@@ -11,7 +11,7 @@ use crate::clock::Millis;
 use crate::health::ChainStatus;
 use crate::network::{CoinNetwork, IngressRule};
 use crate::node::NodeKey;
-use crate::provider::Outcome;
+use crate::provider::{Disk, Outcome};
 use crate::provider::{
     DnsRecord, InstanceState, LaunchSpec, NodeRef, ProviderError, SnapshotInfo, tags, userdata,
 };
@@ -438,6 +438,46 @@ impl World {
             outcome = Outcome::Done;
         }
         Ok((id, outcome))
+    }
+
+    /// Grow `disk` of the node to `size_gb`, then its file system over SSM, with EC2's calls
+    /// (as the AWS provider makes them). Refuses to shrink.
+    pub(super) fn grow_disk(
+        &mut self,
+        node: &NodeRef,
+        disk: Disk,
+        size_gb: u32,
+        now: Millis,
+    ) -> Result<Outcome, ProviderError> {
+        self.call("DescribeInstances")?;
+        let i = self.live(node)?;
+        let (vol, current) = match disk {
+            Disk::Data => i.data_volume.clone().map(|v| {
+                let size = self.volumes.get(&v).map_or(0, |v| v.size_gb);
+                (v, size)
+            }),
+            Disk::Root => i.root.clone(),
+        }
+        .ok_or_else(|| ProviderError::no_disk(node, disk))?;
+        self.call("DescribeVolumes")?;
+        if size_gb < current {
+            return Err(ProviderError::shrink(node, disk, &vol, current, size_gb));
+        }
+        if size_gb == current {
+            return Ok(Outcome::AlreadyDone);
+        }
+        self.call("ModifyVolume")?;
+        match disk {
+            Disk::Data => {
+                if let Some(v) = self.volumes.get_mut(&vol) {
+                    v.size_gb = size_gb;
+                }
+            }
+            Disk::Root => self.live_mut(node)?.root = Some((vol, size_gb)),
+        }
+        self.call("DescribeVolumesModifications")?;
+        self.run_command(node, disk.grow_command(), now)?;
+        Ok(Outcome::Done)
     }
 
     /// `files` were written on the node at `now`: whether its daemon will refuse them.
