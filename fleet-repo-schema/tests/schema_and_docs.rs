@@ -100,11 +100,12 @@ fn errors_md_lists_every_code_with_its_title() {
 
 /// The words of the `takes effect` column of docs/fleet-repository.md: when a change of a key
 /// reaches a running fleet. The page's "How changes take effect" explains each.
-const TAKES_EFFECT: [&str; 6] = [
+const TAKES_EFFECT: [&str; 7] = [
     "reconciler",
     "restart",
     "online",
     "stop-start",
+    "replace",
     "count",
     "launch-only",
 ];

@@ -78,6 +78,8 @@ pub trait TestWorld: Send + Sync {
     fn attempts(&self) -> u64;
     /// Make the secret `name` exist (with a dummy value) or not, in the world's account.
     async fn set_secret(&self, name: &str, exists: bool);
+    /// An AMI of the world's region other than the example fleet's `node_ami`.
+    async fn another_ami(&self) -> String;
 }
 
 /// The example fleet repository as a memory tree.
@@ -181,6 +183,9 @@ impl TestWorld for SimWorld {
     }
     async fn set_secret(&self, name: &str, exists: bool) {
         self.sim.set_secret(name, exists);
+    }
+    async fn another_ami(&self) -> String {
+        "ami-0fedcba9876543210".into()
     }
 }
 
@@ -612,5 +617,21 @@ impl TestWorld for AwsWorld {
                 .await
                 .expect("DeleteSecret");
         }
+    }
+    async fn another_ami(&self) -> String {
+        let now = self.desired.fleet.node_ami.to_string();
+        self.ec2
+            .describe_images()
+            .owners("amazon")
+            .send()
+            .await
+            .expect("DescribeImages")
+            .images()
+            .iter()
+            .filter(|i| i.root_device_name().is_some())
+            .filter_map(|i| i.image_id())
+            .find(|id| *id != now && fleet_repo_schema::values::AmiId::parse(id).is_ok())
+            .expect("moto has more than one public AMI")
+            .to_string()
     }
 }

@@ -661,6 +661,124 @@ async fn secrets_are_seen_by_name(w: &dyn TestWorld) {
     assert_eq!(o.secrets, Some(Default::default()));
 }
 
+/// A launch that dies between making the coin's group and setting its rules, or between
+/// the rules and RunInstances: each retry finds the group (one, never a second), completes
+/// its rules and launches the node once.
+async fn a_crash_while_making_the_coins_group_converges(w: &dyn TestWorld) {
+    let s = spec(w, "ethereum", 0, None);
+    for op in ["AuthorizeSecurityGroupIngress", "RunInstances"] {
+        w.inject(Fault::FailOp { op, times: 1 });
+        assert!(w.provider().launch(&s).await.is_err(), "{op} failed");
+        let groups = observe(w).await.groups.unwrap();
+        assert_eq!(groups.len(), 1, "after a failed {op}: {groups:#?}");
+    }
+    let (id, outcome) = w.provider().launch(&s).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    let o = observe(w).await;
+    let groups = o.groups.clone().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].rules, s.network.rules);
+    let n = o.node(&NodeKey::of(&s.slot)).unwrap();
+    assert_eq!(n.instance_id, id);
+    assert!(
+        n.security_groups
+            .as_ref()
+            .is_some_and(|g| g.contains(&groups[0].group_id))
+    );
+    assert_eq!(o.nodes.len(), 1);
+}
+
+/// A replacement (a new AMI) is a new instance with the node's own data volume, moved (the
+/// same volume id, attached to one instance at a time), its DNS name and the coin's groups;
+/// the old instance is gone; the replacement ran the every-boot set-up; asking again changes
+/// nothing.
+async fn replace_moves_the_data_volume_to_a_new_instance(w: &dyn TestWorld) {
+    let a = launch(w, "litecoin", 0).await;
+    let before = node(&observe(w).await, &a).clone();
+    let vol = before.data_volume.clone().expect("a data volume").volume_id;
+    let mut s = spec(w, "litecoin", 0, None);
+    s.ami = w.another_ami().await;
+    let (b, outcome) = w.provider().replace(&a, &s).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    assert_ne!(b, a.instance_id);
+    let o = observe(w).await;
+    assert_eq!(o.nodes.len(), 1, "one node: {:#?}", o.nodes);
+    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+    let n = node(&o, &a);
+    assert_eq!(n.instance_id, b);
+    assert_eq!(n.image_id.as_deref(), Some(s.ami.as_str()));
+    assert_eq!(
+        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
+        Some(vol.as_str()),
+        "the same volume, moved"
+    );
+    assert_eq!(n.dns_names, vec![s.dns.name.clone()]);
+    assert_eq!(n.security_groups.as_ref().map(Vec::len), Some(2));
+    assert!(
+        w.commands()
+            .iter()
+            .any(|(id, c)| *id == b && c == "/usr/local/sbin/fleet-node bootstrap"),
+        "{:?}",
+        w.commands()
+    );
+    let again = w.provider().replace(&a, &s).await.unwrap();
+    assert_eq!(again, (b.clone(), Outcome::AlreadyDone));
+    assert_eq!(observe(w).await.nodes.len(), 1);
+}
+
+/// A replacement cut off at any of its calls is finished by the next attempt: one
+/// replacement, the one volume on it, the old instance gone.
+async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    let vol = node(&observe(w).await, &a)
+        .data_volume
+        .clone()
+        .unwrap()
+        .volume_id;
+    let mut s = spec(w, "dogecoin", 0, None);
+    s.ami = w.another_ami().await;
+    for op in [
+        "RunInstances",
+        "StopInstances",
+        "DetachVolume",
+        "AttachVolume",
+        "SendCommand",
+        "ChangeResourceRecordSets",
+        "TerminateInstances",
+    ] {
+        w.inject(Fault::FailOp { op, times: 1 });
+        assert!(
+            w.provider().replace(&a, &s).await.is_err(),
+            "a replacement cut off at {op} fails"
+        );
+        // Meanwhile the old instance keeps the slot and the replacement is no duplicate.
+        let o = observe(w).await;
+        assert_eq!(
+            o.node(&a.key).unwrap().instance_id,
+            a.instance_id,
+            "after {op}"
+        );
+        assert!(
+            o.orphans
+                .iter()
+                .all(|x| matches!(x, Orphan::Replacement { of, .. } if *of == a.instance_id)),
+            "after {op}: {:#?}",
+            o.orphans
+        );
+    }
+    let (b, outcome) = w.provider().replace(&a, &s).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    let o = observe(w).await;
+    let n = node(&o, &a);
+    assert_eq!(n.instance_id, b);
+    assert_eq!(
+        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
+        Some(vol.as_str())
+    );
+    assert_eq!(o.nodes.len(), 1);
+    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -696,6 +814,9 @@ conformance!(
     p2p_nodes_get_a_public_address,
     the_coins_own_group_is_made_and_kept,
     secrets_are_seen_by_name,
+    a_crash_while_making_the_coins_group_converges,
+    replace_moves_the_data_volume_to_a_new_instance,
+    a_crash_anywhere_in_a_replacement_converges,
     root_volume_grows_never_shrinks,
     a_command_waits_for_the_ssm_agent,
     failed_command_leaves_version_unknown,

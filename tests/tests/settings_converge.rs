@@ -237,6 +237,7 @@ fn every_setting_converges_as_the_reference_says() {
             }),
             "online" => !s.is_empty() && s.iter().all(|a| !a.disruptive()),
             "stop-start" => s.iter().any(|a| matches!(a, Action::ChangeType { .. })),
+            "replace" => !s.is_empty() && s.iter().all(|a| matches!(a, Action::Replace { .. })),
             "count" => s
                 .iter()
                 .any(|a| matches!(a, Action::Launch { .. } | Action::Retire { .. })),

@@ -133,6 +133,12 @@ impl Executor {
                 let (id, o) = p.launch(&spec).await?;
                 Ok((Some(id), o))
             }
+            Action::Replace { .. } => {
+                let (coin, slot) = slot()?;
+                let spec = LaunchSpec::new(&desired.fleet, coin, slot, None)?;
+                let (id, o) = p.replace(&node()?, &spec).await?;
+                Ok((Some(id), o))
+            }
             Action::Upgrade {
                 to,
                 snapshot_first,

@@ -53,6 +53,9 @@ pub struct ObservedNode {
     /// Its VPC (None: not observed).
     #[serde(default)]
     pub vpc_id: Option<String>,
+    /// The AMI it was launched from (None: not observed).
+    #[serde(default)]
+    pub image_id: Option<String>,
 }
 
 impl ObservedNode {
@@ -73,6 +76,7 @@ impl ObservedNode {
             public_ip: i.public_ip,
             root_volume: i.root_volume,
             vpc_id: i.vpc_id,
+            image_id: i.image_id,
         }
     }
 
@@ -131,6 +135,14 @@ pub enum Orphan {
         /// The instance, with the slot its tags name.
         node: ObservedNode,
     },
+    /// An instance launched to replace the slot's node, whose replacement is under way (the
+    /// slot's node carries `fleet:pending=replace:…`; its `replace` step finishes the job).
+    Replacement {
+        /// The instance it replaces (the slot's node).
+        of: String,
+        /// The replacement.
+        node: ObservedNode,
+    },
     /// A second instance for a slot that has one.
     Duplicate {
         /// The instance kept as the slot's node.
@@ -156,9 +168,9 @@ impl Orphan {
     /// The instance id, for instance orphans.
     pub fn instance_id(&self) -> Option<&str> {
         match self {
-            Orphan::Unplaced { node, .. } | Orphan::Duplicate { node, .. } => {
-                Some(&node.instance_id)
-            }
+            Orphan::Unplaced { node, .. }
+            | Orphan::Duplicate { node, .. }
+            | Orphan::Replacement { node, .. } => Some(&node.instance_id),
             Orphan::BadTags { instance, .. } => Some(&instance.instance_id),
             Orphan::StrayDns { .. } => None,
         }
@@ -244,10 +256,44 @@ impl Observed {
                 None => nodes.push(node),
             }
         }
-        nodes.sort_by(|a, b| a.key.cmp(&b.key).then(a.instance_id.cmp(&b.instance_id)));
+        // Of two instances for a slot, one replacing the other (a `replace` under way), the
+        // one it replaces keeps the slot while it exists: the step resumes from it.
+        let replaced: BTreeSet<String> = nodes
+            .iter()
+            .filter_map(|n| n.tags.get(crate::provider::tags::REPLACES).cloned())
+            .collect();
+        let replaces = |n: &ObservedNode, other: &ObservedNode| {
+            n.tags.get(crate::provider::tags::REPLACES) == Some(&other.instance_id)
+        };
+        // An instance going away (terminating) yields the slot to one that is not.
+        let going = |n: &ObservedNode| {
+            matches!(
+                n.state,
+                InstanceState::ShuttingDown | InstanceState::Terminated
+            )
+        };
+        nodes.sort_by(|a, b| {
+            a.key
+                .cmp(&b.key)
+                .then(going(a).cmp(&going(b)))
+                .then(
+                    replaced
+                        .contains(&b.instance_id)
+                        .cmp(&replaced.contains(&a.instance_id)),
+                )
+                .then(a.instance_id.cmp(&b.instance_id))
+        });
         let mut kept: Vec<ObservedNode> = Vec::with_capacity(nodes.len());
         for n in nodes {
             match kept.last() {
+                // The instance a finished replacement replaced, terminating.
+                Some(prev) if prev.key == n.key && going(&n) && replaces(prev, &n) => {}
+                Some(prev) if prev.key == n.key && replaces(&n, prev) => {
+                    orphans.push(Orphan::Replacement {
+                        of: prev.instance_id.clone(),
+                        node: n,
+                    })
+                }
                 Some(prev) if prev.key == n.key => orphans.push(Orphan::Duplicate {
                     of: prev.instance_id.clone(),
                     node: n,

@@ -111,6 +111,19 @@ pub(super) fn plan_coin(
                     continue;
                 }
             }
+            let replace = || Action::Replace {
+                from_ami: n.image_id.clone(),
+                to_ami: desired.fleet.node_ami.to_string(),
+            };
+            // An interrupted replacement resumes first, whatever else differs (its volume
+            // may be on the replacement already).
+            if matches!(n.pending, Some(PendingStep::Replace { .. })) {
+                disruptive.push(vec![step(
+                    replace(),
+                    "an earlier replacement did not finish".into(),
+                )]);
+                continue;
+            }
             match &n.data_volume {
                 None => {
                     refusals.push(Refusal {
@@ -170,7 +183,11 @@ pub(super) fn plan_coin(
                 (ObservedVersion::Known { version }, _) => (Some(version), false),
                 (
                     ObservedVersion::Unknown { .. },
-                    Some(PendingStep::ChangeType { .. } | PendingStep::Reconfigure { .. }),
+                    Some(
+                        PendingStep::ChangeType { .. }
+                        | PendingStep::Reconfigure { .. }
+                        | PendingStep::Replace { .. },
+                    ),
                 ) => (n.recorded_version.as_ref(), false),
                 (ObservedVersion::Unknown { .. }, Some(p @ PendingStep::Upgrade { .. })) => {
                     (None, p.is_upgrade_to(&coin.version))
@@ -360,6 +377,20 @@ pub(super) fn plan_coin(
                     },
                     "no record of this name points at the node".into(),
                 ));
+            }
+            // A new AMI needs a new instance, launched as the coin says now: the one step the
+            // node gets (what else differs comes with it; a larger data volume is grown by
+            // the next plan).
+            if let Some(ami) = n
+                .image_id
+                .as_deref()
+                .filter(|a| *a != desired.fleet.node_ami.as_str())
+            {
+                let reason = format!(
+                    "node_ami is {} (the instance runs {ami})",
+                    desired.fleet.node_ami
+                );
+                steps = vec![step(replace(), reason)];
             }
             if stopped
                 && let Some(i) = steps.iter().position(|s| {

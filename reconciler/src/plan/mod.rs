@@ -401,6 +401,16 @@ pub enum Action {
         /// Size wanted.
         to_gb: u32,
     },
+    /// A new instance of the node (fleet.yaml's `node_ami`) takes over its data volume: the
+    /// old one is stopped, the volume moved, the DNS name pointed at the new one, the old one
+    /// terminated. The new one is launched as the coin says now (version, type, settings), so
+    /// this is the node's only step.
+    Replace {
+        /// The AMI the instance runs (None: unknown).
+        from_ami: Option<String>,
+        /// fleet.yaml's `node_ami`.
+        to_ami: String,
+    },
     /// Stop, change the instance type, start.
     ChangeType {
         /// Type now (as observed).
@@ -436,6 +446,7 @@ impl Action {
         matches!(
             self,
             Action::Launch { .. }
+                | Action::Replace { .. }
                 | Action::Upgrade { .. }
                 | Action::ChangeType { .. }
                 | Action::Start { .. }
@@ -451,7 +462,7 @@ impl Action {
                 full_sync_ms: Some(ms),
                 ..
             } => estimate::LAUNCH_MS.max(*ms),
-            Action::Launch { .. } => estimate::LAUNCH_MS,
+            Action::Launch { .. } | Action::Replace { .. } => estimate::LAUNCH_MS,
             Action::Upgrade { .. } => estimate::UPGRADE_MS,
             Action::ChangeType { .. } => estimate::CHANGE_TYPE_MS,
             Action::Start { .. } => estimate::START_MS,
@@ -471,6 +482,7 @@ impl Action {
     pub fn name(&self) -> &'static str {
         match self {
             Action::Launch { .. } => "launch",
+            Action::Replace { .. } => "replace",
             Action::Upgrade { .. } => "upgrade",
             Action::Reconfigure { .. } => "reconfigure",
             Action::SetTags { .. } => "set-tags",
@@ -515,6 +527,11 @@ impl fmt::Display for Action {
                     ),
                 }
             }
+            Action::Replace { from_ami, to_ami } => write!(
+                f,
+                "replace the instance ({} → {to_ami}): the new one takes over the data volume, then the old one is terminated",
+                from_ami.as_deref().unwrap_or("?")
+            ),
             Action::Upgrade {
                 from,
                 to,
@@ -751,6 +768,8 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
                     reason: why,
                 });
             }
+            // Its node's `replace` step resumes and finishes it.
+            Orphan::Replacement { .. } => {}
             Orphan::Duplicate { of, node: n } => flagged.push(Flag {
                 what: n.instance_id.clone(),
                 reason: format!(

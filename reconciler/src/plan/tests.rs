@@ -909,3 +909,126 @@ fn a_step_that_needs_a_missing_secret_is_refused_before_it_runs() {
     );
     assert!(!p.has_refusals());
 }
+
+#[test]
+fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes() {
+    let d = desired("28.1", "");
+    let on = |w: &mut World, ami: &str| {
+        for i in &mut w.instances {
+            *i = i.clone().with_image(Some(ami.into()));
+        }
+    };
+    // Launched from the AMI fleet.yaml names: nothing to do.
+    let mut w = World::running(&d, "28.1");
+    on(&mut w, "ami-0123456789abcdef0");
+    assert!(plan(&d, &w.observed(&d), 0).is_empty());
+    // From another one (and a version behind): one `replace` per node, nothing else for it,
+    // two nodes a wave as max_unavailable says, zone by zone.
+    let up = desired("28.2", "");
+    let mut w = World::running(&d, "28.1");
+    on(&mut w, "ami-0aaaaaaaaaaaaaaaa");
+    let p = plan(&up, &w.observed(&up), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 6, "{:#?}", actions(cp));
+    assert!(
+        cp.waves
+            .iter()
+            .flat_map(|w| &w.steps)
+            .all(|s| matches!(s.action, Action::Replace { .. }))
+    );
+    assert!(cp.waves.iter().all(|w| disrupted(w).len() == 2));
+    assert_eq!(
+        cp.waves[0].steps[0].action.to_string(),
+        "replace the instance (ami-0aaaaaaaaaaaaaaaa → ami-0123456789abcdef0): the new one takes over the data volume, then the old one is terminated"
+    );
+    assert_eq!(cp.from_versions, [Version::parse("28.1").unwrap()]);
+
+    // Cut off half way: the old instance (marked, stopped, its volume already moved) keeps
+    // the slot, the replacement is neither a duplicate nor flagged, and the step resumes.
+    let mut w = World::running(&d, "28.1");
+    on(&mut w, "ami-0123456789abcdef0");
+    let old = w.instances[0].clone();
+    let mut t = old.tags.clone();
+    t.insert(tags::PENDING.into(), "replace:ami-0123456789abcdef0".into());
+    w.instances[0] = ObservedInstance::new(
+        old.instance_id.clone(),
+        t,
+        InstanceState::Stopped,
+        old.instance_type.clone(),
+        old.private_ip.clone(),
+        None,
+    )
+    .with_image(Some("ami-0aaaaaaaaaaaaaaaa".into()));
+    let mut t = old.tags.clone();
+    t.insert(tags::REPLACES.into(), old.instance_id.clone());
+    w.instances.push(
+        ObservedInstance::new(
+            "i-0000".into(),
+            t,
+            InstanceState::Running,
+            old.instance_type.clone(),
+            Some("10.0.9.9".into()),
+            old.data_volume.clone(),
+        )
+        .with_image(Some("ami-0123456789abcdef0".into())),
+    );
+    let o = w.observed(&d);
+    assert_eq!(
+        o.node(&NodeKey::parse("bitcoin", "eu-central-1a", 1).unwrap())
+            .unwrap()
+            .instance_id,
+        old.instance_id
+    );
+    let p = plan(&d, &o, 0);
+    assert!(p.flagged.is_empty(), "{:#?}", p.flagged);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 1, "{:#?}", actions(cp));
+    assert_eq!(
+        cp.waves[0].steps[0].reason,
+        "an earlier replacement did not finish"
+    );
+    assert_eq!(cp.approval, None, "the version is as recorded");
+
+    // Finished, the old instance terminating: the replacement is the slot's node.
+    let mut w2 = World::running(&d, "28.1");
+    on(&mut w2, "ami-0123456789abcdef0");
+    let first = w2.instances[0].clone();
+    let mut t = first.tags.clone();
+    t.insert(tags::REPLACES.into(), "i-9999".into());
+    w2.instances[0] = ObservedInstance::new(
+        first.instance_id.clone(),
+        t,
+        InstanceState::Running,
+        first.instance_type.clone(),
+        first.private_ip.clone(),
+        first.data_volume.clone(),
+    )
+    .with_image(Some("ami-0123456789abcdef0".into()));
+    w2.instances[0].tags.extend(
+        first
+            .tags
+            .clone()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("fleet:config")),
+    );
+    w2.instances.push(
+        ObservedInstance::new(
+            "i-9999".into(),
+            first.tags.clone(),
+            InstanceState::ShuttingDown,
+            first.instance_type.clone(),
+            Some("10.0.9.8".into()),
+            None,
+        )
+        .with_image(Some("ami-0aaaaaaaaaaaaaaaa".into())),
+    );
+    let o = w2.observed(&d);
+    assert_eq!(
+        o.node(&NodeKey::parse("bitcoin", "eu-central-1a", 1).unwrap())
+            .unwrap()
+            .instance_id,
+        first.instance_id
+    );
+    let p = plan(&d, &o, 0);
+    assert!(p.is_empty() && p.flagged.is_empty(), "{p:#?}");
+}

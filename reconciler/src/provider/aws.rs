@@ -11,7 +11,7 @@
 //! - SSM commands always name their one instance, are waited for with a bound, and are read
 //!   back with GetCommandInvocation (never ListCommandInvocations).
 
-use super::commands::{is_active_command, reconfigure_command, upgrade_command};
+use super::commands::{BOOTSTRAP_COMMAND, is_active_command, reconfigure_command, upgrade_command};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use crate::network::{CoinNetwork, IngressRule, ObservedGroup, Protocol, Source};
@@ -399,6 +399,195 @@ impl AwsProvider {
         Ok(Outcome::Done)
     }
 
+    /// RunInstances for `spec`: in fleet.yaml's groups and the coin's own (made or brought
+    /// in step first), its data volume of `data_volume_gb` (restored from the spec's snapshot)
+    /// or none (a replacement, which takes over its node's volume), `extra` tags on the
+    /// instance only, idempotent by `token`. Returns the instance id and private address.
+    async fn run_instance(
+        &self,
+        spec: &LaunchSpec,
+        data_volume_gb: Option<u32>,
+        extra: &[(&str, &str)],
+        token: &str,
+    ) -> Result<(String, Option<String>), ProviderError> {
+        let (own, _) = self.ensure_coin_network(&spec.network).await?;
+        let mut groups = spec.security_groups.clone();
+        groups.push(own);
+        let root_device = self
+            .ec2
+            .describe_images()
+            .image_ids(&spec.ami)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeImages", None, e))?
+            .images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .map(str::to_string)
+            .ok_or_else(|| ProviderError::Refused {
+                reason: format!(
+                    "AMI {} not found in this region; check `node_ami` in fleet.yaml",
+                    spec.ami
+                ),
+            })?;
+        let mut tags_inst = TagSpecification::builder().resource_type(ResourceType::Instance);
+        let mut tags_vol = TagSpecification::builder().resource_type(ResourceType::Volume);
+        for (k, v) in &spec.tags {
+            tags_inst = tags_inst.tags(Tag::builder().key(k).value(v).build());
+            if k != "Name" && k != tags::VERSION {
+                tags_vol = tags_vol.tags(Tag::builder().key(k).value(v).build());
+            }
+        }
+        for (k, v) in extra {
+            tags_inst = tags_inst.tags(Tag::builder().key(*k).value(*v).build());
+        }
+        let mut req = self
+            .ec2
+            .run_instances()
+            .image_id(&spec.ami)
+            .instance_type(aws_sdk_ec2::types::InstanceType::from(
+                spec.instance_type.as_str(),
+            ))
+            .min_count(1)
+            .max_count(1)
+            .iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(&spec.instance_profile)
+                    .build(),
+            )
+            .user_data(aws_smithy_types::base64::encode(userdata::encode(
+                &spec.user_data,
+            )))
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            )
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(root_device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(spec.root_volume_gb as i32)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .encrypted(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(tags_inst.build())
+            .tag_specifications(tags_vol.build())
+            .client_token(token.chars().take(64).collect::<String>());
+        if let Some(gb) = data_volume_gb {
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(DATA_DEVICE)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(gb as i32)
+                            .volume_type(VolumeType::Gp3)
+                            // retire snapshots the volume before terminating.
+                            .delete_on_termination(true)
+                            .encrypted(true)
+                            .set_snapshot_id(spec.snapshot_id.clone())
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        if spec.public_ip {
+            // A public address can only be asked for on the network interface,
+            // which then carries the subnet and the groups.
+            req = req.network_interfaces(
+                aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .subnet_id(&spec.subnet_id)
+                    .set_groups(Some(groups))
+                    .associate_public_ip_address(true)
+                    .delete_on_termination(true)
+                    .build(),
+            );
+        } else {
+            req = req.subnet_id(&spec.subnet_id);
+            for sg in &groups {
+                req = req.security_group_ids(sg);
+            }
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:RunInstances", None, e))?;
+        let inst = out.instances().first().ok_or_else(|| ProviderError::Api {
+            op: "ec2:RunInstances".into(),
+            code: "bad-response".into(),
+            message: "no instance in the response".into(),
+            instance: None,
+        })?;
+        Ok((
+            inst.instance_id().unwrap_or("").to_string(),
+            inst.private_ip_address().map(str::to_string),
+        ))
+    }
+
+    /// The instance launched to replace `old_id` (tag `fleet:replaces`), if one is not
+    /// terminated.
+    async fn replacement_of(
+        &self,
+        old_id: &str,
+    ) -> Result<Option<aws_sdk_ec2::types::Instance>, ProviderError> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+            .filters(Self::filter(&format!("tag:{}", tags::REPLACES), &[old_id]))
+            .filters(Self::filter(
+                "instance-state-name",
+                &["pending", "running", "stopping", "stopped"],
+            ))
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeInstances", Some(old_id), e))?;
+        let mut found: Vec<aws_sdk_ec2::types::Instance> = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.instance_id().cmp(&b.instance_id()));
+        Ok(found.into_iter().next())
+    }
+
+    /// Wait until volume `vol` is `want` (`available`, `in-use`).
+    async fn wait_volume(&self, vol: &str, want: &str, node: &str) -> Result<(), ProviderError> {
+        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+        loop {
+            let out = self
+                .ec2
+                .describe_volumes()
+                .volume_ids(vol)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DescribeVolumes", Some(node), e))?;
+            let state = out
+                .volumes()
+                .first()
+                .and_then(|v| v.state())
+                .map(|s| s.as_str().to_string());
+            if state.as_deref() == Some(want) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::timed_out(
+                    "ec2:DescribeVolumes",
+                    format!("volume {vol} did not become {want} within the bound"),
+                    Some(node),
+                ));
+            }
+            tokio::time::sleep(self.opts.poll_interval).await;
+        }
+    }
+
     /// One managed, non-terminated instance by id.
     async fn instance(
         &self,
@@ -710,30 +899,30 @@ fn rules_of(g: &aws_sdk_ec2::types::SecurityGroup) -> Vec<IngressRule> {
             to_port: p.to_port().unwrap_or(-1),
             source,
         };
-        out.extend(
-            p.ip_ranges()
-                .iter()
-                .filter_map(|r| r.cidr_ip())
-                .map(|c| rule(Source::Ipv4(c.to_string()))),
-        );
-        out.extend(
-            p.ipv6_ranges()
-                .iter()
-                .filter_map(|r| r.cidr_ipv6())
-                .map(|c| rule(Source::Ipv6(c.to_string()))),
-        );
-        out.extend(
-            p.user_id_group_pairs()
-                .iter()
-                .filter_map(|r| r.group_id())
-                .map(|g| rule(Source::Group(g.to_string()))),
-        );
-        out.extend(
-            p.prefix_list_ids()
-                .iter()
-                .filter_map(|r| r.prefix_list_id())
-                .map(|l| rule(Source::PrefixList(l.to_string()))),
-        );
+        let sources = p
+            .ip_ranges()
+            .iter()
+            .filter_map(|r| r.cidr_ip())
+            .map(|c| Source::Ipv4(c.to_string()))
+            .chain(
+                p.ipv6_ranges()
+                    .iter()
+                    .filter_map(|r| r.cidr_ipv6())
+                    .map(|c| Source::Ipv6(c.to_string())),
+            )
+            .chain(
+                p.user_id_group_pairs()
+                    .iter()
+                    .filter_map(|r| r.group_id())
+                    .map(|g| Source::Group(g.to_string())),
+            )
+            .chain(
+                p.prefix_list_ids()
+                    .iter()
+                    .filter_map(|r| r.prefix_list_id())
+                    .map(|l| Source::PrefixList(l.to_string())),
+            );
+        out.extend(sources.map(rule));
     }
     out.sort();
     out
@@ -899,6 +1088,7 @@ impl Provider for AwsProvider {
                     )
                     .with_security_groups(groups_of(i))
                     .with_vpc(i.vpc_id().map(str::to_string))
+                    .with_image(i.image_id().map(str::to_string))
                     .with_public_ip(i.public_ip_address().is_some_and(|a| !a.is_empty())),
                 );
                 if let (Some(dev), Some(vol)) = (i.root_device_name(), root_volume_id(i)) {
@@ -1151,126 +1341,15 @@ impl Provider for AwsProvider {
         let (id, ip, launched) = match found.into_iter().next() {
             Some((id, ip)) => (id, ip, false),
             None => {
-                let (own, _) = self.ensure_coin_network(&spec.network).await?;
-                let mut groups = spec.security_groups.clone();
-                groups.push(own);
-                let root_device = self
-                    .ec2
-                    .describe_images()
-                    .image_ids(&spec.ami)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:DescribeImages", None, e))?
-                    .images()
-                    .first()
-                    .and_then(|i| i.root_device_name())
-                    .map(str::to_string)
-                    .ok_or_else(|| ProviderError::Refused {
-                        reason: format!(
-                            "AMI {} not found in this region; check `node_ami` in fleet.yaml",
-                            spec.ami
-                        ),
-                    })?;
-                let mut tags_inst =
-                    TagSpecification::builder().resource_type(ResourceType::Instance);
-                let mut tags_vol = TagSpecification::builder().resource_type(ResourceType::Volume);
-                for (k, v) in &spec.tags {
-                    tags_inst = tags_inst.tags(Tag::builder().key(k).value(v).build());
-                    if k != "Name" && k != tags::VERSION {
-                        tags_vol = tags_vol.tags(Tag::builder().key(k).value(v).build());
-                    }
-                }
                 let nanos = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_nanos())
                     .unwrap_or(0);
                 let token = format!("fleet-{}-{}-{}-{nanos:x}", key.coin, key.zone, key.index);
-                let mut req = self
-                    .ec2
-                    .run_instances()
-                    .image_id(&spec.ami)
-                    .instance_type(aws_sdk_ec2::types::InstanceType::from(
-                        spec.instance_type.as_str(),
-                    ))
-                    .min_count(1)
-                    .max_count(1)
-                    .iam_instance_profile(
-                        IamInstanceProfileSpecification::builder()
-                            .name(&spec.instance_profile)
-                            .build(),
-                    )
-                    .user_data(aws_smithy_types::base64::encode(userdata::encode(
-                        &spec.user_data,
-                    )))
-                    .metadata_options(
-                        InstanceMetadataOptionsRequest::builder()
-                            .http_tokens(HttpTokensState::Required)
-                            .build(),
-                    )
-                    .block_device_mappings(
-                        BlockDeviceMapping::builder()
-                            .device_name(root_device)
-                            .ebs(
-                                EbsBlockDevice::builder()
-                                    .volume_size(spec.root_volume_gb as i32)
-                                    .volume_type(VolumeType::Gp3)
-                                    .delete_on_termination(true)
-                                    .encrypted(true)
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .block_device_mappings(
-                        BlockDeviceMapping::builder()
-                            .device_name(DATA_DEVICE)
-                            .ebs(
-                                EbsBlockDevice::builder()
-                                    .volume_size(spec.data_volume_gb as i32)
-                                    .volume_type(VolumeType::Gp3)
-                                    // retire snapshots the volume before terminating.
-                                    .delete_on_termination(true)
-                                    .encrypted(true)
-                                    .set_snapshot_id(spec.snapshot_id.clone())
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .tag_specifications(tags_inst.build())
-                    .tag_specifications(tags_vol.build())
-                    .client_token(token.chars().take(64).collect::<String>());
-                if spec.public_ip {
-                    // A public address can only be asked for on the network interface,
-                    // which then carries the subnet and the groups.
-                    req = req.network_interfaces(
-                        aws_sdk_ec2::types::InstanceNetworkInterfaceSpecification::builder()
-                            .device_index(0)
-                            .subnet_id(&spec.subnet_id)
-                            .set_groups(Some(groups))
-                            .associate_public_ip_address(true)
-                            .delete_on_termination(true)
-                            .build(),
-                    );
-                } else {
-                    req = req.subnet_id(&spec.subnet_id);
-                    for sg in &groups {
-                        req = req.security_group_ids(sg);
-                    }
-                }
-                let out = req
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:RunInstances", None, e))?;
-                let inst = out.instances().first().ok_or_else(|| ProviderError::Api {
-                    op: "ec2:RunInstances".into(),
-                    code: "bad-response".into(),
-                    message: "no instance in the response".into(),
-                    instance: None,
-                })?;
-                (
-                    inst.instance_id().unwrap_or("").to_string(),
-                    inst.private_ip_address().map(str::to_string),
-                    true,
-                )
+                let (id, ip) = self
+                    .run_instance(spec, Some(spec.data_volume_gb), &[], &token)
+                    .await?;
+                (id, ip, true)
             }
         };
         let ip = match ip {
@@ -1484,6 +1563,146 @@ impl Provider for AwsProvider {
             }
         })
         .await
+    }
+
+    async fn replace(
+        &self,
+        node: &NodeRef,
+        spec: &LaunchSpec,
+    ) -> Result<(String, Outcome), ProviderError> {
+        let found = self.replacement_of(&node.instance_id).await?;
+        let old = match self.instance(node).await {
+            Ok(i) => i,
+            // Done before (the old instance is gone): only the record is ensured.
+            Err(ProviderError::NotFound { .. }) => {
+                let n = found.ok_or_else(|| ProviderError::NotFound {
+                    instance: node.instance_id.clone(),
+                })?;
+                let id = n.instance_id().unwrap_or("").to_string();
+                let ip = n.private_ip_address().unwrap_or("").to_string();
+                return Ok((id, self.upsert_record(&spec.dns, &ip).await?));
+            }
+            Err(e) => return Err(e),
+        };
+        let new_id = match &found {
+            Some(n) => n.instance_id().unwrap_or("").to_string(),
+            None => {
+                let vol = data_volume_id(&old).ok_or_else(|| ProviderError::Refused {
+                    reason: format!(
+                        "instance {} of {} has no data volume to move to its replacement; attach the node's volume at {DATA_DEVICE}, or retire the node",
+                        node.instance_id, node.key
+                    ),
+                })?;
+                let marker = PendingStep::Replace {
+                    ami: spec.ami.clone(),
+                };
+                self.create_tags(&node.instance_id, &[(tags::PENDING, &marker.to_tag())])
+                    .await?;
+                let token = format!("fleet-replace-{}", node.instance_id);
+                self.run_instance(
+                    spec,
+                    None,
+                    &[
+                        (tags::REPLACES, node.instance_id.as_str()),
+                        (tags::TAKES_VOLUME, vol.as_str()),
+                    ],
+                    &token,
+                )
+                .await?
+                .0
+            }
+        };
+        let new = NodeRef {
+            key: node.key.clone(),
+            instance_id: new_id.clone(),
+        };
+        let inst = self.instance(&new).await?;
+        let vol = tag_map(inst.tags())
+            .get(tags::TAKES_VOLUME)
+            .cloned()
+            .ok_or_else(|| ProviderError::Refused {
+                reason: format!(
+                    "replacement {new_id} of {} does not say which volume it takes ({}); terminate it by hand",
+                    node.key,
+                    tags::TAKES_VOLUME
+                ),
+            })?;
+        // The old daemon stops here: from now on the node is down until the replacement
+        // is in sync (the step is disruptive, and gated).
+        if state_of(&old) != InstanceState::Stopped {
+            self.ec2
+                .stop_instances()
+                .instance_ids(&node.instance_id)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:StopInstances", Some(&node.instance_id), e))?;
+            self.wait_state(node, "stopped").await?;
+        }
+        if data_volume_id(&old).as_deref() == Some(vol.as_str()) {
+            self.ec2
+                .detach_volume()
+                .volume_id(&vol)
+                .instance_id(&node.instance_id)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DetachVolume", Some(&node.instance_id), e))?;
+        }
+        if data_volume_id(&inst).as_deref() != Some(vol.as_str()) {
+            self.wait_volume(&vol, "available", &node.instance_id)
+                .await?;
+            self.wait_state(&new, "running").await?;
+            self.ec2
+                .attach_volume()
+                .volume_id(&vol)
+                .instance_id(&new_id)
+                .device(DATA_DEVICE)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:AttachVolume", Some(&new_id), e))?;
+            self.wait_volume(&vol, "in-use", &new_id).await?;
+            // As at launch: retire snapshots the volume, then terminating deletes it.
+            self.ec2
+                .modify_instance_attribute()
+                .instance_id(&new_id)
+                .block_device_mappings(
+                    aws_sdk_ec2::types::InstanceBlockDeviceMappingSpecification::builder()
+                        .device_name(DATA_DEVICE)
+                        .ebs(
+                            aws_sdk_ec2::types::EbsInstanceBlockDeviceSpecification::builder()
+                                .delete_on_termination(true)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&new_id), e))?;
+        }
+        self.run_command(
+            &new,
+            BOOTSTRAP_COMMAND,
+            &format!("fleet: {} takes over {}", new_id, node.key),
+        )
+        .await?;
+        let ip = self
+            .instance(&new)
+            .await?
+            .private_ip_address()
+            .map(str::to_string)
+            .ok_or_else(|| ProviderError::Api {
+                op: "ec2:DescribeInstances".into(),
+                code: "no-address".into(),
+                message: "the replacement has no private address yet; the next pass retries".into(),
+                instance: Some(new_id.clone()),
+            })?;
+        self.upsert_record(&spec.dns, &ip).await?;
+        self.ec2
+            .terminate_instances()
+            .instance_ids(&node.instance_id)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:TerminateInstances", Some(&node.instance_id), e))?;
+        Ok((new_id, Outcome::Done))
     }
 
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {

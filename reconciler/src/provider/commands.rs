@@ -125,6 +125,11 @@ pub const GROW_FS_COMMAND: &str = "xfs_growfs -d /node-data";
 /// The command that grows the root partition and file system after the root volume grew.
 pub const GROW_ROOT_COMMAND: &str = "/usr/local/sbin/fleet-node grow-root";
 
+/// What a replacement runs once it has its node's data volume: the every-boot set-up
+/// (mount without formatting a volume that holds a file system, environment, start the
+/// enabled daemon), which at its own boot gave up waiting for the volume.
+pub const BOOTSTRAP_COMMAND: &str = "/usr/local/sbin/fleet-node bootstrap";
+
 /// `version` as it may appear inside single quotes of a unit name: the version rule again,
 /// and no byte outside `[A-Za-z0-9._+-]`, and no leading `-` (an option to systemctl).
 fn shell_safe(version: &Version) -> Result<&str, ProviderError> {

@@ -127,6 +127,12 @@ pub enum PendingStep {
         /// [`crate::node_config::KeyPrint`]; empty when it does not fit in a tag).
         keys: String,
     },
+    /// `replace:<ami>`: the instance is being replaced by one launched from `ami`, which
+    /// takes over its data volume (the replacement carries `fleet:replaces`).
+    Replace {
+        /// The AMI of the replacement (as written in the tag).
+        ami: String,
+    },
     /// A marker this version of fleet does not write (a newer fleet, or a person).
     Unknown {
         /// The tag's value.
@@ -141,6 +147,7 @@ impl PendingStep {
             PendingStep::Upgrade { to } => format!("upgrade:{to}"),
             PendingStep::ChangeType { to } => format!("change-type:{to}"),
             PendingStep::Reconfigure { .. } => "reconfigure".into(),
+            PendingStep::Replace { ami } => format!("replace:{ami}"),
             PendingStep::Unknown { tag } => tag.clone(),
         }
     }
@@ -149,6 +156,9 @@ impl PendingStep {
         match s.split_once(':') {
             Some(("upgrade", to)) => PendingStep::Upgrade { to: to.to_string() },
             Some(("change-type", to)) => PendingStep::ChangeType { to: to.to_string() },
+            Some(("replace", ami)) => PendingStep::Replace {
+                ami: ami.to_string(),
+            },
             _ if s == "reconfigure" => PendingStep::Reconfigure {
                 to: String::new(),
                 keys: String::new(),
@@ -176,6 +186,7 @@ impl fmt::Display for PendingStep {
             PendingStep::Upgrade { to } => write!(f, "upgrade towards {to}"),
             PendingStep::ChangeType { to } => write!(f, "change of type towards {to}"),
             PendingStep::Reconfigure { .. } => write!(f, "reconfiguration"),
+            PendingStep::Replace { ami } => write!(f, "replacement by an instance of {ami}"),
             PendingStep::Unknown { tag } => write!(f, "step {tag:?}"),
         }
     }
@@ -229,6 +240,9 @@ pub struct ObservedInstance {
     /// Its VPC (None: not read).
     #[serde(default)]
     pub vpc_id: Option<String>,
+    /// The AMI it was launched from (None: not read).
+    #[serde(default)]
+    pub image_id: Option<String>,
 }
 
 impl ObservedInstance {
@@ -266,7 +280,14 @@ impl ObservedInstance {
             public_ip: None,
             root_volume: None,
             vpc_id: None,
+            image_id: None,
         }
+    }
+
+    /// The same, with its AMI as read.
+    pub fn with_image(mut self, image_id: Option<String>) -> ObservedInstance {
+        self.image_id = image_id;
+        self
     }
 
     /// The same, with its VPC as read.
@@ -789,6 +810,21 @@ pub trait Provider: Send + Sync {
         node: &NodeRef,
         version: &Version,
     ) -> Result<bool, ProviderError>;
+
+    /// Replace the node's instance by a new one of `spec` (a new AMI) that takes over its data
+    /// volume: mark the old one (`fleet:pending=replace:<ami>`), launch the replacement
+    /// without a data volume (tagged `fleet:replaces` and `fleet:takes-volume`), stop the old
+    /// instance, detach the volume from it, attach it to the replacement, run the every-boot
+    /// set-up there (`fleet-node bootstrap`), point the DNS name at it and terminate the old
+    /// instance (its root volume goes with it; the data volume has moved). The volume is
+    /// attached to one instance at a time, never copied and never deleted. Each part is
+    /// idempotent, so a retry after a crash anywhere finishes the job; once the old instance
+    /// is gone, a retry only ensures the record. Returns the replacement's id.
+    async fn replace(
+        &self,
+        node: &NodeRef,
+        spec: &LaunchSpec,
+    ) -> Result<(String, Outcome), ProviderError>;
 
     /// Grow the data volume to `size_gb` and the file system with it. Refuses to shrink.
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError>;

@@ -68,7 +68,8 @@ impl PendingStep {
                     && matches!(facts.state, InstanceState::Running | InstanceState::Pending)
             }
             PendingStep::Reconfigure { to, .. } => facts.tag(tags::CONFIG) == Some(to.as_str()),
-            PendingStep::Unknown { .. } => false,
+            // Its result is another instance: the step itself looks for it.
+            PendingStep::Replace { .. } | PendingStep::Unknown { .. } => false,
         }
     }
 
@@ -83,7 +84,9 @@ impl PendingStep {
                     (tags::CONFIG_KEYS, keys.as_str()),
                 ]
             }
-            PendingStep::ChangeType { .. } | PendingStep::Unknown { .. } => vec![],
+            PendingStep::ChangeType { .. }
+            | PendingStep::Replace { .. }
+            | PendingStep::Unknown { .. } => vec![],
         }
     }
 }

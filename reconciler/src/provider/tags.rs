@@ -11,6 +11,8 @@
 //! | `fleet:pending` | instance | `<step>:<target>` while a step is under way |
 //! | `fleet:config` | instance | fingerprint of the node's rendered configuration, per part |
 //! | `fleet:config-keys` | instance | per setting, hashes of its name and value (empty when they do not fit) |
+//! | `fleet:replaces` | instance | on a replacement: the instance it replaces |
+//! | `fleet:takes-volume` | instance | on a replacement: the data volume it takes over |
 //! | `fleet:reason` | snapshots | why the snapshot was taken |
 //! | `Name` | instance | `node<N>.<coin>.<domain>` at launch |
 
@@ -39,6 +41,10 @@ pub const CONFIG: &str = "fleet:config";
 /// ([`crate::node_config::KeyPrint`]): what lets the plan name the settings that differ.
 /// Written with [`CONFIG`].
 pub const CONFIG_KEYS: &str = "fleet:config-keys";
+/// On an instance launched to replace another (a new `node_ami`): the instance it replaces.
+pub const REPLACES: &str = "fleet:replaces";
+/// On a replacement: the data volume it takes over from the instance it replaces.
+pub const TAKES_VOLUME: &str = "fleet:takes-volume";
 /// Why a snapshot was taken.
 pub const REASON: &str = "fleet:reason";
 

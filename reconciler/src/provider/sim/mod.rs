@@ -359,6 +359,7 @@ impl Provider for SimProvider {
                 )
                 .with_security_groups(i.security_groups.clone())
                 .with_vpc(i.vpc_id.clone())
+                .with_image(i.ami.clone())
                 .with_public_ip(i.public_ip)
             })
             .map(|o| {
@@ -626,6 +627,14 @@ impl Provider for SimProvider {
             })
         })
         .await
+    }
+
+    async fn replace(
+        &self,
+        node: &NodeRef,
+        spec: &LaunchSpec,
+    ) -> Result<(String, Outcome), ProviderError> {
+        self.with(|w, now| w.replace(node, spec, now))
     }
 
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {

@@ -193,6 +193,9 @@ pub(super) struct Instance {
     /// Its VPC (None in worlds saved before it was modelled).
     #[serde(default)]
     pub(super) vpc_id: Option<String>,
+    /// The AMI it was launched from (None in worlds saved before it was modelled).
+    #[serde(default)]
+    pub(super) ami: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -480,6 +483,136 @@ impl World {
         Ok(Outcome::Done)
     }
 
+    /// [`crate::provider::Provider::replace`], with EC2's, SSM's and Route53's calls as the
+    /// AWS provider makes them. The chain moves with the volume: the replacement's daemon
+    /// starts at the height the old one stopped at.
+    pub(super) fn replace(
+        &mut self,
+        node: &NodeRef,
+        spec: &LaunchSpec,
+        now: Millis,
+    ) -> Result<(String, Outcome), ProviderError> {
+        self.call("DescribeInstances")?;
+        let found = self
+            .instances
+            .values()
+            .filter(|i| !i.terminated && i.tags.get(tags::REPLACES) == Some(&node.instance_id))
+            .map(|i| i.id.clone())
+            .min();
+        self.call("DescribeInstances")?;
+        if self.live(node).is_err() {
+            let id = found.ok_or_else(|| ProviderError::NotFound {
+                instance: node.instance_id.clone(),
+            })?;
+            let ip = self.instances[&id].private_ip.clone();
+            let outcome = self.set_record(spec, &ip)?;
+            return Ok((id, outcome));
+        }
+        let new_id = match found {
+            Some(id) => id,
+            None => {
+                let vol = self.live(node)?.data_volume.clone().ok_or_else(|| {
+                    ProviderError::Refused {
+                        reason: format!(
+                            "instance {} of {} has no data volume to move to its replacement; attach the node's volume at /dev/sdf, or retire the node",
+                            node.instance_id, node.key
+                        ),
+                    }
+                })?;
+                self.call("CreateTags")?;
+                let marker = crate::provider::PendingStep::Replace {
+                    ami: spec.ami.clone(),
+                };
+                self.live_mut(node)?
+                    .tags
+                    .insert(tags::PENDING.into(), marker.to_tag());
+                let (group, _) = self.ensure_group(&spec.network)?;
+                self.call("DescribeImages")?;
+                self.call("RunInstances")?;
+                let id = self.create_instance(spec, &group, now, 0, false);
+                let own = self.instances.get_mut(&id).expect("just made");
+                // Launched without a data volume: it takes over the node's.
+                let made = own.data_volume.take();
+                own.tags
+                    .insert(tags::REPLACES.into(), node.instance_id.clone());
+                own.tags.insert(tags::TAKES_VOLUME.into(), vol);
+                // Its boot-time set-up gives up waiting for a data volume.
+                own.daemon.stopped = true;
+                if let Some(v) = made {
+                    self.volumes.remove(&v);
+                }
+                id
+            }
+        };
+        let new = NodeRef {
+            key: node.key.clone(),
+            instance_id: new_id.clone(),
+        };
+        self.call("DescribeInstances")?;
+        let vol = self
+            .live(&new)?
+            .tags
+            .get(tags::TAKES_VOLUME)
+            .cloned()
+            .ok_or_else(|| ProviderError::Refused {
+                reason: format!(
+                    "replacement {new_id} of {} does not say which volume it takes ({}); terminate it by hand",
+                    node.key,
+                    tags::TAKES_VOLUME
+                ),
+            })?;
+        if !self.live(node)?.stopped {
+            let height = self.blocks_now(&node.instance_id, now);
+            self.call("StopInstances")?;
+            let old = self.live_mut(node)?;
+            old.stopped = true;
+            old.daemon.stopped = true;
+            old.daemon.start_height = height;
+        }
+        // The chain is on the volume: what the old daemon had when it stopped.
+        let chain = self.live(node)?.daemon.start_height;
+        if self.live(node)?.data_volume.as_deref() == Some(vol.as_str()) {
+            self.call("DetachVolume")?;
+            self.live_mut(node)?.data_volume = None;
+        }
+        if self.live(&new)?.data_volume.as_deref() != Some(vol.as_str()) {
+            self.call("DescribeVolumes")?;
+            self.call("AttachVolume")?;
+            self.live_mut(&new)?.data_volume = Some(vol.clone());
+            self.call("DescribeVolumes")?;
+            self.call("ModifyInstanceAttribute")?;
+        }
+        self.run_command(&new, crate::provider::commands::BOOTSTRAP_COMMAND, now)?;
+        let d = &mut self.live_mut(&new)?.daemon;
+        if d.stopped {
+            d.stopped = false;
+            d.started_ms = now;
+            d.start_height = chain;
+        }
+        d.enabled = true;
+        self.call("DescribeInstances")?;
+        let ip = self.live(&new)?.private_ip.clone();
+        self.set_record(spec, &ip)?;
+        self.call("TerminateInstances")?;
+        self.live_mut(node)?.terminated = true;
+        Ok((new_id, Outcome::Done))
+    }
+
+    /// Point the spec's record at `ip` (one ChangeResourceRecordSets when it differs).
+    fn set_record(&mut self, spec: &LaunchSpec, ip: &str) -> Result<Outcome, ProviderError> {
+        let same = self
+            .dns
+            .get(&spec.dns.hosted_zone_id)
+            .and_then(|z| z.get(&spec.dns.name))
+            .is_some_and(|r| r.values == [ip.to_string()]);
+        if same {
+            return Ok(Outcome::AlreadyDone);
+        }
+        self.call("ChangeResourceRecordSets")?;
+        self.upsert_dns(&spec.dns.hosted_zone_id, &spec.dns.name, ip);
+        Ok(Outcome::Done)
+    }
+
     /// `files` were written on the node at `now`: whether its daemon will refuse them.
     pub(super) fn wrote_config(
         &mut self,
@@ -558,6 +691,7 @@ impl World {
                 root: Some((root, spec.root_volume_gb)),
                 rejected_config: None,
                 vpc_id: Some(spec.network.vpc_id.clone()),
+                ami: Some(spec.ami.clone()),
                 daemon: Daemon {
                     version: Some(spec.version.to_string()),
                     started_ms: running_at_ms,
