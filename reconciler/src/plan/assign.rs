@@ -56,6 +56,9 @@ pub struct ObservedNode {
     /// The AMI it was launched from (None: not observed).
     #[serde(default)]
     pub image_id: Option<String>,
+    /// Its subnet (None: not observed).
+    #[serde(default)]
+    pub subnet_id: Option<String>,
 }
 
 impl ObservedNode {
@@ -77,6 +80,7 @@ impl ObservedNode {
             root_volume: i.root_volume,
             vpc_id: i.vpc_id,
             image_id: i.image_id,
+            subnet_id: i.subnet_id,
         }
     }
 

@@ -111,15 +111,13 @@ pub(super) fn plan_coin(
                     continue;
                 }
             }
-            let replace = || Action::Replace {
-                from_ami: n.image_id.clone(),
-                to_ami: desired.fleet.node_ami.to_string(),
-            };
             // An interrupted replacement resumes first, whatever else differs (its volume
             // may be on the replacement already).
             if matches!(n.pending, Some(PendingStep::Replace { .. })) {
                 disruptive.push(vec![step(
-                    replace(),
+                    Action::Replace {
+                        cause: ReplaceCause::Resume,
+                    },
                     "an earlier replacement did not finish".into(),
                 )]);
                 continue;
@@ -381,16 +379,29 @@ pub(super) fn plan_coin(
             // A new AMI needs a new instance, launched as the coin says now: the one step the
             // node gets (what else differs comes with it; a larger data volume is grown by
             // the next plan).
-            if let Some(ami) = n
-                .image_id
-                .as_deref()
-                .filter(|a| *a != desired.fleet.node_ami.as_str())
-            {
-                let reason = format!(
-                    "node_ami is {} (the instance runs {ami})",
-                    desired.fleet.node_ami
-                );
-                steps = vec![step(replace(), reason)];
+            let ami = desired.fleet.node_ami.as_str();
+            let subnet = desired.fleet.subnets.get(zone).map(|s| s.as_str());
+            let cause = match (n.image_id.as_deref(), n.subnet_id.as_deref()) {
+                (Some(have), _) if have != ami => Some(ReplaceCause::Ami {
+                    from: have.to_string(),
+                    to: ami.to_string(),
+                }),
+                (_, Some(have)) if subnet.is_some_and(|s| s != have) => {
+                    Some(ReplaceCause::Subnet {
+                        from: have.to_string(),
+                        to: subnet.unwrap_or_default().to_string(),
+                    })
+                }
+                _ => None,
+            };
+            if let Some(cause) = cause {
+                let reason = match &cause {
+                    ReplaceCause::Subnet { to, .. } => {
+                        format!("network.subnets gives {zone} the subnet {to}")
+                    }
+                    _ => format!("node_ami is {ami}"),
+                };
+                steps = vec![step(Action::Replace { cause }, reason)];
             }
             if stopped
                 && let Some(i) = steps.iter().position(|s| {

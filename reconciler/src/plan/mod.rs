@@ -406,10 +406,8 @@ pub enum Action {
     /// terminated. The new one is launched as the coin says now (version, type, settings), so
     /// this is the node's only step.
     Replace {
-        /// The AMI the instance runs (None: unknown).
-        from_ami: Option<String>,
-        /// fleet.yaml's `node_ami`.
-        to_ami: String,
+        /// Why a new instance.
+        cause: ReplaceCause,
     },
     /// Stop, change the instance type, start.
     ChangeType {
@@ -527,10 +525,9 @@ impl fmt::Display for Action {
                     ),
                 }
             }
-            Action::Replace { from_ami, to_ami } => write!(
+            Action::Replace { cause } => write!(
                 f,
-                "replace the instance ({} → {to_ami}): the new one takes over the data volume, then the old one is terminated",
-                from_ami.as_deref().unwrap_or("?")
+                "replace the instance ({cause}): the new one takes over the data volume, then the old one is terminated"
             ),
             Action::Upgrade {
                 from,
@@ -639,6 +636,38 @@ impl fmt::Display for Action {
                 Ok(())
             }
             Action::DeleteDns { record } => write!(f, "delete record {}", record.name),
+        }
+    }
+}
+
+/// What only a new instance can take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "cause", rename_all = "kebab-case")]
+pub enum ReplaceCause {
+    /// fleet.yaml's `node_ami` is not the one the instance was launched from.
+    Ami {
+        /// The instance's AMI.
+        from: String,
+        /// `node_ami`.
+        to: String,
+    },
+    /// The zone's subnet in fleet.yaml's `network.subnets` is not the instance's.
+    Subnet {
+        /// The instance's subnet.
+        from: String,
+        /// `network.subnets[zone]`.
+        to: String,
+    },
+    /// A replacement was cut off (the instance carries `fleet:pending=replace:…`).
+    Resume,
+}
+
+impl fmt::Display for ReplaceCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplaceCause::Ami { from, to } => write!(f, "AMI {from} → {to}"),
+            ReplaceCause::Subnet { from, to } => write!(f, "subnet {from} → {to}"),
+            ReplaceCause::Resume => write!(f, "finishing a replacement"),
         }
     }
 }

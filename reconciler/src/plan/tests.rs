@@ -939,9 +939,25 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
     assert!(cp.waves.iter().all(|w| disrupted(w).len() == 2));
     assert_eq!(
         cp.waves[0].steps[0].action.to_string(),
-        "replace the instance (ami-0aaaaaaaaaaaaaaaa → ami-0123456789abcdef0): the new one takes over the data volume, then the old one is terminated"
+        "replace the instance (AMI ami-0aaaaaaaaaaaaaaaa → ami-0123456789abcdef0): the new one takes over the data volume, then the old one is terminated"
     );
     assert_eq!(cp.from_versions, [Version::parse("28.1").unwrap()]);
+    // In another subnet than the zone's in network.subnets: the same, for that node only.
+    let mut w = World::running(&d, "28.1");
+    on(&mut w, "ami-0123456789abcdef0");
+    w.instances[4] = w.instances[4]
+        .clone()
+        .with_subnet(Some("subnet-0ccccccccccccccc9".into()));
+    w.instances[5] = w.instances[5]
+        .clone()
+        .with_subnet(Some("subnet-0ccccccccccccccc3".into()));
+    let p = plan(&d, &w.observed(&d), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 1, "{:#?}", actions(cp));
+    assert_eq!(
+        cp.waves[0].steps[0].action.to_string(),
+        "replace the instance (subnet subnet-0ccccccccccccccc9 → subnet-0ccccccccccccccc3): the new one takes over the data volume, then the old one is terminated"
+    );
 
     // Cut off half way: the old instance (marked, stopped, its volume already moved) keeps
     // the slot, the replacement is neither a duplicate nor flagged, and the step resumes.

@@ -1089,6 +1089,7 @@ impl Provider for AwsProvider {
                     .with_security_groups(groups_of(i))
                     .with_vpc(i.vpc_id().map(str::to_string))
                     .with_image(i.image_id().map(str::to_string))
+                    .with_subnet(i.subnet_id().map(str::to_string))
                     .with_public_ip(i.public_ip_address().is_some_and(|a| !a.is_empty())),
                 );
                 if let (Some(dev), Some(vol)) = (i.root_device_name(), root_volume_id(i)) {

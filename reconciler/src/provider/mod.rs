@@ -243,6 +243,9 @@ pub struct ObservedInstance {
     /// The AMI it was launched from (None: not read).
     #[serde(default)]
     pub image_id: Option<String>,
+    /// Its subnet (None: not read).
+    #[serde(default)]
+    pub subnet_id: Option<String>,
 }
 
 impl ObservedInstance {
@@ -281,7 +284,14 @@ impl ObservedInstance {
             root_volume: None,
             vpc_id: None,
             image_id: None,
+            subnet_id: None,
         }
+    }
+
+    /// The same, with its subnet as read.
+    pub fn with_subnet(mut self, subnet_id: Option<String>) -> ObservedInstance {
+        self.subnet_id = subnet_id;
+        self
     }
 
     /// The same, with its AMI as read.

@@ -360,6 +360,7 @@ impl Provider for SimProvider {
                 .with_security_groups(i.security_groups.clone())
                 .with_vpc(i.vpc_id.clone())
                 .with_image(i.ami.clone())
+                .with_subnet(i.subnet_id.clone())
                 .with_public_ip(i.public_ip)
             })
             .map(|o| {

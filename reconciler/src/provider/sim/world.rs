@@ -196,6 +196,9 @@ pub(super) struct Instance {
     /// The AMI it was launched from (None in worlds saved before it was modelled).
     #[serde(default)]
     pub(super) ami: Option<String>,
+    /// Its subnet (None in worlds saved before it was modelled).
+    #[serde(default)]
+    pub(super) subnet_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -692,6 +695,7 @@ impl World {
                 rejected_config: None,
                 vpc_id: Some(spec.network.vpc_id.clone()),
                 ami: Some(spec.ami.clone()),
+                subnet_id: Some(spec.subnet_id.clone()),
                 daemon: Daemon {
                     version: Some(spec.version.to_string()),
                     started_ms: running_at_ms,
