@@ -19,7 +19,7 @@ pub const FLEET_FILE: &str = "fleet.yaml";
 pub const COINS_DIR: &str = "coins";
 /// Tags a coin may set: AWS allows 50 per resource and fleet writes up to 8 (Name, and
 /// `fleet:` managed, coin, zone, index, version, pending, and one spare for its records).
-pub const MAX_COIN_TAGS: usize = 41;
+pub const MAX_COIN_TAGS: usize = 40;
 /// Shortest `stall_timeout` and `sync_timeout`.
 pub const MIN_HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 

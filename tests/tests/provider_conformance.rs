@@ -779,6 +779,48 @@ async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
     assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
 }
 
+/// Tags are set, deleted and recorded as a `set-tags` step asks, on the instance (the data
+/// volume is tagged along on AWS); asking again changes nothing.
+async fn tags_are_set_deleted_and_recorded(w: &dyn TestWorld) {
+    use reconciler::provider::{TagChange, tags};
+    let a = launch(w, "litecoin", 0).await;
+    let vol = node(&observe(w).await, &a)
+        .data_volume
+        .clone()
+        .unwrap()
+        .volume_id;
+    let add = TagChange {
+        set: [("Team".to_string(), "nodes".to_string())].into(),
+        unset: vec![],
+        record: tags::coin_tags_record(["Team"].into_iter()),
+    };
+    let p = w.provider();
+    assert_eq!(
+        p.set_tags(&a, Some(&vol), &add).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(
+        p.set_tags(&a, Some(&vol), &add).await.unwrap(),
+        Outcome::AlreadyDone
+    );
+    let t = node(&observe(w).await, &a).tags.clone();
+    assert_eq!(t.get("Team").map(String::as_str), Some("nodes"));
+    assert!(tags::recorded_coin_tag(&t[tags::COIN_TAGS], "Team"));
+    let drop = TagChange {
+        set: Default::default(),
+        unset: vec!["Team".into()],
+        record: tags::coin_tags_record(std::iter::empty()),
+    };
+    assert_eq!(
+        p.set_tags(&a, Some(&vol), &drop).await.unwrap(),
+        Outcome::Done
+    );
+    let t = node(&observe(w).await, &a).tags.clone();
+    assert!(!t.contains_key("Team"), "{t:?}");
+    assert!(!tags::recorded_coin_tag(&t[tags::COIN_TAGS], "Team"));
+    assert!(t.contains_key(tags::MANAGED), "fleet's own tags stay");
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sim {
@@ -816,6 +858,7 @@ conformance!(
     secrets_are_seen_by_name,
     a_crash_while_making_the_coins_group_converges,
     replace_moves_the_data_volume_to_a_new_instance,
+    tags_are_set_deleted_and_recorded,
     a_crash_anywhere_in_a_replacement_converges,
     root_volume_grows_never_shrinks,
     a_command_waits_for_the_ssm_agent,

@@ -170,9 +170,10 @@ impl Executor {
                 })?;
                 Ok((None, p.reconfigure(&n, version, &files, *restart).await?))
             }
-            Action::SetTags { volume_id, set } => {
-                Ok((None, p.set_tags(&node()?, volume_id.as_deref(), set).await?))
-            }
+            Action::SetTags { volume_id, change } => Ok((
+                None,
+                p.set_tags(&node()?, volume_id.as_deref(), change).await?,
+            )),
             Action::SetCoinNetwork { .. } => {
                 let (_, o) = p.ensure_coin_network(&coin_network()?).await?;
                 Ok((None, o))

@@ -307,9 +307,9 @@ pub(super) fn plan_coin(
                     format!("instance.root_volume_gb is {}", coin.root_volume_gb),
                 ));
             }
-            // Tags the coin lists, and the instance's Name: set where they differ. (A key
-            // dropped from the coin file stays on its nodes: fleet does not know which of an
-            // instance's other tags are someone else's.)
+            // Tags the coin lists, and the instance's Name: set where they differ; a key the
+            // coin dropped is deleted when the node's record says fleet wrote it (never a tag
+            // someone else wrote).
             let set: BTreeMap<String, String> = coin
                 .tags
                 .iter()
@@ -317,14 +317,37 @@ pub(super) fn plan_coin(
                 .chain([("Name".to_string(), slot.dns_name.clone())])
                 .filter(|(k, v)| n.tags.get(k) != Some(v))
                 .collect();
-            if !set.is_empty() {
-                let keys: Vec<&str> = set.keys().map(String::as_str).collect();
+            let had = n
+                .tags
+                .get(tags::COIN_TAGS)
+                .map(String::as_str)
+                .unwrap_or("");
+            let unset: Vec<String> = n
+                .tags
+                .keys()
+                .filter(|k| {
+                    !k.starts_with("fleet:")
+                        && !k.starts_with("aws:")
+                        && k.as_str() != "Name"
+                        && !coin.tags.keys().any(|c| c.as_str() == k.as_str())
+                        && tags::recorded_coin_tag(had, k)
+                })
+                .cloned()
+                .collect();
+            let record = tags::coin_tags_record(coin.tags.keys().map(|k| k.as_str()));
+            if !set.is_empty() || !unset.is_empty() || had != record {
+                let keys: Vec<&str> = set.keys().chain(unset.iter()).map(String::as_str).collect();
+                let reason = if keys.is_empty() {
+                    "the node does not record which of its tags are the coin's".to_string()
+                } else {
+                    format!("tags {} differ from the coin file", keys.join(", "))
+                };
                 steps.push(step(
                     Action::SetTags {
                         volume_id: n.data_volume.as_ref().map(|v| v.volume_id.clone()),
-                        set: set.clone(),
+                        change: crate::provider::TagChange { set, unset, record },
                     },
-                    format!("tags {} differ from the coin file", keys.join(", ")),
+                    reason,
                 ));
             }
             // A node in another VPC than fleet.yaml's (the fleet moved) keeps its groups: none

@@ -355,12 +355,13 @@ pub enum Action {
         /// upgrade of the same node restarts it anyway).
         restart: bool,
     },
-    /// Set tags the coin lists (and `Name`) on the instance and its data volume (online).
+    /// Set tags the coin lists (and `Name`) on the instance and its data volume, delete the
+    /// ones it no longer lists that fleet wrote, and record which are the coin's (online).
     SetTags {
         /// The data volume, tagged along.
         volume_id: Option<String>,
-        /// Key → value, only those that differ.
-        set: BTreeMap<String, String>,
+        /// The change.
+        change: crate::provider::TagChange,
     },
     /// Make the coin's own security group, or bring its inbound rules in step (online).
     SetCoinNetwork {
@@ -571,12 +572,15 @@ impl fmt::Display for Action {
             Action::GrowRootVolume { from_gb, to_gb, .. } => {
                 write!(f, "grow root volume {from_gb} → {to_gb} GB")
             }
-            Action::SetTags { set, .. } => {
-                write!(f, "tag")?;
-                for (i, (k, v)) in set.iter().enumerate() {
-                    write!(f, "{}{k}={v}", if i == 0 { " " } else { ", " })?;
+            Action::SetTags { change, .. } => {
+                let set = change.set.iter().map(|(k, v)| format!("{k}={v}"));
+                let unset = change.unset.iter().map(|k| format!("remove {k}"));
+                let all: Vec<String> = set.chain(unset).collect();
+                if all.is_empty() {
+                    write!(f, "record which tags are the coin's ({})", tags::COIN_TAGS)
+                } else {
+                    write!(f, "tag {}", all.join(", "))
                 }
-                Ok(())
             }
             Action::SetCoinNetwork {
                 group_id,

@@ -1048,3 +1048,31 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
     let p = plan(&d, &o, 0);
     assert!(p.is_empty() && p.flagged.is_empty(), "{p:#?}");
 }
+
+#[test]
+fn a_tag_the_coin_dropped_is_deleted_and_a_tag_someone_else_wrote_is_not() {
+    let d = desired("28.1", "tags: { CostCenter: custody, Team: nodes }\n");
+    let mut w = World::running(&d, "28.1");
+    for i in &mut w.instances {
+        i.tags.insert("Backup".into(), "daily".into());
+    }
+    // Team is dropped from the coin file; Backup was never the coin's.
+    let d2 = desired("28.1", "tags: { CostCenter: custody }\n");
+    let p = plan(&d2, &w.observed(&d2), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(cp.step_count(), 6, "{:#?}", actions(cp));
+    let s = &cp.waves[0].steps[0];
+    assert_eq!(s.action.to_string(), "tag remove Team");
+    assert!(cp.waves.iter().all(|w| disrupted(w).is_empty()));
+    // A node launched before the record: it gets the record, and nothing is deleted.
+    let mut w = World::running(&d, "28.1");
+    for i in &mut w.instances {
+        i.tags.remove(tags::COIN_TAGS);
+    }
+    let p = plan(&d2, &w.observed(&d2), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(
+        cp.waves[0].steps[0].action.to_string(),
+        "record which tags are the coin's (fleet:coin-tags)"
+    );
+}

@@ -1419,22 +1419,47 @@ impl Provider for AwsProvider {
         &self,
         node: &NodeRef,
         volume_id: Option<&str>,
-        tags: &BTreeMap<String, String>,
+        change: &TagChange,
     ) -> Result<Outcome, ProviderError> {
         let facts = self.read(node).await?;
-        if tags.iter().all(|(k, v)| facts.tags.get(k) == Some(v)) {
+        let set = !change.set.iter().all(|(k, v)| facts.tags.get(k) == Some(v));
+        let unset: Vec<&String> = change
+            .unset
+            .iter()
+            .filter(|k| facts.tags.contains_key(*k))
+            .collect();
+        let record = facts.tags.get(tags::COIN_TAGS) != Some(&change.record);
+        if !set && unset.is_empty() && !record {
             return Ok(Outcome::AlreadyDone);
         }
-        let mut req = self.ec2.create_tags().resources(node.instance_id.as_str());
-        if let Some(v) = volume_id {
-            req = req.resources(v);
+        if set {
+            let mut req = self.ec2.create_tags().resources(node.instance_id.as_str());
+            if let Some(v) = volume_id {
+                req = req.resources(v);
+            }
+            for (k, v) in &change.set {
+                req = req.tags(Tag::builder().key(k).value(v).build());
+            }
+            req.send()
+                .await
+                .map_err(|e| self.err("ec2:CreateTags", Some(&node.instance_id), e))?;
         }
-        for (k, v) in tags {
-            req = req.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+        if !unset.is_empty() {
+            let mut req = self.ec2.delete_tags().resources(node.instance_id.as_str());
+            if let Some(v) = volume_id {
+                req = req.resources(v);
+            }
+            for k in unset {
+                req = req.tags(Tag::builder().key(k).build());
+            }
+            req.send()
+                .await
+                .map_err(|e| self.err("ec2:DeleteTags", Some(&node.instance_id), e))?;
         }
-        req.send()
-            .await
-            .map_err(|e| self.err("ec2:CreateTags", Some(&node.instance_id), e))?;
+        if record {
+            self.create_tags(&node.instance_id, &[(tags::COIN_TAGS, &change.record)])
+                .await?;
+        }
         Ok(Outcome::Done)
     }
 

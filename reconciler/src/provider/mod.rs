@@ -475,6 +475,17 @@ pub struct NodeRef {
     pub instance_id: String,
 }
 
+/// What a `set-tags` step changes on a node's instance (and its data volume).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TagChange {
+    /// Key → value, where they differ (the coin's tags and `Name`).
+    pub set: BTreeMap<String, String>,
+    /// Keys fleet wrote for the coin that its file no longer lists.
+    pub unset: Vec<String>,
+    /// The new [`tags::COIN_TAGS`] record (written on the instance only).
+    pub record: String,
+}
+
 /// Everything needed to launch one node.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -777,13 +788,15 @@ pub trait Provider: Send + Sync {
         restart: bool,
     ) -> Result<Outcome, ProviderError>;
 
-    /// Set `tags` on the instance (and on its data volume `volume_id`, when given): tags the
-    /// coin lists and its `Name` (AWS: one CreateTags). No-op when they already are.
+    /// Apply `change` to the instance (and its data volume `volume_id`, when given): the
+    /// coin's tags and `Name` set (CreateTags), the ones it dropped deleted (DeleteTags), then
+    /// the record of which are the coin's (CreateTags on the instance: a `fleet:` key is
+    /// another IAM statement's). No-op when all are as asked.
     async fn set_tags(
         &self,
         node: &NodeRef,
         volume_id: Option<&str>,
-        tags: &BTreeMap<String, String>,
+        change: &TagChange,
     ) -> Result<Outcome, ProviderError>;
 
     /// Make the coin's own security group when it has none (named, tagged and described as

@@ -11,6 +11,7 @@
 //! | `fleet:pending` | instance | `<step>:<target>` while a step is under way |
 //! | `fleet:config` | instance | fingerprint of the node's rendered configuration, per part |
 //! | `fleet:config-keys` | instance | per setting, hashes of its name and value (empty when they do not fit) |
+//! | `fleet:coin-tags` | instance | 4 hex digits of SHA-256 per key of the coin's own tags, sorted |
 //! | `fleet:replaces` | instance | on a replacement: the instance it replaces |
 //! | `fleet:takes-volume` | instance | on a replacement: the data volume it takes over |
 //! | `fleet:reason` | snapshots | why the snapshot was taken |
@@ -41,12 +42,40 @@ pub const CONFIG: &str = "fleet:config";
 /// ([`crate::node_config::KeyPrint`]): what lets the plan name the settings that differ.
 /// Written with [`CONFIG`].
 pub const CONFIG_KEYS: &str = "fleet:config-keys";
+/// Which of the instance's tags are the coin's (16-bit hashes of their keys,
+/// [`coin_tags_record`]): what lets fleet delete a tag the coin file no longer lists, and
+/// never one someone else wrote.
+pub const COIN_TAGS: &str = "fleet:coin-tags";
 /// On an instance launched to replace another (a new `node_ami`): the instance it replaces.
 pub const REPLACES: &str = "fleet:replaces";
 /// On a replacement: the data volume it takes over from the instance it replaces.
 pub const TAKES_VOLUME: &str = "fleet:takes-volume";
 /// Why a snapshot was taken.
 pub const REASON: &str = "fleet:reason";
+
+/// 16 bits of SHA-256 of a tag key, as 4 hex digits.
+fn key_hash(key: &str) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(key.as_bytes());
+    format!("{:02x}{:02x}", d[0], d[1])
+}
+
+/// The [`COIN_TAGS`] value for a coin listing `keys`: their hashes, sorted, without
+/// separators (at most 41 keys: 164 characters, within a tag value's 256).
+pub fn coin_tags_record<'a>(keys: impl Iterator<Item = &'a str>) -> String {
+    let mut h: Vec<String> = keys.map(key_hash).collect();
+    h.sort();
+    h.dedup();
+    h.concat()
+}
+
+/// Whether `record` (a [`COIN_TAGS`] value) says `key` is a tag fleet wrote for the coin.
+pub fn recorded_coin_tag(record: &str, key: &str) -> bool {
+    let h = key_hash(key);
+    record.is_ascii()
+        && record.len().is_multiple_of(4)
+        && (0..record.len()).step_by(4).any(|i| record[i..i + 4] == h)
+}
 
 /// The tags of a new node: the coin's own tags, then fleet's (which win).
 pub fn for_node(coin: &Coin, slot: &NodeSlot) -> BTreeMap<String, String> {
@@ -61,6 +90,10 @@ pub fn for_node(coin: &Coin, slot: &NodeSlot) -> BTreeMap<String, String> {
     t.insert(ZONE.into(), slot.zone.to_string());
     t.insert(INDEX.into(), slot.index.to_string());
     t.insert(VERSION.into(), coin.version.to_string());
+    t.insert(
+        COIN_TAGS.into(),
+        coin_tags_record(coin.tags.keys().map(|k| k.as_str())),
+    );
     t
 }
 

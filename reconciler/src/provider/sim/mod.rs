@@ -553,19 +553,36 @@ impl Provider for SimProvider {
         &self,
         node: &NodeRef,
         volume_id: Option<&str>,
-        tags: &BTreeMap<String, String>,
+        change: &TagChange,
     ) -> Result<Outcome, ProviderError> {
+        // (The simulator does not keep volumes' tags: `volume_id` is EC2's business.)
+        let _ = volume_id;
         self.with(|w, _| {
             w.call("DescribeInstances")?;
             let i = w.live(node)?;
-            if tags.iter().all(|(k, v)| i.tags.get(k) == Some(v)) {
+            let set = !change.set.iter().all(|(k, v)| i.tags.get(k) == Some(v));
+            let unset = change.unset.iter().any(|k| i.tags.contains_key(k));
+            let record = i.tags.get(tags::COIN_TAGS) != Some(&change.record);
+            if !set && !unset && !record {
                 return Ok(Outcome::AlreadyDone);
             }
-            w.call("CreateTags")?;
-            let i = w.live_mut(node)?;
-            i.tags
-                .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
-            let _ = volume_id;
+            if set {
+                w.call("CreateTags")?;
+                let i = w.live_mut(node)?;
+                i.tags
+                    .extend(change.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            if unset {
+                w.call("DeleteTags")?;
+                let i = w.live_mut(node)?;
+                i.tags.retain(|k, _| !change.unset.contains(k));
+            }
+            if record {
+                w.call("CreateTags")?;
+                w.live_mut(node)?
+                    .tags
+                    .insert(tags::COIN_TAGS.into(), change.record.clone());
+            }
             Ok(Outcome::Done)
         })
     }
