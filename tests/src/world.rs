@@ -495,6 +495,23 @@ pub fn create_instance_profile(account: &str, name: &str) {
     );
 }
 
+/// A public AMI of moto's with a root device (fleet reads it for RunInstances), other than
+/// `except`.
+async fn public_ami(ec2: &aws_sdk_ec2::Client, except: Option<&str>) -> String {
+    ec2.describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("DescribeImages")
+        .images()
+        .iter()
+        .filter(|i| i.root_device_name().is_some())
+        .filter_map(|i| i.image_id())
+        .find(|id| Some(*id) != except && fleet_repo_schema::values::AmiId::parse(id).is_ok())
+        .expect("moto has public AMIs")
+        .to_string()
+}
+
 /// Create the VPC, one subnet per zone, a security group, the hosted zone and find an AMI;
 /// return the example fleet rewritten to use them.
 pub async fn setup_network(ec2: &aws_sdk_ec2::Client, r53: &aws_sdk_route53::Client) -> Desired {
@@ -538,19 +555,7 @@ pub async fn setup_network(ec2: &aws_sdk_ec2::Client, r53: &aws_sdk_route53::Cli
         .group_id()
         .expect("group id")
         .to_string();
-    let ami = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("DescribeImages")
-        .images()
-        .iter()
-        .filter(|i| i.root_device_name().is_some())
-        .filter_map(|i| i.image_id())
-        .find(|id| fleet_repo_schema::values::AmiId::parse(id).is_ok())
-        .expect("moto has public AMIs")
-        .to_string();
+    let ami = public_ami(ec2, None).await;
     let zone = r53
         .create_hosted_zone()
         .name("internal")
@@ -619,19 +624,6 @@ impl TestWorld for AwsWorld {
         }
     }
     async fn another_ami(&self) -> String {
-        let now = self.desired.fleet.node_ami.to_string();
-        self.ec2
-            .describe_images()
-            .owners("amazon")
-            .send()
-            .await
-            .expect("DescribeImages")
-            .images()
-            .iter()
-            .filter(|i| i.root_device_name().is_some())
-            .filter_map(|i| i.image_id())
-            .find(|id| *id != now && fleet_repo_schema::values::AmiId::parse(id).is_ok())
-            .expect("moto has more than one public AMI")
-            .to_string()
+        public_ami(&self.ec2, Some(self.desired.fleet.node_ami.as_str())).await
     }
 }

@@ -297,6 +297,11 @@ impl AwsProvider {
         }
     }
 
+    /// A filter on the tag `key`.
+    fn tag_filter(key: &str, values: &[&str]) -> Filter {
+        Self::filter(&format!("tag:{key}"), values)
+    }
+
     fn filter(name: &str, values: &[&str]) -> Filter {
         let mut f = Filter::builder().name(name);
         for v in values {
@@ -539,8 +544,8 @@ impl AwsProvider {
         let out = self
             .ec2
             .describe_instances()
-            .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
-            .filters(Self::filter(&format!("tag:{}", tags::REPLACES), &[old_id]))
+            .filters(Self::tag_filter(tags::MANAGED, &["true"]))
+            .filters(Self::tag_filter(tags::REPLACES, &[old_id]))
             .filters(Self::filter(
                 "instance-state-name",
                 &["pending", "running", "stopping", "stopped"],
@@ -1058,7 +1063,7 @@ impl Provider for AwsProvider {
             let out = self
                 .ec2
                 .describe_instances()
-                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .filters(Self::tag_filter(tags::MANAGED, &["true"]))
                 .filters(Self::filter(
                     "instance-state-name",
                     &["pending", "running", "stopping", "stopped", "shutting-down"],
@@ -1115,7 +1120,7 @@ impl Provider for AwsProvider {
             let out = self
                 .ec2
                 .describe_volumes()
-                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .filters(Self::tag_filter(tags::MANAGED, &["true"]))
                 .filters(Self::filter("attachment.device", &devices))
                 .max_results(500)
                 .set_next_token(token)
@@ -1168,7 +1173,7 @@ impl Provider for AwsProvider {
                 .ec2
                 .describe_snapshots()
                 .owner_ids("self")
-                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .filters(Self::tag_filter(tags::MANAGED, &["true"]))
                 .max_results(1000)
                 .set_next_token(token)
                 .send()
@@ -1201,7 +1206,7 @@ impl Provider for AwsProvider {
             let out = self
                 .ec2
                 .describe_security_groups()
-                .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
+                .filters(Self::tag_filter(tags::MANAGED, &["true"]))
                 .max_results(1000)
                 .set_next_token(token)
                 .send()
@@ -1310,16 +1315,10 @@ impl Provider for AwsProvider {
         let existing = self
             .ec2
             .describe_instances()
-            .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
-            .filters(Self::filter(
-                &format!("tag:{}", tags::COIN),
-                &[key.coin.as_str()],
-            ))
-            .filters(Self::filter(
-                &format!("tag:{}", tags::ZONE),
-                &[key.zone.as_str()],
-            ))
-            .filters(Self::filter(&format!("tag:{}", tags::INDEX), &[&index]))
+            .filters(Self::tag_filter(tags::MANAGED, &["true"]))
+            .filters(Self::tag_filter(tags::COIN, &[key.coin.as_str()]))
+            .filters(Self::tag_filter(tags::ZONE, &[key.zone.as_str()]))
+            .filters(Self::tag_filter(tags::INDEX, &[&index]))
             .filters(Self::filter(
                 "instance-state-name",
                 &["pending", "running", "stopping", "stopped"],
@@ -1470,11 +1469,8 @@ impl Provider for AwsProvider {
         let found = self
             .ec2
             .describe_security_groups()
-            .filters(Self::filter(&format!("tag:{}", tags::MANAGED), &["true"]))
-            .filters(Self::filter(
-                &format!("tag:{}", tags::COIN),
-                &[net.coin.as_str()],
-            ))
+            .filters(Self::tag_filter(tags::MANAGED, &["true"]))
+            .filters(Self::tag_filter(tags::COIN, &[net.coin.as_str()]))
             .filters(Self::filter("vpc-id", &[net.vpc_id.as_str()]))
             .send()
             .await
@@ -1613,12 +1609,8 @@ impl Provider for AwsProvider {
         let new_id = match &found {
             Some(n) => n.instance_id().unwrap_or("").to_string(),
             None => {
-                let vol = data_volume_id(&old).ok_or_else(|| ProviderError::Refused {
-                    reason: format!(
-                        "instance {} of {} has no data volume to move to its replacement; attach the node's volume at {DATA_DEVICE}, or retire the node",
-                        node.instance_id, node.key
-                    ),
-                })?;
+                let vol =
+                    data_volume_id(&old).ok_or_else(|| ProviderError::nothing_to_move(node))?;
                 let marker = PendingStep::Replace {
                     ami: spec.ami.clone(),
                 };
@@ -1646,13 +1638,7 @@ impl Provider for AwsProvider {
         let vol = tag_map(inst.tags())
             .get(tags::TAKES_VOLUME)
             .cloned()
-            .ok_or_else(|| ProviderError::Refused {
-                reason: format!(
-                    "replacement {new_id} of {} does not say which volume it takes ({}); terminate it by hand",
-                    node.key,
-                    tags::TAKES_VOLUME
-                ),
-            })?;
+            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
         // The old daemon stops here: from now on the node is down until the replacement
         // is in sync (the step is disruptive, and gated).
         if state_of(&old) != InstanceState::Stopped {

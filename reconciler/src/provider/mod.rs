@@ -715,6 +715,28 @@ impl ProviderError {
         }
     }
 
+    /// A replacement of a node that has no data volume to move, refused the same way by
+    /// every provider.
+    pub fn nothing_to_move(node: &NodeRef) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "instance {} of {} has no data volume to move to its replacement; attach the node's volume at /dev/sdf, or retire the node",
+                node.instance_id, node.key
+            ),
+        }
+    }
+
+    /// A replacement without its `fleet:takes-volume` tag (made by hand, or tags edited).
+    pub fn unknown_volume(node: &NodeRef, replacement: &str) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "replacement {replacement} of {} does not say which volume it takes ({}); terminate it by hand",
+                node.key,
+                tags::TAKES_VOLUME
+            ),
+        }
+    }
+
     /// Shrinking a volume, refused the same way by every provider.
     pub fn shrink(
         node: &NodeRef,

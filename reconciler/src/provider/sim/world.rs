@@ -514,14 +514,11 @@ impl World {
         let new_id = match found {
             Some(id) => id,
             None => {
-                let vol = self.live(node)?.data_volume.clone().ok_or_else(|| {
-                    ProviderError::Refused {
-                        reason: format!(
-                            "instance {} of {} has no data volume to move to its replacement; attach the node's volume at /dev/sdf, or retire the node",
-                            node.instance_id, node.key
-                        ),
-                    }
-                })?;
+                let vol = self
+                    .live(node)?
+                    .data_volume
+                    .clone()
+                    .ok_or_else(|| ProviderError::nothing_to_move(node))?;
                 self.call("CreateTags")?;
                 let marker = crate::provider::PendingStep::Replace {
                     ami: spec.ami.clone(),
@@ -557,13 +554,7 @@ impl World {
             .tags
             .get(tags::TAKES_VOLUME)
             .cloned()
-            .ok_or_else(|| ProviderError::Refused {
-                reason: format!(
-                    "replacement {new_id} of {} does not say which volume it takes ({}); terminate it by hand",
-                    node.key,
-                    tags::TAKES_VOLUME
-                ),
-            })?;
+            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
         if !self.live(node)?.stopped {
             let height = self.blocks_now(&node.instance_id, now);
             self.call("StopInstances")?;
