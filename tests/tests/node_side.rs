@@ -177,9 +177,10 @@ const STAND_IN: &str = r#"#!/bin/bash
 # A recording stand-in: logs the call, then behaves as the real tool would where it matters.
 S="$SANDBOX"
 tool=$(basename "$0")
-printf '%s' "$tool" >> "$S/calls.log"
-printf ' %q' "$@" >> "$S/calls.log"
-echo >> "$S/calls.log"
+# One write per call: tools in a pipeline (aws ... | docker login) run at once, and three
+# appends each would interleave their lines.
+line="$tool$(printf ' %q' "$@")"
+printf '%s\n' "$line" >> "$S/calls.log"
 last="${*: -1}"
 case "$tool" in
   blkid)
