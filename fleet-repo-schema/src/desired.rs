@@ -180,6 +180,8 @@ pub struct HealthSpec {
     pub full_sync_estimate: Option<Duration>,
     /// http probe settings.
     pub http: Option<HttpSpec>,
+    /// Whether the version the daemon reports is compared with the recorded one.
+    pub daemon_version: bool,
 }
 
 /// http probe settings.
@@ -191,6 +193,8 @@ pub struct HttpSpec {
     pub height_pointer: JsonPointer,
     /// Pointer to the best known height.
     pub target_pointer: Option<JsonPointer>,
+    /// Pointer to the client's version string.
+    pub version_pointer: Option<JsonPointer>,
 }
 
 /// Rollout policy with defaults applied.

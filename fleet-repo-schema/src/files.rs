@@ -213,6 +213,8 @@ yaml_struct! {
         req height_pointer: JsonPointer,
         /// Optional JSON pointer to the best known height (like `headers`), e.g. /latestMilestone/index.
         opt target_pointer: JsonPointer,
+        /// Optional JSON pointer to the client's version string in the response, e.g. /appVersion: compared with the version fleet recorded (health.daemon_version).
+        opt version_pointer: JsonPointer,
     }
 }
 
@@ -233,6 +235,8 @@ yaml_struct! {
         opt full_sync_estimate: Duration,
         /// Settings of the http probe (required with probe: http).
         opt http: Spanned<HttpProbe>,
+        /// Compare the version the daemon reports (bitcoin: getnetworkinfo's subversion; ethereum: web3_clientVersion; http: health.http.version_pointer) with the version fleet recorded, and plan for a difference; default true. Set false for a client whose image tags are not its version numbers.
+        opt daemon_version: bool,
     }
 }
 

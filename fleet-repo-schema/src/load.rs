@@ -997,7 +997,9 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                     path: h.value.path.clone(),
                     height_pointer: h.value.height_pointer.clone(),
                     target_pointer: h.value.target_pointer.clone(),
+                    version_pointer: h.value.version_pointer.clone(),
                 }),
+                daemon_version: ch.daemon_version.unwrap_or(true),
             },
             rollout: RolloutSpec {
                 max_unavailable: cr

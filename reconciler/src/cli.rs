@@ -16,8 +16,10 @@ pub const EXIT_OK: u8 = 0;
 /// Exit code: the fleet repository is invalid; for `plan` and `apply`, any error.
 pub const EXIT_INVALID: u8 = 1;
 /// Exit code: bad usage, or an I/O error (no such directory, unreadable file). `plan` and
-/// `apply` never use it for an error: `plan --detailed-exitcode` says "changes" with 2, as
-/// Terraform does, so a failure there must not look like a pending change.
+/// `apply` use it only for usage found wrong before anything is read or observed (a bad
+/// flag, as clap reports it; no `--provider`), never for an error after that:
+/// `plan --detailed-exitcode` says "changes" with 2, as Terraform does, so a failure of a
+/// plan that ran must not look like a pending change.
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of `plan --detailed-exitcode` when there are changes (or nodes it could not
 /// judge).
@@ -180,9 +182,10 @@ pub(crate) struct WorldArgs {
     /// Root of the fleet repository (the directory holding fleet.yaml).
     #[arg(long, default_value = ".")]
     pub(crate) repo: PathBuf,
-    /// Where the fleet is observed and changed.
-    #[arg(long, value_enum, default_value_t = ProviderKind::Sim)]
-    pub(crate) provider: ProviderKind,
+    /// Where the fleet is observed and changed: `aws` (your AWS account) or `sim` (a
+    /// simulated fleet kept in --state-dir). Required: fleet never picks one for you.
+    #[arg(long, value_enum)]
+    pub(crate) provider: Option<ProviderKind>,
     /// fleet's own state: the journal (approvals, bakes, history) and, with --provider sim,
     /// the simulated fleet.
     #[arg(long, value_name = "DIR", default_value = ".fleet")]
@@ -196,6 +199,20 @@ pub(crate) struct WorldArgs {
     /// When to use colors.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub(crate) color: ColorChoice,
+}
+
+impl WorldArgs {
+    /// The provider named, or the message saying both choices (exit [`EXIT_USAGE`]).
+    pub(crate) fn provider(&self, command: &str) -> Result<ProviderKind, String> {
+        self.provider.ok_or_else(|| {
+            format!(
+                "error: fleet {command} needs to be told where the fleet is; it never picks for you:\n  \
+                 fleet {command} --provider aws   the fleet in your AWS account (region from fleet.yaml)\n  \
+                 fleet {command} --provider sim   a simulated fleet, kept in --state-dir ({})",
+                self.state_dir.display()
+            )
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,8 +2,8 @@
 
 use crate::apply::{ApplyReport, ExecOptions, Executor};
 use crate::cli::{
-    ApplyArgs, ColorChoice, DemoArgs, EXIT_CHANGES, EXIT_INVALID, EXIT_OK, Format, PlanArgs,
-    ProviderKind, WorldArgs, open_repo,
+    ApplyArgs, ColorChoice, DemoArgs, EXIT_CHANGES, EXIT_INVALID, EXIT_OK, EXIT_USAGE, Format,
+    PlanArgs, ProviderKind, WorldArgs, open_repo,
 };
 use crate::clock::{AnchoredClock, Clock, Millis, check_speed};
 use crate::demo::DemoWorld;
@@ -43,6 +43,10 @@ struct World {
     provider: Arc<dyn Provider>,
     prober: Arc<dyn Prober>,
     clock: Arc<dyn Clock>,
+    /// Which provider was named (a simulated fleet is labelled as such on every screen).
+    kind: ProviderKind,
+    /// The state directory (where a simulated fleet lives).
+    state_dir: std::path::PathBuf,
     /// What approvals are tied to: the repository's content.
     commit: String,
     /// The state directory's lock, held while the command runs.
@@ -50,9 +54,22 @@ struct World {
 }
 
 impl World {
-    /// The fleet as it is now, sorted into the desired slots.
+    /// The line that opens every human screen of a simulated fleet (None on AWS).
+    fn sim_banner(&self, st: Style) -> Option<String> {
+        (self.kind == ProviderKind::Sim).then(|| {
+            st.bold(&format!(
+                "SIMULATED FLEET (--provider sim, kept in {}): nothing here is in your AWS account.",
+                self.state_dir.display()
+            ))
+        })
+    }
+
+    /// The fleet as it is now, sorted into the desired slots, with what its daemons say
+    /// they run.
     async fn observe(&self) -> Result<Observed, crate::provider::ProviderError> {
-        crate::apply::view::observe(self.provider.as_ref(), &self.desired).await
+        crate::apply::view::observe_and_probe(self.provider.as_ref(), &self.prober, &self.desired)
+            .await
+            .map(|(observed, _)| observed)
     }
 }
 
@@ -70,10 +87,19 @@ fn content_id(desired: &Desired) -> String {
 
 /// Load the repository (printing its diagnostics on failure) and open the provider.
 async fn open_world(
+    command: &str,
     a: &WorldArgs,
     err: &mut dyn Write,
     tty: bool,
 ) -> anyhow::Result<Result<World, u8>> {
+    // Before anything is read: a forgotten flag must not plan or apply a simulation.
+    let kind = match a.provider(command) {
+        Ok(k) => k,
+        Err(message) => {
+            writeln!(err, "{message}")?;
+            return Ok(Err(EXIT_USAGE));
+        }
+    };
     let tree = open_repo(&a.repo)?;
     let loaded = load(&tree);
     let Some(desired) = loaded.desired.clone() else {
@@ -106,7 +132,7 @@ async fn open_world(
             return Ok(Err(EXIT_INVALID));
         }
     };
-    Ok(Ok(match a.provider {
+    Ok(Ok(match kind {
         ProviderKind::Sim => {
             let speed =
                 check_speed(a.sim_speed).map_err(|e| anyhow::anyhow!("--sim-speed: {e}"))?;
@@ -122,6 +148,8 @@ async fn open_world(
                 prober: Arc::new(SimProber(sim.clone())),
                 provider: Arc::new(sim),
                 clock,
+                kind,
+                state_dir: a.state_dir.clone(),
                 commit,
                 _lock: lock,
             }
@@ -151,6 +179,8 @@ async fn open_world(
                 )),
                 provider: Arc::new(aws),
                 clock: Arc::new(crate::clock::SystemClock),
+                kind,
+                state_dir: a.state_dir.clone(),
                 desired,
                 commit,
                 _lock: lock,
@@ -168,7 +198,7 @@ pub(crate) fn plan_cmd(
 ) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async {
-        let w = match open_world(&a.world, err, tty).await? {
+        let w = match open_world("plan", &a.world, err, tty).await? {
             Ok(w) => w,
             Err(code) => return Ok(code),
         };
@@ -177,6 +207,9 @@ pub(crate) fn plan_cmd(
         match a.format {
             Format::Human => {
                 let st = style(a.world.color, tty);
+                if let Some(b) = w.sim_banner(st) {
+                    writeln!(out, "{b}\n")?;
+                }
                 out.write_all(plan_human(&p, &w.desired, st).as_bytes())?;
                 writeln!(
                     out,
@@ -193,6 +226,7 @@ pub(crate) fn plan_cmd(
                 #[derive(serde::Serialize)]
                 struct J<'a> {
                     provider: &'a str,
+                    simulated: bool,
                     commit: &'a str,
                     changes: bool,
                     api_calls: u64,
@@ -202,6 +236,7 @@ pub(crate) fn plan_cmd(
                     &mut *out,
                     &J {
                         provider: w.provider.name(),
+                        simulated: w.kind == ProviderKind::Sim,
                         commit: &w.commit,
                         changes: !p.is_empty(),
                         api_calls: observed.api_calls,
@@ -282,7 +317,7 @@ pub(crate) fn apply_cmd(
 ) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async {
-        let w = match open_world(&a.world, err, tty).await? {
+        let w = match open_world("apply", &a.world, err, tty).await? {
             Ok(w) => w,
             Err(code) => return Ok(code),
         };
@@ -294,6 +329,9 @@ pub(crate) fn apply_cmd(
         let journal = Arc::new(journal);
         let observed = w.observe().await?;
         let p = plan(&w.desired, &observed, w.clock.now_ms());
+        if let Some(b) = w.sim_banner(st) {
+            writeln!(out, "{b}\n")?;
+        }
         out.write_all(plan_human(&p, &w.desired, st).as_bytes())?;
         if p.is_empty() {
             return Ok(EXIT_OK);
@@ -359,7 +397,11 @@ pub(crate) fn apply_cmd(
             },
         });
         let report = run_with_progress(exec, &w.desired, &p, rx, out, st, tty).await?;
-        writeln!(out, "\n{}", st.bold("Summary:"))?;
+        if w.kind == ProviderKind::Sim {
+            writeln!(out, "\n{}", st.bold("Summary (simulated fleet, --provider sim):"))?;
+        } else {
+            writeln!(out, "\n{}", st.bold("Summary:"))?;
+        }
         out.write_all(summary(&report, st).as_bytes())?;
         Ok(if report.all_completed() {
             EXIT_OK

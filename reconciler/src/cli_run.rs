@@ -63,7 +63,9 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
         slack_api: a.people.slack_api.clone(),
         release_interval: a.release_interval.clone(),
     };
-    let cfg = match RunConfig::load(a.source.config.as_deref(), &flags) {
+    let (cfg, provider) = match RunConfig::load(a.source.config.as_deref(), &flags)
+        .and_then(|c| c.provider().map(|p| (c, p)))
+    {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -82,7 +84,7 @@ pub(crate) fn run_cmd(a: &RunArgs, err: &mut dyn Write) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let r = rt.block_on(run(cfg));
+    let r = rt.block_on(run(cfg, provider));
     // Do not wait on a fetch stuck in libgit2 (a blocking thread) at exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match r {
@@ -140,7 +142,7 @@ pub(crate) fn release_watch(
     }
 }
 
-async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+async fn run(cfg: RunConfig, provider: ProviderChoice) -> anyhow::Result<()> {
     let lock = StateLock::take(&cfg.state_dir).map_err(|e| anyhow::anyhow!(e))?;
     let (journal, warnings) = Journal::open(&cfg.state_dir)?;
     for w in warnings {
@@ -168,7 +170,11 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         s.source.kind = source.kind().into();
         s.source.url = source.describe();
         s.source.branch = cfg.branch.clone();
+        // Known before any backend is made: /status says "simulated" from the first answer.
+        s.provider = provider.as_str().into();
+        s.simulated = provider == ProviderChoice::Sim;
     });
+    shared.metrics.provider(provider.as_str());
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| {
@@ -182,7 +188,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         repo = %source.describe(),
         kind = source.kind(),
         branch = cfg.branch.as_deref().unwrap_or("(remote default)"),
-        provider = ?cfg.provider,
+        provider = provider.as_str(),
         listen = %format!("http://{}", listener.local_addr()?),
         state_dir = %cfg.state_dir.display(),
         webhook = webhook_secret.is_some(),
@@ -242,7 +248,7 @@ async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let factory = backend_factory(&cfg);
+    let factory = backend_factory(&cfg, provider);
     let lp = tokio::spawn(reconcile_loop(
         Arc::clone(&shared),
         good_rx,
@@ -438,11 +444,10 @@ async fn wait_for_signal() {
     }
 }
 
-fn backend_factory(cfg: &RunConfig) -> BackendFactory {
+fn backend_factory(cfg: &RunConfig, provider: ProviderChoice) -> BackendFactory {
     let state_dir = cfg.state_dir.clone();
     let speed = cfg.sim_speed;
     let start = cfg.sim_start;
-    let provider = cfg.provider;
     let region = cfg.aws_region.clone();
     let endpoint = cfg.aws_endpoint.clone();
     Box::new(move |desired| {

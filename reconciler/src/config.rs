@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 /// A configuration problem, with where it is and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// Neither the file nor a flag says where the fleet is.
+    #[error(
+        "no provider named: fleet run never picks one for you.\n  provider: aws   (in the config file, or --provider aws) reconciles the fleet in your AWS account\n  provider: sim   (or --provider sim) reconciles a simulated fleet kept in state_dir"
+    )]
+    NoProvider,
     /// The file could not be read.
     #[error("{path}: cannot read: {message}")]
     Read {
@@ -274,6 +279,28 @@ pub enum ProviderChoice {
     Aws,
 }
 
+impl RunConfig {
+    /// The provider named, which `fleet run` needs: [`ConfigError::NoProvider`] otherwise.
+    pub fn provider(&self) -> Result<ProviderChoice, ConfigError> {
+        self.provider.ok_or(ConfigError::NoProvider)
+    }
+
+    /// Whether the fleet is a simulation (its Slack messages and screens say so).
+    pub fn simulated(&self) -> bool {
+        self.provider == Some(ProviderChoice::Sim)
+    }
+}
+
+impl ProviderChoice {
+    /// Its name in the configuration, on `/status` and in the `provider` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderChoice::Sim => "sim",
+            ProviderChoice::Aws => "aws",
+        }
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -295,8 +322,9 @@ pub struct RunConfig {
     pub token_env: String,
     /// Env var of the SSH passphrase.
     pub ssh_passphrase_env: String,
-    /// Provider.
-    pub provider: ProviderChoice,
+    /// Provider: never a default. `fleet run` refuses to start without one
+    /// ([`RunConfig::provider`]); `fleet release-watch` needs none.
+    pub provider: Option<ProviderChoice>,
     /// Listen address.
     pub listen: SocketAddr,
     /// State directory.
@@ -398,16 +426,13 @@ impl RunConfig {
             .clone()
             .or(f.state_dir)
             .unwrap_or_else(|| PathBuf::from(".fleet"));
-        let provider = match flags
-            .provider
-            .clone()
-            .or(f.provider)
-            .as_deref()
-            .unwrap_or("sim")
-        {
-            "sim" => ProviderChoice::Sim,
-            "aws" => ProviderChoice::Aws,
-            other => {
+        let provider = match flags.provider.clone().or(f.provider).as_deref() {
+            // Never a default: a production config that forgets the key must not run a
+            // simulated fleet and report it converged.
+            None => None,
+            Some("sim") => Some(ProviderChoice::Sim),
+            Some("aws") => Some(ProviderChoice::Aws),
+            Some(other) => {
                 return Err(ConfigError::Value {
                     key: "provider".into(),
                     message: format!("`{other}` is not a provider; use `sim` or `aws`"),
@@ -719,10 +744,16 @@ mod tests {
     }
 
     #[test]
-    fn defaults_make_a_working_sim_daemon() {
+    fn defaults_make_a_working_daemon_once_the_provider_is_named() {
         let c = RunConfig::resolve(ConfigFile::default(), &Overrides::default()).unwrap();
+        assert!(matches!(c.provider(), Err(ConfigError::NoProvider)));
+        let sim = Overrides {
+            provider: Some("sim".into()),
+            ..Overrides::default()
+        };
+        let c = RunConfig::resolve(ConfigFile::default(), &sim).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.provider, ProviderChoice::Sim);
+        assert!(matches!(c.provider(), Ok(ProviderChoice::Sim)));
         assert_eq!(c.poll_interval_ms, 30_000);
         assert_eq!(c.cache_dir, PathBuf::from(".fleet/repo-cache"));
         assert_eq!(c.webhook_secret_env, "FLEET_GITHUB_WEBHOOK_SECRET");
@@ -743,7 +774,7 @@ mod tests {
         let c = RunConfig::resolve(f, &flags).unwrap();
         assert_eq!(c.repo, "/srv/fleet");
         assert_eq!(c.branch.as_deref(), Some("staging"));
-        assert_eq!(c.provider, ProviderChoice::Sim);
+        assert!(matches!(c.provider(), Ok(ProviderChoice::Sim)));
         assert_eq!(c.poll_interval_ms, 10_000);
         assert_eq!(c.listen.port(), 9500);
     }
@@ -762,7 +793,11 @@ mod tests {
 
     #[test]
     fn secrets_are_not_values_of_the_file() {
-        let f = parse("webhook:\n  secret_env: \"s3cr3t value\"\n", "c.yaml").unwrap();
+        let f = parse(
+            "provider: sim\nwebhook:\n  secret_env: \"s3cr3t value\"\n",
+            "c.yaml",
+        )
+        .unwrap();
         let e = RunConfig::resolve(f, &Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("environment variable name"), "{e}");
         // No `secret:` key: a secret in the file is an unknown key.
@@ -771,7 +806,11 @@ mod tests {
 
     #[test]
     fn the_people_sections() {
-        let c = RunConfig::resolve(ConfigFile::default(), &Overrides::default()).unwrap();
+        let sim = Overrides {
+            provider: Some("sim".into()),
+            ..Overrides::default()
+        };
+        let c = RunConfig::resolve(ConfigFile::default(), &sim).unwrap();
         assert!(!c.release_watch, "off without github.repo");
         assert_eq!(c.github_api, DEFAULT_GITHUB_API);
         assert_eq!(c.slack_api, DEFAULT_SLACK_API);
@@ -783,7 +822,7 @@ mod tests {
             "c.yaml",
         )
         .unwrap();
-        let c = RunConfig::resolve(f, &Overrides::default()).unwrap();
+        let c = RunConfig::resolve(f, &sim).unwrap();
         assert!(c.release_watch, "on with github.repo");
         assert_eq!(
             c.github_base, "prod",
@@ -793,7 +832,7 @@ mod tests {
         assert_eq!(c.slack_channel.as_deref(), Some("C0123"));
         assert_eq!(c.slack_repeat_window_ms, 600_000);
         let bad = |y: &str| {
-            RunConfig::resolve(parse(y, "c.yaml").unwrap(), &Overrides::default())
+            RunConfig::resolve(parse(y, "c.yaml").unwrap(), &sim)
                 .unwrap_err()
                 .to_string()
         };

@@ -164,9 +164,11 @@ impl DemoWorld {
 
     /// Plan against the world as it is now.
     pub async fn plan(&self) -> Result<crate::plan::Plan, String> {
-        let observed = crate::apply::view::observe(&self.sim, &self.desired)
-            .await
-            .map_err(|e| e.to_string())?;
+        let prober: Arc<dyn crate::health::Prober> = Arc::new(SimProber(self.sim.clone()));
+        let (observed, _) =
+            crate::apply::view::observe_and_probe(&self.sim, &prober, &self.desired)
+                .await
+                .map_err(|e| e.to_string())?;
         Ok(plan(&self.desired, &observed, self.clock.now_ms()))
     }
 }

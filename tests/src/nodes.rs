@@ -69,6 +69,19 @@ pub fn litecoind_bin() -> PathBuf {
     binary_from_env("FLEET_TEST_LITECOIND", "litecoind")
 }
 
+/// The version a binary says it is (`litecoind -version`, `anvil --version`), read by the
+/// same rule as a probe's answer: what a probe of a node running it must report.
+pub fn version_of(bin: &Path, flag: &str) -> reconciler::health::DaemonVersion {
+    let out = std::process::Command::new(bin)
+        .arg(flag)
+        .output()
+        .unwrap_or_else(|e| panic!("{} {flag}: {e}", bin.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    reconciler::health::DaemonVersion::from_client(first)
+        .unwrap_or_else(|| panic!("{} {flag} said no version: {first:?}", bin.display()))
+}
+
 /// `anvil` from `FLEET_TEST_ANVIL` (the binary or its directory).
 pub fn anvil_bin() -> PathBuf {
     binary_from_env("FLEET_TEST_ANVIL", "anvil")
@@ -614,7 +627,9 @@ pub fn probe_target(
                 height_pointer: values::JsonPointer::parse(height).expect("a JSON pointer"),
                 target_pointer: target
                     .map(|t| values::JsonPointer::parse(t).expect("a JSON pointer")),
+                version_pointer: None,
             }),
+            daemon_version: true,
         },
     }
 }

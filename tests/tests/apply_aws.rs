@@ -51,6 +51,7 @@ impl Prober for RestartingNodes {
             blocks: 1_000,
             headers: 1_000,
             initial_block_download: false,
+            client: None,
         };
         match (e.0, e.1) {
             (0, _) => Ok(synced),
@@ -63,6 +64,7 @@ impl Prober for RestartingNodes {
                 blocks: 990 + u64::from(n),
                 headers: 1_000,
                 initial_block_download: false,
+                client: None,
             }),
             _ => Ok(synced),
         }

@@ -353,8 +353,9 @@ fn a_release_becomes_a_pull_request_then_a_rollout_approved_in_slack() {
         .filter(|c| c.method == "chat.postMessage" && c.body["thread_ts"] == parent_ts.as_str())
         .map(|c| c.body["text"].as_str().unwrap_or("").to_string())
         .collect();
+    // The example runs on the simulator: every message says so first.
     assert!(
-        replies[0].starts_with("Rollout started: bitcoin → 29.0"),
+        replies[0].starts_with("[simulated fleet (provider: sim)] Rollout started: bitcoin → 29.0"),
         "{replies:?}"
     );
     let zones: Vec<&String> = replies
@@ -370,7 +371,7 @@ fn a_release_becomes_a_pull_request_then_a_rollout_approved_in_slack() {
         replies
             .last()
             .unwrap()
-            .starts_with("Rollout finished: bitcoin"),
+            .starts_with("[simulated fleet (provider: sim)] Rollout finished: bitcoin"),
         "{replies:?}"
     );
     assert_eq!(
@@ -472,7 +473,8 @@ fn a_rollout_without_approval_goes_on_while_slack_is_down_and_slack_hears_later(
         .map(|c| c.body["text"].as_str().unwrap_or("").to_string())
         .collect();
     assert!(
-        posts[0].starts_with("Rollout started: litecoin → 0.21.5"),
+        posts[0]
+            .starts_with("[simulated fleet (provider: sim)] Rollout started: litecoin → 0.21.5"),
         "{posts:?}"
     );
     assert_eq!(

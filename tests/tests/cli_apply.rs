@@ -46,6 +46,8 @@ fn apply_with_yes_rolls_out_records_approvals_and_leaves_nothing_to_do() {
             repo.display().to_string(),
             "--state-dir".into(),
             state.path().display().to_string(),
+            "--provider".into(),
+            "sim".into(),
             "--color".into(),
             "never".into(),
         ];
@@ -61,7 +63,12 @@ fn apply_with_yes_rolls_out_records_approvals_and_leaves_nothing_to_do() {
     apply_args.extend(args(&["--yes", "--sim-speed", "20000"]));
     let out = fleet(&apply_args);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.contains("Summary:"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("Summary (simulated fleet, --provider sim):"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(out.stdout.matches("completed").count(), 6, "{}", out.stdout);
 
     // The confirmation approved the coins that needed it, in the journal.
@@ -79,7 +86,77 @@ fn apply_with_yes_rolls_out_records_approvals_and_leaves_nothing_to_do() {
 
     let out = fleet(&plan_args);
     assert_eq!(out.code, 0, "nothing left: {}", out.stdout);
-    assert!(out.stdout.starts_with("No changes."), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .starts_with("SIMULATED FLEET (--provider sim, kept in "),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("\n\nNo changes."), "{}", out.stdout);
+}
+
+/// No silent simulation: `plan`, `apply` and `run` without a provider named exit 2 with a
+/// message giving both choices, before reading or creating anything.
+#[test]
+fn plan_apply_and_run_need_the_provider_named() {
+    let example = workspace_root().join("examples/fleet");
+    let ex = example.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let st = state.to_str().unwrap();
+    for cmd in ["plan", "apply"] {
+        let mut args = vec![cmd, "--repo", ex, "--state-dir", st];
+        if cmd == "apply" {
+            args.push("--yes");
+        }
+        let out = fleet(&args);
+        assert_eq!(
+            out.code, 2,
+            "{cmd}: {}
+{}",
+            out.stdout, out.stderr
+        );
+        assert!(out.stdout.is_empty(), "{cmd}: {}", out.stdout);
+        for want in [
+            format!("fleet {cmd} --provider aws"),
+            format!("fleet {cmd} --provider sim"),
+        ] {
+            assert!(out.stderr.contains(&want), "{cmd}: {}", out.stderr);
+        }
+        assert!(!state.exists(), "{cmd} touched the state directory");
+    }
+    let out = fleet(&[
+        "run",
+        "--repo",
+        ex,
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        st,
+    ]);
+    assert_eq!(out.code, 2, "run: {}", out.stderr);
+    for want in ["provider: aws", "provider: sim", "--provider"] {
+        assert!(out.stderr.contains(want), "run: {}", out.stderr);
+    }
+    assert!(!state.exists(), "run touched the state directory");
+    // Named, a simulated fleet says so first thing.
+    let out = fleet(&[
+        "plan",
+        "--repo",
+        ex,
+        "--state-dir",
+        st,
+        "--provider",
+        "sim",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("SIMULATED FLEET (--provider sim"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -93,6 +170,8 @@ fn an_invalid_repository_plans_nothing() {
         dir.path().to_str().unwrap(),
         "--state-dir",
         state.path().to_str().unwrap(),
+        "--provider",
+        "sim",
     ]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("E201"), "{}", out.stderr);
@@ -139,6 +218,8 @@ fn plan_and_apply_errors_exit_1_never_2() {
                 "/nonexistent/fleet",
                 "--state-dir",
                 st,
+                "--provider",
+                "sim",
             ],
         ),
         (
@@ -150,6 +231,8 @@ fn plan_and_apply_errors_exit_1_never_2() {
                 repo,
                 "--state-dir",
                 file.to_str().unwrap(),
+                "--provider",
+                "sim",
             ],
         ),
         (
@@ -161,6 +244,8 @@ fn plan_and_apply_errors_exit_1_never_2() {
                 repo,
                 "--state-dir",
                 locked.path().to_str().unwrap(),
+                "--provider",
+                "sim",
             ],
         ),
         (
@@ -176,6 +261,8 @@ fn plan_and_apply_errors_exit_1_never_2() {
                 repo,
                 "--state-dir",
                 st,
+                "--provider",
+                "sim",
                 "--sim-speed",
                 "0",
             ],
@@ -189,6 +276,8 @@ fn plan_and_apply_errors_exit_1_never_2() {
                 repo,
                 "--state-dir",
                 st,
+                "--provider",
+                "sim",
                 "--sim-speed",
                 "1e300",
             ],
@@ -247,6 +336,8 @@ fn a_plan_that_cannot_see_says_so() {
         example.to_str().unwrap(),
         "--state-dir",
         st,
+        "--provider",
+        "sim",
         "--sim-speed",
         "20000",
         "--color",
@@ -264,6 +355,8 @@ fn a_plan_that_cannot_see_says_so() {
         bumped.path().to_str().unwrap(),
         "--state-dir",
         st,
+        "--provider",
+        "sim",
         "--color",
         "never",
     ]);
@@ -299,6 +392,8 @@ fn a_plan_that_cannot_see_says_so() {
         grown.path().to_str().unwrap(),
         "--state-dir",
         st,
+        "--provider",
+        "sim",
         "--color",
         "never",
     ]);
@@ -325,6 +420,7 @@ fn a_vanished_coin_is_retired_only_when_the_repository_says_so() {
     let run = |args: &[&str], repo: &std::path::Path| {
         let mut all = args.to_vec();
         all.extend(["--repo", repo.to_str().unwrap(), "--state-dir", st]);
+        all.extend(["--provider", "sim"]);
         all.extend(["--sim-speed", "20000", "--color", "never"]);
         fleet(&all)
     };
@@ -379,4 +475,125 @@ fn a_vanished_coin_is_retired_only_when_the_repository_says_so() {
     assert!(!out.stdout.contains("add `retire:"), "{}", out.stdout);
     assert!(out.stdout.contains("dogecoin"), "{}", out.stdout);
     assert!(out.stdout.contains("retire"), "{}", out.stdout);
+}
+
+/// A version changed by hand (the seed's `systemctl start node@<version>` over SSM) is seen
+/// from the daemon's own answer: planned with its reason, upgraded back to the repository's
+/// version; a node brought to the target by hand is only confirmed and recorded, never
+/// restarted.
+#[test]
+fn a_version_changed_by_hand_is_drift_and_converges() {
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().to_str().unwrap();
+    let example = workspace_root().join("examples/fleet");
+    let ex = example.to_str().unwrap();
+    let desired = fleet_tests::world::desired_of(&fleet_tests::world::example_tree());
+    let older: std::collections::BTreeMap<_, _> = reconciler::demo::older_versions()
+        .into_iter()
+        .filter(|(c, _)| c == "litecoin")
+        .collect();
+    let (bitcoin, litecoin) = {
+        // Ten minutes ago: a restarted daemon answers only after a while, and the plan below
+        // runs now.
+        let then = reconciler::clock::Clock::now_ms(&SystemClock) - 600_000;
+        let clock = Arc::new(reconciler::clock::ManualClock::new(then));
+        let sim = SimProvider::open(state.path(), clock, SimConfig::default()).unwrap();
+        sim.seed(&desired, &older).unwrap();
+        let o = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fleet_tests::observe(&sim, &desired));
+        let id = |coin: &str| {
+            o.nodes
+                .iter()
+                .find(|n| n.key.coin.as_str() == coin)
+                .unwrap()
+                .instance_id
+                .clone()
+        };
+        let (b, l) = (id("bitcoin"), id("litecoin"));
+        sim.start_by_hand(&b, "28.0").unwrap();
+        sim.start_by_hand(&l, "0.21.4").unwrap();
+        (b, l)
+    };
+    let plan_out = fleet(&[
+        "plan",
+        "--repo",
+        ex,
+        "--state-dir",
+        st,
+        "--provider",
+        "sim",
+        "--color",
+        "never",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(plan_out.code, 2, "{}\n{}", plan_out.stdout, plan_out.stderr);
+    for want in [
+        "the daemon reports 28.0; fleet's tag says 28.1",
+        "the daemon reports 0.21.4; fleet's tag says 0.21.3",
+    ] {
+        assert!(
+            plan_out.stdout.contains(want),
+            "{want}: {}",
+            plan_out.stdout
+        );
+    }
+    let out = fleet(&[
+        "apply",
+        "--yes",
+        "--repo",
+        ex,
+        "--state-dir",
+        st,
+        "--provider",
+        "sim",
+        "--sim-speed",
+        "20000",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let out = fleet(&[
+        "plan",
+        "--repo",
+        ex,
+        "--state-dir",
+        st,
+        "--provider",
+        "sim",
+        "--color",
+        "never",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let clock = reconciler::clock::AnchoredClock::open(state.path(), 1.0).unwrap();
+    let sim = SimProvider::open(state.path(), Arc::new(clock), SimConfig::default()).unwrap();
+    let upgrades = |id: &str| {
+        sim.commands()
+            .into_iter()
+            .filter(|c| c.instance_id == id && c.command.contains("fleet-node upgrade"))
+            .count()
+    };
+    assert_eq!(
+        upgrades(&bitcoin),
+        1,
+        "bitcoin's node is upgraded back once"
+    );
+    assert_eq!(
+        upgrades(&litecoin),
+        0,
+        "litecoin's node only had its version recorded"
+    );
+    for id in [&bitcoin, &litecoin] {
+        let s = sim.chain_status(id).unwrap();
+        let want = if id == &bitcoin { "28.1" } else { "0.21.4" };
+        assert_eq!(
+            s.client
+                .map(|v| v.is(&fleet_repo_schema::values::Version::parse(want).unwrap())),
+            Some(Some(true)),
+            "{id}"
+        );
+    }
 }

@@ -328,6 +328,24 @@ fn a_plain_directory_runs_with_nothing_but_flags() {
         m.contains("fleet_nodes{coin=\"bitcoin\",state=\"in_sync\"} 3"),
         "{m}"
     );
+    // A simulated fleet says so on every screen.
+    assert!(m.contains("fleet_provider_info{provider=\"sim\"} 1"), "{m}");
+    let status: serde_json::Value =
+        serde_json::from_str(&d.get("/status").expect("status").body).expect("json");
+    assert_eq!(status["provider"], "sim");
+    assert_eq!(status["simulated"], true);
+    // Versions as the daemons report them (the probe read them), and as the tags record.
+    let nodes: Vec<&serde_json::Value> = status["coins"]["bitcoin"]["zones"]
+        .as_object()
+        .expect("zones")
+        .values()
+        .flat_map(|z| z["nodes"].as_array().expect("nodes"))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{status}");
+    for n in nodes {
+        assert_eq!(n["version_from"], "daemon", "{n}");
+        assert_eq!(n["version"], n["recorded_version"], "{n}");
+    }
     assert_eq!(d.get("/nope").map(|r| r.status), Some(404));
     assert_eq!(d.get("/hooks/github").map(|r| r.status), Some(405));
 
@@ -339,6 +357,8 @@ fn a_plain_directory_runs_with_nothing_but_flags() {
             example.to_str().expect("utf-8"),
             "--listen",
             "127.0.0.1:0",
+            "--provider",
+            "sim",
             "--state-dir",
         ])
         .arg(&d.state_dir)
@@ -353,8 +373,15 @@ fn a_plain_directory_runs_with_nothing_but_flags() {
     // So is an apply (or a plan: with the simulator both would rewrite the fleet's state).
     let state = d.state_dir.to_str().expect("utf-8").to_string();
     let ex = example.to_str().expect("utf-8").to_string();
-    let plan = fleet(&["plan", "--repo", &ex, "--state-dir", &state]);
-    let apply = fleet(&["apply", "--repo", &ex, "--state-dir", &state, "--yes"]);
+    let sim = ["--provider", "sim"];
+    let plan = fleet(&[&["plan", "--repo", &ex, "--state-dir", &state][..], &sim].concat());
+    let apply = fleet(
+        &[
+            &["apply", "--repo", &ex, "--state-dir", &state, "--yes"][..],
+            &sim,
+        ]
+        .concat(),
+    );
     // Refused with 1: every error of plan and apply is 1 (2 is plan's "changes").
     for (cmd, out) in [("plan", plan), ("apply", apply)] {
         assert_eq!(out.code, 1, "{cmd}: {}", out.stderr);
@@ -372,7 +399,7 @@ fn bad_configuration_is_located_and_stops_before_anything_starts() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("c.yaml:3:"), "{}", out.stderr);
     assert!(out.stderr.contains("poll_intervall"), "{}", out.stderr);
-    std::fs::write(&cfg, "repo:\n  poll_interval: soon\n").expect("write");
+    std::fs::write(&cfg, "provider: sim\nrepo:\n  poll_interval: soon\n").expect("write");
     let out = fleet(&["run", "--config", cfg.to_str().expect("utf-8")]);
     assert_eq!(out.code, 2);
     assert!(
@@ -380,7 +407,15 @@ fn bad_configuration_is_located_and_stops_before_anything_starts() {
         "{}",
         out.stderr
     );
-    let out = fleet(&["run", "--listen", "nowhere", "--repo", "."]);
+    let out = fleet(&[
+        "run",
+        "--listen",
+        "nowhere",
+        "--repo",
+        ".",
+        "--provider",
+        "sim",
+    ]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("listen"), "{}", out.stderr);
     // The example configuration is valid.

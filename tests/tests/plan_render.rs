@@ -177,6 +177,8 @@ fn plan_cli(state: &Path, extra: &[&str]) -> fleet_tests::Output {
         repo.display().to_string(),
         "--state-dir".into(),
         state.display().to_string(),
+        "--provider".into(),
+        "sim".into(),
         "--color".into(),
         "never".into(),
     ];
@@ -204,7 +206,8 @@ fn plan_json_and_detailed_exit_codes() {
     let same = state_dir(&BTreeMap::new(), None);
     let out = plan_cli(same.path(), &["--detailed-exitcode"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.starts_with("No changes."), "{}", out.stdout);
+    assert!(out.stdout.starts_with("SIMULATED FLEET"), "{}", out.stdout);
+    assert!(out.stdout.contains("\n\nNo changes."), "{}", out.stdout);
     let out = plan_cli(same.path(), &["--format", "json", "--detailed-exitcode"]);
     assert_eq!(out.code, 0);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();

@@ -19,13 +19,18 @@ async fn ethereum_probe_reads_anvil_and_the_gate_judges_it() {
     let p = RpcProber::new(Arc::new(r), RpcCredentials::new(), Duration::from_secs(5));
     let t = probe_target("ethereum", 1, Probe::Ethereum, Some(8545), None);
 
+    // The client's own version, as `web3_clientVersion` says it (anvil/v1.7.1): what the
+    // binary says it is.
+    let anvil_version =
+        fleet_tests::nodes::version_of(&fleet_tests::nodes::anvil_bin(), "--version");
     // A fresh anvil is at genesis.
     assert_eq!(
         p.probe(&t).await,
         Ok(ChainStatus {
             blocks: 0,
             headers: 0,
-            initial_block_download: false
+            initial_block_download: false,
+            client: Some(anvil_version),
         })
     );
 
@@ -42,7 +47,8 @@ async fn ethereum_probe_reads_anvil_and_the_gate_judges_it() {
         Ok(ChainStatus {
             blocks: 300,
             headers: 300,
-            initial_block_download: false
+            initial_block_download: false,
+            client: Some(anvil_version),
         })
     );
 

@@ -149,6 +149,7 @@ fn st(blocks: u64, headers: u64, ibd: bool) -> Result<ChainStatus, ProbeError> {
         blocks,
         headers,
         initial_block_download: ibd,
+        client: None,
     })
 }
 
@@ -164,7 +165,7 @@ async fn http_probe_reads_heights_at_pointers() {
     let server = serve(|req| match req.path.as_str() {
         "/api/core/v2/info" => Answer::Json(
             200,
-            r#"{"status":{"confirmedMilestone":{"index":"8000"},"latestMilestone":{"index":"0x1f42"}}}"#
+            r#"{"name":"HORNET","version":"2.0.2","status":{"confirmedMilestone":{"index":"8000"},"latestMilestone":{"index":"0x1f42"}}}"#
                 .into(),
         ),
         "/num" => Answer::Json(200, r#"{"data":{"height":123456}}"#.into()),
@@ -191,6 +192,20 @@ async fn http_probe_reads_heights_at_pointers() {
     );
     let reading = p.probe(&t).await;
     assert_eq!(reading, st(8000, 8002, false));
+    // With `health.http.version_pointer`, the client's version from the same answer (hornet's
+    // info shape); without one it stays unread.
+    let mut with_version = t.clone();
+    if let Some(h) = with_version.health.http.as_mut() {
+        h.version_pointer =
+            Some(fleet_repo_schema::values::JsonPointer::parse("/version").unwrap());
+    }
+    let client = p.probe(&with_version).await.expect("a reading").client;
+    assert_eq!(client.map(|v| v.to_string()).as_deref(), Some("2.0.2"));
+    with_version.health.daemon_version = false;
+    assert_eq!(
+        p.probe(&with_version).await.expect("a reading").client,
+        None
+    );
     let now = now_ms();
     let cfg = GateConfig {
         max_lag_blocks: 0,
@@ -393,6 +408,16 @@ async fn ethereum_probe_while_syncing_holds_the_gate() {
             ..
         }
     ));
-    // Only eth_syncing was asked: its object already holds both heights.
-    assert_eq!(server.seen.lock().unwrap().len(), 1);
+    // eth_syncing's object already holds both heights: eth_blockNumber is not asked, only the
+    // client's version after the reading.
+    let seen: Vec<String> = server
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.body.clone())
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].contains("eth_syncing"), "{seen:?}");
+    assert!(seen[1].contains("web3_clientVersion"), "{seen:?}");
 }

@@ -79,7 +79,11 @@ async fn gate_holds_while_a_restarted_litecoind_catches_up() {
         ChainStatus {
             blocks: 101,
             headers: 101,
-            initial_block_download: false
+            initial_block_download: false,
+            client: Some(fleet_tests::nodes::version_of(
+                &fleet_tests::nodes::litecoind_bin(),
+                "-version"
+            )),
         }
     );
     let rb = p.probe(&tb).await;
@@ -196,7 +200,11 @@ async fn gate_holds_while_a_restarted_litecoind_catches_up() {
         ChainStatus {
             blocks: reference,
             headers: reference,
-            initial_block_download: false
+            initial_block_download: false,
+            client: Some(fleet_tests::nodes::version_of(
+                &fleet_tests::nodes::litecoind_bin(),
+                "-version"
+            )),
         }
     );
     // The gate really held while b was behind, more than once, on real readings.
@@ -221,4 +229,63 @@ async fn gate_holds_while_a_restarted_litecoind_catches_up() {
 
     a.stop().await;
     b.stop().await;
+}
+
+/// A real daemon's own version (getnetworkinfo's subversion) that is not what the node's tag
+/// records is drift the plan fixes, with the daemon's and the tag's words in its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_daemons_version_that_differs_from_its_tag_is_planned_for() {
+    use reconciler::plan::{Action, plan};
+    use reconciler::provider::sim::{SimConfig, SimProvider};
+    let pw = password();
+    let mut a = Litecoind::new("a", USER, &pw);
+    a.start_ready().await;
+    let reading = prober(&a, &a, &pw)
+        .probe(&target(1))
+        .await
+        .expect("a answers");
+    a.stop().await;
+    let reported = reading.client.expect("litecoind says its version");
+    assert_eq!(
+        Some(reported),
+        Some(fleet_tests::nodes::version_of(
+            &fleet_tests::nodes::litecoind_bin(),
+            "-version"
+        ))
+    );
+
+    // The example fleet, every node tagged at the repository's version (litecoin 0.21.4),
+    // and litecoin's first node answering as the real litecoind did.
+    let desired = fleet_tests::world::desired_of(&fleet_tests::world::example_tree());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = SimProvider::open(
+        dir.path(),
+        Arc::new(reconciler::clock::SystemClock),
+        SimConfig::default(),
+    )
+    .expect("sim");
+    sim.seed(&desired, &Default::default()).expect("seed");
+    let observed = fleet_tests::observe(&sim, &desired).await;
+    assert!(plan(&desired, &observed, 0).is_empty());
+    let node = observed
+        .nodes
+        .iter()
+        .find(|n| n.key.coin.as_str() == "litecoin")
+        .expect("a litecoin node")
+        .key
+        .clone();
+    let readings = [(node.clone(), Ok(reading))].into_iter().collect();
+    let p = plan(&desired, &observed.with_readings(&readings), 0);
+    let cp = p.coin("litecoin").expect("litecoin is planned for");
+    let steps: Vec<_> = cp.waves.iter().flat_map(|w| &w.steps).collect();
+    assert_eq!(steps.len(), 1, "{steps:#?}");
+    assert_eq!(steps[0].node.as_ref(), Some(&node));
+    assert_eq!(
+        steps[0].reason,
+        format!("version is 0.21.4: the daemon reports {reported}; fleet's tag says 0.21.4")
+    );
+    assert!(matches!(
+        &steps[0].action,
+        Action::Upgrade { from: Some(f), confirm_first: false, .. } if *f == reported.to_string()
+    ));
 }

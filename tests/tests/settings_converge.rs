@@ -101,6 +101,7 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "health.stall_timeout" => "2h",
             "health.sync_timeout" => "24h",
             "health.full_sync_estimate" => "5d",
+            "health.daemon_version" => "false",
             k if k.starts_with("health.http.") => {
                 return Err("only with `probe: http`, which the example's bitcoin does not use");
             }

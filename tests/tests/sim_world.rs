@@ -256,3 +256,28 @@ fn a_reboot_brings_the_daemon_back_only_when_its_unit_is_enabled() {
     w.clock.advance_ms(boot_and_start);
     assert!(w.sim.chain_status(&id).is_ok(), "enabled by the upgrade");
 }
+
+/// A daemon started by hand (the seed's SSM upgrade) reports the version it runs, not the
+/// tag's; its unit is not enabled, so a reboot brings back the enabled one, as systemd does.
+#[test]
+fn a_daemon_started_by_hand_reports_its_version_until_a_reboot_brings_the_enabled_one_back() {
+    let w = SimWorld::new();
+    w.sim.seed(w.desired(), &BTreeMap::new()).unwrap();
+    let n = first_node(&w, "bitcoin");
+    let reported = |w: &SimWorld| {
+        w.sim
+            .chain_status(&n.instance_id)
+            .expect("answers")
+            .client
+            .map(|v| v.to_string())
+    };
+    w.clock.advance_ms(10 * MIN);
+    let tagged = w.desired().coins["bitcoin"].version.to_string();
+    assert_eq!(reported(&w).as_deref(), Some(tagged.as_str()));
+    w.sim.start_by_hand(&n.instance_id, "27.0").unwrap();
+    w.clock.advance_ms(10 * MIN);
+    assert_eq!(reported(&w).as_deref(), Some("27.0"));
+    w.sim.reboot(&n.instance_id).unwrap();
+    w.clock.advance_ms(10 * MIN);
+    assert_eq!(reported(&w).as_deref(), Some(tagged.as_str()));
+}

@@ -49,6 +49,7 @@ fn start(
             channel,
             repeat_window: Duration::from_secs(3600),
             memory: None,
+            label: None,
         },
     )
 }
@@ -313,6 +314,7 @@ async fn a_permanent_error_drops_one_message_and_the_next_ones_go() {
             channel: bot::channel("#x"),
             repeat_window: Duration::ZERO,
             memory: None,
+            label: None,
         },
     );
     h.notify(Notice::RolloutFinished {
@@ -437,6 +439,7 @@ async fn the_bot_remembers_its_requests_and_threads_across_a_restart() {
                 channel: bot::channel("#node-fleet"),
                 repeat_window: Duration::from_secs(3600),
                 memory: Some(memory.clone()),
+                label: None,
             },
         )
     };
@@ -503,4 +506,43 @@ async fn the_bot_remembers_its_requests_and_threads_across_a_restart() {
             .to_string()
             .contains("Rejected* by <@U012ABCDEF>")
     );
+}
+
+/// A simulated fleet's messages say so: the label leads the text and is the first block, of
+/// new messages and of updates alike, once.
+#[tokio::test]
+async fn a_labelled_bot_marks_every_message() {
+    let mock = SlackMock::start(TOKEN);
+    let pacer = Arc::new(TestPacer::default());
+    let api = MorphismApi::new(&mock.api_url(), TOKEN).unwrap();
+    let (h, t) = bot::start(
+        Arc::new(api),
+        Arc::clone(&pacer) as Arc<dyn Pacer>,
+        BotConfig {
+            channel: bot::channel("#x"),
+            repeat_window: Duration::ZERO,
+            memory: None,
+            label: Some("simulated fleet (provider: sim)".into()),
+        },
+    );
+    h.notify(Notice::RolloutFinished {
+        coin: "a".into(),
+        took_ms: 1,
+    });
+    drain(h, t).await;
+    let posts = mock.posts_with("Rollout finished: a");
+    assert_eq!(posts.len(), 1);
+    let body = &posts[0].body;
+    assert_eq!(
+        body["text"],
+        "[simulated fleet (provider: sim)] Rollout finished: a in 0.0s"
+    );
+    let first = &body["blocks"][0];
+    assert_eq!(first["type"], "context", "{body}");
+    assert_eq!(
+        first["elements"][0]["text"],
+        ":test_tube: *simulated fleet (provider: sim)*"
+    );
+    let blocks = body["blocks"].to_string();
+    assert_eq!(blocks.matches("simulated fleet").count(), 1, "{blocks}");
 }

@@ -56,6 +56,7 @@ async fn the_first_decision_of_an_approver_is_recorded_for_its_key_only() {
             channel: bot::channel("#node-fleet"),
             repeat_window: Duration::from_secs(60),
             memory: None,
+            label: None,
         },
     );
     let desired = fleet_repo_schema::load(&example_tree()).desired.unwrap();

@@ -295,6 +295,9 @@ pub struct BotConfig {
     /// restarts (None: in memory only). A restarted daemon then neither asks twice for the
     /// same approval nor starts a second thread for a rollout under way.
     pub memory: Option<std::path::PathBuf>,
+    /// A label every message carries, in its text and as its first block (a simulated
+    /// fleet's messages say so: `Some("simulated fleet")`).
+    pub label: Option<String>,
 }
 
 impl std::fmt::Debug for BotConfig {
@@ -303,6 +306,7 @@ impl std::fmt::Debug for BotConfig {
             .field("channel", &(self.channel)())
             .field("repeat_window", &self.repeat_window)
             .field("memory", &self.memory)
+            .field("label", &self.label)
             .finish()
     }
 }
@@ -478,7 +482,17 @@ impl Worker {
         }
     }
 
+    /// `m` as sent: with the configured label (labelled only here, so a message kept to be
+    /// updated later is labelled once).
+    fn labelled(&self, m: &Message) -> Message {
+        match &self.cfg.label {
+            Some(l) => m.labelled(l),
+            None => m.clone(),
+        }
+    }
+
     async fn post(&self, thread: Option<&str>, broadcast: bool, m: &Message) -> Option<Posted> {
+        let m = &self.labelled(m);
         let api = Arc::clone(&self.api);
         let channel = Arc::clone(&self.cfg.channel);
         self.with_retry("chat.postMessage", || {
@@ -499,6 +513,7 @@ impl Worker {
     }
 
     async fn update(&self, at: &Posted, m: &Message) {
+        let m = &self.labelled(m);
         let api = Arc::clone(&self.api);
         self.with_retry("chat.update", || {
             let (api, at, m) = (Arc::clone(&api), at.clone(), m.clone());

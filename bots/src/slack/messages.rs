@@ -188,6 +188,17 @@ impl Message {
             .with_blocks(self.blocks.clone())
     }
 
+    /// The same message carrying `label`: `[label] ` before its text and a first context
+    /// block saying it.
+    pub fn labelled(&self, label: &str) -> Message {
+        let mut blocks = vec![context(format!(":test_tube: *{}*", esc(label)))];
+        blocks.extend(self.blocks.iter().cloned());
+        Message {
+            text: format!("[{label}] {}", self.text),
+            blocks,
+        }
+    }
+
     /// The blocks as the JSON Slack receives (for tests and snapshots).
     pub fn blocks_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.blocks).unwrap_or(serde_json::Value::Null)

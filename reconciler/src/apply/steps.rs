@@ -140,14 +140,24 @@ impl Executor {
                 Ok((Some(id), o))
             }
             Action::Upgrade {
+                from,
                 to,
                 snapshot_first,
                 confirm_first,
-                ..
+                reported,
             } => {
                 let n = node()?;
                 if *confirm_first && p.confirm_version(&n, to).await? {
                     return Ok((None, Outcome::AlreadyDone));
+                }
+                // The daemon runs `from` whatever the tag says: the record says so first, or
+                // the crash protocol would take an upgrade to the tagged version for done.
+                if *reported
+                    && let Some(v) = from
+                        .as_deref()
+                        .and_then(|f| fleet_repo_schema::values::Version::parse(f).ok())
+                {
+                    p.record_version(&n, &v).await?;
                 }
                 if *snapshot_first {
                     p.snapshot(&n, &format!("before-upgrade:{to}")).await?;

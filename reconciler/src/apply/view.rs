@@ -15,12 +15,14 @@
 use crate::clock::{Clock, Millis};
 use crate::events::Failure;
 use crate::health::rating::StallWatch;
-use crate::health::{ChainStatus, CoinHealth, NodeInput, ProbeError, rate};
+use crate::health::{
+    ChainStatus, CoinHealth, NodeInput, ProbeError, ProbeTarget, Prober, probe_all, rate,
+};
 use crate::node::NodeKey;
 use crate::plan::{Observed, ObservedNode};
 use crate::provider::{Provider, ProviderError, Scope};
 use fleet_repo_schema::values::CoinName;
-use fleet_repo_schema::{Coin, Desired};
+use fleet_repo_schema::{Coin, Desired, Probe};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -33,6 +35,51 @@ pub async fn observe(
 ) -> Result<Observed, ProviderError> {
     let observation = provider.observe(&Scope::of_desired(desired)).await?;
     Ok(Observed::assign(desired, observation))
+}
+
+/// Probes in flight at once across the fleet.
+pub const PROBES_AT_ONCE: usize = 32;
+
+/// One reading per probed node.
+pub type Readings = BTreeMap<NodeKey, Result<ChainStatus, ProbeError>>;
+
+/// What to probe: every running node of `observed` whose coin has a probe.
+pub fn probe_targets(desired: &Desired, observed: &Observed) -> Vec<ProbeTarget> {
+    let mut targets = Vec::new();
+    for coin in desired.coins.values() {
+        if coin.health.probe == Probe::None {
+            continue;
+        }
+        for n in observed.nodes_of(&coin.name).iter().filter(|n| n.running()) {
+            let dns_name = coin
+                .nodes
+                .iter()
+                .find(|s| NodeKey::of(s) == n.key)
+                .map(|s| s.dns_name.clone())
+                .unwrap_or_default();
+            targets.push(ProbeTarget {
+                key: n.key.clone(),
+                instance_id: n.instance_id.clone(),
+                dns_name,
+                health: coin.health.clone(),
+            });
+        }
+    }
+    targets
+}
+
+/// Observe the fleet, then ask every running node how it is and what it runs: what a plan
+/// is made from (`fleet plan`, `fleet apply`, each pass of `fleet run`), so that a version
+/// changed by hand is seen ([`Observed::with_readings`]). The readings are returned for the
+/// node watch, which rates the same answers.
+pub async fn observe_and_probe(
+    provider: &dyn Provider,
+    prober: &Arc<dyn Prober>,
+    desired: &Desired,
+) -> Result<(Observed, Readings), ProviderError> {
+    let observed = observe(provider, desired).await?;
+    let readings = probe_all(prober, probe_targets(desired, &observed), PROBES_AT_ONCE).await;
+    Ok((observed.with_readings(&readings), readings))
 }
 
 /// Rate a coin's observed `nodes` with their `readings` (the nodes not probed have none),

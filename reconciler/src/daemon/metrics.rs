@@ -87,6 +87,7 @@ pub struct Metrics {
     connections: Family<Labels, Counter>,
     api_calls: Counter,
     api_calls_seen: AtomicU64,
+    provider: Family<Labels, Gauge>,
     /// Serialises the rebuilds of whole families (observation gauges, the commit).
     rebuild: Mutex<()>,
 }
@@ -119,6 +120,7 @@ impl Metrics {
             connections: Family::default(),
             api_calls: Counter::default(),
             api_calls_seen: AtomicU64::new(0),
+            provider: Family::default(),
             rebuild: Mutex::new(()),
         };
         for r in PASS_RESULTS {
@@ -160,6 +162,11 @@ impl Metrics {
                 m.nodes.clone(),
             );
             r.register("fleet_steps", "Executor steps by outcome", m.steps.clone());
+            r.register(
+                "fleet_provider_info",
+                "Where the fleet is observed and changed: provider=\"aws\", or provider=\"sim\" for a simulated fleet",
+                m.provider.clone(),
+            );
             r.register(
                 "fleet_applied_commit_info",
                 "The revision in force",
@@ -298,6 +305,13 @@ impl Metrics {
         self.pass_seconds.observe(secs);
     }
 
+    /// The provider fleet runs with (`aws` or `sim`): one series at 1.
+    pub fn provider(&self, name: &str) {
+        let _g = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        self.provider.clear();
+        self.provider.get_or_create(&label("provider", name)).set(1);
+    }
+
     /// The provider's call count now (a running total).
     pub fn api_calls(&self, total: u64) {
         let before = self.api_calls_seen.swap(total, Ordering::SeqCst);
@@ -363,8 +377,12 @@ mod tests {
         m.pass("converged", 0.5);
         m.api_calls(7);
         m.api_calls(9);
+        m.provider("aws");
+        m.provider("sim");
         let t = m.render();
+        assert!(!t.contains("fleet_provider_info{provider=\"aws\"}"), "{t}");
         for want in [
+            "fleet_provider_info{provider=\"sim\"} 1",
             "fleet_webhook_requests_total{result=\"unauthorized\"} 1",
             "fleet_coin_drift_steps{coin=\"bit\\\"coin\"} 3",
             "fleet_applied_commit_info{commit=\"abc\"} 1",

@@ -305,15 +305,13 @@ impl Loop {
             Arc::clone(&b.prober),
             Arc::clone(&b.clock),
         );
-        let observed = tokio::select! {
-            o = crate::apply::view::observe(provider.as_ref(), &desired) => o?,
+        // The nodes are asked before the plan is made: a version changed by hand is drift.
+        let (observed, readings) = tokio::select! {
+            o = crate::apply::view::observe_and_probe(provider.as_ref(), &prober, &desired) => o?,
             _ = shutdown.cancelled() => return Ok(PassLabel::Cancelled),
         };
         let mut p = plan(&desired, &observed, clock.now_ms());
-        tokio::select! {
-            _ = watch::refresh(&self.shared, good, &observed, &p, &prober, &self.held) => {}
-            _ = shutdown.cancelled() => return Ok(PassLabel::Cancelled),
-        }
+        watch::refresh(&self.shared, good, &observed, &p, &readings, &self.held);
         self.shared.ready.store(true, Ordering::SeqCst);
         self.shared.metrics.applied(&good.rev);
         self.shared.metrics.api_calls(provider.api_calls());

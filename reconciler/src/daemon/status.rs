@@ -47,8 +47,13 @@ pub struct NodeStatus {
     pub instance_id: String,
     /// EC2 state.
     pub state: String,
-    /// Version running (tag), if known.
+    /// Version running: what the daemon reports when its probe read it, else what the tag
+    /// records (`version_from` says which), if known.
     pub version: Option<String>,
+    /// Where `version` comes from.
+    pub version_from: VersionFrom,
+    /// What fleet's tag (`fleet:version`) records, if known.
+    pub recorded_version: Option<String>,
     /// Blocks, from the last reading.
     pub height: Option<u64>,
     /// Headers, from the last reading.
@@ -59,6 +64,17 @@ pub struct NodeStatus {
     pub health: Option<NodeHealth>,
     /// The gate's last word during a rollout.
     pub gate: Option<String>,
+}
+
+/// Where a node's version on `/status` comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VersionFrom {
+    /// The daemon said it (getnetworkinfo, web3_clientVersion, the http version pointer).
+    Daemon,
+    /// The probe could not read it: fleet's tag stands.
+    #[default]
+    Tag,
 }
 
 /// A zone of a coin.
@@ -150,8 +166,10 @@ pub struct Status {
     pub validation_error: Option<ValidationFailure>,
     /// The loop.
     pub pass: PassStatus,
-    /// Provider.
+    /// Provider: `aws` or `sim`.
     pub provider: String,
+    /// Whether the fleet is simulated (provider `sim`): nothing on this page is in AWS.
+    pub simulated: bool,
     /// Per coin.
     pub coins: BTreeMap<String, CoinStatus>,
     /// The release watch's last cycle, when it runs.

@@ -5,19 +5,14 @@
 
 use super::Shared;
 use super::reconcile::HeldCoins;
-use super::status::{CoinState, CoinStatus, NodeStatus};
-use crate::apply::view::rate_observed;
+use super::status::{CoinState, CoinStatus, NodeStatus, VersionFrom};
+use crate::apply::view::{Readings, rate_observed};
 use crate::daemon::Good;
-use crate::health::{NodeHealth, ProbeTarget, Prober, probe_all};
-use crate::node::NodeKey;
+use crate::health::NodeHealth;
 use crate::plan::{Observed, Plan};
 use crate::provider::InstanceState;
-use fleet_repo_schema::Probe;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// Probes in flight at once across the fleet.
-const PROBES_AT_ONCE: usize = 32;
 
 /// The label of a node in `fleet_nodes{state}`: `in_sync` or `out_of_sync` for a running node
 /// that is probed, `running` for probe `none`, else its EC2 state.
@@ -30,38 +25,17 @@ fn state_label(state: &InstanceState, health: Option<&NodeHealth>) -> String {
     }
 }
 
-/// Probe every running node of `observed`, rate each coin, and rebuild the coins of `/status`
+/// Rate each coin of `observed` with the pass's `readings`, and rebuild the coins of `/status`
 /// and the observation gauges.
-pub async fn refresh(
+pub fn refresh(
     shared: &Arc<Shared>,
     good: &Good,
     observed: &Observed,
     p: &Plan,
-    prober: &Arc<dyn Prober>,
+    readings: &Readings,
     held: &HeldCoins,
 ) {
     let desired = &good.desired;
-    let mut targets = Vec::new();
-    for coin in desired.coins.values() {
-        if coin.health.probe == Probe::None {
-            continue;
-        }
-        for n in observed.nodes_of(&coin.name).iter().filter(|n| n.running()) {
-            let dns_name = coin
-                .nodes
-                .iter()
-                .find(|s| NodeKey::of(s) == n.key)
-                .map(|s| s.dns_name.clone())
-                .unwrap_or_default();
-            targets.push(ProbeTarget {
-                key: n.key.clone(),
-                instance_id: n.instance_id.clone(),
-                dns_name,
-                health: coin.health.clone(),
-            });
-        }
-    }
-    let readings = probe_all(prober, targets, PROBES_AT_ONCE).await;
 
     let mut coins = BTreeMap::new();
     let mut nodes_gauge: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -113,7 +87,7 @@ pub async fn refresh(
             cs.zones.entry(z.to_string()).or_default();
         }
         let nodes = observed.nodes_of(&coin.name);
-        let health = rate_observed(coin, nodes, &readings, None);
+        let health = rate_observed(coin, nodes, readings, None);
         for n in nodes {
             let h = health.nodes.get(&n.key);
             *nodes_gauge
@@ -128,7 +102,16 @@ pub async fn refresh(
                     node: n.key.to_string(),
                     instance_id: n.instance_id.clone(),
                     state: n.state.as_str().to_string(),
-                    version: n.version.known().map(|v| v.to_string()),
+                    version: n
+                        .daemon
+                        .map(|d| d.to_string())
+                        .or_else(|| n.version.known().map(|v| v.to_string())),
+                    version_from: if n.daemon.is_some() {
+                        VersionFrom::Daemon
+                    } else {
+                        VersionFrom::Tag
+                    },
+                    recorded_version: n.version.known().map(|v| v.to_string()),
                     height: reading.map(|s| s.blocks),
                     headers: reading.map(|s| s.headers),
                     in_sync: h.map(NodeHealth::is_up),

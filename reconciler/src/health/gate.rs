@@ -271,6 +271,7 @@ mod tests {
             blocks,
             headers,
             initial_block_download: ibd,
+            client: None,
         })
     }
 

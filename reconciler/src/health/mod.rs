@@ -19,9 +19,11 @@
 pub mod gate;
 pub mod probe;
 pub mod rating;
+pub mod version;
 
 pub use gate::{Gate, GateConfig, GateFailure, Verdict};
 pub use rating::{CoinHealth, NodeHealth, NodeInput, rate};
+pub use version::DaemonVersion;
 
 use crate::node::NodeKey;
 use async_trait::async_trait;
@@ -38,6 +40,10 @@ pub struct ChainStatus {
     pub headers: u64,
     /// Still in initial block download.
     pub initial_block_download: bool,
+    /// The version the daemon says it runs, when its probe reads one
+    /// ([`version::DaemonVersion`]; None: not read, and then the recorded version stands).
+    #[serde(default)]
+    pub client: Option<DaemonVersion>,
 }
 
 impl ChainStatus {
@@ -195,6 +201,7 @@ mod tests {
             blocks,
             headers,
             initial_block_download: ibd,
+            client: None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! JSON holds the height at a JSON pointer). Where a node is dialled is a [`Resolver`]'s
 //! decision: by default its DNS name, in tests a loopback address.
 
-use super::{ChainStatus, ProbeError, ProbeTarget, Prober};
+use super::{ChainStatus, DaemonVersion, ProbeError, ProbeTarget, Prober};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
@@ -131,7 +131,12 @@ const MAX_NODE_TEXT: usize = 200;
 /// The JSON-RPC 1.0 request of the `bitcoin` probe.
 const GETBLOCKCHAININFO: &str =
     r#"{"jsonrpc":"1.0","id":"fleet","method":"getblockchaininfo","params":[]}"#;
+/// Asked after a reading, for the client's version (`subversion`).
+const GETNETWORKINFO: &str =
+    r#"{"jsonrpc":"1.0","id":"fleet","method":"getnetworkinfo","params":[]}"#;
 /// The `ethereum` probe's requests.
+const WEB3_CLIENT_VERSION: &str =
+    r#"{"jsonrpc":"2.0","id":3,"method":"web3_clientVersion","params":[]}"#;
 const ETH_SYNCING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"eth_syncing","params":[]}"#;
 const ETH_BLOCK_NUMBER: &str = r#"{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber","params":[]}"#;
 
@@ -313,36 +318,26 @@ impl RpcProber {
                     detail: call.clean(&format!("cannot make a URL of {base}{path}: {e}")),
                 })
         };
+        let asks_version = target.health.daemon_version;
         match target.health.probe {
             Probe::Bitcoin => {
+                let u = uri("/")?;
                 let a = self
-                    .send(call, Method::POST, &uri("/")?, Some(GETBLOCKCHAININFO))
+                    .send(call, Method::POST, &u, Some(GETBLOCKCHAININFO))
                     .await?;
-                parse_bitcoin(a.status, &a.body).map_err(|d| call.bad(d))
+                let mut status = parse_bitcoin(a.status, &a.body).map_err(|d| call.bad(d))?;
+                if asks_version {
+                    status.client = self.client_version(call, &u, GETNETWORKINFO).await;
+                }
+                Ok(status)
             }
             Probe::Ethereum => {
                 let u = uri("/")?;
-                let a = self.send(call, Method::POST, &u, Some(ETH_SYNCING)).await?;
-                match parse_eth_syncing(a.status, &a.body).map_err(|d| call.bad(d))? {
-                    EthSyncing::Syncing { current, highest } => Ok(ChainStatus {
-                        blocks: current,
-                        // Some clients report highestBlock 0 (or below currentBlock) early on.
-                        headers: highest.max(current),
-                        initial_block_download: true,
-                    }),
-                    EthSyncing::NotSyncing => {
-                        let a = self
-                            .send(call, Method::POST, &u, Some(ETH_BLOCK_NUMBER))
-                            .await?;
-                        let h =
-                            parse_eth_block_number(a.status, &a.body).map_err(|d| call.bad(d))?;
-                        Ok(ChainStatus {
-                            blocks: h,
-                            headers: h,
-                            initial_block_download: false,
-                        })
-                    }
+                let mut status = self.read_ethereum(call, &u).await?;
+                if asks_version {
+                    status.client = self.client_version(call, &u, WEB3_CLIENT_VERSION).await;
                 }
+                Ok(status)
             }
             Probe::Http => {
                 let Some(spec) = &target.health.http else {
@@ -359,10 +354,68 @@ impl RpcProber {
                     &a.body,
                     spec.height_pointer.as_str(),
                     spec.target_pointer.as_ref().map(|p| p.as_str()),
+                    spec.version_pointer
+                        .as_ref()
+                        .filter(|_| asks_version)
+                        .map(|p| p.as_str()),
                 )
                 .map_err(|d| call.bad(d))
             }
             Probe::None => Err(no_probe(target)),
+        }
+    }
+
+    /// The client's version, asked after a reading (`getnetworkinfo`, `web3_clientVersion`).
+    /// Any failure leaves it unread (None): the reading stands, and so does the recorded
+    /// version.
+    async fn client_version(
+        &self,
+        call: &Call<'_>,
+        uri: &Uri,
+        request: &'static str,
+    ) -> Option<DaemonVersion> {
+        let method = if request == GETNETWORKINFO {
+            "getnetworkinfo"
+        } else {
+            "web3_clientVersion"
+        };
+        match self.send(call, Method::POST, uri, Some(request)).await {
+            Ok(a) => match parse_client(method, a.status, &a.body) {
+                Ok(v) => v,
+                Err(d) => {
+                    tracing::debug!(node = %call.node, detail = %call.clean(&d), "the client's version was not read");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(node = %call.node, error = %e, "the client's version was not read");
+                None
+            }
+        }
+    }
+
+    async fn read_ethereum(&self, call: &Call<'_>, u: &Uri) -> Result<ChainStatus, ProbeError> {
+        let a = self.send(call, Method::POST, u, Some(ETH_SYNCING)).await?;
+        match parse_eth_syncing(a.status, &a.body).map_err(|d| call.bad(d))? {
+            EthSyncing::Syncing { current, highest } => Ok(ChainStatus {
+                blocks: current,
+                // Some clients report highestBlock 0 (or below currentBlock) early on.
+                headers: highest.max(current),
+                initial_block_download: true,
+                client: None,
+            }),
+            EthSyncing::NotSyncing => {
+                let a = self
+                    .send(call, Method::POST, u, Some(ETH_BLOCK_NUMBER))
+                    .await?;
+                let h = parse_eth_block_number(a.status, &a.body).map_err(|d| call.bad(d))?;
+                Ok(ChainStatus {
+                    blocks: h,
+                    headers: h,
+                    initial_block_download: false,
+                    client: None,
+                })
+            }
         }
     }
 }
@@ -582,7 +635,23 @@ fn parse_bitcoin(status: StatusCode, body: &[u8]) -> Result<ChainStatus, String>
         blocks,
         headers,
         initial_block_download: ibd,
+        client: None,
     })
+}
+
+/// The client's version from `getnetworkinfo` (`subversion`) or `web3_clientVersion` (the
+/// result itself). Ok(None): it answered with no version in it.
+fn parse_client(
+    method: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<Option<DaemonVersion>, String> {
+    let r = rpc_result(method, status, body)?;
+    let text = match method {
+        "getnetworkinfo" => r.get("subversion").and_then(Value::as_str),
+        _ => r.as_str(),
+    };
+    Ok(text.and_then(DaemonVersion::from_client))
 }
 
 /// What `eth_syncing` said.
@@ -667,6 +736,7 @@ fn parse_http(
     body: &[u8],
     height_pointer: &str,
     target_pointer: Option<&str>,
+    version_pointer: Option<&str>,
 ) -> Result<ChainStatus, String> {
     if !status.is_success() {
         return Err(format!("answered {}", http_status(status)));
@@ -695,10 +765,16 @@ fn parse_http(
         Some(p) => at(p)?.max(height),
         None => height,
     };
+    // The version is not part of the reading: a pointer that finds none leaves it unread.
+    let client = version_pointer
+        .and_then(|p| v.pointer(p))
+        .and_then(Value::as_str)
+        .and_then(DaemonVersion::from_client);
     Ok(ChainStatus {
         blocks: height,
         headers,
         initial_block_download: false,
+        client,
     })
 }
 
@@ -716,6 +792,25 @@ mod tests {
     }
 
     #[test]
+    fn clients_report_their_version() {
+        let net = r#"{"result":{"version":210201,"subversion":"/LitecoinCore:0.21.2.1/","protocolversion":70017},"error":null,"id":"fleet"}"#;
+        let v = parse_client("getnetworkinfo", OK, net.as_bytes()).unwrap();
+        assert_eq!(v.map(|v| v.to_string()).as_deref(), Some("0.21.2.1"));
+        let eth = r#"{"jsonrpc":"2.0","id":3,"result":"Geth/v1.14.12-stable-293a300d/linux-amd64/go1.23.4"}"#;
+        let v = parse_client("web3_clientVersion", OK, eth.as_bytes()).unwrap();
+        assert_eq!(v.map(|v| v.to_string()).as_deref(), Some("1.14.12"));
+        // No version in the answer: unread. An RPC error: an error (the caller leaves it unread).
+        let none = r#"{"result":{"subversion":""},"error":null,"id":"fleet"}"#;
+        assert_eq!(
+            parse_client("getnetworkinfo", OK, none.as_bytes()),
+            Ok(None)
+        );
+        let err =
+            r#"{"result":null,"error":{"code":-32601,"message":"Method not found"},"id":"fleet"}"#;
+        assert!(parse_client("getnetworkinfo", StatusCode::NOT_FOUND, err.as_bytes()).is_err());
+    }
+
+    #[test]
     fn bitcoin_reads_blocks_headers_and_ibd() {
         let body = r#"{"result":{"chain":"regtest","blocks":3122,"headers":3130,
             "bestblockhash":"00","difficulty":4.6e-10,"initialblockdownload":true,
@@ -725,7 +820,8 @@ mod tests {
             Ok(ChainStatus {
                 blocks: 3122,
                 headers: 3130,
-                initial_block_download: true
+                initial_block_download: true,
+                client: None,
             })
         );
     }
@@ -857,7 +953,7 @@ mod tests {
 
     #[test]
     fn http_heights_at_pointers() {
-        let p = |body: &str, h: &str, t: Option<&str>| parse_http(OK, body.as_bytes(), h, t);
+        let p = |body: &str, h: &str, t: Option<&str>| parse_http(OK, body.as_bytes(), h, t, None);
         let body = r#"{"status":{"confirmedMilestone":{"index":"1234"},"latestMilestone":{"index":1236}},
             "hex":"0x4d2","num":1234,"float":1234.0,"a/b":{"m~n":7},"arr":[5,6]}"#;
         let st = |b, h| {
@@ -865,6 +961,7 @@ mod tests {
                 blocks: b,
                 headers: h,
                 initial_block_download: false,
+                client: None,
             })
         };
         assert_eq!(p(body, "/num", None), st(1234, 1234));
@@ -915,10 +1012,20 @@ mod tests {
             body.as_bytes(),
             "/num",
             None,
+            None,
         )
         .unwrap_err();
         assert_eq!(e, "answered HTTP 503 Service Unavailable");
-        let e = parse_http(OK, b"not json", "/num", None).unwrap_err();
+        // The version where a pointer says; no string there leaves it unread.
+        let b = r#"{"num":7,"info":{"appVersion":"2.0.2"},"n":5}"#.as_bytes();
+        let client = |ptr| parse_http(OK, b, "/num", None, Some(ptr)).unwrap().client;
+        assert_eq!(
+            client("/info/appVersion").map(|v| v.to_string()).as_deref(),
+            Some("2.0.2")
+        );
+        assert_eq!(client("/n"), None);
+        assert_eq!(client("/nowhere"), None);
+        let e = parse_http(OK, b"not json", "/num", None, None).unwrap_err();
         assert!(e.contains("not JSON"), "{e}");
     }
 
@@ -987,8 +1094,10 @@ mod tests {
                 }
                 let _ = parse_eth_syncing(s, b);
                 let _ = parse_eth_block_number(s, b);
-                let _ = parse_http(s, b, "/a/b/0", Some("/a/b/2"));
-                let _ = parse_http(s, b, "/result/blocks", None);
+                let _ = parse_http(s, b, "/a/b/0", Some("/a/b/2"), Some("/a/v"));
+                let _ = parse_http(s, b, "/result/blocks", None, None);
+                let _ = parse_client("getnetworkinfo", s, b);
+                let _ = parse_client("web3_clientVersion", s, b);
             }
         }
         assert!(parse_bitcoin(OK, deep.as_bytes()).is_err());
@@ -1023,7 +1132,9 @@ mod tests {
                     path: HttpPath::parse("/info").unwrap(),
                     height_pointer: JsonPointer::parse("/h").unwrap(),
                     target_pointer: None,
+                    version_pointer: None,
                 }),
+                daemon_version: true,
             },
         }
     }

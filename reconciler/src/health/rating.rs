@@ -275,6 +275,7 @@ mod tests {
             blocks,
             headers,
             initial_block_download: false,
+            client: None,
         })
     }
 

@@ -349,6 +349,11 @@ pub fn start_slack(
             channel,
             repeat_window: Duration::from_millis(cfg.slack_repeat_window_ms),
             memory,
+            // Operators share one channel between fleets: a simulated one says so in every
+            // message.
+            label: cfg
+                .simulated()
+                .then(|| "simulated fleet (provider: sim)".to_string()),
         },
     );
     let verifier = Verifier::new(env_secret(&cfg.slack_signing_secret_env).map(SigningSecret::new));

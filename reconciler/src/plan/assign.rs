@@ -59,9 +59,22 @@ pub struct ObservedNode {
     /// Its subnet (None: not observed).
     #[serde(default)]
     pub subnet_id: Option<String>,
+    /// The version its daemon says it runs, when a probe read one
+    /// ([`Observed::with_readings`]; None: not asked or not read, and the tag stands).
+    #[serde(default)]
+    pub daemon: Option<crate::health::DaemonVersion>,
 }
 
 impl ObservedNode {
+    /// The version its daemon reports, when that is not the version its tag records: the
+    /// drift of a node upgraded (or downgraded) by hand. None when they agree, when either is
+    /// unknown, or when the tag cannot be compared (then the tag stands).
+    pub fn runs_other_than_recorded(&self) -> Option<crate::health::DaemonVersion> {
+        let d = self.daemon?;
+        let tag = self.version.known()?;
+        (d.is(tag) == Some(false)).then_some(d)
+    }
+
     fn of(key: NodeKey, i: ObservedInstance, dns_names: Vec<String>) -> ObservedNode {
         ObservedNode {
             key,
@@ -81,6 +94,7 @@ impl ObservedNode {
             vpc_id: i.vpc_id,
             image_id: i.image_id,
             subnet_id: i.subnet_id,
+            daemon: None,
         }
     }
 
@@ -203,6 +217,21 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The same, with what the nodes' daemons said of their versions in `readings` (a node
+    /// with a step under way is not judged by it: its version is unknown until the step ends).
+    pub fn with_readings(
+        mut self,
+        readings: &BTreeMap<NodeKey, Result<crate::health::ChainStatus, crate::health::ProbeError>>,
+    ) -> Observed {
+        for n in &mut self.nodes {
+            n.daemon = match readings.get(&n.key) {
+                Some(Ok(s)) if n.pending.is_none() => s.client,
+                _ => None,
+            };
+        }
+        self
+    }
+
     /// Sort `observation` against `desired`: instances into slots and orphans (the smallest
     /// instance id keeps a slot two instances claim, deterministically), DNS names attached
     /// to the instances they point at.

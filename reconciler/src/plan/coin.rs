@@ -27,7 +27,7 @@ pub(super) fn plan_coin(
     let mut repairs: Vec<(Zone, Vec<Step>)> = Vec::new();
     let coin_nodes = observed.nodes_of(&coin.name);
     // A coin's nodes mostly run one or two versions: classify each once.
-    let mut classes: BTreeMap<&str, Class> = BTreeMap::new();
+    let mut classes: BTreeMap<String, Class> = BTreeMap::new();
     // The coin's own security group: Some(None) when groups were read and it has none.
     let net = crate::network::CoinNetwork::of(&desired.fleet, coin);
     let coin_group = observed.groups.as_deref().map(|gs| net.find(gs));
@@ -175,23 +175,32 @@ pub(super) fn plan_coin(
                     "the instance is stopped".into(),
                 ));
             }
-            // The version the daemon runs, as far as the record goes.
-            let (running, confirm_first): (Option<&Version>, bool) = match (&n.version, &n.pending)
-            {
-                (ObservedVersion::Known { version }, _) => (Some(version), false),
-                (
-                    ObservedVersion::Unknown { .. },
-                    Some(
-                        PendingStep::ChangeType { .. }
-                        | PendingStep::Reconfigure { .. }
-                        | PendingStep::Replace { .. },
-                    ),
-                ) => (n.recorded_version.as_ref(), false),
-                (ObservedVersion::Unknown { .. }, Some(p @ PendingStep::Upgrade { .. })) => {
-                    (None, p.is_upgrade_to(&coin.version))
-                }
-                (ObservedVersion::Unknown { .. }, _) => (None, false),
-            };
+            // The version the daemon runs: what it says itself where that is not what the
+            // tag records (a node upgraded by hand), else as far as the record goes. A daemon
+            // that already runs the target is only confirmed and recorded, never restarted.
+            let reported = n.runs_other_than_recorded();
+            let reported_v = reported.and_then(|d| Version::parse(&d.to_string()).ok());
+            let (running, confirm_first): (Option<&Version>, bool) =
+                match (reported, &reported_v, &n.version, &n.pending) {
+                    (Some(d), _, _, _) if d.is(&coin.version) == Some(true) => (None, true),
+                    (Some(_), Some(v), _, _) => (Some(v), false),
+                    (_, _, version, pending) => match (version, pending) {
+                        (ObservedVersion::Known { version }, _) => (Some(version), false),
+                        (
+                            ObservedVersion::Unknown { .. },
+                            Some(
+                                PendingStep::ChangeType { .. }
+                                | PendingStep::Reconfigure { .. }
+                                | PendingStep::Replace { .. },
+                            ),
+                        ) => (n.recorded_version.as_ref(), false),
+                        (
+                            ObservedVersion::Unknown { .. },
+                            Some(p @ PendingStep::Upgrade { .. }),
+                        ) => (None, p.is_upgrade_to(&coin.version)),
+                        (ObservedVersion::Unknown { .. }, _) => (None, false),
+                    },
+                };
             if running != Some(&coin.version) {
                 // An upgrade to the target cut off after its marker was written leaves the
                 // node at either the version it was recorded at or the target: the change
@@ -205,7 +214,7 @@ pub(super) fn plan_coin(
                     Some(v) => {
                         from_versions.insert(v.clone());
                         let c = *classes
-                            .entry(v.as_str())
+                            .entry(v.to_string())
                             .or_insert_with(|| classify(v.as_str(), coin.version.as_str()));
                         known_class = known_class.max(c);
                     }
@@ -214,22 +223,29 @@ pub(super) fn plan_coin(
                     None if confirm_first => unknown_confirm = true,
                     None => unknown_plain = true,
                 }
-                let reason = match (running, &n.version) {
-                    (Some(v), _) => format!("version is {} (runs {v})", coin.version),
-                    (None, ObservedVersion::Unknown { reason }) => {
+                let reason = match (reported, running, &n.version) {
+                    (Some(d), _, ObservedVersion::Known { version: tag }) => format!(
+                        "version is {}: the daemon reports {d}; fleet's tag says {tag}",
+                        coin.version
+                    ),
+                    (_, Some(v), _) => format!("version is {} (runs {v})", coin.version),
+                    (_, None, ObservedVersion::Unknown { reason }) => {
                         format!(
                             "version is {}; the node's is unknown: {reason}",
                             coin.version
                         )
                     }
-                    (None, _) => format!("version is {}", coin.version),
+                    (_, None, _) => format!("version is {}", coin.version),
                 };
                 steps.push(step(
                     Action::Upgrade {
-                        from: running.map(|v| v.to_string()),
+                        from: reported
+                            .map(|d| d.to_string())
+                            .or_else(|| running.map(|v| v.to_string())),
                         to: coin.version.clone(),
                         snapshot_first: coin.snapshots.before_upgrade,
                         confirm_first,
+                        reported: reported.is_some(),
                     },
                     reason,
                 ));
@@ -244,6 +260,17 @@ pub(super) fn plan_coin(
                     let have = n.config();
                     let changed = have.differs(&files.fingerprint());
                     if !changed.is_empty() {
+                        // A daemon found at the target by hand is only confirmed, unless the
+                        // new files need a restart: then the upgrade restarts it (at the
+                        // target, with them) rather than the reconfiguration at the version
+                        // the node's record names.
+                        if reported.is_some() && changed.iter().any(|p| p.restarts()) {
+                            for s in &mut steps {
+                                if let Action::Upgrade { confirm_first, .. } = &mut s.action {
+                                    *confirm_first = false;
+                                }
+                            }
+                        }
                         let upgrading = steps.iter().any(|s| {
                             matches!(
                                 s.action,

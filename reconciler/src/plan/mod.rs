@@ -338,6 +338,10 @@ pub enum Action {
         /// An upgrade to `to` was interrupted: ask the node whether it already runs `to`
         /// before restarting anything.
         confirm_first: bool,
+        /// `from` is what the daemon reports, which its tag does not record (a change by
+        /// hand): the record is corrected to it first, so the upgrade is not taken for done.
+        #[serde(default)]
+        reported: bool,
     },
     /// Rewrite the node's configuration files (`fleet-node apply-config` over SSM) and, when
     /// `restart`, restart its daemon to take them in (gated like an upgrade).
@@ -535,8 +539,12 @@ impl fmt::Display for Action {
                 to,
                 snapshot_first,
                 confirm_first,
+                reported,
             } => {
                 write!(f, "upgrade {} → {to}", from.as_deref().unwrap_or("?"))?;
+                if *reported {
+                    write!(f, " (as its daemon reports; the tag is corrected first)")?;
+                }
                 if *confirm_first {
                     write!(f, " (check first whether it already runs {to})")?;
                 }

@@ -1076,3 +1076,152 @@ fn a_tag_the_coin_dropped_is_deleted_and_a_tag_someone_else_wrote_is_not() {
         "record which tags are the coin's (fleet:coin-tags)"
     );
 }
+
+/// Readings of every node of `o` reporting `client` (None for the nodes not listed).
+fn reporting(o: &Observed, clients: &[(usize, &str)]) -> Observed {
+    let mut readings = BTreeMap::new();
+    for (i, c) in clients {
+        readings.insert(
+            o.nodes[*i].key.clone(),
+            Ok(crate::health::ChainStatus {
+                blocks: 10,
+                headers: 10,
+                initial_block_download: false,
+                client: crate::health::DaemonVersion::from_client(c),
+            }),
+        );
+    }
+    o.clone().with_readings(&readings)
+}
+
+#[test]
+fn a_daemon_that_runs_another_version_than_its_tag_is_drift_with_its_reason() {
+    let d = desired("28.1", "");
+    let o = World::running(&d, "27.2").observed(&d);
+    // Node 0 was upgraded by hand to 28.0; node 1 says what its tag says; the rest are not
+    // read (the tag stands).
+    let p = plan(
+        &d,
+        &reporting(&o, &[(0, "/Satoshi:28.0.0/"), (1, "/Satoshi:27.2.0/")]),
+        0,
+    );
+    let cp = p.coin("bitcoin").unwrap();
+    let steps: Vec<&Step> = cp.waves.iter().flat_map(|w| &w.steps).collect();
+    assert_eq!(steps.len(), 6, "every node is behind 28.1: {steps:#?}");
+    let first = steps
+        .iter()
+        .find(|s| s.node.as_ref() == Some(&o.nodes[0].key))
+        .unwrap();
+    assert_eq!(
+        first.reason,
+        "version is 28.1: the daemon reports 28.0.0; fleet's tag says 27.2"
+    );
+    match &first.action {
+        Action::Upgrade {
+            from: Some(f),
+            confirm_first: false,
+            ..
+        } => assert_eq!(f, "28.0.0"),
+        other => panic!("{other:?}"),
+    }
+    // 28.0 → 28.1 is a minor change and 27.2 → 28.1 a major one: the approval still asks.
+    assert!(cp.approval.is_some());
+    assert!(cp.from_versions.iter().any(|v| v.as_str() == "28.0.0"));
+
+    // At the target by hand while the tag says 28.1: the daemon runs 27.2, so it is
+    // upgraded back, and a node at the repository's version by its tag and its daemon is not.
+    let o = World::running(&d, "28.1").observed(&d);
+    let p = plan(
+        &d,
+        &reporting(&o, &[(2, "/Satoshi:27.2.0/"), (3, "/Satoshi:28.1.0/")]),
+        0,
+    );
+    let cp = p.coin("bitcoin").unwrap();
+    assert_eq!(actions(cp).len(), 1, "{:#?}", actions(cp));
+    assert_eq!(cp.waves[0].steps[0].node.as_ref(), Some(&o.nodes[2].key));
+    assert!(matches!(
+        cp.waves[0].steps[0].action,
+        Action::Upgrade {
+            confirm_first: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_daemon_already_at_the_target_is_only_confirmed_never_restarted() {
+    let d = desired("28.1", "");
+    let o = World::running(&d, "27.2").observed(&d);
+    let p = plan(&d, &reporting(&o, &[(0, "/Satoshi:28.1.0/")]), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    let first = cp
+        .waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .find(|s| s.node.as_ref() == Some(&o.nodes[0].key))
+        .unwrap();
+    match &first.action {
+        Action::Upgrade {
+            from: Some(f),
+            confirm_first: true,
+            ..
+        } => assert_eq!(f, "28.1.0"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        first.reason,
+        "version is 28.1: the daemon reports 28.1.0; fleet's tag says 27.2"
+    );
+    // Unless new files need a restart: then the upgrade restarts it, once, with them.
+    let changed = edited(&d, |c| {
+        c.container_config.insert(
+            fleet_repo_schema::values::EnvName::parse("DBCACHE").unwrap(),
+            fleet_repo_schema::values::EnvValue::parse("4096").unwrap(),
+        );
+    });
+    let p = plan(&changed, &reporting(&o, &[(0, "/Satoshi:28.1.0/")]), 0);
+    let steps: Vec<&Step> = p
+        .coin("bitcoin")
+        .unwrap()
+        .waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .filter(|s| s.node.as_ref() == Some(&o.nodes[0].key))
+        .collect();
+    assert!(
+        matches!(
+            steps[..],
+            [
+                Step {
+                    action: Action::Reconfigure { restart: false, .. },
+                    ..
+                },
+                Step {
+                    action: Action::Upgrade {
+                        confirm_first: false,
+                        ..
+                    },
+                    ..
+                }
+            ]
+        ),
+        "{steps:#?}"
+    );
+}
+
+#[test]
+fn a_tag_that_names_no_number_stands_and_a_step_under_way_is_not_judged_by_the_daemon() {
+    let d = desired("latest", "");
+    let o = World::running(&d, "latest").observed(&d);
+    let p = plan(&d, &reporting(&o, &[(0, "/Satoshi:28.1.0/")]), 0);
+    assert!(p.is_empty(), "{p:#?}");
+
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    w.instances[0].pending = Some(PendingStep::ChangeType {
+        to: "m5.xlarge".into(),
+    });
+    let o = w.observed(&d);
+    let r = reporting(&o, &[(0, "/Satoshi:27.2.0/")]);
+    assert_eq!(r.nodes[0].daemon, None);
+}

@@ -1564,6 +1564,10 @@ impl Provider for AwsProvider {
         Ok(Outcome::Done)
     }
 
+    async fn record_version(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        InstanceRecord::write_tags(self, node, &[(tags::VERSION, version.as_str())]).await
+    }
+
     async fn confirm_version(
         &self,
         node: &NodeRef,

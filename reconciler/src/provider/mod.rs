@@ -845,6 +845,11 @@ pub trait Provider: Send + Sync {
         self.upgrade_pinned(node, version, None).await
     }
 
+    /// Write `version` as the node's recorded version (`fleet:version`) and nothing else:
+    /// what its daemon reports when that is not what the tag says (a change by hand), before
+    /// the upgrade that fixes it.
+    async fn record_version(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError>;
+
     /// After a crash in the middle of an upgrade to `version` (the node's `fleet:pending` is
     /// `upgrade:<version>`, its version unknown): ask the node whether `node@<version>` is
     /// active (`systemctl is-active`, via SSM). If it is, record the version and clear the

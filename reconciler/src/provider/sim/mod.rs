@@ -206,6 +206,32 @@ impl SimProvider {
         w.status(instance_id, self.clock.now_ms())
     }
 
+    /// An operator upgrades `instance_id` by hand, as the seed does over SSM (`systemctl stop
+    /// node@* && systemctl start node@<version>`): the daemon restarts at `version`, no tag
+    /// changes and no unit is enabled (a boot brings the enabled one back). Not fleet's
+    /// doing: no call is counted.
+    pub fn start_by_hand(&self, instance_id: &str, version: &str) -> Result<(), ProviderError> {
+        let mut w = self.lock();
+        let now = self.clock.now_ms();
+        let height = w.blocks_now(instance_id, now);
+        let i = w
+            .instances
+            .get_mut(instance_id)
+            .filter(|i| !i.terminated && !i.stopped)
+            .ok_or_else(|| ProviderError::NotFound {
+                instance: instance_id.to_string(),
+            })?;
+        let d = &mut i.daemon;
+        if d.enabled && d.enabled_version.is_none() {
+            d.enabled_version = d.version.clone();
+        }
+        d.version = Some(version.to_string());
+        d.started_ms = now;
+        d.start_height = height;
+        d.stopped = false;
+        self.save(&w)
+    }
+
     /// An EC2 reboot of `instance_id` (a maintenance event, `sudo reboot`): the instance is
     /// back after `boot_ms`, its daemon only if its unit is enabled.
     pub fn reboot(&self, instance_id: &str) -> Result<(), ProviderError> {
@@ -313,13 +339,27 @@ pub struct SimProber(pub SimProvider);
 #[async_trait]
 impl Prober for SimProber {
     async fn probe(&self, target: &ProbeTarget) -> Result<ChainStatus, ProbeError> {
-        self.0
-            .chain_status(&target.instance_id)
-            .map_err(|detail| ProbeError::Unreachable {
-                node: target.key.to_string(),
-                addr: target.dns_name.clone(),
-                detail,
-            })
+        let mut status =
+            self.0
+                .chain_status(&target.instance_id)
+                .map_err(|detail| ProbeError::Unreachable {
+                    node: target.key.to_string(),
+                    addr: target.dns_name.clone(),
+                    detail,
+                })?;
+        // The version is read where the real probe reads one, and only then.
+        let h = &target.health;
+        let reads = h.daemon_version
+            && match h.probe {
+                fleet_repo_schema::Probe::Http => {
+                    h.http.as_ref().is_some_and(|x| x.version_pointer.is_some())
+                }
+                _ => true,
+            };
+        if !reads {
+            status.client = None;
+        }
+        Ok(status)
     }
 }
 
@@ -513,6 +553,7 @@ impl Provider for SimProvider {
                     start_height: height,
                     stopped: false,
                     enabled: true,
+                    enabled_version: None,
                 };
                 Ok(())
             })
@@ -536,7 +577,11 @@ impl Provider for SimProvider {
                 w.run_command(node, &command, now)?;
                 w.wrote_config(node, files, now)?;
                 let d = &mut w.live_mut(node)?.daemon;
-                // `fleet-node apply-config` enables the unit (and the every-boot set-up).
+                // `fleet-node apply-config` enables the unit of the version fleet recorded
+                // (and the every-boot set-up).
+                if d.version.as_deref() != Some(version.as_str()) && d.enabled_version.is_none() {
+                    d.enabled_version = Some(version.to_string());
+                }
                 d.enabled = true;
                 if restart {
                     d.started_ms = now;
@@ -612,6 +657,10 @@ impl Provider for SimProvider {
             w.live_mut(node)?.security_groups = want;
             Ok(Outcome::Done)
         })
+    }
+
+    async fn record_version(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        InstanceRecord::write_tags(self, node, &[(tags::VERSION, version.as_str())]).await
     }
 
     async fn confirm_version(

@@ -8,7 +8,7 @@
 //! reaches the tip, reporting `initial_block_download` while it is more than a day behind.
 
 use crate::clock::Millis;
-use crate::health::ChainStatus;
+use crate::health::{ChainStatus, DaemonVersion};
 use crate::network::{CoinNetwork, IngressRule};
 use crate::node::NodeKey;
 use crate::provider::{Disk, Outcome};
@@ -163,6 +163,11 @@ pub(super) struct Daemon {
     /// worlds saved before this was modelled) come back without their daemon.
     #[serde(default)]
     pub(super) enabled: bool,
+    /// The version of the enabled unit when another one runs: an operator started another
+    /// `node@` unit by hand (the seed's `systemctl stop node@* && systemctl start
+    /// node@<version>`), which enables nothing, so a boot brings this one back.
+    #[serde(default)]
+    pub(super) enabled_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,10 +337,17 @@ impl World {
             }
         }
         let day_of_blocks = 86_400_000 / p.block_ms.max(1);
+        // What it runs, in a client's words (`/bitcoin:28.1/`), read by the probes' rule.
+        let client = i
+            .daemon
+            .version
+            .as_deref()
+            .and_then(|v| DaemonVersion::from_client(&format!("/{coin}:{v}/")));
         Ok(ChainStatus {
             blocks,
             headers,
             initial_block_download: tip.saturating_sub(blocks) > day_of_blocks,
+            client,
         })
     }
 
@@ -693,6 +705,7 @@ impl World {
                     start_height: height,
                     stopped: false,
                     enabled: userdata::enables_the_daemon(&spec.user_data),
+                    enabled_version: None,
                 },
             },
         );
@@ -753,6 +766,11 @@ impl World {
             i.running_at_ms = now + boot;
             i.daemon.stopped = !i.daemon.enabled;
             i.daemon.started_ms = now + boot;
+            if i.daemon.enabled
+                && let Some(v) = i.daemon.enabled_version.take()
+            {
+                i.daemon.version = Some(v);
+            }
         }
     }
 
