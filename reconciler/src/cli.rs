@@ -196,6 +196,11 @@ pub(crate) struct WorldArgs {
     /// With --provider sim: run the simulated clock this many times faster than real time.
     #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
     pub(crate) sim_speed: f64,
+    /// Do not ask the nodes before planning (where this machine cannot reach their RPC
+    /// ports): each node's version is then what fleet's tag records, and a version changed
+    /// by hand goes unseen.
+    #[arg(long)]
+    pub(crate) no_probe: bool,
     /// When to use colors.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub(crate) color: ColorChoice,

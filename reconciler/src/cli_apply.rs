@@ -47,6 +47,8 @@ struct World {
     kind: ProviderKind,
     /// The state directory (where a simulated fleet lives).
     state_dir: std::path::PathBuf,
+    /// Plan without asking the nodes (--no-probe).
+    no_probe: bool,
     /// What approvals are tied to: the repository's content.
     commit: String,
     /// The state directory's lock, held while the command runs.
@@ -67,6 +69,9 @@ impl World {
     /// The fleet as it is now, sorted into the desired slots, with what its daemons say
     /// they run.
     async fn observe(&self) -> Result<Observed, crate::provider::ProviderError> {
+        if self.no_probe {
+            return crate::apply::view::observe(self.provider.as_ref(), &self.desired).await;
+        }
         crate::apply::view::observe_and_probe(self.provider.as_ref(), &self.prober, &self.desired)
             .await
             .map(|(observed, _)| observed)
@@ -150,6 +155,7 @@ async fn open_world(
                 clock,
                 kind,
                 state_dir: a.state_dir.clone(),
+                no_probe: a.no_probe,
                 commit,
                 _lock: lock,
             }
@@ -181,6 +187,7 @@ async fn open_world(
                 clock: Arc::new(crate::clock::SystemClock),
                 kind,
                 state_dir: a.state_dir.clone(),
+                no_probe: a.no_probe,
                 desired,
                 commit,
                 _lock: lock,
@@ -215,10 +222,18 @@ pub(crate) fn plan_cmd(
                     out,
                     "{}",
                     st.dim(&format!(
-                        "(observed {} nodes through the {} provider with {} API calls; `fleet plan` changes nothing)",
+                        "(observed {} nodes through the {} provider with {} API calls; {}; `fleet plan` changes nothing)",
                         observed.nodes.len(),
                         w.provider.name(),
-                        observed.api_calls
+                        observed.api_calls,
+                        if w.no_probe {
+                            "nodes not asked (--no-probe): versions as fleet's tags record them".to_string()
+                        } else {
+                            format!(
+                                "{} daemons said what they run",
+                                observed.nodes.iter().filter(|n| n.daemon.is_some()).count()
+                            )
+                        }
                     ))
                 )?;
             }

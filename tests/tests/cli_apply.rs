@@ -517,18 +517,21 @@ fn a_version_changed_by_hand_is_drift_and_converges() {
         sim.start_by_hand(&l, "0.21.4").unwrap();
         (b, l)
     };
-    let plan_out = fleet(&[
-        "plan",
-        "--repo",
-        ex,
-        "--state-dir",
-        st,
-        "--provider",
-        "sim",
-        "--color",
-        "never",
-        "--detailed-exitcode",
-    ]);
+    let world = |cmd: &[&str]| {
+        let mut a = cmd.to_vec();
+        a.extend([
+            "--repo",
+            ex,
+            "--state-dir",
+            st,
+            "--provider",
+            "sim",
+            "--color",
+            "never",
+        ]);
+        fleet(&a)
+    };
+    let plan_out = world(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan_out.code, 2, "{}\n{}", plan_out.stdout, plan_out.stderr);
     for want in [
         "the daemon reports 28.0; fleet's tag says 28.1",
@@ -540,33 +543,26 @@ fn a_version_changed_by_hand_is_drift_and_converges() {
             plan_out.stdout
         );
     }
-    let out = fleet(&[
-        "apply",
-        "--yes",
-        "--repo",
-        ex,
-        "--state-dir",
-        st,
-        "--provider",
-        "sim",
-        "--sim-speed",
-        "20000",
-        "--color",
-        "never",
-    ]);
+    assert!(
+        plan_out.stdout.contains("18 daemons said what they run"),
+        "{}",
+        plan_out.stdout
+    );
+    // Without asking the nodes, the tags are all there is: the hand change goes unseen.
+    let blind = world(&["plan", "--no-probe"]);
+    assert!(
+        !blind.stdout.contains("the daemon reports"),
+        "{}",
+        blind.stdout
+    );
+    assert!(
+        blind.stdout.contains("nodes not asked (--no-probe)"),
+        "{}",
+        blind.stdout
+    );
+    let out = world(&["apply", "--yes", "--sim-speed", "20000"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let out = fleet(&[
-        "plan",
-        "--repo",
-        ex,
-        "--state-dir",
-        st,
-        "--provider",
-        "sim",
-        "--color",
-        "never",
-        "--detailed-exitcode",
-    ]);
+    let out = world(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let clock = reconciler::clock::AnchoredClock::open(state.path(), 1.0).unwrap();
     let sim = SimProvider::open(state.path(), Arc::new(clock), SimConfig::default()).unwrap();

@@ -852,3 +852,43 @@ async fn a_new_node_ami_replaces_every_node_zone_by_zone_keeping_its_chain() {
     // Converged: nothing left to do.
     assert!(rig.plan().await.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_image_that_runs_another_version_than_its_tag_holds_the_coin_at_its_first_node() {
+    // litecoin's image tagged 0.21.4 really runs 0.21.3: once the first node is back in sync
+    // its daemon says so, and the rollout stops there (planned again, it would restart the
+    // coin's nodes on every pass, forever).
+    let rig = Rig::new();
+    rig.sim.inject(SimFault::ImageRuns {
+        coin: "litecoin".into(),
+        tag: "0.21.4".into(),
+        runs: "0.21.3".into(),
+    });
+    let (report, _) = rig.apply().await;
+    let ltc = report.coins.iter().find(|c| c.coin == "litecoin").unwrap();
+    let CoinOutcome::Failed { failure } = &ltc.outcome else {
+        panic!("{:?}", ltc.outcome)
+    };
+    let first = NodeKey::of(&rig.desired.coins["litecoin"].nodes[0]);
+    assert_eq!(failure.node(), Some(&first), "{failure}");
+    assert!(
+        failure
+            .to_string()
+            .contains("its daemon reports 0.21.3, not 0.21.4"),
+        "{failure}"
+    );
+    assert_eq!(
+        restarts(&rig.sim)["litecoin"].len(),
+        1,
+        "only the first node"
+    );
+    // The other coins, whose images say what they are, completed.
+    assert!(
+        report
+            .coins
+            .iter()
+            .filter(|c| c.coin != "litecoin")
+            .all(|c| c.outcome == CoinOutcome::Completed),
+        "{report:?}"
+    );
+}

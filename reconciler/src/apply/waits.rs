@@ -8,15 +8,26 @@ use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
 use crate::clock::Millis;
 use crate::events::{BudgetWait, Event, Failure, GatePhase};
 use crate::health::rating::reference_height;
-use crate::health::{ChainStatus, CoinHealth, Gate, GateConfig, ProbeError, ProbeTarget, Verdict};
+use crate::health::{
+    ChainStatus, CoinHealth, Gate, GateConfig, GateFailure, ProbeError, ProbeTarget, Verdict,
+};
 use crate::node::NodeKey;
 use crate::plan::{Action, ObservedNode, Wave};
 use crate::store::Record;
-use fleet_repo_schema::values::Zone;
+use fleet_repo_schema::values::{Version, Zone};
 use fleet_repo_schema::{Coin, Probe};
 use std::collections::{BTreeMap, BTreeSet};
 
 type Readings = BTreeMap<NodeKey, Result<ChainStatus, ProbeError>>;
+
+/// What the steps of a wave mean for its gate.
+#[derive(Debug, Default)]
+struct AfterSteps {
+    /// Nodes launched on an empty volume: a sync from genesis, gated on progress only.
+    full_sync: BTreeSet<NodeKey>,
+    /// The version each node's step started, which its daemon must report once in sync.
+    versions: BTreeMap<NodeKey, Version>,
+}
 
 impl Executor {
     fn target(&self, coin: &Coin, key: &NodeKey, instance_id: &str) -> ProbeTarget {
@@ -162,8 +173,23 @@ impl Executor {
             })
             .filter_map(|s| s.node.clone())
             .collect();
+        // What each node's daemon must report once in sync: the version its step started.
+        let expects: BTreeMap<NodeKey, Version> = wave
+            .steps
+            .iter()
+            .filter(|_| coin.health.daemon_version)
+            .filter_map(|s| match &s.action {
+                Action::Upgrade { to, .. } => Some((s.node.clone()?, to.clone())),
+                Action::Launch { version, .. } => Some((s.node.clone()?, version.clone())),
+                _ => None,
+            })
+            .collect();
         let t0 = self.now();
-        self.gate_nodes(run, coin, zone, &nodes, &full_sync, GatePhase::AfterStep)
+        let after = AfterSteps {
+            full_sync,
+            versions: expects,
+        };
+        self.gate_nodes(run, coin, zone, &nodes, &after, GatePhase::AfterStep)
             .await?;
         report.gate_wait_ms += self.now() - t0;
         Ok(())
@@ -176,9 +202,10 @@ impl Executor {
         coin: &Coin,
         zone: &Zone,
         nodes: &[(NodeKey, String)],
-        full_sync: &BTreeSet<NodeKey>,
+        after: &AfterSteps,
         phase: GatePhase,
     ) -> StepResult<()> {
+        let (full_sync, expects) = (&after.full_sync, &after.versions);
         if coin.health.probe == Probe::None {
             // The explicit choice of a coin without RPC: running is all that is known.
             return self.wait_running(run, coin, zone, nodes).await;
@@ -225,6 +252,25 @@ impl Executor {
                     node: key.clone(),
                     verdict: v.clone(),
                 });
+                // In sync at another version than the step started: held, never retried.
+                let wrong = match (&v, &reading, expects.get(key)) {
+                    (Verdict::InSync { .. }, Ok(r), Some(want)) => r
+                        .client
+                        .filter(|d| d.is(want) == Some(false))
+                        .map(|d| GateFailure::WrongVersion {
+                            expected: want.to_string(),
+                            reports: d.to_string(),
+                        }),
+                    _ => None,
+                };
+                if let Some(failure) = wrong {
+                    return Err(Stop::from(Failure::Gate {
+                        zone: zone.clone(),
+                        node: key.clone(),
+                        phase,
+                        failure,
+                    }));
+                }
                 match v {
                     Verdict::InSync { .. } => in_sync += 1,
                     Verdict::Waiting { .. } => {}
@@ -414,7 +460,7 @@ impl Executor {
                 coin,
                 earlier,
                 &nodes,
-                &BTreeSet::new(),
+                &AfterSteps::default(),
                 GatePhase::EarlierZone,
             )
             .await?;

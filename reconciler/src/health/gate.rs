@@ -65,6 +65,15 @@ pub enum GateFailure {
         /// What it was waiting for.
         waiting: WaitReason,
     },
+    /// In sync, but its daemon reports another version than the step started
+    /// ([`crate::health::DaemonVersion::is`]): the image of that version runs something else.
+    /// Failing here holds the coin; planning again would restart it on every pass.
+    WrongVersion {
+        /// The version the step started.
+        expected: String,
+        /// What the daemon reports.
+        reports: String,
+    },
     /// Not in sync within `sync_timeout`.
     SyncTimeout {
         /// Its last height (None: it never answered).
@@ -98,6 +107,10 @@ impl fmt::Display for GateFailure {
                 f,
                 "no reading for {}: {waiting} (stall_timeout)",
                 human_ms(*for_ms)
+            ),
+            GateFailure::WrongVersion { expected, reports } => write!(
+                f,
+                "in sync, but its daemon reports {reports}, not {expected}: the image of {expected} runs another version (fix the image, or set health.daemon_version: false)"
             ),
             GateFailure::SyncTimeout {
                 height,

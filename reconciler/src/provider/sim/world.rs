@@ -127,6 +127,16 @@ pub enum SimFault {
         /// Text whose presence it refuses, e.g. `DBCACHE=-1`.
         contains: String,
     },
+    /// `coin`'s image tagged `tag` runs another version, `runs` (a mislabelled image): its
+    /// daemon reports `runs` whatever fleet started.
+    ImageRuns {
+        /// Coin.
+        coin: String,
+        /// The image tag (the version fleet starts).
+        tag: String,
+        /// What the daemon inside reports.
+        runs: String,
+    },
     /// The next `times` attempts of `op` (or of any call) are throttled.
     Throttle {
         /// Operation name (`RunInstances`…), or any.
@@ -338,11 +348,19 @@ impl World {
         }
         let day_of_blocks = 86_400_000 / p.block_ms.max(1);
         // What it runs, in a client's words (`/bitcoin:28.1/`), read by the probes' rule.
-        let client = i
-            .daemon
-            .version
-            .as_deref()
-            .and_then(|v| DaemonVersion::from_client(&format!("/{coin}:{v}/")));
+        let client = i.daemon.version.as_deref().and_then(|v| {
+            let runs = self
+                .faults
+                .iter()
+                .find_map(|f| match f {
+                    SimFault::ImageRuns { coin: c, tag, runs } if *c == coin && tag == v => {
+                        Some(runs.as_str())
+                    }
+                    _ => None,
+                })
+                .unwrap_or(v);
+            DaemonVersion::from_client(&format!("/{coin}:{runs}/"))
+        });
         Ok(ChainStatus {
             blocks,
             headers,
