@@ -93,6 +93,7 @@ fn content_id(desired: &Desired) -> String {
 /// Load the repository (printing its diagnostics on failure) and open the provider.
 async fn open_world(
     command: &str,
+    detailed: bool,
     a: &WorldArgs,
     err: &mut dyn Write,
     tty: bool,
@@ -102,7 +103,8 @@ async fn open_world(
         Ok(k) => k,
         Err(message) => {
             writeln!(err, "{message}")?;
-            return Ok(Err(EXIT_USAGE));
+            // Under --detailed-exitcode 2 means "changes": a usage error must not look so.
+            return Ok(Err(if detailed { EXIT_INVALID } else { EXIT_USAGE }));
         }
     };
     let tree = open_repo(&a.repo)?;
@@ -205,7 +207,7 @@ pub(crate) fn plan_cmd(
 ) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async {
-        let w = match open_world("plan", &a.world, err, tty).await? {
+        let w = match open_world("plan", a.detailed_exitcode, &a.world, err, tty).await? {
             Ok(w) => w,
             Err(code) => return Ok(code),
         };
@@ -332,7 +334,7 @@ pub(crate) fn apply_cmd(
 ) -> anyhow::Result<u8> {
     let rt = runtime()?;
     rt.block_on(async {
-        let w = match open_world("apply", &a.world, err, tty).await? {
+        let w = match open_world("apply", false, &a.world, err, tty).await? {
             Ok(w) => w,
             Err(code) => return Ok(code),
         };

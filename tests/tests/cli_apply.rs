@@ -125,6 +125,17 @@ fn plan_apply_and_run_need_the_provider_named() {
         }
         assert!(!state.exists(), "{cmd} touched the state directory");
     }
+    // Under --detailed-exitcode, whose 2 means "changes", the refusal is 1.
+    let out = fleet(&[
+        "plan",
+        "--repo",
+        ex,
+        "--state-dir",
+        st,
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("--provider aws"), "{}", out.stderr);
     let out = fleet(&[
         "run",
         "--repo",
@@ -479,8 +490,8 @@ fn a_vanished_coin_is_retired_only_when_the_repository_says_so() {
 
 /// A version changed by hand (the seed's `systemctl start node@<version>` over SSM) is seen
 /// from the daemon's own answer: planned with its reason, upgraded back to the repository's
-/// version; a node brought to the target by hand is only confirmed and recorded, never
-/// restarted.
+/// version; a node brought to the target by hand is brought under the target's unit and
+/// recorded.
 #[test]
 fn a_version_changed_by_hand_is_drift_and_converges() {
     let state = tempfile::tempdir().unwrap();
@@ -577,10 +588,12 @@ fn a_version_changed_by_hand_is_drift_and_converges() {
         1,
         "bitcoin's node is upgraded back once"
     );
+    // litecoin's node runs the target by hand: one `fleet-node upgrade` brings it under its
+    // unit (that it restarts nothing is `sim_world`'s to show).
     assert_eq!(
         upgrades(&litecoin),
-        0,
-        "litecoin's node only had its version recorded"
+        1,
+        "litecoin's node is brought under its unit once"
     );
     for id in [&bitcoin, &litecoin] {
         let s = sim.chain_status(id).unwrap();

@@ -882,6 +882,25 @@ async fn an_image_that_runs_another_version_than_its_tag_holds_the_coin_at_its_f
         1,
         "only the first node"
     );
+    // Recorded on the node: the next plan, whatever revision or process makes it, refuses
+    // the coin with the reason instead of restarting the node on the same image again.
+    let prober: Arc<dyn reconciler::health::Prober> = Arc::new(SimProber(rig.sim.clone()));
+    rig.clock.sleep(600_000).await;
+    let (o, _) = reconciler::apply::view::observe_and_probe(&rig.sim, &prober, &rig.desired)
+        .await
+        .unwrap();
+    let node = o.node(&first).unwrap();
+    assert_eq!(
+        node.tags.get("fleet:image-runs").map(String::as_str),
+        Some("0.21.4@-=0.21.3")
+    );
+    let p = plan(&rig.desired, &o, rig.clock.now_ms());
+    let cp = p.coin("litecoin").expect("litecoin is refused");
+    assert!(
+        cp.refusals.iter().any(|r| r.node.as_ref() == Some(&first)
+            && r.reason.contains("the image of 0.21.4 runs 0.21.3")),
+        "{cp:#?}"
+    );
     // The other coins, whose images say what they are, completed.
     assert!(
         report

@@ -281,3 +281,28 @@ fn a_daemon_started_by_hand_reports_its_version_until_a_reboot_brings_the_enable
     w.clock.advance_ms(10 * MIN);
     assert_eq!(reported(&w).as_deref(), Some(tagged.as_str()));
 }
+
+/// `fleet-node upgrade` to the version a daemon already runs (started by hand) restarts
+/// nothing, as `systemctl start` of an active unit does nothing; it enables that unit, so a
+/// reboot keeps it.
+#[test]
+fn an_upgrade_to_the_version_a_daemon_runs_by_hand_restarts_nothing_and_enables_it() {
+    let w = SimWorld::new();
+    w.sim.seed(w.desired(), &BTreeMap::new()).unwrap();
+    let n = first_node(&w, "bitcoin");
+    w.sim.start_by_hand(&n.instance_id, "29.0").unwrap();
+    w.clock.advance_ms(10 * MIN);
+    let before = w.sim.chain_status(&n.instance_id).expect("answers");
+    let v = Version::parse("29.0").unwrap();
+    futures_lite(w.sim.upgrade_pinned(&n, &v, None)).unwrap();
+    // Still answering at once: a restart is unreachable for start_delay_ms.
+    let after = w.sim.chain_status(&n.instance_id).expect("not restarted");
+    assert!(after.blocks >= before.blocks);
+    w.sim.reboot(&n.instance_id).unwrap();
+    w.clock.advance_ms(10 * MIN);
+    let s = w
+        .sim
+        .chain_status(&n.instance_id)
+        .expect("back after the boot");
+    assert_eq!(s.client.map(|c| c.to_string()).as_deref(), Some("29.0"));
+}

@@ -529,7 +529,18 @@ async fn a_labelled_bot_marks_every_message() {
         coin: "a".into(),
         took_ms: 1,
     });
+    h.ephemeral("#x", "U012ABCDEF", "Not recorded: you are not an approver");
     drain(h, t).await;
+    let ephemeral: Vec<_> = mock
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "chat.postEphemeral")
+        .collect();
+    assert_eq!(ephemeral.len(), 1);
+    assert_eq!(
+        ephemeral[0].body["text"],
+        "[simulated fleet (provider: sim)] Not recorded: you are not an approver"
+    );
     let posts = mock.posts_with("Rollout finished: a");
     assert_eq!(posts.len(), 1);
     let body = &posts[0].body;

@@ -566,6 +566,10 @@ impl Worker {
                 user,
                 text,
             } => {
+                let text = match &self.cfg.label {
+                    Some(l) => format!("[{l}] {text}"),
+                    None => text,
+                };
                 let api = Arc::clone(&self.api);
                 self.with_retry("chat.postEphemeral", || {
                     let (api, c, u, t) = (

@@ -264,6 +264,27 @@ impl Executor {
                     _ => None,
                 };
                 if let Some(failure) = wrong {
+                    // Recorded on the node, so that no later plan (a new revision, a restart
+                    // of fleet) restarts it on the same image again.
+                    if let (GateFailure::WrongVersion { expected, reports }, Some((_, id))) =
+                        (&failure, nodes.iter().find(|(k, _)| k == key))
+                    {
+                        let digest = coin
+                            .image
+                            .digest
+                            .as_ref()
+                            .filter(|_| coin.version.as_str() == expected)
+                            .map(|d| d.to_string());
+                        let value =
+                            crate::provider::tags::image_runs(expected, digest.as_deref(), reports);
+                        let node = crate::provider::NodeRef {
+                            key: key.clone(),
+                            instance_id: id.clone(),
+                        };
+                        if let Err(e) = self.provider.record_image_runs(&node, &value).await {
+                            tracing::warn!(node = %key, error = %e, "could not record what the image runs");
+                        }
+                    }
                     return Err(Stop::from(Failure::Gate {
                         zone: zone.clone(),
                         node: key.clone(),

@@ -4,8 +4,8 @@
 //!
 //! Clients say their version in their own words: bitcoind `/Satoshi:28.1.0/`, litecoind
 //! `/LitecoinCore:0.21.4/`, geth `Geth/v1.14.12-stable-293a300d/linux-amd64/go1.23.4`, anvil
-//! `anvil/v1.7.1`. The first dotted number that starts a word (after `/`, `:`, a space, a `v`
-//! or the start) is the version, up to four parts. A tag and a report are the same version
+//! `anvil/v1.7.1`. The first `v`-prefixed dotted number that starts a word is the version,
+//! else the first dotted number that does, up to four parts. A tag and a report are the same version
 //! when their numbers are equal with trailing zeros ignored: tag `28.1` is `28.1.0`, tag
 //! `v1.14.12` is `1.14.12`, tag `1.14.12-alltools` is `1.14.12`. A tag with no number leading
 //! it (`latest`) cannot be compared, and then the tag stands.
@@ -27,30 +27,42 @@ pub struct DaemonVersion {
 }
 
 impl DaemonVersion {
-    /// The version in a client's own words, or None when it names none.
+    /// The version in a client's own words, or None when it names none: the first
+    /// `v`-prefixed dotted number that starts a word (`Geth/10.0.1.5/v1.14.12…`: a node
+    /// identity before the version is not taken for it), else the first dotted number that
+    /// starts a word (`/Satoshi:28.1.0/`). A lone number (`0x0`, a build count) is none.
     pub fn from_client(text: &str) -> Option<DaemonVersion> {
         let b = text.as_bytes();
+        let word_start =
+            |i: usize| i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        let mut first = None;
         let mut i = 0;
         while i < b.len() {
-            let starts_word = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
-            let at = if b[i].is_ascii_digit() && starts_word {
-                Some(i)
-            } else if (b[i] == b'v' || b[i] == b'V')
-                && starts_word
-                && b.get(i + 1).is_some_and(u8::is_ascii_digit)
-            {
-                Some(i + 1)
-            } else {
-                None
-            };
-            // A report's version is dotted (28.1.0, 1.7.1): a lone number (`0x0`, a build
-            // count) is not taken for one.
-            if let Some(v) = at.and_then(|at| numbers(&text[at..])).filter(|v| v.len > 1) {
-                return Some(v);
+            let prefixed = (b[i] == b'v' || b[i] == b'V')
+                && word_start(i)
+                && b.get(i + 1).is_some_and(u8::is_ascii_digit);
+            let plain = b[i].is_ascii_digit() && word_start(i);
+            if !prefixed && !plain {
+                i += 1;
+                continue;
             }
-            i += 1;
+            let at = if prefixed { i + 1 } else { i };
+            // The whole dotted token, so that a failed one is skipped at once.
+            let len = b[at..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit() || **c == b'.')
+                .count();
+            let found = numbers(&text[at..at + len]).filter(|v| v.len > 1);
+            match found {
+                Some(v) if prefixed => return Some(v),
+                Some(v) => {
+                    first = first.or(Some(v));
+                }
+                None => {}
+            }
+            i = at + len.max(1);
         }
-        None
+        first
     }
 
     /// A recorded version's numbers (None: it has none leading it, e.g. `latest`).
@@ -158,8 +170,17 @@ mod tests {
         assert_eq!(client("bor"), None);
         assert_eq!(client(""), None);
         assert_eq!(client("/Satoshi:99999999999.1/"), None);
+        assert_eq!(client("1..2"), None);
         // Five parts read as four.
         assert_eq!(client("1.2.3.4.5").as_deref(), Some("1.2.3.4"));
+        // A node identity before geth's version is not its version; a number too large to
+        // be one is skipped whole, not read from its middle.
+        assert_eq!(
+            client("Geth/10.0.1.5/v1.14.12-stable/linux-amd64/go1.23.4").as_deref(),
+            Some("1.14.12")
+        );
+        assert_eq!(client("v4294967296.28.1"), None);
+        assert_eq!(client("4294967296.1 and 2.3").as_deref(), Some("2.3"));
     }
 
     #[test]

@@ -176,13 +176,42 @@ pub(super) fn plan_coin(
                 ));
             }
             // The version the daemon runs: what it says itself where that is not what the
-            // tag records (a node upgraded by hand), else as far as the record goes. A daemon
-            // that already runs the target is only confirmed and recorded, never restarted.
-            let reported = n.runs_other_than_recorded();
+            // tag records (a node upgraded by hand), else as far as the record goes. Such a
+            // node is upgraded like any other: `fleet-node upgrade` enables the target's unit
+            // and disables the others, and starts nothing that already runs, so a daemon
+            // started by hand at the target is brought under its unit without a restart (a
+            // confirmation alone would leave the old unit enabled, to come back at the next
+            // boot).
+            let mut reported = n.runs_other_than_recorded();
+            // The node's image was found running another version after fleet started it
+            // (fleet:image-runs), and the coin still asks for that image: restarting it again
+            // changes nothing, so the coin waits for a person.
+            let digest = coin.image.digest.as_ref().map(|d| d.to_string());
+            let known_bad =
+                crate::provider::tags::image_runs(coin.version.as_str(), digest.as_deref(), "");
+            if let Some(d) = reported
+                && n.tags
+                    .get(crate::provider::tags::IMAGE_RUNS)
+                    .is_some_and(|v| {
+                        v.strip_prefix(known_bad.as_str())
+                            .and_then(crate::health::DaemonVersion::from_client)
+                            .is_some_and(|r| r == d)
+                    })
+            {
+                refusals.push(Refusal {
+                    node: Some(key.clone()),
+                    reason: format!(
+                        "the image of {} runs {d} (found after fleet started it; {}): fix the image (image.digest, or another version), or set health.daemon_version: false",
+                        coin.version,
+                        crate::provider::tags::IMAGE_RUNS
+                    ),
+                });
+                reported = None;
+            }
             let reported_v = reported.and_then(|d| Version::parse(&d.to_string()).ok());
+            let at_target_by_hand = reported.is_some_and(|d| d.is(&coin.version) == Some(true));
             let (running, confirm_first): (Option<&Version>, bool) =
                 match (reported, &reported_v, &n.version, &n.pending) {
-                    (Some(d), _, _, _) if d.is(&coin.version) == Some(true) => (None, true),
                     (Some(_), Some(v), _, _) => (Some(v), false),
                     (_, _, version, pending) => match (version, pending) {
                         (ObservedVersion::Known { version }, _) => (Some(version), false),
@@ -201,7 +230,7 @@ pub(super) fn plan_coin(
                         (ObservedVersion::Unknown { .. }, _) => (None, false),
                     },
                 };
-            if running != Some(&coin.version) {
+            if running != Some(&coin.version) || reported.is_some() {
                 // An upgrade to the target cut off after its marker was written leaves the
                 // node at either the version it was recorded at or the target: the change
                 // is at most recorded → target, whatever the daemon says when asked.
@@ -245,7 +274,9 @@ pub(super) fn plan_coin(
                         to: coin.version.clone(),
                         snapshot_first: coin.snapshots.before_upgrade,
                         confirm_first,
-                        reported: reported.is_some(),
+                        // Only needed where the tag already names the target: elsewhere the
+                        // upgrade runs anyway.
+                        reported: reported.is_some() && n.version.known() == Some(&coin.version),
                     },
                     reason,
                 ));
@@ -260,26 +291,20 @@ pub(super) fn plan_coin(
                     let have = n.config();
                     let changed = have.differs(&files.fingerprint());
                     if !changed.is_empty() {
-                        // A daemon found at the target by hand is only confirmed, unless the
-                        // new files need a restart: then the upgrade restarts it (at the
-                        // target, with them) rather than the reconfiguration at the version
-                        // the node's record names.
-                        if reported.is_some() && changed.iter().any(|p| p.restarts()) {
-                            for s in &mut steps {
-                                if let Action::Upgrade { confirm_first, .. } = &mut s.action {
-                                    *confirm_first = false;
-                                }
-                            }
-                        }
-                        let upgrading = steps.iter().any(|s| {
-                            matches!(
-                                s.action,
-                                Action::Upgrade {
-                                    confirm_first: false,
-                                    ..
-                                }
-                            )
-                        });
+                        // An upgrade restarts the daemon, so the files go first without a
+                        // restart of their own; except for a daemon already at the target by
+                        // hand, whose upgrade restarts nothing: its files come after it, at
+                        // the target, with their own restart.
+                        let upgrading = !at_target_by_hand
+                            && steps.iter().any(|s| {
+                                matches!(
+                                    s.action,
+                                    Action::Upgrade {
+                                        confirm_first: false,
+                                        ..
+                                    }
+                                )
+                            });
                         let restart = !upgrading && changed.iter().any(|p| p.restarts());
                         let reason = if have == Fingerprint::default() {
                             "the node carries no configuration fingerprint (fleet:config)".into()
@@ -287,14 +312,22 @@ pub(super) fn plan_coin(
                             "the coin file's settings differ from the node's".into()
                         };
                         // Before the upgrade: it installs the node side the upgrade runs.
-                        let at = steps
-                            .iter()
-                            .position(|s| matches!(s.action, Action::Upgrade { .. }))
-                            .unwrap_or(steps.len());
-                        let version = n
-                            .recorded_version
-                            .clone()
-                            .unwrap_or_else(|| coin.version.clone());
+                        // After it for a daemon at the target by hand (see above).
+                        let at = if at_target_by_hand {
+                            steps.len()
+                        } else {
+                            steps
+                                .iter()
+                                .position(|s| matches!(s.action, Action::Upgrade { .. }))
+                                .unwrap_or(steps.len())
+                        };
+                        let version = if at_target_by_hand {
+                            coin.version.clone()
+                        } else {
+                            n.recorded_version
+                                .clone()
+                                .unwrap_or_else(|| coin.version.clone())
+                        };
                         let settings = n
                             .key_print()
                             .map(|k| k.changes(&files, &changed))

@@ -338,8 +338,8 @@ pub enum Action {
         /// An upgrade to `to` was interrupted: ask the node whether it already runs `to`
         /// before restarting anything.
         confirm_first: bool,
-        /// `from` is what the daemon reports, which its tag does not record (a change by
-        /// hand): the record is corrected to it first, so the upgrade is not taken for done.
+        /// `from` is what the daemon reports while its tag records `to` (a change by hand):
+        /// the record is corrected to it first, so the upgrade is not taken for done.
         #[serde(default)]
         reported: bool,
     },

@@ -1139,17 +1139,19 @@ fn a_daemon_that_runs_another_version_than_its_tag_is_drift_with_its_reason() {
     let cp = p.coin("bitcoin").unwrap();
     assert_eq!(actions(cp).len(), 1, "{:#?}", actions(cp));
     assert_eq!(cp.waves[0].steps[0].node.as_ref(), Some(&o.nodes[2].key));
+    // The tag already names the target: the record is corrected first.
     assert!(matches!(
         cp.waves[0].steps[0].action,
         Action::Upgrade {
             confirm_first: false,
+            reported: true,
             ..
         }
     ));
 }
 
 #[test]
-fn a_daemon_already_at_the_target_is_only_confirmed_never_restarted() {
+fn a_daemon_already_at_the_target_is_brought_under_its_unit_and_its_files_follow() {
     let d = desired("28.1", "");
     let o = World::running(&d, "27.2").observed(&d);
     let p = plan(&d, &reporting(&o, &[(0, "/Satoshi:28.1.0/")]), 0);
@@ -1160,10 +1162,14 @@ fn a_daemon_already_at_the_target_is_only_confirmed_never_restarted() {
         .flat_map(|w| &w.steps)
         .find(|s| s.node.as_ref() == Some(&o.nodes[0].key))
         .unwrap();
+    // An upgrade (fleet-node upgrade enables the target's unit and starts nothing already
+    // running), not a bare confirmation that would leave 27.2's unit enabled for the next
+    // boot; the tag names another version, so nothing is recorded first.
     match &first.action {
         Action::Upgrade {
             from: Some(f),
-            confirm_first: true,
+            confirm_first: false,
+            reported: false,
             ..
         } => assert_eq!(f, "28.1.0"),
         other => panic!("{other:?}"),
@@ -1172,7 +1178,7 @@ fn a_daemon_already_at_the_target_is_only_confirmed_never_restarted() {
         first.reason,
         "version is 28.1: the daemon reports 28.1.0; fleet's tag says 27.2"
     );
-    // Unless new files need a restart: then the upgrade restarts it, once, with them.
+    // Files that need a restart come after that upgrade, at the target, with their own.
     let changed = edited(&d, |c| {
         c.container_config.insert(
             fleet_repo_schema::values::EnvName::parse("DBCACHE").unwrap(),
@@ -1188,24 +1194,35 @@ fn a_daemon_already_at_the_target_is_only_confirmed_never_restarted() {
         .flat_map(|w| &w.steps)
         .filter(|s| s.node.as_ref() == Some(&o.nodes[0].key))
         .collect();
-    assert!(
-        matches!(
-            steps[..],
-            [
-                Step {
-                    action: Action::Reconfigure { restart: false, .. },
-                    ..
-                },
-                Step {
-                    action: Action::Upgrade {
-                        confirm_first: false,
+    match &steps[..] {
+        [
+            Step {
+                action: Action::Upgrade { .. },
+                ..
+            },
+            Step {
+                action:
+                    Action::Reconfigure {
+                        restart: true,
+                        version,
                         ..
                     },
-                    ..
-                }
-            ]
-        ),
-        "{steps:#?}"
+                ..
+            },
+        ] => assert_eq!(version.as_str(), "28.1"),
+        other => panic!("{other:#?}"),
+    }
+    // The daemon reports exactly the target's words: still an upgrade, the tag is wrong.
+    let p = plan(&d, &reporting(&o, &[(0, "28.1")]), 0);
+    assert!(
+        p.coin("bitcoin")
+            .unwrap()
+            .waves
+            .iter()
+            .flat_map(|w| &w.steps)
+            .any(|s| s.node.as_ref() == Some(&o.nodes[0].key)
+                && s.reason
+                    .contains("the daemon reports 28.1; fleet's tag says 27.2"))
     );
 }
 

@@ -1568,6 +1568,10 @@ impl Provider for AwsProvider {
         InstanceRecord::write_tags(self, node, &[(tags::VERSION, version.as_str())]).await
     }
 
+    async fn record_image_runs(&self, node: &NodeRef, value: &str) -> Result<(), ProviderError> {
+        InstanceRecord::write_tags(self, node, &[(tags::IMAGE_RUNS, value)]).await
+    }
+
     async fn confirm_version(
         &self,
         node: &NodeRef,

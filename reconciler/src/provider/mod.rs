@@ -850,6 +850,10 @@ pub trait Provider: Send + Sync {
     /// the upgrade that fixes it.
     async fn record_version(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError>;
 
+    /// Write [`tags::IMAGE_RUNS`] on the node (its value from [`tags::image_runs`]): what its
+    /// daemon reported after fleet started another version. Only the record.
+    async fn record_image_runs(&self, node: &NodeRef, value: &str) -> Result<(), ProviderError>;
+
     /// After a crash in the middle of an upgrade to `version` (the node's `fleet:pending` is
     /// `upgrade:<version>`, its version unknown): ask the node whether `node@<version>` is
     /// active (`systemctl is-active`, via SSM). If it is, record the version and clear the

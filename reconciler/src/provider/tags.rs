@@ -52,6 +52,16 @@ pub const REPLACES: &str = "fleet:replaces";
 pub const TAKES_VOLUME: &str = "fleet:takes-volume";
 /// Why a snapshot was taken.
 pub const REASON: &str = "fleet:reason";
+/// On an instance whose daemon, back in sync after fleet started a version, reported
+/// another one: `<version>@<digest or ->=<reported>` ([`image_runs`]). While it describes
+/// the coin's version and digest, the planner refuses the coin instead of restarting the
+/// node on the same image again; a new version or digest makes it stale.
+pub const IMAGE_RUNS: &str = "fleet:image-runs";
+
+/// The [`IMAGE_RUNS`] value: the image of `version` (pinned at `digest`) runs `reported`.
+pub fn image_runs(version: &str, digest: Option<&str>, reported: &str) -> String {
+    format!("{version}@{}={reported}", digest.unwrap_or("-"))
+}
 
 /// 16 bits of SHA-256 of a tag key, as 4 hex digits.
 fn key_hash(key: &str) -> String {

@@ -546,11 +546,15 @@ impl Provider for SimProvider {
                 let height = w.blocks_now(&node.instance_id, now);
                 // A failed command (a failed pull) leaves the old daemon running.
                 w.run_command(node, &command, now)?;
-                // `fleet-node upgrade` enables the new unit and disables the old one.
-                w.live_mut(node)?.daemon = Daemon {
+                // `fleet-node upgrade` enables the new unit and disables the others; its
+                // `systemctl start` restarts nothing already running at that version (a
+                // daemon started by hand at it).
+                let d = &mut w.live_mut(node)?.daemon;
+                let already = !d.stopped && d.version.as_deref() == Some(version.as_str());
+                *d = Daemon {
                     version: Some(version.to_string()),
-                    started_ms: now,
-                    start_height: height,
+                    started_ms: if already { d.started_ms } else { now },
+                    start_height: if already { d.start_height } else { height },
                     stopped: false,
                     enabled: true,
                     enabled_version: None,
@@ -661,6 +665,10 @@ impl Provider for SimProvider {
 
     async fn record_version(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
         InstanceRecord::write_tags(self, node, &[(tags::VERSION, version.as_str())]).await
+    }
+
+    async fn record_image_runs(&self, node: &NodeRef, value: &str) -> Result<(), ProviderError> {
+        InstanceRecord::write_tags(self, node, &[(tags::IMAGE_RUNS, value)]).await
     }
 
     async fn confirm_version(
