@@ -104,18 +104,15 @@ fn plan_apply_and_run_need_the_provider_named() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
     let st = state.to_str().unwrap();
-    for cmd in ["plan", "apply"] {
+    // `fleet <cmd> --repo <example> --state-dir <st> <extra…>`.
+    let on_example = |cmd: &str, extra: &[&str]| {
         let mut args = vec![cmd, "--repo", ex, "--state-dir", st];
-        if cmd == "apply" {
-            args.push("--yes");
-        }
-        let out = fleet(&args);
-        assert_eq!(
-            out.code, 2,
-            "{cmd}: {}
-{}",
-            out.stdout, out.stderr
-        );
+        args.extend_from_slice(extra);
+        fleet(&args)
+    };
+    for (cmd, extra) in [("plan", &[][..]), ("apply", &["--yes"][..])] {
+        let out = on_example(cmd, extra);
+        assert_eq!(out.code, 2, "{cmd}: {}\n{}", out.stdout, out.stderr);
         assert!(out.stdout.is_empty(), "{cmd}: {}", out.stdout);
         for want in [
             format!("fleet {cmd} --provider aws"),
@@ -126,42 +123,17 @@ fn plan_apply_and_run_need_the_provider_named() {
         assert!(!state.exists(), "{cmd} touched the state directory");
     }
     // Under --detailed-exitcode, whose 2 means "changes", the refusal is 1.
-    let out = fleet(&[
-        "plan",
-        "--repo",
-        ex,
-        "--state-dir",
-        st,
-        "--detailed-exitcode",
-    ]);
+    let out = on_example("plan", &["--detailed-exitcode"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("--provider aws"), "{}", out.stderr);
-    let out = fleet(&[
-        "run",
-        "--repo",
-        ex,
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-        st,
-    ]);
+    let out = on_example("run", &["--listen", "127.0.0.1:0"]);
     assert_eq!(out.code, 2, "run: {}", out.stderr);
     for want in ["provider: aws", "provider: sim", "--provider"] {
         assert!(out.stderr.contains(want), "run: {}", out.stderr);
     }
     assert!(!state.exists(), "run touched the state directory");
     // Named, a simulated fleet says so first thing.
-    let out = fleet(&[
-        "plan",
-        "--repo",
-        ex,
-        "--state-dir",
-        st,
-        "--provider",
-        "sim",
-        "--color",
-        "never",
-    ]);
+    let out = on_example("plan", &["--provider", "sim", "--color", "never"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stdout.starts_with("SIMULATED FLEET (--provider sim"),

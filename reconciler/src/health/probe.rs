@@ -131,12 +131,16 @@ const MAX_NODE_TEXT: usize = 200;
 /// The JSON-RPC 1.0 request of the `bitcoin` probe.
 const GETBLOCKCHAININFO: &str =
     r#"{"jsonrpc":"1.0","id":"fleet","method":"getblockchaininfo","params":[]}"#;
-/// Asked after a reading, for the client's version (`subversion`).
-const GETNETWORKINFO: &str =
-    r#"{"jsonrpc":"1.0","id":"fleet","method":"getnetworkinfo","params":[]}"#;
+/// Asked after a reading, for the client's version (`subversion`): method and request.
+const GETNETWORKINFO: (&str, &str) = (
+    "getnetworkinfo",
+    r#"{"jsonrpc":"1.0","id":"fleet","method":"getnetworkinfo","params":[]}"#,
+);
 /// The `ethereum` probe's requests.
-const WEB3_CLIENT_VERSION: &str =
-    r#"{"jsonrpc":"2.0","id":3,"method":"web3_clientVersion","params":[]}"#;
+const WEB3_CLIENT_VERSION: (&str, &str) = (
+    "web3_clientVersion",
+    r#"{"jsonrpc":"2.0","id":3,"method":"web3_clientVersion","params":[]}"#,
+);
 const ETH_SYNCING: &str = r#"{"jsonrpc":"2.0","id":1,"method":"eth_syncing","params":[]}"#;
 const ETH_BLOCK_NUMBER: &str = r#"{"jsonrpc":"2.0","id":2,"method":"eth_blockNumber","params":[]}"#;
 
@@ -372,13 +376,8 @@ impl RpcProber {
         &self,
         call: &Call<'_>,
         uri: &Uri,
-        request: &'static str,
+        (method, request): (&'static str, &'static str),
     ) -> Option<DaemonVersion> {
-        let method = if request == GETNETWORKINFO {
-            "getnetworkinfo"
-        } else {
-            "web3_clientVersion"
-        };
         match self.send(call, Method::POST, uri, Some(request)).await {
             Ok(a) => match parse_client(method, a.status, &a.body) {
                 Ok(v) => v,

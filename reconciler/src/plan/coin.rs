@@ -187,15 +187,15 @@ pub(super) fn plan_coin(
             // (fleet:image-runs), and the coin still asks for that image: restarting it again
             // changes nothing, so the coin waits for a person.
             let digest = coin.image.digest.as_ref().map(|d| d.to_string());
-            let known_bad =
-                crate::provider::tags::image_runs(coin.version.as_str(), digest.as_deref(), "");
             if let Some(d) = reported
                 && n.tags
                     .get(crate::provider::tags::IMAGE_RUNS)
                     .is_some_and(|v| {
-                        v.strip_prefix(known_bad.as_str())
-                            .and_then(crate::health::DaemonVersion::from_client)
-                            .is_some_and(|r| r == d)
+                        crate::provider::tags::image_runs_of(
+                            v,
+                            coin.version.as_str(),
+                            digest.as_deref(),
+                        ) == Some(d)
                     })
             {
                 refusals.push(Refusal {

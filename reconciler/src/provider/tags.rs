@@ -63,6 +63,18 @@ pub fn image_runs(version: &str, digest: Option<&str>, reported: &str) -> String
     format!("{version}@{}={reported}", digest.unwrap_or("-"))
 }
 
+/// What an [`IMAGE_RUNS`] value says the image of `version` (pinned at `digest`) runs; None
+/// when it is about another version or digest (stale) or unreadable.
+pub fn image_runs_of(
+    value: &str,
+    version: &str,
+    digest: Option<&str>,
+) -> Option<crate::health::DaemonVersion> {
+    value
+        .strip_prefix(image_runs(version, digest, "").as_str())
+        .and_then(crate::health::DaemonVersion::from_client)
+}
+
 /// 16 bits of SHA-256 of a tag key, as 4 hex digits.
 fn key_hash(key: &str) -> String {
     use sha2::Digest as _;
@@ -157,6 +169,17 @@ pub fn node_record_coin<'a>(name: &'a str, domain: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_runs_is_read_only_for_its_own_version_and_digest() {
+        let v = image_runs("0.21.4", None, "0.21.3");
+        assert_eq!(v, "0.21.4@-=0.21.3");
+        let r = image_runs_of(&v, "0.21.4", None).map(|d| d.to_string());
+        assert_eq!(r.as_deref(), Some("0.21.3"));
+        assert_eq!(image_runs_of(&v, "0.21.5", None), None);
+        assert_eq!(image_runs_of(&v, "0.21.4", Some("sha256:ab")), None);
+        assert_eq!(image_runs_of("garbage", "0.21.4", None), None);
+    }
 
     #[test]
     fn node_records_are_recognised() {
