@@ -508,7 +508,7 @@ pub(crate) fn demo_cmd(a: &DemoArgs, out: &mut dyn Write, tty: bool) -> anyhow::
             )?;
             writeln!(
                 out,
-                "Next: `fleet plan --repo examples/fleet` and `fleet apply` on your own fleet (see README.md)."
+                "Next: `fleet plan --repo examples/fleet --provider sim`, and `--provider aws` on your own fleet (see README.md)."
             )?;
             Ok(EXIT_OK)
         } else {
