@@ -80,6 +80,20 @@ enum Command {
     ///
     /// Exit status: 0 every coin completed, 1 a coin failed, was refused or cancelled.
     Apply(ApplyArgs),
+    /// Take over nodes that exist (made by the operators' Terraform module or by hand)
+    /// without touching them: fleet only writes its tags.
+    ///
+    /// Finds the instances fleet does not manage whose tag names a coin of the repository
+    /// (--match, by default the module's `Component=nodes/{coin}`), gives each a slot (its
+    /// zone; the index of its `node<N>.<coin>` record, else the lowest free one), asks it
+    /// over SSM what it runs (its active `node@<version>` unit, and hashes of its settings,
+    /// never their values) and records that in fleet's tags. It never stops, restarts or
+    /// modifies anything. Prints the mapping, what it left alone and why, and the plan
+    /// that follows. Adopting again changes nothing.
+    ///
+    /// Exit status: 0 success (instances may have been left alone), 1 error or a node whose
+    /// tags could not be written, 2 usage.
+    Adopt(AdoptArgs),
     /// Watch fleet reconcile the example fleet in a simulator, in accelerated time.
     ///
     /// The example fleet repository (6 coins, 18 nodes, 3 zones) is compiled in. Its nodes
@@ -248,6 +262,22 @@ pub(crate) struct ApplyArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub(crate) struct AdoptArgs {
+    #[command(flatten)]
+    pub(crate) world: WorldArgs,
+    /// Which instances are a coin's nodes: a tag and its value, `{coin}` standing for the
+    /// coin's name, `*` and `?` as EC2's wildcards (e.g. `Name=node*.{coin}.internal`).
+    #[arg(long = "match", value_name = "TAG=PATTERN", default_value = crate::adopt::Matcher::DEFAULT)]
+    pub(crate) matcher: String,
+    /// Show what would be adopted and the plan that would follow; write nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub(crate) format: Format,
+}
+
+#[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
     /// How many times faster than real time the simulated fleet runs.
     #[arg(long, value_name = "FACTOR", default_value_t = 200.0)]
@@ -404,7 +434,7 @@ pub fn run(
     };
     // plan and apply: every error is 1, whatever went wrong (see EXIT_USAGE).
     let error_code = match &cli.command {
-        Command::Plan(_) | Command::Apply(_) => EXIT_INVALID,
+        Command::Plan(_) | Command::Apply(_) | Command::Adopt(_) => EXIT_INVALID,
         _ => EXIT_USAGE,
     };
     let result = match cli.command {
@@ -413,6 +443,7 @@ pub fn run(
         Command::Plan(a) => crate::cli_apply::plan_cmd(&a, out, err, color),
         Command::Apply(a) => crate::cli_apply::apply_cmd(&a, out, err, color),
         Command::Demo(a) => crate::cli_apply::demo_cmd(&a, out, color),
+        Command::Adopt(a) => crate::cli_adopt::adopt_cmd(&a, out, err, color),
         Command::Run(a) => Ok(crate::cli_run::run_cmd(&a, err)),
         Command::ReleaseWatch(a) => crate::cli_run::release_watch(&a, out, err),
         Command::Completions { shell } => {

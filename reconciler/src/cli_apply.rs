@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-fn style(c: ColorChoice, tty: bool) -> Style {
+pub(crate) fn style(c: ColorChoice, tty: bool) -> Style {
     Style {
         color: match c {
             ColorChoice::Always => true,
@@ -30,7 +30,7 @@ fn style(c: ColorChoice, tty: bool) -> Style {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -38,13 +38,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Everything a command needs to observe and change one fleet.
-struct World {
-    desired: Arc<Desired>,
-    provider: Arc<dyn Provider>,
+pub(crate) struct World {
+    pub(crate) desired: Arc<Desired>,
+    pub(crate) provider: Arc<dyn Provider>,
     prober: Arc<dyn Prober>,
     clock: Arc<dyn Clock>,
     /// Which provider was named (a simulated fleet is labelled as such on every screen).
-    kind: ProviderKind,
+    pub(crate) kind: ProviderKind,
     /// The state directory (where a simulated fleet lives).
     state_dir: std::path::PathBuf,
     /// Plan without asking the nodes (--no-probe).
@@ -56,6 +56,23 @@ struct World {
 }
 
 impl World {
+    /// `observed` with what the nodes' daemons say they run (unless --no-probe).
+    pub(crate) async fn with_daemons(&self, observed: Observed) -> Observed {
+        if self.no_probe {
+            return observed;
+        }
+        let targets = crate::apply::view::probe_targets(&self.desired, &observed);
+        let readings =
+            crate::health::probe_all(&self.prober, targets, crate::apply::view::PROBES_AT_ONCE)
+                .await;
+        observed.with_readings(&readings)
+    }
+
+    /// The provider's clock, now.
+    pub(crate) fn now_ms(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
     /// The line that opens every human screen of a simulated fleet (None on AWS).
     fn sim_banner(&self, st: Style) -> Option<String> {
         (self.kind == ProviderKind::Sim).then(|| {
@@ -91,7 +108,7 @@ fn content_id(desired: &Desired) -> String {
 }
 
 /// Load the repository (printing its diagnostics on failure) and open the provider.
-async fn open_world(
+pub(crate) async fn open_world(
     command: &str,
     detailed: bool,
     a: &WorldArgs,

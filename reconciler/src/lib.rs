@@ -9,10 +9,13 @@
 //! - doing: `apply` (the executor), `store` (its journal), `events` (what it reports);
 //! - running: `daemon` (`fleet run`'s jobs), `server` (its HTTP endpoints), `people` (Slack and
 //!   the release watch, feature `bots`);
-//! - the command line: `cli`, `cli_apply`, `cli_run`, `render`, `demo`.
+//! - taking over nodes made outside fleet: `adopt` (`fleet adopt`);
+//! - the command line: `cli`, `cli_apply`, `cli_adopt`, `cli_run`, `render`, `demo`.
 
+pub mod adopt;
 pub mod apply;
 pub mod cli;
+mod cli_adopt;
 mod cli_apply;
 #[cfg(feature = "bots")]
 mod cli_release_watch;

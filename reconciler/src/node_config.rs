@@ -41,6 +41,9 @@ pub struct NodeFiles {
     pub secret_id: String,
     /// `/etc/fleet-node/digests/<version>`: the coin's `image.digest`.
     pub digest: Option<String>,
+    /// The version `digest` pins (the coin's): a reconfiguration of a node still at another
+    /// version leaves that version's pin alone. Not part of the fingerprint.
+    pub version: fleet_repo_schema::values::Version,
     /// `/etc/fleet-node/metrics/<name>`: the coin's `custom_metrics` scripts.
     pub metrics: Vec<(String, String)>,
     /// `/etc/fleet-node/logging`: the container's log driver on the first line, then one
@@ -131,6 +134,7 @@ impl NodeFiles {
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_default(),
             digest: coin.image.digest.as_ref().map(|d| d.as_str().to_string()),
+            version: coin.version.clone(),
             metrics,
         })
     }
@@ -337,13 +341,34 @@ impl Fingerprint {
         for word in s.split_whitespace() {
             if let Some((k, h)) = word.split_once('=')
                 && let Some(p) = ConfigPart::ALL.iter().find(|p| p.key() == k)
-                && h.len() == 8
-                && h.bytes().all(|b| b.is_ascii_hexdigit())
+                && ((h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    || (*p == ConfigPart::Program && h == Self::ADOPTED))
             {
                 m.insert(*p, h.to_ascii_lowercase());
             }
         }
         Fingerprint(m)
+    }
+
+    /// The node side of a node `fleet adopt` took over: the operators' own, not fleet's yet.
+    const ADOPTED: &'static str = "adopted";
+
+    /// The same, marking the node side as the operators' own (`program=adopted`): what
+    /// `fleet adopt` records. The planner installs fleet's node side on such a node before
+    /// the first step that needs it, without a restart of its own, and never for itself.
+    pub fn adopted(mut self) -> Fingerprint {
+        self.0.insert(ConfigPart::Program, Self::ADOPTED.into());
+        self
+    }
+
+    /// Whether the node was adopted and still runs the operators' node side.
+    pub fn is_adopted(&self) -> bool {
+        self.0.get(&ConfigPart::Program).map(String::as_str) == Some(Self::ADOPTED)
+    }
+
+    /// The same without `part`: it then differs from anything (a part found to differ).
+    pub fn forget(&mut self, part: ConfigPart) {
+        self.0.remove(&part);
     }
     /// The parts where `self` (what a node carries) differs from `want`.
     pub fn differs(&self, want: &Fingerprint) -> Vec<ConfigPart> {
@@ -461,6 +486,25 @@ impl KeyPrint {
         Some(KeyPrint(m))
     }
 
+    /// Mark `setting` of `part` as holding another value than the repository's (its value
+    /// hash is changed in one bit): adoption found it so.
+    pub fn mark_changed(&mut self, part: ConfigPart, setting: &str) {
+        if let Some(v) = self.0.get_mut(&(part, tiny_hash(setting))) {
+            let flipped = u16::from_str_radix(v, 16).unwrap_or(0) ^ 1;
+            *v = format!("{flipped:04x}");
+        }
+    }
+
+    /// Forget `setting` of `part`: the node does not have it.
+    pub fn remove(&mut self, part: ConfigPart, setting: &str) {
+        self.0.remove(&(part, tiny_hash(setting)));
+    }
+
+    /// Record a `setting` of `part` the repository does not set (its value unknown).
+    pub fn insert_unknown(&mut self, part: ConfigPart, setting: &str) {
+        self.0.insert((part, tiny_hash(setting)), "0000".into());
+    }
+
     /// The settings of `want` that differ from this record (what a node carries), among the
     /// parts in `parts` (those whose fingerprint differs).
     pub fn changes(&self, want: &NodeFiles, parts: &[ConfigPart]) -> Vec<SettingChange> {
@@ -534,6 +578,7 @@ mod tests {
             container_env: container.iter().map(|(k, v)| format!("{k}={v}\n")).collect(),
             secret_id: String::new(),
             digest: None,
+            version: fleet_repo_schema::values::Version::parse("1.0").unwrap(),
             metrics: vec![],
             logging: Some("gelf\ngelf-address=udp://graylog:12201\n".into()),
         }

@@ -61,11 +61,13 @@ die() {
 
 # Host settings; values are double-quoted with \ " $ ` escaped (systemd's EnvironmentFile
 # syntax, which is also the shell's), so reading them expands nothing.
+# (From $1 instead when given: a configuration staged by apply-config.)
 load_host_env() {
-  [ -f "$HOST_ENV" ] || die "$HOST_ENV is missing: this node was not set up by fleet"
+  local file="${1:-$HOST_ENV}"
+  [ -f "$file" ] || die "$file is missing: this node was not set up by fleet"
   # shellcheck source=/dev/null
-  . "$HOST_ENV"
-  : "${IMAGE:?IMAGE is not set in $HOST_ENV}" "${COIN:?COIN is not set in $HOST_ENV}"
+  . "$file"
+  : "${IMAGE:?IMAGE is not set in $file}" "${COIN:?COIN is not set in $file}"
   DATA_VOLUME="${DATA_VOLUME:-/node/data}"
   DATA_DEVICE="${DATA_DEVICE:-/dev/sdf}"
   RPC_PORTS="${RPC_PORTS:-}"
@@ -112,7 +114,7 @@ image_ref() {
 # ECR needs a login; the instance role's credentials get it. The password goes through a
 # pipe, never an argument or a log. Other registries are pulled as they are.
 cmd_login() {
-  load_host_env
+  load_host_env "$@"
   local host="${IMAGE%%/*}" region
   if [[ "$host" =~ ^[0-9]{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$ ]]; then
     region="${BASH_REMATCH[1]}"
@@ -130,6 +132,30 @@ cmd_pull() {
   cmd_login
   if ! out=$(docker pull "$ref" 2>&1); then
     die "pulling $ref failed: $out"
+  fi
+}
+
+# Pull the image a configuration staged in $1 names for version $2, when it is not the
+# image the node runs now (the repository or the pinned digest changed).
+pull_staged() {
+  local dir="$1" version="$2" now new digest="" out
+  now=$({ load_host_env && image_ref "$version"; } 2> /dev/null) || now=""
+  if [ -f "$dir/digest-keep" ]; then
+    [ -f "$CONF/digests/$version" ] && digest=$(cat "$CONF/digests/$version")
+  elif [ -f "$dir/digest" ]; then
+    digest=$(cat "$dir/digest")
+  fi
+  new=$(load_host_env "$dir/sysconfig-node"; echo "$IMAGE")
+  if [ -n "$digest" ]; then
+    check_digest "$digest"
+    new="$new@$digest"
+  else
+    new="$new:$version"
+  fi
+  [ "$new" = "$now" ] && return 0
+  (cmd_login "$dir/sysconfig-node")
+  if ! out=$(docker pull "$new" 2>&1); then
+    die "pulling $new failed, nothing was changed: $out"
   fi
 }
 
@@ -236,6 +262,11 @@ cmd_apply_config() {
   [ -f "$CONF/version" ] || { install -d -m 0755 "$CONF"; printf '%s\n' "$version" | write_file "$CONF/version"; }
   version=$(cat "$CONF/version")
   check_version "$version"
+  # A restart onto another image pulls that image first: a missing tag or digest fails the
+  # step here, before any file changes, and the running daemon stays as it is.
+  if [ "$mode" = restart ]; then
+    pull_staged "$dir" "$version"
+  fi
   CHANGED=()
   # What the container sees: its program, unit, settings, environment and image.
   put "$dir/fleet-node" "$ROOT/usr/local/sbin/fleet-node" 0755
@@ -243,7 +274,11 @@ cmd_apply_config() {
   put "$dir/sysconfig-node" "$HOST_ENV" 0600
   put "$dir/container.env" "$CONF/container.env" 0600
   put "$dir/secret-id" "$CONF/secret-id" 0600
-  if [ -f "$dir/digest" ]; then
+  # digest-keep: the staged digest is another version's (the node is upgraded next, and
+  # the upgrade pins its own); the running version's pin stays.
+  if [ -f "$dir/digest-keep" ]; then
+    :
+  elif [ -f "$dir/digest" ]; then
     put "$dir/digest" "$CONF/digests/$version" 0644
   elif [ -f "$CONF/digests/$version" ]; then
     rm -f "$CONF/digests/$version"

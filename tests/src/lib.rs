@@ -8,6 +8,7 @@ pub mod github_mock;
 pub mod mock_http;
 pub mod nodes;
 pub mod repo;
+pub mod seed;
 pub mod slack_mock;
 pub mod world;
 

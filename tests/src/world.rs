@@ -24,6 +24,7 @@ use reconciler::node::NodeKey;
 use reconciler::provider::Provider;
 use reconciler::provider::aws::{AwsOptions, AwsProvider};
 use reconciler::provider::sim::{SimConfig, SimFault, SimProvider};
+use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -218,6 +219,24 @@ pub fn account_for(test: &str) -> String {
 struct FaultState {
     faults: Vec<Fault>,
     commands: Vec<(String, String)>,
+    /// What a node prints for a command, by instance id (moto runs nothing and answers
+    /// every GetCommandInvocation with an empty output).
+    answers: BTreeMap<String, String>,
+    /// Operations to fail once after so many more calls of them succeed.
+    fail_after: Vec<(&'static str, u32)>,
+}
+
+/// What a node prints for the command a GetCommandInvocation asks about (found when the
+/// request is signed, answered when the response comes).
+#[derive(Debug, Clone)]
+struct Answer {
+    command_id: String,
+    instance_id: String,
+    stdout: String,
+}
+
+impl aws_smithy_types::config_bag::Storable for Answer {
+    type Storer = aws_smithy_types::config_bag::StoreReplace<Self>;
 }
 
 /// The test interceptor: moto account header, fault injection, SendCommand recording.
@@ -246,6 +265,13 @@ impl Intercept for TestInterceptor {
     ) -> Result<(), BoxError> {
         let op = op_name(cfg);
         let mut st = self.state.lock().unwrap();
+        if let Some(i) = st.fail_after.iter().position(|(o, _)| *o == op) {
+            if st.fail_after[i].1 == 0 {
+                st.fail_after.remove(i);
+                return Err(format!("{op}: injected failure before the call was sent").into());
+            }
+            st.fail_after[i].1 -= 1;
+        }
         for f in st.faults.iter_mut() {
             if let Fault::FailOp { op: o, times } = f
                 && *o == op
@@ -267,6 +293,26 @@ impl Intercept for TestInterceptor {
         let req = ctx.request_mut();
         req.headers_mut()
             .insert("x-moto-account-id", self.account.clone());
+        if op_name(cfg) == "GetCommandInvocation"
+            && let Some(body) = req.body().bytes()
+        {
+            let v: serde_json::Value = serde_json::from_slice(body)?;
+            let instance_id = v["InstanceId"].as_str().unwrap_or("").to_string();
+            let stdout = self
+                .state
+                .lock()
+                .unwrap()
+                .answers
+                .get(&instance_id)
+                .cloned();
+            if let Some(stdout) = stdout {
+                cfg.interceptor_state().store_put(Answer {
+                    command_id: v["CommandId"].as_str().unwrap_or("").to_string(),
+                    instance_id,
+                    stdout,
+                });
+            }
+        }
         if op_name(cfg) == "SendCommand"
             && let Some(body) = req.body().bytes()
         {
@@ -328,6 +374,36 @@ impl Intercept for TestInterceptor {
         }
         drop(st);
         let resp = ctx.response_mut();
+        if let Some(a) = cfg.load::<Answer>()
+            && resp.status().is_success()
+        {
+            // SSM's GetCommandInvocation answer for a finished command (its recorded shape,
+            // as moto also returns it), with what the node printed: node_side.rs shows the
+            // script prints exactly this on such a node.
+            let v = serde_json::json!({
+                "CommandId": a.command_id,
+                "InstanceId": a.instance_id,
+                "Comment": "",
+                "DocumentName": "AWS-RunShellScript",
+                "DocumentVersion": "$DEFAULT",
+                "PluginName": "aws:runShellScript",
+                "ResponseCode": 0,
+                "ExecutionStartDateTime": "2026-12-02T10:00:00.000Z",
+                "ExecutionElapsedTime": "PT0.05S",
+                "ExecutionEndDateTime": "2026-12-02T10:00:00.050Z",
+                "Status": "Success",
+                "StatusDetails": "Success",
+                "StandardOutputContent": a.stdout,
+                "StandardOutputUrl": "",
+                "StandardErrorContent": "",
+                "StandardErrorUrl": "",
+                "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "", "CloudWatchOutputEnabled": false}
+            });
+            resp.headers_mut().remove("content-length");
+            resp.headers_mut()
+                .insert("content-type", "application/x-amz-json-1.1");
+            *resp.body_mut() = SdkBody::from(serde_json::to_vec(&v)?);
+        }
         if agent_not_ready {
             // What SSM returns for an instance not (yet) managed by it.
             *resp.status_mut() = 400u16.try_into().unwrap();
@@ -411,6 +487,26 @@ pub async fn moto_sdk_config() -> aws_config::SdkConfig {
 }
 
 impl AwsWorld {
+    /// From now on, a command on `instance_id` prints `stdout` (moto runs nothing).
+    pub fn answer_as(&self, instance_id: &str, stdout: String) {
+        self.interceptor
+            .state
+            .lock()
+            .unwrap()
+            .answers
+            .insert(instance_id.to_string(), stdout);
+    }
+
+    /// The call of `op` after the next `after` ones fails before it is sent (a crash there).
+    pub fn fail_op_after(&self, op: &'static str, after: u32) {
+        self.interceptor
+            .state
+            .lock()
+            .unwrap()
+            .fail_after
+            .push((op, after));
+    }
+
     /// A fresh world for the test named `test`, with the SDK's standard retry mode: adaptive
     /// mode's client-side rate limiter is process-wide, so one test's injected throttling
     /// would slow every other test in the binary (`aws_adaptive_retry.rs` tests adaptive).

@@ -110,7 +110,11 @@ fn plan_apply_and_run_need_the_provider_named() {
         args.extend_from_slice(extra);
         fleet(&args)
     };
-    for (cmd, extra) in [("plan", &[][..]), ("apply", &["--yes"][..])] {
+    for (cmd, extra) in [
+        ("plan", &[][..]),
+        ("apply", &["--yes"][..]),
+        ("adopt", &["--dry-run"][..]),
+    ] {
         let out = on_example(cmd, extra);
         assert_eq!(out.code, 2, "{cmd}: {}\n{}", out.stdout, out.stderr);
         assert!(out.stdout.is_empty(), "{cmd}: {}", out.stdout);
@@ -122,6 +126,18 @@ fn plan_apply_and_run_need_the_provider_named() {
         }
         assert!(!state.exists(), "{cmd} touched the state directory");
     }
+    // The simulator has no nodes made outside fleet: adopt says to use AWS (exit 1), and a
+    // --match that names no coin is a usage error.
+    let out = on_example("adopt", &["--provider", "sim", "--dry-run"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("use --provider aws"), "{}", out.stderr);
+    let out = on_example(
+        "adopt",
+        &["--provider", "aws", "--match", "Component=nodes"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("{coin}"), "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(&state);
     // Under --detailed-exitcode, whose 2 means "changes", the refusal is 1.
     let out = on_example("plan", &["--detailed-exitcode"]);
     assert_eq!(out.code, 1, "{}", out.stderr);

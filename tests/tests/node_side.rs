@@ -719,3 +719,143 @@ fn growing_the_root_grows_its_partition_and_file_system_and_again_changes_nothin
     // Run again (a retried step): growpart says NOCHANGE (exit 1), which is not a failure.
     ok(&s.fleet_node(&["grow-root"]));
 }
+
+#[test]
+fn before_an_upgrade_the_running_versions_pin_stays_and_a_new_image_is_pulled_before_anything_changes()
+ {
+    use fleet_repo_schema::values::{Digest, ImageRepo};
+    let d = desired_of(&example_tree());
+    let coin = d.coins["bitcoin"].clone();
+    let pinned = coin.image.digest.clone().expect("the example pins bitcoin");
+    let s = Sandbox::new();
+    ok(&s.first_boot(&userdata::render(&d.fleet, &coin, &coin.nodes[0]).unwrap()));
+    assert_eq!(
+        s.read("etc/fleet-node/digests/28.1").trim(),
+        pinned.as_str()
+    );
+    s.take_calls();
+
+    // A bump to 29.0 pinned at another digest: the plan writes the files at 28.1 without a
+    // restart, then upgrades. The 28.1 pin must stay 28.1's: if the upgrade's pull fails or
+    // the node reboots first, node@28.1 still runs the 28.1 image.
+    let mut bump = coin.clone();
+    bump.version = Version::parse("29.0").unwrap();
+    bump.image.digest = Some(Digest::parse(&format!("sha256:{}", "cd".repeat(32))).unwrap());
+    ok(&reconfigure(&s, &bump, "28.1", false));
+    assert_eq!(
+        s.read("etc/fleet-node/digests/28.1").trim(),
+        pinned.as_str()
+    );
+    s.take_calls();
+
+    // A restart onto another image pulls it first; a missing image fails the step before
+    // any file changes or any unit is touched.
+    let other = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/coin-daemons/bitcoin-knots";
+    let mut moved = coin.clone();
+    moved.image.repository = ImageRepo::parse(other).unwrap();
+    let host_before = s.read("etc/sysconfig/node");
+    std::fs::write(
+        s.path().join("missing-images"),
+        format!("{other}@{}\n", pinned.as_str()),
+    )
+    .unwrap();
+    let out = reconfigure(&s, &moved, "28.1", true);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing was changed") && stderr.contains("manifest unknown"),
+        "{stderr}"
+    );
+    assert_eq!(s.read("etc/sysconfig/node"), host_before);
+    let calls = s.take_calls();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("systemctl")),
+        "{calls:#?}"
+    );
+    // With the image there: pulled, then the files, then one restart.
+    std::fs::remove_file(s.path().join("missing-images")).unwrap();
+    ok(&reconfigure(&s, &moved, "28.1", true));
+    let calls = s.take_calls();
+    let at = |needle: &str| {
+        calls
+            .iter()
+            .position(|c| c.starts_with(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in {calls:#?}"))
+    };
+    assert!(
+        at(&format!("docker pull {other}@{}", pinned.as_str()))
+            < at("systemctl restart node@28.1.service")
+    );
+    assert!(s.read("etc/sysconfig/node").contains(other));
+    // The same image again pulls nothing.
+    ok(&reconfigure(&s, &moved, "28.1", true));
+    assert_eq!(count(&s.take_calls(), "docker pull"), 0);
+}
+
+#[test]
+fn adopts_inspection_reads_a_module_made_node_and_changes_nothing() {
+    use reconciler::adopt::inspect::{INSPECT_SCRIPT, NodeReport, verify};
+    shellcheck_clean("inspect.sh", &format!("#!/bin/bash\n{INSPECT_SCRIPT}"));
+    let d = desired_of(&example_tree());
+    for coin in d.coins.values() {
+        let s = Sandbox::new();
+        let root = s.root();
+        std::fs::create_dir_all(root.join("etc/sysconfig")).unwrap();
+        std::fs::create_dir_all(root.join("etc/opt")).unwrap();
+        std::fs::write(
+            root.join("etc/sysconfig/node"),
+            fleet_tests::seed::host_env(coin),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/opt/node-config"),
+            fleet_tests::seed::container_env(coin),
+        )
+        .unwrap();
+        std::fs::write(
+            s.path().join("active-units"),
+            format!(
+                "node@{v}.service loaded active running Cryptocoin node for connection to the blockchain\n",
+                v = coin.version
+            ),
+        )
+        .unwrap();
+        let p = s.path().join("inspect.sh");
+        std::fs::write(&p, INSPECT_SCRIPT).unwrap();
+        let before = (s.read("etc/sysconfig/node"), s.read("etc/opt/node-config"));
+        let out = s.run(&p, &[]);
+        ok(&out);
+        let printed = NodeReport::parse(&String::from_utf8_lossy(&out.stdout));
+        // What the moto tests answer for such a node is what the script prints on it.
+        assert_eq!(
+            printed,
+            NodeReport::parse(&fleet_tests::seed::answer(coin, coin.version.as_str())),
+            "{}",
+            coin.name
+        );
+        assert_eq!(printed.version().unwrap(), coin.version);
+        let v = verify(coin, &printed).unwrap();
+        assert!(
+            v.differences.is_empty(),
+            "{}: {:#?}",
+            coin.name,
+            v.differences
+        );
+        assert_eq!(v.from_secret, usize::from(coin.secrets.is_some()));
+        // Read-only: the files are as they were, and the only tool asked is systemctl's list.
+        assert_eq!(
+            (s.read("etc/sysconfig/node"), s.read("etc/opt/node-config")),
+            before
+        );
+        let calls = s.take_calls();
+        assert!(
+            calls.iter().all(|c| c.starts_with("systemctl list-units")),
+            "{calls:#?}"
+        );
+        // No value leaves the node: only keys and 4 hex digits of each value's hash.
+        let said = String::from_utf8_lossy(&out.stdout);
+        for (_, v) in fleet_tests::seed::SECRET_KEYS {
+            assert!(!said.contains(v));
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! duration.
 
 use super::*;
-use crate::node_config::{Fingerprint, NodeFiles};
+use crate::node_config::{ConfigPart, Fingerprint, NodeFiles};
 use crate::provider::{InstanceState, ObservedVersion, PendingStep, SecretState};
 use fleet_repo_schema::Coin;
 use fleet_repo_schema::semver::classify;
@@ -71,6 +71,7 @@ pub(super) fn plan_coin(
                             .map(|d| d.0.as_millis() as u64),
                         snapshot_id,
                         dns_name: slot.dns_name.clone(),
+                        public_ip: crate::provider::needs_public_ip(coin),
                     },
                     reason: "the slot has no node".into(),
                 }]);
@@ -289,7 +290,27 @@ pub(super) fn plan_coin(
                 // (A stopped node is started first, by the zone's repair wave.)
                 Ok(files) => {
                     let have = n.config();
-                    let changed = have.differs(&files.fingerprint());
+                    let mut changed = have.differs(&files.fingerprint());
+                    // A node `fleet adopt` took over still runs the operators' node side.
+                    // fleet's is installed (without a restart of its own) before the first
+                    // step that needs it: an upgrade, a change of type (whose start must find
+                    // the daemon's unit enabled), a grown root, a reconfiguration of another
+                    // part. Never for itself: adopting changes nothing on a node.
+                    let adopted = have.is_adopted();
+                    let node_side_first = adopted
+                        && steps.iter().any(|s| {
+                            matches!(s.action, Action::Upgrade { .. } | Action::ChangeType { .. })
+                        });
+                    if adopted {
+                        let needed = node_side_first
+                            || changed.iter().any(|p| *p != ConfigPart::Program)
+                            || n.root_volume
+                                .as_ref()
+                                .is_some_and(|v| v.size_gb < coin.root_volume_gb);
+                        if !needed {
+                            changed.retain(|p| *p != ConfigPart::Program);
+                        }
+                    }
                     if !changed.is_empty() {
                         // An upgrade restarts the daemon, so the files go first without a
                         // restart of their own; except for a daemon already at the target by
@@ -305,9 +326,15 @@ pub(super) fn plan_coin(
                                     }
                                 )
                             });
-                        let restart = !upgrading && changed.iter().any(|p| p.restarts());
+                        let restart = !upgrading
+                            && !node_side_first
+                            && changed
+                                .iter()
+                                .any(|p| p.restarts() && !(adopted && *p == ConfigPart::Program));
                         let reason = if have == Fingerprint::default() {
                             "the node carries no configuration fingerprint (fleet:config)".into()
+                        } else if adopted && changed == [ConfigPart::Program] {
+                            "the node was adopted: fleet's node side is installed before the steps that need it".into()
                         } else {
                             "the coin file's settings differ from the node's".into()
                         };
@@ -315,6 +342,16 @@ pub(super) fn plan_coin(
                         // After it for a daemon at the target by hand (see above).
                         let at = if at_target_by_hand {
                             steps.len()
+                        } else if node_side_first {
+                            steps
+                                .iter()
+                                .position(|s| {
+                                    matches!(
+                                        s.action,
+                                        Action::Upgrade { .. } | Action::ChangeType { .. }
+                                    )
+                                })
+                                .unwrap_or(steps.len())
                         } else {
                             steps
                                 .iter()
@@ -657,6 +694,20 @@ pub(super) fn plan_coin(
     if n_retire > 0 {
         reasons.push(ApprovalReason::Retire { nodes: n_retire });
     }
+    let n_replace = waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        // An interrupted replacement resumes without asking again: its node is down.
+        .filter(|s| {
+            matches!(s.action, Action::Replace { ref cause } if !matches!(cause, ReplaceCause::Resume))
+        })
+        .count();
+    if n_replace > 0 && coin.rollout.approval != Approval::None {
+        reasons.push(ApprovalReason::Replace {
+            nodes: n_replace,
+            policy: coin.rollout.approval,
+        });
+    }
     CoinPlan {
         coin: coin.name.clone(),
         target: Some(coin.version.clone()),
@@ -689,6 +740,7 @@ fn secret_refusal(coin: &Coin, observed: &Observed, waves: &[Wave]) -> Option<Re
             matches!(
                 s.action,
                 Action::Launch { .. }
+                    | Action::Replace { .. }
                     | Action::Reconfigure { .. }
                     | Action::ChangeType { .. }
                     | Action::Start { .. }

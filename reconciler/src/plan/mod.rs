@@ -172,6 +172,14 @@ pub enum ApprovalReason {
         /// How many.
         nodes: usize,
     },
+    /// Nodes are replaced by new instances (a new AMI or subnet): under any
+    /// `rollout.approval` but `none`, a person agrees to the new machine image first.
+    Replace {
+        /// How many.
+        nodes: usize,
+        /// The coin's policy.
+        policy: Approval,
+    },
 }
 
 impl fmt::Display for ApprovalReason {
@@ -207,6 +215,12 @@ impl fmt::Display for ApprovalReason {
                 f,
                 "retiring {nodes} node{} of a coin removed from the repository",
                 plural(*nodes)
+            ),
+            ApprovalReason::Replace { nodes, policy } => write!(
+                f,
+                "replacing {nodes} instance{} (rollout.approval: {})",
+                plural(*nodes),
+                policy.as_str()
             ),
         }
     }
@@ -326,6 +340,9 @@ pub enum Action {
         full_sync_ms: Option<u64>,
         /// DNS name it gets.
         dns_name: String,
+        /// Whether it gets a public address ([`crate::provider::needs_public_ip`]).
+        #[serde(default)]
+        public_ip: bool,
     },
     /// Restart the daemon at another version.
     Upgrade {
@@ -511,11 +528,17 @@ impl fmt::Display for Action {
                 data_volume_gb,
                 snapshot_id,
                 full_sync_ms,
+                public_ip,
                 ..
             } => {
                 write!(
                     f,
-                    "launch {version} on {instance_type}, {data_volume_gb} GB"
+                    "launch {version} on {instance_type}, {data_volume_gb} GB, {}",
+                    if *public_ip {
+                        "public address for P2P"
+                    } else {
+                        "no public address (no P2P ports)"
+                    }
                 )?;
                 match (snapshot_id, full_sync_ms) {
                     (Some(s), _) => write!(f, " from {s}"),

@@ -901,6 +901,14 @@ fn a_step_that_needs_a_missing_secret_is_refused_before_it_runs() {
             .reason
             .contains("does not exist")
     );
+    // A replacement boots a new instance, which reads it too.
+    let mut w = World::running(&d, "28.1");
+    for i in &mut w.instances {
+        *i = i.clone().with_image(Some("ami-0aaaaaaaaaaaaaaaa".into()));
+    }
+    let p = plan(&d, &with_secret(w, &d, SecretState::Missing), 0);
+    let why = &p.coin("bitcoin").unwrap().refusals[0].reason;
+    assert!(why.contains("6 steps of this plan"), "{why}");
     // The secret there: no refusal.
     let p = plan(
         &changed,
@@ -942,6 +950,17 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
         "replace the instance (AMI ami-0aaaaaaaaaaaaaaaa → ami-0123456789abcdef0): the new one takes over the data volume, then the old one is terminated"
     );
     assert_eq!(cp.from_versions, [Version::parse("28.1").unwrap()]);
+    // A new machine image asks a person first (approval: major, and any policy but none).
+    assert!(
+        cp.approval
+            .as_ref()
+            .is_some_and(|a| a.reasons.contains(&ApprovalReason::Replace {
+                nodes: 6,
+                policy: fleet_repo_schema::Approval::Major
+            })),
+        "{:#?}",
+        cp.approval
+    );
     // In another subnet than the zone's in network.subnets: the same, for that node only.
     let mut w = World::running(&d, "28.1");
     on(&mut w, "ami-0123456789abcdef0");
@@ -1241,4 +1260,66 @@ fn a_tag_that_names_no_number_stands_and_a_step_under_way_is_not_judged_by_the_d
     let o = w.observed(&d);
     let r = reporting(&o, &[(0, "/Satoshi:27.2.0/")]);
     assert_eq!(r.nodes[0].daemon, None);
+}
+
+/// Every node of `w` as `fleet adopt` records it: the repository's fingerprint with the node
+/// side marked as the operators' own, without the parts in `differ`.
+fn adopted(w: &mut World, d: &Desired, differ: &[ConfigPart]) {
+    for (i, s) in w.instances.iter_mut().zip(d.nodes()) {
+        let files = crate::node_config::NodeFiles::of(&d.coins[s.coin.as_str()], s).unwrap();
+        let mut fp = files.fingerprint();
+        for p in differ {
+            fp.forget(*p);
+        }
+        i.tags.insert(tags::CONFIG.into(), fp.adopted().to_tag());
+    }
+}
+
+#[test]
+fn an_adopted_node_gets_fleets_node_side_only_before_a_step_that_needs_it() {
+    let d = desired("28.1", "");
+    // Adopted, as the repository says: nothing to do (adopting restarts nothing, and the
+    // plan after it is empty).
+    let mut w = World::running(&d, "28.1");
+    adopted(&mut w, &d, &[]);
+    let mut again = World::running(&d, "28.1");
+    adopted(&mut again, &d, &[]);
+    assert!(plan(&d, &again.observed(&d), 0).is_empty());
+    // An upgrade: fleet's node side first, without a restart of its own, then the upgrade
+    // (the one restart), on every node.
+    let up = desired("28.2", "");
+    let p = plan(&up, &w.observed(&up), 0);
+    let a = actions(p.coin("bitcoin").unwrap());
+    assert_eq!(a.len(), 12, "{a:#?}");
+    for pair in a.chunks(2) {
+        assert_eq!(
+            pair[0].1, "reconfigure fleet's node side (no restart)",
+            "{a:#?}"
+        );
+        assert!(pair[1].1.starts_with("upgrade"), "{a:#?}");
+    }
+    // A change of type: the node side first (its start must find the unit enabled).
+    let mut typed = World::running(&d, "28.1");
+    adopted(&mut typed, &d, &[]);
+    for i in &mut typed.instances {
+        i.instance_type = "m5.xlarge".into();
+    }
+    let a = actions(plan(&d, &typed.observed(&d), 0).coin("bitcoin").unwrap());
+    assert_eq!(
+        a[0].1, "reconfigure fleet's node side (no restart)",
+        "{a:#?}"
+    );
+    assert!(a[1].1.starts_with("change type"), "{a:#?}");
+    // Settings found to differ at adoption: reconfigured with a restart, node side included.
+    let mut w = World::running(&d, "28.1");
+    adopted(&mut w, &d, &[ConfigPart::Container]);
+    let a = actions(plan(&d, &w.observed(&d), 0).coin("bitcoin").unwrap());
+    assert_eq!(a.len(), 6, "{a:#?}");
+    assert!(
+        a.iter()
+            .all(|(_, s)| s.starts_with("reconfigure container_config")
+                && s.contains("fleet's node side")
+                && s.ends_with("then restart the daemon")),
+        "{a:#?}"
+    );
 }

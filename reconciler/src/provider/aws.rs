@@ -39,8 +39,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The device name of the data volume.
-pub const DATA_DEVICE: &str = "/dev/sdf";
 /// Error codes AWS uses for throttling.
 const THROTTLING: &[&str] = &[
     "Throttling",
@@ -961,6 +959,31 @@ fn observed_group(g: &aws_sdk_ec2::types::SecurityGroup) -> ObservedGroup {
     }
 }
 
+/// An instance as EC2 describes it: its facts, its tags interpreted (volume sizes are
+/// read separately and filled in).
+fn observed_instance(id: &str, i: &aws_sdk_ec2::types::Instance) -> ObservedInstance {
+    ObservedInstance::new(
+        id.to_string(),
+        tag_map(i.tags()),
+        state_of(i),
+        i.instance_type()
+            .map(|t| t.as_str())
+            .unwrap_or("")
+            .to_string(),
+        i.private_ip_address().map(str::to_string),
+        data_volume_id(i).map(|v| ObservedVolume {
+            volume_id: v,
+            size_gb: 0,
+            snapshot_id: None,
+        }),
+    )
+    .with_security_groups(groups_of(i))
+    .with_vpc(i.vpc_id().map(str::to_string))
+    .with_image(i.image_id().map(str::to_string))
+    .with_subnet(i.subnet_id().map(str::to_string))
+    .with_public_ip(i.public_ip_address().is_some_and(|a| !a.is_empty()))
+}
+
 fn tag_map(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
@@ -1075,28 +1098,7 @@ impl Provider for AwsProvider {
                 .map_err(|e| self.err("ec2:DescribeInstances", None, e))?;
             for i in out.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = i.instance_id() else { continue };
-                raw.push(
-                    ObservedInstance::new(
-                        id.to_string(),
-                        tag_map(i.tags()),
-                        state_of(i),
-                        i.instance_type()
-                            .map(|t| t.as_str())
-                            .unwrap_or("")
-                            .to_string(),
-                        i.private_ip_address().map(str::to_string),
-                        data_volume_id(i).map(|v| ObservedVolume {
-                            volume_id: v,
-                            size_gb: 0,
-                            snapshot_id: None,
-                        }),
-                    )
-                    .with_security_groups(groups_of(i))
-                    .with_vpc(i.vpc_id().map(str::to_string))
-                    .with_image(i.image_id().map(str::to_string))
-                    .with_subnet(i.subnet_id().map(str::to_string))
-                    .with_public_ip(i.public_ip_address().is_some_and(|a| !a.is_empty())),
-                );
+                raw.push(observed_instance(id, i));
                 if let (Some(dev), Some(vol)) = (i.root_device_name(), root_volume_id(i)) {
                     root_devices.insert(dev.to_string());
                     roots.insert(id.to_string(), vol);
@@ -1723,6 +1725,338 @@ impl Provider for AwsProvider {
             .await
             .map_err(|e| self.err("ec2:TerminateInstances", Some(&node.instance_id), e))?;
         Ok((new_id, Outcome::Done))
+    }
+
+    async fn unmanaged(
+        &self,
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<crate::adopt::Candidate>, ProviderError> {
+        let mut found: BTreeMap<String, (ObservedInstance, String, Vec<(String, String)>)> =
+            BTreeMap::new();
+        // EC2 takes up to 200 values a filter.
+        for chunk in values.chunks(200) {
+            let mut token = None;
+            loop {
+                let out = self
+                    .ec2
+                    .describe_instances()
+                    .filters(
+                        Filter::builder()
+                            .name(format!("tag:{key}"))
+                            .set_values(Some(chunk.to_vec()))
+                            .build(),
+                    )
+                    .filters(Self::filter(
+                        "instance-state-name",
+                        &["pending", "running", "stopping", "stopped"],
+                    ))
+                    .max_results(1000)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:DescribeInstances", None, e))?;
+                for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                    let Some(id) = i.instance_id() else { continue };
+                    if tag_map(i.tags()).get(tags::MANAGED).map(String::as_str) == Some("true") {
+                        continue;
+                    }
+                    let root = i.root_device_name();
+                    let volumes: Vec<(String, String)> = i
+                        .block_device_mappings()
+                        .iter()
+                        .filter(|m| m.device_name().is_some() && m.device_name() != root)
+                        .filter_map(|m| {
+                            Some((
+                                m.device_name()?.to_string(),
+                                m.ebs()?.volume_id()?.to_string(),
+                            ))
+                        })
+                        .collect();
+                    let mut inst = observed_instance(id, i).with_data_volume(None);
+                    if let Some(r) = root_volume_id(i) {
+                        inst = inst.with_root_volume(ObservedVolume {
+                            volume_id: r,
+                            size_gb: 0,
+                            snapshot_id: None,
+                        });
+                    }
+                    let zone = i
+                        .placement()
+                        .and_then(|p| p.availability_zone())
+                        .unwrap_or("")
+                        .to_string();
+                    found.insert(id.to_string(), (inst, zone, volumes));
+                }
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        // Their volumes' sizes and origins, 200 ids a request.
+        let ids: Vec<String> = found
+            .values()
+            .flat_map(|(i, _, v)| {
+                v.iter()
+                    .map(|(_, id)| id.clone())
+                    .chain(i.root_volume.iter().map(|r| r.volume_id.clone()))
+            })
+            .collect();
+        let mut sizes: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
+        for chunk in ids.chunks(200) {
+            let mut token = None;
+            loop {
+                let out = self
+                    .ec2
+                    .describe_volumes()
+                    .filters(
+                        Filter::builder()
+                            .name("volume-id")
+                            .set_values(Some(chunk.to_vec()))
+                            .build(),
+                    )
+                    .max_results(500)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:DescribeVolumes", None, e))?;
+                for v in out.volumes() {
+                    if let Some(id) = v.volume_id() {
+                        sizes.insert(
+                            id.to_string(),
+                            (
+                                v.size().unwrap_or(0).max(0) as u32,
+                                v.snapshot_id()
+                                    .filter(|s| !s.is_empty())
+                                    .map(str::to_string),
+                            ),
+                        );
+                    }
+                }
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        let volume = |id: &str| {
+            let (size_gb, snapshot_id) = sizes.get(id).cloned().unwrap_or((0, None));
+            ObservedVolume {
+                volume_id: id.to_string(),
+                size_gb,
+                snapshot_id,
+            }
+        };
+        Ok(found
+            .into_values()
+            .map(|(mut instance, zone, vols)| {
+                if let Some(r) = instance.root_volume.take() {
+                    instance.root_volume = Some(volume(&r.volume_id));
+                }
+                crate::adopt::Candidate {
+                    instance,
+                    zone,
+                    volumes: vols
+                        .into_iter()
+                        .map(|(device, id)| crate::adopt::AttachedVolume {
+                            device,
+                            volume: volume(&id),
+                        })
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    async fn inspect(
+        &self,
+        instance_ids: &[String],
+        script: &str,
+    ) -> Result<BTreeMap<String, Result<String, String>>, ProviderError> {
+        let mut out = BTreeMap::new();
+        // SendCommand takes up to 50 instances. One whose agent SSM does not know fails the
+        // whole request (InvalidInstanceId): that batch is sent again one by one.
+        let mut batches: Vec<Vec<String>> =
+            instance_ids.chunks(50).map(<[String]>::to_vec).collect();
+        while let Some(batch) = batches.pop() {
+            let sent = self
+                .ssm
+                .send_command()
+                .document_name("AWS-RunShellScript")
+                .set_instance_ids(Some(batch.clone()))
+                .parameters("commands", vec![script.to_string()])
+                .timeout_seconds(self.opts.command_timeout.as_secs().clamp(30, 2_592_000) as i32)
+                .comment("fleet adopt: read-only inspection")
+                .send()
+                .await
+                .map_err(|e| self.err("ssm:SendCommand", None, e));
+            let command_id = match sent {
+                Ok(o) => o
+                    .command()
+                    .and_then(|c| c.command_id())
+                    .unwrap_or("")
+                    .to_string(),
+                Err(ProviderError::Api { ref code, .. })
+                    if code == "InvalidInstanceId" && batch.len() > 1 =>
+                {
+                    batches.extend(batch.into_iter().map(|id| vec![id]));
+                    continue;
+                }
+                Err(e) => {
+                    for id in batch {
+                        out.insert(id, Err(e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+            let mut waiting = batch;
+            while !waiting.is_empty() {
+                let mut still = Vec::new();
+                for id in waiting {
+                    let r = self
+                        .ssm
+                        .get_command_invocation()
+                        .command_id(&command_id)
+                        .instance_id(&id)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(inv) => match inv.status() {
+                            Some(CommandInvocationStatus::Success) => {
+                                out.insert(
+                                    id,
+                                    Ok(inv.standard_output_content().unwrap_or("").to_string()),
+                                );
+                            }
+                            Some(
+                                s @ (CommandInvocationStatus::Failed
+                                | CommandInvocationStatus::Cancelled
+                                | CommandInvocationStatus::TimedOut),
+                            ) => {
+                                let err = inv.standard_error_content().unwrap_or("").trim();
+                                out.insert(id, Err(format!("the command {}: {err}", s.as_str())));
+                            }
+                            _ => still.push(id),
+                        },
+                        Err(e) if e.code() == Some("InvocationDoesNotExist") => still.push(id),
+                        Err(e) => {
+                            let e = self.err("ssm:GetCommandInvocation", Some(&id), e);
+                            out.insert(id, Err(e.to_string()));
+                        }
+                    }
+                }
+                waiting = still;
+                if waiting.is_empty() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    for id in waiting {
+                        out.insert(
+                            id,
+                            Err(format!(
+                                "no answer within {} s (command {command_id})",
+                                self.opts.command_timeout.as_secs()
+                            )),
+                        );
+                    }
+                    break;
+                }
+                tokio::time::sleep(self.opts.poll_interval).await;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn adopt(
+        &self,
+        adoptees: &[crate::adopt::Adoptee],
+    ) -> (usize, Option<(String, ProviderError)>) {
+        // Look again before writing, 200 ids a request.
+        let mut now: BTreeMap<String, aws_sdk_ec2::types::Instance> = BTreeMap::new();
+        let ids: Vec<String> = adoptees.iter().map(|a| a.instance_id.clone()).collect();
+        for chunk in ids.chunks(200) {
+            let mut token = None;
+            loop {
+                let out = match self
+                    .ec2
+                    .describe_instances()
+                    .set_instance_ids(Some(chunk.to_vec()))
+                    .set_next_token(token)
+                    .send()
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let e = self.err("ec2:DescribeInstances", None, e);
+                        return (0, Some((chunk[0].clone(), e)));
+                    }
+                };
+                for i in out.reservations().iter().flat_map(|r| r.instances()) {
+                    if let Some(id) = i.instance_id() {
+                        now.insert(id.to_string(), i.clone());
+                    }
+                }
+                token = out
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        let mut written = 0;
+        for a in adoptees {
+            let id = a.instance_id.as_str();
+            let fail = |e: ProviderError| (written, Some((id.to_string(), e)));
+            let Some(i) = now.get(id) else {
+                return fail(ProviderError::NotFound {
+                    instance: id.to_string(),
+                });
+            };
+            let tags_now = tag_map(i.tags());
+            if tags_now.get(tags::MANAGED).map(String::as_str) == Some("true") {
+                match tags::node_key(&tags_now) {
+                    Ok(k) if k == a.slot => {
+                        written += 1;
+                        continue;
+                    }
+                    _ => {
+                        return fail(ProviderError::Refused {
+                            reason: format!("instance {id} is managed by fleet as another node"),
+                        });
+                    }
+                }
+            }
+            if data_volume_id(i).as_deref() != Some(a.volume_id.as_str()) {
+                return fail(ProviderError::Refused {
+                    reason: format!(
+                        "instance {id} no longer has volume {} at {DATA_DEVICE}: adopt again",
+                        a.volume_id
+                    ),
+                });
+            }
+            let vt = a.volume_tags();
+            let vt: Vec<(&str, &str)> = vt.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            if let Err(e) = self.create_tags(&a.volume_id, &vt).await {
+                return fail(e);
+            }
+            let it = a.instance_tags();
+            let it: Vec<(&str, &str)> = it.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            if let Err(e) = self.create_tags(id, &it).await {
+                return fail(e);
+            }
+            written += 1;
+        }
+        (written, None)
     }
 
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {

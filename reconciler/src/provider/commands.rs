@@ -60,7 +60,11 @@ pub fn reconfigure_command(
     put("sysconfig-node", &files.host_env);
     put("container.env", &files.container_env);
     put("secret-id", &files.secret_id);
-    if let Some(d) = &files.digest {
+    if &files.version != version {
+        // The node is upgraded next and the upgrade pins its own digest: the staged one is
+        // the target's, and the running version's pin stays.
+        put("digest-keep", "");
+    } else if let Some(d) = &files.digest {
         put("digest", &format!("{d}\n"));
     }
     if let Some(l) = &files.logging {

@@ -30,6 +30,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The device a node's data volume is attached at (what `fleet-node` mounts at /node-data).
+pub const DATA_DEVICE: &str = "/dev/sdf";
+
 /// EC2 instance states.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -288,6 +291,32 @@ impl ObservedInstance {
         }
     }
 
+    /// The same with other tags, interpreted again (what `fleet adopt --dry-run` plans with).
+    pub fn with_tags(self, tags: BTreeMap<String, String>) -> ObservedInstance {
+        let fresh = ObservedInstance::new(
+            self.instance_id.clone(),
+            tags,
+            self.state.clone(),
+            self.instance_type.clone(),
+            self.private_ip.clone(),
+            self.data_volume.clone(),
+        );
+        ObservedInstance {
+            identity: fresh.identity,
+            version: fresh.version,
+            recorded_version: fresh.recorded_version,
+            pending: fresh.pending,
+            tags: fresh.tags,
+            ..self
+        }
+    }
+
+    /// The same, with its data volume as read.
+    pub fn with_data_volume(mut self, v: Option<ObservedVolume>) -> ObservedInstance {
+        self.data_volume = v;
+        self
+    }
+
     /// The same, with its subnet as read.
     pub fn with_subnet(mut self, subnet_id: Option<String>) -> ObservedInstance {
         self.subnet_id = subnet_id;
@@ -466,6 +495,13 @@ impl Observation {
     }
 }
 
+/// Whether a node of `coin` is launched with a public IPv4 address: when it has P2P ports,
+/// which peers on the internet must reach (the operators' rule; RPC stays on the private
+/// address). The one rule for the launch and the plan that shows it.
+pub fn needs_public_ip(coin: &fleet_repo_schema::Coin) -> bool {
+    !coin.p2p_ports.is_empty()
+}
+
 /// Which instance an action is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRef {
@@ -563,7 +599,7 @@ impl LaunchSpec {
                 .collect(),
             network: crate::network::CoinNetwork::of(fleet, coin),
             instance_profile: fleet.instance_profile.to_string(),
-            public_ip: !coin.p2p_ports.is_empty(),
+            public_ip: needs_public_ip(coin),
             root_volume_gb: coin.root_volume_gb,
             data_volume_gb: coin.data_volume_gb,
             snapshot_id,
@@ -879,6 +915,57 @@ pub trait Provider: Send + Sync {
         node: &NodeRef,
         spec: &LaunchSpec,
     ) -> Result<(String, Outcome), ProviderError>;
+
+    /// `fleet adopt`: the instances fleet does not manage (pending, running, stopping or
+    /// stopped) whose tag `key` has one of `values` (EC2's `*` and `?` wildcards read), with
+    /// their attached volumes other than the root. A provider without instances made outside
+    /// fleet refuses.
+    async fn unmanaged(
+        &self,
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<crate::adopt::Candidate>, ProviderError> {
+        let _ = (key, values);
+        Err(self.cannot_adopt())
+    }
+
+    /// `fleet adopt`: run the read-only shell `script` on each instance (SSM, up to 50 a
+    /// command) and give each one's standard output, or what failed for it.
+    async fn inspect(
+        &self,
+        instance_ids: &[String],
+        script: &str,
+    ) -> Result<BTreeMap<String, Result<String, String>>, ProviderError> {
+        let _ = (instance_ids, script);
+        Err(self.cannot_adopt())
+    }
+
+    /// `fleet adopt`: write each adoption's tags, in order: the data volume's first, then
+    /// the instance's in one call. Nothing else is touched. The instances are read again
+    /// first (in pages): one done already (carrying this identity) counts as written; one
+    /// managed as another node, or whose data volume is no longer the one inspected, is
+    /// refused. Stops at the first that fails: how many were written, and that failure.
+    async fn adopt(
+        &self,
+        adoptees: &[crate::adopt::Adoptee],
+    ) -> (usize, Option<(String, ProviderError)>) {
+        (
+            0,
+            adoptees
+                .first()
+                .map(|a| (a.instance_id.clone(), self.cannot_adopt())),
+        )
+    }
+
+    /// Why a provider without instances made outside fleet cannot adopt.
+    fn cannot_adopt(&self) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "fleet adopt takes over instances made outside fleet, and the {} provider has none: use --provider aws",
+                self.name()
+            ),
+        }
+    }
 
     /// Grow the data volume to `size_gb` and the file system with it. Refuses to shrink.
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError>;
