@@ -182,3 +182,83 @@ fn human(r: &Report, m: &Matcher, dry_run: bool) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adopt::inspect::{DiffKind, Difference};
+    use crate::adopt::{Adoptee, Adoption, LeftAlone, Why};
+    use crate::node::NodeKey;
+    use crate::node_config::ConfigPart;
+
+    fn adoptee(id: &str, index: u32) -> Adoptee {
+        Adoptee {
+            instance_id: id.into(),
+            slot: NodeKey::parse("bitcoin", "eu-central-1a", index).unwrap(),
+            dns_name: format!("node{index}.bitcoin.internal"),
+            slot_from: SlotFrom::Record,
+            volume_id: format!("vol-{id}"),
+            version: fleet_repo_schema::values::Version::parse("0.20.0").unwrap(),
+            differences: vec![],
+            from_secret: 0,
+            config: String::new(),
+            config_keys: String::new(),
+            coin_tags: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_report_says_what_was_written_what_differs_and_why_a_node_was_left_alone() {
+        let mut first = adoptee("i-1", 1);
+        first.differences.push(Difference {
+            part: ConfigPart::Container,
+            setting: "container_config.PORT".into(),
+            how: DiffKind::Value,
+        });
+        first.from_secret = 2;
+        let r = Report {
+            adoption: Adoption {
+                adopted: vec![first, adoptee("i-2", 2)],
+                left_alone: vec![LeftAlone {
+                    instance_id: "i-3".into(),
+                    coin: Some("bitcoin".into()),
+                    why: Why::NoDataVolume,
+                }],
+            },
+            candidates: 3,
+            written: 1,
+            failed: Some((
+                "i-2".into(),
+                crate::provider::ProviderError::Refused { reason: "x".into() },
+            )),
+            observed: Default::default(),
+            api_calls: 9,
+        };
+        let m = Matcher::parse(Matcher::DEFAULT).unwrap();
+        let text = human(&r, &m, false);
+        assert!(
+            text.starts_with("fleet adopt: 3 unmanaged instances match Component=nodes/{coin}; 2 adopted, 1 left alone\n"),
+            "{text}"
+        );
+        assert!(text.contains("  i-1  bitcoin/eu-central-1a/1  node1.bitcoin.internal (its record)  runs 0.20.0  data vol-i-1\n"), "{text}");
+        assert!(
+            text.contains("container_config.PORT differs: the coin file is the truth"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "2 keys of the container's environment taken to come from the coin's secret"
+            ),
+            "{text}"
+        );
+        // The run stopped at i-2: it is listed as not written.
+        assert!(text.contains("data vol-i-2  (not written)"), "{text}");
+        assert!(
+            text.contains("  i-3  bitcoin: it has no data volume besides its root"),
+            "{text}"
+        );
+        let dry = human(&r, &m, true);
+        assert!(dry.contains("would be adopted") && dry.contains("(dry run: nothing written)"));
+        assert!(!dry.contains("(not written)"), "{dry}");
+    }
+}

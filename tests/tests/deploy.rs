@@ -666,3 +666,60 @@ fn iam_policy_keeps_fleet_tags_out_of_coin_tagging() {
         "true"
     );
 }
+
+/// `fleet adopt`'s own policy grants only the inspection and fleet's identity tags, exactly
+/// the tags adoption writes, only with `fleet:managed=true`; its placeholders are documented.
+#[test]
+fn the_adopt_policy_grants_the_inspection_and_exactly_the_tags_adoption_writes() {
+    let text = read("deploy/iam-adopt-policy.json");
+    let p: Value = serde_json::from_str(&text).expect("deploy/iam-adopt-policy.json is JSON");
+    let actions: BTreeSet<String> = granted_actions(&p).into_keys().collect();
+    assert_eq!(
+        actions,
+        BTreeSet::from(["ec2:CreateTags".to_string(), "ssm:SendCommand".to_string()])
+    );
+    for s in statements(&p) {
+        assert_eq!(s["Effect"], "Allow");
+    }
+    let tagging = statements(&p)
+        .iter()
+        .find(|s| as_list(&s["Action"]) == ["ec2:CreateTags"])
+        .expect("a CreateTags statement");
+    assert_eq!(
+        tagging["Condition"]["StringEquals"]["aws:RequestTag/fleet:managed"],
+        "true"
+    );
+    let keys: BTreeSet<String> =
+        as_list(&tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"])
+            .into_iter()
+            .collect();
+    // What adoption writes, asked of the code.
+    let a = reconciler::adopt::Adoptee {
+        instance_id: "i-0123456789abcdef0".into(),
+        slot: reconciler::node::NodeKey::parse("bitcoin", "eu-central-1a", 1).unwrap(),
+        dns_name: "node1.bitcoin.internal".into(),
+        slot_from: reconciler::adopt::SlotFrom::Record,
+        volume_id: "vol-0123456789abcdef0".into(),
+        version: fleet_repo_schema::values::Version::parse("28.1").unwrap(),
+        differences: vec![],
+        from_secret: 0,
+        config: String::new(),
+        config_keys: String::new(),
+        coin_tags: String::new(),
+    };
+    let written: BTreeSet<String> = a
+        .instance_tags()
+        .into_iter()
+        .chain(a.volume_tags())
+        .map(|(k, _)| k.to_string())
+        .collect();
+    assert_eq!(keys, written);
+    let doc = read("deploy/README.md");
+    for name in ["MATCH_TAG", "MATCH_VALUE", "ACCOUNT_ID", "REGION"] {
+        assert!(text.contains(&format!("${{{name}}}")), "{name}");
+        assert!(
+            doc.contains(&format!("`${{{name}}}`")),
+            "{name} undocumented"
+        );
+    }
+}
