@@ -198,6 +198,7 @@ mod tests {
             dns_name: format!("node{index}.bitcoin.internal"),
             slot_from: SlotFrom::Record,
             volume_id: format!("vol-{id}"),
+            root_volume_id: None,
             version: fleet_repo_schema::values::Version::parse("0.20.0").unwrap(),
             differences: vec![],
             from_secret: 0,

@@ -61,11 +61,9 @@ impl World {
         if self.no_probe {
             return observed;
         }
-        let targets = crate::apply::view::probe_targets(&self.desired, &observed);
-        let readings =
-            crate::health::probe_all(&self.prober, targets, crate::apply::view::PROBES_AT_ONCE)
-                .await;
-        observed.with_readings(&readings)
+        crate::apply::view::ask_daemons(&self.prober, &self.desired, observed)
+            .await
+            .0
     }
 
     /// The provider's clock, now.

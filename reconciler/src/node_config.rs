@@ -15,6 +15,16 @@ use std::collections::BTreeMap;
 /// Where the container sees its data when the coin does not say (`host_config.DATA_VOLUME`).
 pub const DEFAULT_DATA_VOLUME: &str = "/node/data";
 
+/// Where the container sees its chain: the coin's `host_config.DATA_VOLUME`, else
+/// [`DEFAULT_DATA_VOLUME`].
+pub fn data_volume_of(coin: &Coin) -> String {
+    coin.host_config
+        .iter()
+        .find(|(k, _)| k.as_str() == "DATA_VOLUME")
+        .map(|(_, v)| v.as_str().to_string())
+        .unwrap_or_else(|| DEFAULT_DATA_VOLUME.to_string())
+}
+
 /// Double-quote `s` for a systemd EnvironmentFile (which also reads `\` escapes).
 fn systemd_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -78,12 +88,7 @@ impl NodeFiles {
             .chain(coin.p2p_ports.iter())
             .copied()
             .collect();
-        let data_volume = coin
-            .host_config
-            .iter()
-            .find(|(k, _)| k.as_str() == "DATA_VOLUME")
-            .map(|(_, v)| v.as_str().to_string())
-            .unwrap_or_else(|| DEFAULT_DATA_VOLUME.to_string());
+        let data_volume = data_volume_of(coin);
         let mut host_env = String::new();
         for (k, v) in &coin.host_config {
             if k.as_str() != "DATA_VOLUME" {
@@ -242,7 +247,7 @@ impl NodeFiles {
 }
 
 /// 16 bits of SHA-256, as 4 hex digits.
-fn tiny_hash(text: &str) -> String {
+pub fn tiny_hash(text: &str) -> String {
     let d = Sha256::digest(text.as_bytes());
     d[..2].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -136,10 +136,14 @@ cmd_pull() {
 }
 
 # Pull the image a configuration staged in $1 names for version $2, when it is not the
-# image the node runs now (the repository or the pinned digest changed).
+# image the node runs now (the repository or the pinned digest changed). On a node fleet did
+# not set up (adopted: no /etc/fleet-node/version), its host settings are someone else's
+# file, which is never sourced: the image is pulled.
 pull_staged() {
-  local dir="$1" version="$2" now new digest="" out
-  now=$({ load_host_env && image_ref "$version"; } 2> /dev/null) || now=""
+  local dir="$1" version="$2" now="" new digest="" out
+  if [ -f "$CONF/version" ]; then
+    now=$({ load_host_env && image_ref "$version"; } 2> /dev/null) || now=""
+  fi
   if [ -f "$dir/digest-keep" ]; then
     [ -f "$CONF/digests/$version" ] && digest=$(cat "$CONF/digests/$version")
   elif [ -f "$dir/digest" ]; then
@@ -259,14 +263,14 @@ cmd_apply_config() {
   local dir="$1" version="$2" mode="$3" seen n f
   check_version "$version"
   case "$mode" in restart | no-restart) ;; *) die "not a mode: '$mode'" ;; esac
-  [ -f "$CONF/version" ] || { install -d -m 0755 "$CONF"; printf '%s\n' "$version" | write_file "$CONF/version"; }
-  version=$(cat "$CONF/version")
+  [ -f "$CONF/version" ] && version=$(cat "$CONF/version")
   check_version "$version"
   # A restart onto another image pulls that image first: a missing tag or digest fails the
   # step here, before any file changes, and the running daemon stays as it is.
   if [ "$mode" = restart ]; then
     pull_staged "$dir" "$version"
   fi
+  [ -f "$CONF/version" ] || { install -d -m 0755 "$CONF"; printf '%s\n' "$version" | write_file "$CONF/version"; }
   CHANGED=()
   # What the container sees: its program, unit, settings, environment and image.
   put "$dir/fleet-node" "$ROOT/usr/local/sbin/fleet-node" 0755

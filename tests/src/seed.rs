@@ -6,7 +6,6 @@
 
 use fleet_repo_schema::Coin;
 use reconciler::adopt::inspect::value_hash;
-use reconciler::node_config::DEFAULT_DATA_VOLUME;
 
 /// The keys the module's user data merges into the container's file from the coin's secret
 /// (their values are test-only).
@@ -15,12 +14,7 @@ pub const SECRET_KEYS: &[(&str, &str)] = &[("RPC_PASSWORD", "test-only-password"
 /// `/etc/sysconfig/node` as the module writes it: IMAGE, COIN, PORTS (Docker's `-p` range
 /// form), DATA_VOLUME, then the coin's host_config.
 pub fn host_env(coin: &Coin) -> String {
-    let data_volume = coin
-        .host_config
-        .iter()
-        .find(|(k, _)| k.as_str() == "DATA_VOLUME")
-        .map(|(_, v)| v.as_str().to_string())
-        .unwrap_or_else(|| DEFAULT_DATA_VOLUME.to_string());
+    let data_volume = reconciler::node_config::data_volume_of(coin);
     let ports: Vec<String> = coin
         .rpc_ports
         .iter()
@@ -56,10 +50,18 @@ pub fn container_env(coin: &Coin) -> String {
     s
 }
 
+/// The module's container name: `<coin>-node` (its unit's `--name=${COIN}-node`).
+pub fn container_name(coin: &Coin) -> String {
+    format!("{}-node", coin.name)
+}
+
 /// What `fleet adopt`'s inspection prints on such a node running `version` (node_side.rs
 /// runs the script on these files and checks it prints this).
 pub fn answer(coin: &Coin, version: &str) -> String {
-    let mut s = format!("unit node@{version}.service\n");
+    let mut s = format!(
+        "unit node@{version}.service\nrunning {}\n",
+        container_name(coin)
+    );
     let unquote = |v: &str| v.trim_matches('"').to_string();
     for line in host_env(coin).lines() {
         if let Some((k, v)) = line.split_once('=') {

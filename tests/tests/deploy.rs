@@ -700,6 +700,7 @@ fn the_adopt_policy_grants_the_inspection_and_exactly_the_tags_adoption_writes()
         dns_name: "node1.bitcoin.internal".into(),
         slot_from: reconciler::adopt::SlotFrom::Record,
         volume_id: "vol-0123456789abcdef0".into(),
+        root_volume_id: None,
         version: fleet_repo_schema::values::Version::parse("28.1").unwrap(),
         differences: vec![],
         from_secret: 0,

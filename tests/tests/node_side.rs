@@ -213,6 +213,7 @@ case "$tool" in
   docker)
     case "$1" in
       login) cat > "$S/docker-login-stdin" ;;
+      ps) cat "$S/containers" 2>/dev/null ;;
       pull)
         if grep -qxF "$2" "$S/missing-images" 2>/dev/null; then
           echo "Error response from daemon: manifest for $2 not found: manifest unknown" >&2
@@ -820,6 +821,11 @@ fn adopts_inspection_reads_a_module_made_node_and_changes_nothing() {
             ),
         )
         .unwrap();
+        std::fs::write(
+            s.path().join("containers"),
+            format!("{}\n", fleet_tests::seed::container_name(coin)),
+        )
+        .unwrap();
         let p = s.path().join("inspect.sh");
         std::fs::write(&p, INSPECT_SCRIPT).unwrap();
         let before = (s.read("etc/sysconfig/node"), s.read("etc/opt/node-config"));
@@ -842,14 +848,17 @@ fn adopts_inspection_reads_a_module_made_node_and_changes_nothing() {
             v.differences
         );
         assert_eq!(v.from_secret, usize::from(coin.secrets.is_some()));
-        // Read-only: the files are as they were, and the only tool asked is systemctl's list.
+        // Read-only: the files are as they were, and the only tools asked list units and
+        // containers.
         assert_eq!(
             (s.read("etc/sysconfig/node"), s.read("etc/opt/node-config")),
             before
         );
         let calls = s.take_calls();
         assert!(
-            calls.iter().all(|c| c.starts_with("systemctl list-units")),
+            calls
+                .iter()
+                .all(|c| c.starts_with("systemctl list-units") || c.starts_with("docker ps")),
             "{calls:#?}"
         );
         // No value leaves the node: only keys and 4 hex digits of each value's hash.

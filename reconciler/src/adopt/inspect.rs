@@ -11,21 +11,22 @@
 //! with the node side marked as not fleet's yet ([`Fingerprint::adopted`]). Pure, except
 //! for the script's text.
 
-use crate::node_config::{ConfigPart, DEFAULT_DATA_VOLUME, Fingerprint, NodeFiles};
+use crate::node_config::{ConfigPart, Fingerprint, NodeFiles, data_volume_of};
 use fleet_repo_schema::Coin;
 use fleet_repo_schema::values::Version;
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 
 /// The read-only script sent to every candidate (changes nothing; `shellcheck`ed by the
 /// node-side tests). Output, one fact per line:
-/// `unit <unit>` for each active `node@*` unit; `host|container <KEY> <hash>` for each
+/// `unit <unit>` for each active `node@*` unit; `running <name>` for each running Docker
+/// container; `host|container <KEY> <hash>` for each
 /// setting; `missing host|container` when a file is not there.
 pub const INSPECT_SCRIPT: &str = r#"set -u
 # FLEET_NODE_ROOT prefixes the paths, as for fleet-node (tests run it in a sandbox).
 R="${FLEET_NODE_ROOT:-}"
 systemctl list-units --type=service --state=active --no-legend --plain 'node@*' \
   | while read -r unit _; do printf 'unit %s\n' "$unit"; done
+docker ps --format '{{.Names}}' 2> /dev/null | while read -r name; do printf 'running %s\n' "$name"; done
 hash() { printf '%s' "$1" | sha256sum | cut -c1-4; }
 env_of() {
   if [ ! -r "$1" ]; then printf 'missing %s\n' "$2"; return 0; fi
@@ -48,10 +49,9 @@ env_of "$R/etc/sysconfig/node" host unquote
 env_of "$R/etc/opt/node-config" container literal
 "#;
 
-/// 16 bits of SHA-256 of `text`, as the script prints them.
+/// 16 bits of SHA-256 of `text`, as the script prints them (the per-setting record's hash).
 pub fn value_hash(text: &str) -> String {
-    let d = Sha256::digest(text.as_bytes());
-    format!("{:02x}{:02x}", d[0], d[1])
+    crate::node_config::tiny_hash(text)
 }
 
 /// What a node answered.
@@ -59,6 +59,8 @@ pub fn value_hash(text: &str) -> String {
 pub struct NodeReport {
     /// Active `node@*` units, e.g. `node@0.20.0.service`.
     pub units: Vec<String>,
+    /// Names of the running Docker containers.
+    pub containers: Vec<String>,
     /// Host settings: key → value hash (None: the file is not there).
     pub host: Option<BTreeMap<String, String>>,
     /// Container settings: key → value hash (None: the file is not there).
@@ -70,6 +72,7 @@ impl NodeReport {
     pub fn parse(out: &str) -> NodeReport {
         let mut r = NodeReport {
             units: vec![],
+            containers: vec![],
             host: Some(BTreeMap::new()),
             container: Some(BTreeMap::new()),
         };
@@ -79,6 +82,7 @@ impl NodeReport {
             let w: Vec<&str> = line.split(' ').collect();
             match w.as_slice() {
                 ["unit", u] if !u.is_empty() => r.units.push(u.to_string()),
+                ["running", n] if !n.is_empty() => r.containers.push(n.to_string()),
                 ["missing", "host"] => r.host = None,
                 ["missing", "container"] => r.container = None,
                 [file @ ("host" | "container"), k, h]
@@ -172,12 +176,7 @@ const HOST_KEYS_NOT_SETTINGS: [&str; 5] = ["COIN", "PORTS", "RPC_PORTS", "P2P_PO
 /// unsafe (the node's `COIN` names another coin: fleet's unit would not find its container).
 pub fn verify(coin: &Coin, report: &NodeReport) -> Result<Verified, String> {
     let mut v = Verified::default();
-    let data_volume = coin
-        .host_config
-        .iter()
-        .find(|(k, _)| k.as_str() == "DATA_VOLUME")
-        .map(|(_, v)| v.as_str().to_string())
-        .unwrap_or_else(|| DEFAULT_DATA_VOLUME.to_string());
+    let data_volume = data_volume_of(coin);
     // Host: the coin's host_config, its image repository (IMAGE) and data path.
     let mut want_host: BTreeMap<String, (String, String)> = coin
         .host_config
@@ -214,6 +213,18 @@ pub fn verify(coin: &Coin, report: &NodeReport) -> Result<Verified, String> {
             ));
         }
         None => return Err("its /etc/sysconfig/node sets no COIN".into()),
+    }
+    let container = format!("{}-node", coin.name);
+    if !report.containers.contains(&container) {
+        return Err(format!(
+            "no running container is named {container}: fleet's unit stops and replaces the daemon by that name, and would start a second one beside it"
+        ));
+    }
+    if host.get("DATA_VOLUME") != Some(&value_hash(&data_volume_of(coin))) {
+        return Err(format!(
+            "its DATA_VOLUME is not the coin file's ({}): after a restart the container would look for its chain elsewhere and sync from scratch; set host_config.DATA_VOLUME to the node's",
+            data_volume_of(coin)
+        ));
     }
     compare(
         ConfigPart::Host,

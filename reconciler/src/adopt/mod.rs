@@ -136,6 +136,11 @@ pub struct Candidate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "why", rename_all = "kebab-case")]
 pub enum Why {
+    /// EC2's filter matched its tag, but to no coin of the repository.
+    NoCoin {
+        /// The tag's value.
+        value: String,
+    },
     /// Its tag matches several coins' patterns.
     SeveralCoins {
         /// The coins.
@@ -203,6 +208,12 @@ pub enum Why {
 impl fmt::Display for Why {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Why::NoCoin { value } => {
+                write!(
+                    f,
+                    "its tag's value {value:?} names no coin of the repository"
+                )
+            }
             Why::SeveralCoins { coins } => write!(
                 f,
                 "its tag matches the pattern of {}: make --match name one coin",
@@ -239,7 +250,7 @@ impl fmt::Display for Why {
             ),
             Why::NoFreeSlot { wanted } => write!(
                 f,
-                "the coin wants {wanted} node{} in this zone and every slot is taken: more nodes than the repository wants (raise placement.nodes_per_zone, or retire it by hand)",
+                "the coin wants {wanted} node{} in this zone and every slot is taken (by a node, or by the record of one left alone): more nodes than the repository wants (raise placement.nodes_per_zone, or retire it by hand)",
                 if *wanted == 1 { "" } else { "s" }
             ),
             Why::NotInspected { error } => write!(f, "asking it over SSM failed: {error}"),
@@ -296,9 +307,12 @@ pub fn screen(
         let coins = matcher.coins_of(&value, desired.coins.keys().map(String::as_str));
         let coin = match coins.as_slice() {
             [one] => one.clone(),
-            // The provider's filter matched it, so it names some coin; one it cannot be
-            // told apart from is ambiguous.
-            [] => continue,
+            // The provider's filter matched it (EC2's wildcards are its own); one this
+            // cannot tie to one coin is left alone.
+            [] => {
+                left.push(leave(None, Why::NoCoin { value }));
+                continue;
+            }
             _ => {
                 left.push(leave(None, Why::SeveralCoins { coins }));
                 continue;
@@ -367,6 +381,8 @@ pub struct Adoptee {
     pub slot_from: SlotFrom,
     /// Its data volume.
     pub volume_id: String,
+    /// Its root volume, tagged too so that fleet observes it (None: EC2 did not say).
+    pub root_volume_id: Option<String>,
     /// The version its active unit runs.
     pub version: Version,
     /// Settings found to differ from the coin file (the next plan reconfigures them).
@@ -385,7 +401,7 @@ pub struct Adoptee {
 }
 
 impl Adoptee {
-    /// The tags written on the data volume (first).
+    /// The tags written on the data volume and the root volume (first).
     pub fn volume_tags(&self) -> Vec<(&'static str, String)> {
         vec![
             (tags::MANAGED, "true".into()),
@@ -420,15 +436,28 @@ pub struct Adoption {
 
 /// Step 3: a slot, a version and a record for each screened node that answered.
 /// `reports`: each screened instance's answer to the inspection (Err: what failed);
-/// `dns`: the node records of the fleet's zone; `taken`: slots managed instances hold.
+/// `dns`: the node records of the fleet's zone; `taken`: slots managed instances hold;
+/// `held`: the private addresses of the candidates [`screen`] left alone (a slot whose record
+/// points at one of them, or at a node left alone here, is given to nobody: adopting another
+/// node into it would move a name that serves).
 pub fn assign(
     desired: &Desired,
     screened: Vec<Screened>,
     reports: &BTreeMap<String, Result<String, String>>,
     dns: &[DnsRecord],
     taken: &BTreeSet<NodeKey>,
+    held: &BTreeSet<String>,
 ) -> Adoption {
     let mut out = Adoption::default();
+    let ip_of: BTreeMap<String, String> = screened
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.candidate.instance.instance_id.clone(),
+                s.candidate.instance.private_ip.clone()?,
+            ))
+        })
+        .collect();
     let domain = desired.fleet.internal_domain.as_str();
     // Checked nodes, with their version and what the answer showed.
     struct Ready {
@@ -519,10 +548,23 @@ pub fn assign(
             None => unclaimed.push(i),
         }
     }
+    // The slots whose records point at a node left alone, here or by `screen`: nobody's.
+    let mut held_ips = held.clone();
+    held_ips.extend(
+        out.left_alone
+            .iter()
+            .filter_map(|l| ip_of.get(&l.instance_id).cloned()),
+    );
+    let blocked: BTreeSet<NodeKey> = dns
+        .iter()
+        .filter(|r| r.values.iter().any(|v| held_ips.contains(v)))
+        .filter_map(|r| desired.nodes().find(|n| n.dns_name == r.name))
+        .map(NodeKey::of)
+        .collect();
     let mut given: BTreeMap<NodeKey, (usize, SlotFrom)> = BTreeMap::new();
     let mut taken = taken.clone();
     for (key, who) in claims {
-        if taken.contains(&key) || who.len() > 1 {
+        if taken.contains(&key) || blocked.contains(&key) || who.len() > 1 {
             for &i in &who {
                 let mut others: Vec<String> = who
                     .iter()
@@ -531,6 +573,9 @@ pub fn assign(
                     .collect();
                 if taken.contains(&key) {
                     others.push("a node fleet manages".into());
+                }
+                if blocked.contains(&key) {
+                    others.push("an instance left alone".into());
                 }
                 out.left_alone.push(LeftAlone {
                     instance_id: ready[i].s.candidate.instance.instance_id.clone(),
@@ -548,6 +593,7 @@ pub fn assign(
         taken.insert(key.clone());
         given.insert(key, (who[0], SlotFrom::Record));
     }
+    taken.extend(blocked);
     unclaimed.sort_by(|a, b| {
         ready[*a]
             .s
@@ -604,6 +650,13 @@ pub fn assign(
             slot: key,
             slot_from,
             volume_id: r.s.data_volume.volume_id.clone(),
+            root_volume_id: r
+                .s
+                .candidate
+                .instance
+                .root_volume
+                .as_ref()
+                .map(|v| v.volume_id.clone()),
             version: r.version.clone(),
             differences: r.verified.differences.clone(),
             from_secret: r.verified.from_secret,
@@ -678,7 +731,20 @@ pub async fn run(
     let values: Vec<String> = desired.coins.keys().map(|c| matcher.value_for(c)).collect();
     let candidates = provider.unmanaged(&matcher.key, &values).await?;
     let n = candidates.len();
+    let ip_of: BTreeMap<String, String> = candidates
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.instance.instance_id.clone(),
+                c.instance.private_ip.clone()?,
+            ))
+        })
+        .collect();
     let (screened, mut left) = screen(desired, matcher, candidates);
+    let held: BTreeSet<String> = left
+        .iter()
+        .filter_map(|l| ip_of.get(&l.instance_id).cloned())
+        .collect();
     let ids: Vec<String> = screened
         .iter()
         .map(|s| s.candidate.instance.instance_id.clone())
@@ -694,6 +760,7 @@ pub async fn run(
         &reports,
         &observation.dns,
         &taken,
+        &held,
     );
     adoption.left_alone.append(&mut left);
     adoption

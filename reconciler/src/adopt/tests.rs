@@ -79,7 +79,7 @@ fn candidate(id: &str, coin: &str, zone: &str, ip: &str, devices: &[&str]) -> Ca
 
 /// What the inspection prints on a node the operators' module set up for `coin`.
 fn answer(coin: &str, version: &str, image: &str, container: &[(&str, &str)]) -> String {
-    let mut s = format!("unit node@{version}.service\n");
+    let mut s = format!("unit node@{version}.service\nrunning {coin}-node\n");
     for (k, v) in [
         ("IMAGE", image),
         ("COIN", coin),
@@ -113,12 +113,29 @@ fn run(
 ) -> Adoption {
     let d = desired();
     let m = Matcher::parse(Matcher::DEFAULT).unwrap();
+    let ips: BTreeMap<String, String> = cands
+        .iter()
+        .map(|c| {
+            (
+                c.instance.instance_id.clone(),
+                c.instance.private_ip.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
     let (ok, mut left) = screen(&d, &m, cands);
+    let held: BTreeSet<String> = left.iter().map(|l| ips[&l.instance_id].clone()).collect();
     let reports: BTreeMap<String, Result<String, String>> = answers
         .iter()
         .map(|(id, a)| (id.to_string(), a.clone()))
         .collect();
-    let mut a = assign(&d, ok, &reports, dns, &taken.iter().cloned().collect());
+    let mut a = assign(
+        &d,
+        ok,
+        &reports,
+        dns,
+        &taken.iter().cloned().collect(),
+        &held,
+    );
     left.append(&mut a.left_alone);
     left.sort_by(|x, y| x.instance_id.cmp(&y.instance_id));
     a.left_alone = left;
@@ -306,8 +323,7 @@ fn what_is_ambiguous_or_unsafe_is_left_alone_with_its_reason() {
                 "10.0.1.4",
                 &["/dev/sdf"],
             ),
-            // Two nodes claim node1 by their records; a third has no record and the zone's
-            // one slot is theirs.
+            // Two nodes claim node1 by their records (so neither gets it).
             candidate(
                 "i-one",
                 "bitcoin",
@@ -390,8 +406,15 @@ fn what_is_ambiguous_or_unsafe_is_left_alone_with_its_reason() {
         "i-zone",
         "eu-central-1b, which the coin's placement.zones does not list",
     );
-    has("i-one", "i-two claims slot bitcoin/eu-central-1a/1 too");
-    has("i-two", "i-one claims slot bitcoin/eu-central-1a/1 too");
+    // (i-moved, left alone, has a record of node1 too.)
+    has(
+        "i-one",
+        "i-two, an instance left alone claim slot bitcoin/eu-central-1a/1 too",
+    );
+    has(
+        "i-two",
+        "i-one, an instance left alone claim slot bitcoin/eu-central-1a/1 too",
+    );
     has("i-moved", "fleet's name for a node in eu-central-1a");
     has("i-nounit", "no node@ unit is active");
     has("i-ssm", "asking it over SSM failed: InvalidInstanceId");
@@ -439,5 +462,110 @@ fn a_slot_a_managed_node_holds_is_never_given_and_extra_nodes_are_left_alone() {
     assert!(
         left.iter().all(|(_, w)| w.contains("every slot is taken")),
         "{left:#?}"
+    );
+}
+
+#[test]
+fn a_slot_whose_record_points_at_a_node_left_alone_is_given_to_nobody() {
+    // i-held holds node1's record but cannot be asked; i-new, with no record, would get the
+    // zone's one slot as its lowest free index, and the plan would move node1 to it.
+    let mut other_coin = candidate("i-nocoin", "dogecoin", "eu-central-1a", "10.0.0.7", &[]);
+    other_coin
+        .instance
+        .tags
+        .insert("Component".into(), "nodes/dogecoin".into());
+    let a = run(
+        vec![
+            candidate(
+                "i-held",
+                "bitcoin",
+                "eu-central-1a",
+                "10.0.0.5",
+                &["/dev/sdf"],
+            ),
+            candidate(
+                "i-new",
+                "bitcoin",
+                "eu-central-1a",
+                "10.0.0.6",
+                &["/dev/sdf"],
+            ),
+            // Stopped (left alone by screen), holding node2's record in eu-central-1b.
+            {
+                let mut c = candidate(
+                    "i-stop",
+                    "bitcoin",
+                    "eu-central-1b",
+                    "10.0.1.5",
+                    &["/dev/sdf"],
+                );
+                c.instance.state = InstanceState::Stopped;
+                c
+            },
+            candidate("i-b", "bitcoin", "eu-central-1b", "10.0.1.6", &["/dev/sdf"]),
+            other_coin,
+        ],
+        &[
+            ("i-held", Err("InvalidInstanceId".into())),
+            ("i-new", Ok(answer("bitcoin", "0.20.0", BTC_IMAGE, BTC_ENV))),
+            ("i-b", Ok(answer("bitcoin", "0.20.0", BTC_IMAGE, BTC_ENV))),
+        ],
+        &[
+            record("node1.bitcoin.internal", "10.0.0.5"),
+            record("node2.bitcoin.internal", "10.0.1.5"),
+        ],
+        &[],
+    );
+    assert!(a.adopted.is_empty(), "{:#?}", a.adopted);
+    let why: BTreeMap<&str, String> = a
+        .left_alone
+        .iter()
+        .map(|l| (l.instance_id.as_str(), l.why.to_string()))
+        .collect();
+    assert!(
+        why["i-new"].contains("by the record of one left alone"),
+        "{why:#?}"
+    );
+    assert!(
+        why["i-b"].contains("by the record of one left alone"),
+        "{why:#?}"
+    );
+    assert!(why["i-nocoin"].contains("names no coin"), "{why:#?}");
+}
+
+#[test]
+fn another_data_path_or_container_name_makes_adopting_unsafe() {
+    let mut moved = answer("bitcoin", "0.20.0", BTC_IMAGE, BTC_ENV);
+    moved = moved.replace(
+        &format!("host DATA_VOLUME {}", value_hash("/node/data")),
+        &format!("host DATA_VOLUME {}", value_hash("/data")),
+    );
+    let renamed = answer("bitcoin", "0.20.0", BTC_IMAGE, BTC_ENV)
+        .replace("running bitcoin-node", "running btc");
+    let a = run(
+        vec![
+            candidate("i-a", "bitcoin", "eu-central-1a", "10.0.0.5", &["/dev/sdf"]),
+            candidate("i-b", "bitcoin", "eu-central-1b", "10.0.1.5", &["/dev/sdf"]),
+        ],
+        &[("i-a", Ok(moved)), ("i-b", Ok(renamed))],
+        &[],
+        &[],
+    );
+    assert!(a.adopted.is_empty());
+    assert!(
+        a.left_alone[0]
+            .why
+            .to_string()
+            .contains("sync from scratch"),
+        "{}",
+        a.left_alone[0].why
+    );
+    assert!(
+        a.left_alone[1]
+            .why
+            .to_string()
+            .contains("no running container is named bitcoin-node"),
+        "{}",
+        a.left_alone[1].why
     );
 }

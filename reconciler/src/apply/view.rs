@@ -78,8 +78,18 @@ pub async fn observe_and_probe(
     desired: &Desired,
 ) -> Result<(Observed, Readings), ProviderError> {
     let observed = observe(provider, desired).await?;
+    Ok(ask_daemons(prober, desired, observed).await)
+}
+
+/// `observed` with one probe of every running node ([`probe_targets`]): what its daemon
+/// says it runs, and the readings.
+pub async fn ask_daemons(
+    prober: &Arc<dyn Prober>,
+    desired: &Desired,
+    observed: Observed,
+) -> (Observed, Readings) {
     let readings = probe_all(prober, probe_targets(desired, &observed), PROBES_AT_ONCE).await;
-    Ok((observed.with_readings(&readings), readings))
+    (observed.with_readings(&readings), readings)
 }
 
 /// Rate a coin's observed `nodes` with their `readings` (the nodes not probed have none),

@@ -326,11 +326,16 @@ pub(super) fn plan_coin(
                                     }
                                 )
                             });
-                        let restart = !upgrading
-                            && !node_side_first
-                            && changed
-                                .iter()
-                                .any(|p| p.restarts() && !(adopted && *p == ConfigPart::Program));
+                        // (An adopted node whose daemon is at the target by hand: its
+                        // node side goes first, and restarts for what else differs, since
+                        // that upgrade restarts nothing.)
+                        let restart = if node_side_first {
+                            at_target_by_hand
+                        } else {
+                            !upgrading
+                        } && changed
+                            .iter()
+                            .any(|p| p.restarts() && !(adopted && *p == ConfigPart::Program));
                         let reason = if have == Fingerprint::default() {
                             "the node carries no configuration fingerprint (fleet:config)".into()
                         } else if adopted && changed == [ConfigPart::Program] {
@@ -340,7 +345,7 @@ pub(super) fn plan_coin(
                         };
                         // Before the upgrade: it installs the node side the upgrade runs.
                         // After it for a daemon at the target by hand (see above).
-                        let at = if at_target_by_hand {
+                        let at = if at_target_by_hand && !node_side_first {
                             steps.len()
                         } else if node_side_first {
                             steps
@@ -358,7 +363,7 @@ pub(super) fn plan_coin(
                                 .position(|s| matches!(s.action, Action::Upgrade { .. }))
                                 .unwrap_or(steps.len())
                         };
-                        let version = if at_target_by_hand {
+                        let version = if at_target_by_hand && !node_side_first {
                             coin.version.clone()
                         } else {
                             n.recorded_version

@@ -906,6 +906,35 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         }
     }
 
+    // An adopted node runs the operators' node side until its first step that needs
+    // fleet's: what only fleet's node side does is not in force there yet. Said, not done
+    // (doing it would restart the daemon for nothing else).
+    for coin in desired.coins.values() {
+        for n in observed.nodes_of(&coin.name) {
+            if !n.config().is_adopted() {
+                continue;
+            }
+            let mut pending = vec!["RPC published on the private address only"];
+            if coin.image.digest.is_some() {
+                pending.push("the image.digest pin");
+            }
+            if coin.logging.is_some() {
+                pending.push("logging");
+            }
+            if !coin.metric_scripts.is_empty() {
+                pending.push("custom_metrics through fleet's timer");
+            }
+            flagged.push(Flag {
+                what: n.instance_id.clone(),
+                reason: format!(
+                    "{} was adopted and runs the operators' node side: {} take effect when fleet installs its own, before the node's first upgrade, change of type or reconfiguration (a restart it would need anyway), and its unit is enabled for reboots only then",
+                    n.key,
+                    pending.join(", ")
+                ),
+            });
+        }
+    }
+
     // A coin's own group outlives the coin: fleet does not delete groups (an instance fleet
     // does not manage may use one), it says so.
     for g in observed.groups.iter().flatten() {

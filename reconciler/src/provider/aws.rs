@@ -2046,8 +2046,17 @@ impl Provider for AwsProvider {
             }
             let vt = a.volume_tags();
             let vt: Vec<(&str, &str)> = vt.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            if let Err(e) = self.create_tags(&a.volume_id, &vt).await {
-                return fail(e);
+            // Both volumes in one call (the same tags).
+            let mut req = self.ec2.create_tags().set_resources(Some(
+                std::iter::once(a.volume_id.clone())
+                    .chain(a.root_volume_id.clone())
+                    .collect(),
+            ));
+            for (k, v) in &vt {
+                req = req.tags(Tag::builder().key(*k).value(*v).build());
+            }
+            if let Err(e) = req.send().await {
+                return fail(self.err("ec2:CreateTags", Some(&a.volume_id), e));
             }
             let it = a.instance_tags();
             let it: Vec<(&str, &str)> = it.iter().map(|(k, v)| (*k, v.as_str())).collect();
