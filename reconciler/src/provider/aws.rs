@@ -591,6 +591,46 @@ impl AwsProvider {
         }
     }
 
+    /// The size (GiB) and origin snapshot of every volume `filters` select, all pages.
+    async fn volume_sizes(
+        &self,
+        filters: &[Filter],
+    ) -> Result<BTreeMap<String, (u32, Option<String>)>, ProviderError> {
+        let mut volumes = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .ec2
+                .describe_volumes()
+                .set_filters(Some(filters.to_vec()))
+                .max_results(500)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DescribeVolumes", None, e))?;
+            for v in out.volumes() {
+                if let Some(id) = v.volume_id() {
+                    volumes.insert(
+                        id.to_string(),
+                        (
+                            v.size().unwrap_or(0).max(0) as u32,
+                            v.snapshot_id()
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_string),
+                        ),
+                    );
+                }
+            }
+            token = out
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(volumes);
+            }
+        }
+    }
+
     /// One managed, non-terminated instance by id.
     async fn instance(
         &self,
@@ -1113,43 +1153,15 @@ impl Provider for AwsProvider {
             }
         }
         // Data and root volumes: sizes and origins.
-        let mut volumes: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
-        let mut token = None;
         let devices: Vec<&str> = std::iter::once(DATA_DEVICE)
             .chain(root_devices.iter().map(String::as_str))
             .collect();
-        loop {
-            let out = self
-                .ec2
-                .describe_volumes()
-                .filters(Self::tag_filter(tags::MANAGED, &["true"]))
-                .filters(Self::filter("attachment.device", &devices))
-                .max_results(500)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:DescribeVolumes", None, e))?;
-            for v in out.volumes() {
-                if let Some(id) = v.volume_id() {
-                    volumes.insert(
-                        id.to_string(),
-                        (
-                            v.size().unwrap_or(0).max(0) as u32,
-                            v.snapshot_id()
-                                .filter(|s| !s.is_empty())
-                                .map(str::to_string),
-                        ),
-                    );
-                }
-            }
-            token = out
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
+        let volumes = self
+            .volume_sizes(&[
+                Self::tag_filter(tags::MANAGED, &["true"]),
+                Self::filter("attachment.device", &devices),
+            ])
+            .await?;
         for r in &mut raw {
             if let Some(v) = &mut r.data_volume
                 && let Some((size, snap)) = volumes.get(&v.volume_id)
@@ -1808,43 +1820,13 @@ impl Provider for AwsProvider {
             .collect();
         let mut sizes: BTreeMap<String, (u32, Option<String>)> = BTreeMap::new();
         for chunk in ids.chunks(200) {
-            let mut token = None;
-            loop {
-                let out = self
-                    .ec2
-                    .describe_volumes()
-                    .filters(
-                        Filter::builder()
-                            .name("volume-id")
-                            .set_values(Some(chunk.to_vec()))
-                            .build(),
-                    )
-                    .max_results(500)
-                    .set_next_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:DescribeVolumes", None, e))?;
-                for v in out.volumes() {
-                    if let Some(id) = v.volume_id() {
-                        sizes.insert(
-                            id.to_string(),
-                            (
-                                v.size().unwrap_or(0).max(0) as u32,
-                                v.snapshot_id()
-                                    .filter(|s| !s.is_empty())
-                                    .map(str::to_string),
-                            ),
-                        );
-                    }
-                }
-                token = out
-                    .next_token()
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
+            sizes.extend(
+                self.volume_sizes(&[Filter::builder()
+                    .name("volume-id")
+                    .set_values(Some(chunk.to_vec()))
+                    .build()])
+                    .await?,
+            );
         }
         let volume = |id: &str| {
             let (size_gb, snapshot_id) = sizes.get(id).cloned().unwrap_or((0, None));
