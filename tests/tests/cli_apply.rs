@@ -9,7 +9,7 @@ use std::sync::Arc;
 #[test]
 fn demo_reconciles_the_embedded_example_and_says_so() {
     // Very fast simulated time: the whole rollout in a few seconds of real time.
-    let out = fleet(&["demo", "--speed", "20000", "--color", "never"]);
+    let out = fleet(&["demo", "--speed", "5000", "--color", "never"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let s = &out.stdout;
     for expected in [
@@ -60,7 +60,7 @@ fn apply_with_yes_rolls_out_records_approvals_and_leaves_nothing_to_do() {
     assert_eq!(out.code, 2, "changes pending: {}", out.stdout);
 
     let mut apply_args = vec!["apply".to_string()];
-    apply_args.extend(args(&["--yes", "--sim-speed", "20000"]));
+    apply_args.extend(args(&["--yes", "--sim-speed", "5000"]));
     let out = fleet(&apply_args);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
@@ -420,7 +420,7 @@ fn a_vanished_coin_is_retired_only_when_the_repository_says_so() {
         let mut all = args.to_vec();
         all.extend(["--repo", repo.to_str().unwrap(), "--state-dir", st]);
         all.extend(["--provider", "sim"]);
-        all.extend(["--sim-speed", "20000", "--color", "never"]);
+        all.extend(["--sim-speed", "5000", "--color", "never"]);
         fleet(&all)
     };
     let dogecoin_nodes = || {
@@ -559,7 +559,7 @@ fn a_version_changed_by_hand_is_drift_and_converges() {
         "{}",
         blind.stdout
     );
-    let out = world(&["apply", "--yes", "--sim-speed", "20000"]);
+    let out = world(&["apply", "--yes", "--sim-speed", "5000"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let out = world(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
