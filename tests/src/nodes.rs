@@ -615,6 +615,7 @@ pub fn probe_target(
         key: NodeKey::parse(coin, "eu-central-1a", index).expect("a valid coin name"),
         instance_id: format!("i-{coin}{index}"),
         dns_name: format!("node{index}.{coin}.fleet.test"),
+        address: None,
         health: HealthSpec {
             probe,
             rpc_port,

@@ -689,9 +689,10 @@ async fn a_crash_while_making_the_coins_group_converges(w: &dyn TestWorld) {
 }
 
 /// A replacement (a new AMI) is a new instance with the node's own data volume, moved (the
-/// same volume id, attached to one instance at a time), its DNS name and the coin's groups;
-/// the old instance is gone; the replacement ran the every-boot set-up; asking again changes
-/// nothing.
+/// same volume id, attached to one instance at a time) and the coin's groups; it ran the
+/// every-boot set-up. Until the hand-over the name stays the old instance's and the old
+/// instance is kept, stopped (the slot's node still, the replacement no duplicate); the
+/// hand-over moves the name and terminates the old one. Asking either again changes nothing.
 async fn replace_moves_the_data_volume_to_a_new_instance(w: &dyn TestWorld) {
     let a = launch(w, "litecoin", 0).await;
     let before = node(&observe(w).await, &a).clone();
@@ -702,18 +703,27 @@ async fn replace_moves_the_data_volume_to_a_new_instance(w: &dyn TestWorld) {
     assert_eq!(outcome, Outcome::Done);
     assert_ne!(b, a.instance_id);
     let o = observe(w).await;
-    assert_eq!(o.nodes.len(), 1, "one node: {:#?}", o.nodes);
-    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
-    let n = node(&o, &a);
-    assert_eq!(n.instance_id, b);
-    assert_eq!(n.image_id.as_deref(), Some(s.ami.as_str()));
+    let old = node(&o, &a);
+    assert_eq!(old.instance_id, a.instance_id, "the old one keeps the slot");
+    assert_eq!(old.state, InstanceState::Stopped);
+    assert!(old.data_volume.is_none(), "{old:#?}");
     assert_eq!(
-        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
+        old.dns_names, before.dns_names,
+        "the name stays until the hand-over"
+    );
+    let [Orphan::Replacement { of, node: new }] = o.orphans.as_slice() else {
+        panic!("one replacement: {:#?}", o.orphans)
+    };
+    assert_eq!(*of, a.instance_id);
+    assert_eq!(new.instance_id, b);
+    assert_eq!(new.image_id.as_deref(), Some(s.ami.as_str()));
+    assert_eq!(
+        new.data_volume.as_ref().map(|v| v.volume_id.as_str()),
         Some(vol.as_str()),
         "the same volume, moved"
     );
-    assert_eq!(n.dns_names, vec![s.dns.name.clone()]);
-    assert_eq!(n.security_groups.as_ref().map(Vec::len), Some(2));
+    assert!(new.dns_names.is_empty(), "{:?}", new.dns_names);
+    assert_eq!(new.security_groups.as_ref().map(Vec::len), Some(2));
     assert!(
         w.commands()
             .iter()
@@ -721,13 +731,65 @@ async fn replace_moves_the_data_volume_to_a_new_instance(w: &dyn TestWorld) {
         "{:?}",
         w.commands()
     );
+    // Again: nothing is launched or moved; the set-up is sent once more.
     let again = w.provider().replace(&a, &s).await.unwrap();
-    assert_eq!(again, (b.clone(), Outcome::AlreadyDone));
+    assert_eq!(again, (b.clone(), Outcome::Done));
+    assert_eq!(observe(w).await.orphans.len(), 1);
+
+    let handed = w.provider().hand_over(&a, &s.dns).await.unwrap();
+    assert_eq!(handed, (b.clone(), Outcome::Done));
+    let o = observe(w).await;
+    assert_eq!(o.nodes.len(), 1, "one node: {:#?}", o.nodes);
+    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+    let n = node(&o, &a);
+    assert_eq!(n.instance_id, b);
+    assert_eq!(
+        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
+        Some(vol.as_str())
+    );
+    assert_eq!(n.dns_names, vec![s.dns.name.clone()]);
+    assert_eq!(
+        w.provider().hand_over(&a, &s.dns).await.unwrap(),
+        (b.clone(), Outcome::AlreadyDone)
+    );
+    assert_eq!(
+        w.provider().replace(&a, &s).await.unwrap(),
+        (b.clone(), Outcome::AlreadyDone)
+    );
     assert_eq!(observe(w).await.nodes.len(), 1);
 }
 
-/// A replacement cut off at any of its calls is finished by the next attempt: one
-/// replacement, the one volume on it, the old instance gone.
+/// A hand-over before the replacement holds the volume is refused and changes nothing: the
+/// name and the old instance stay.
+async fn a_hand_over_before_the_volume_moved_is_refused(w: &dyn TestWorld) {
+    let a = launch(w, "litecoin", 1).await;
+    let before = node(&observe(w).await, &a).clone();
+    let mut s = spec(w, "litecoin", 1, None);
+    s.ami = w.another_ami().await;
+    // No replacement at all.
+    let e = w.provider().hand_over(&a, &s.dns).await.unwrap_err();
+    assert!(e.to_string().contains("has no replacement"), "{e}");
+    // A replacement cut off before it has the volume.
+    w.inject(Fault::FailOp {
+        op: "AttachVolume",
+        times: 1,
+    });
+    assert!(w.provider().replace(&a, &s).await.is_err());
+    let e = w.provider().hand_over(&a, &s.dns).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("does not hold the node's data volume"),
+        "{e}"
+    );
+    let o = observe(w).await;
+    let old = node(&o, &a);
+    assert_eq!(old.instance_id, a.instance_id);
+    assert_eq!(old.dns_names, before.dns_names);
+}
+
+/// A replacement cut off at any of its calls is finished by the next attempt, and so is a
+/// hand-over: one replacement, the one volume on it, the old instance kept until the
+/// hand-over is through, then gone.
 async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
     let a = launch(w, "dogecoin", 0).await;
     let vol = node(&observe(w).await, &a)
@@ -737,14 +799,26 @@ async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
         .volume_id;
     let mut s = spec(w, "dogecoin", 0, None);
     s.ami = w.another_ami().await;
+    let keeps_slot = |o: &Observed, after: &str| {
+        assert_eq!(
+            o.node(&a.key).unwrap().instance_id,
+            a.instance_id,
+            "after {after}"
+        );
+        assert!(
+            o.orphans
+                .iter()
+                .all(|x| matches!(x, Orphan::Replacement { of, .. } if *of == a.instance_id)),
+            "after {after}: {:#?}",
+            o.orphans
+        );
+    };
     for op in [
         "RunInstances",
         "StopInstances",
         "DetachVolume",
         "AttachVolume",
         "SendCommand",
-        "ChangeResourceRecordSets",
-        "TerminateInstances",
     ] {
         w.inject(Fault::FailOp { op, times: 1 });
         assert!(
@@ -752,22 +826,23 @@ async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
             "a replacement cut off at {op} fails"
         );
         // Meanwhile the old instance keeps the slot and the replacement is no duplicate.
-        let o = observe(w).await;
-        assert_eq!(
-            o.node(&a.key).unwrap().instance_id,
-            a.instance_id,
-            "after {op}"
-        );
-        assert!(
-            o.orphans
-                .iter()
-                .all(|x| matches!(x, Orphan::Replacement { of, .. } if *of == a.instance_id)),
-            "after {op}: {:#?}",
-            o.orphans
-        );
+        keeps_slot(&observe(w).await, op);
     }
     let (b, outcome) = w.provider().replace(&a, &s).await.unwrap();
     assert_eq!(outcome, Outcome::Done);
+    keeps_slot(&observe(w).await, "the replacement");
+    for op in ["ChangeResourceRecordSets", "TerminateInstances"] {
+        w.inject(Fault::FailOp { op, times: 1 });
+        assert!(
+            w.provider().hand_over(&a, &s.dns).await.is_err(),
+            "a hand-over cut off at {op} fails"
+        );
+        keeps_slot(&observe(w).await, op);
+    }
+    assert_eq!(
+        w.provider().hand_over(&a, &s.dns).await.unwrap(),
+        (b.clone(), Outcome::Done)
+    );
     let o = observe(w).await;
     let n = node(&o, &a);
     assert_eq!(n.instance_id, b);
@@ -775,6 +850,7 @@ async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
         n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
         Some(vol.as_str())
     );
+    assert_eq!(n.dns_names, vec![s.dns.name.clone()]);
     assert_eq!(o.nodes.len(), 1);
     assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
 }
@@ -858,6 +934,7 @@ conformance!(
     secrets_are_seen_by_name,
     a_crash_while_making_the_coins_group_converges,
     replace_moves_the_data_volume_to_a_new_instance,
+    a_hand_over_before_the_volume_moved_is_refused,
     tags_are_set_deleted_and_recorded,
     a_crash_anywhere_in_a_replacement_converges,
     root_volume_grows_never_shrinks,

@@ -238,7 +238,12 @@ fn every_setting_converges_as_the_reference_says() {
             }),
             "online" => !s.is_empty() && s.iter().all(|a| !a.disruptive()),
             "stop-start" => s.iter().any(|a| matches!(a, Action::ChangeType { .. })),
-            "replace" => !s.is_empty() && s.iter().all(|a| matches!(a, Action::Replace { .. })),
+            // A replacement and, after its gate, its hand-over.
+            "replace" => {
+                s.iter().any(|a| matches!(a, Action::Replace { .. }))
+                    && s.iter()
+                        .all(|a| matches!(a, Action::Replace { .. } | Action::HandOver { .. }))
+            }
             "count" => s
                 .iter()
                 .any(|a| matches!(a, Action::Launch { .. } | Action::Retire { .. })),

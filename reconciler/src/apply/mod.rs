@@ -9,6 +9,9 @@
 //!   (up to `stall_timeout`) for others to recover.
 //! - A zone starts only after every node of every earlier zone of the coin is in sync, and
 //!   the previous zone's bake is complete (bakes are journaled, so a crash resumes them).
+//! - A replacement takes its node's DNS name, and the old instance is terminated, only after
+//!   the replacement has passed its gate (dialled at its own address until then): the steps
+//!   that wait for a gate ([`crate::plan::Action::after_gate`]) run after it.
 //! - A failure (a gate, a step, the budget) stops that coin's rollout, is journaled with its
 //!   [`Failure`], told to the notifier, and nothing further of that coin is touched; other
 //!   coins go on.
@@ -385,8 +388,9 @@ impl Executor {
                     // one came back up meanwhile; no bake (the zone's rollout has its own).
                     let coin = run.coin()?;
                     self.wait_for_budget(run, coin, zone, wave).await?;
-                    let ids = self.run_steps(run, wave, report).await?;
+                    let ids = self.run_steps(run, wave, false, report).await?;
                     self.gate_wave(run, coin, zone, wave, &ids, report).await?;
+                    self.run_steps(run, wave, true, report).await?;
                 }
                 (WaveKind::Rollout, Some(zone)) => {
                     let coin = run.coin()?;
@@ -398,8 +402,9 @@ impl Executor {
                     if !wave.disrupted().is_empty() {
                         self.wait_for_budget(run, coin, zone, wave).await?;
                     }
-                    let ids = self.run_steps(run, wave, report).await?;
+                    let ids = self.run_steps(run, wave, false, report).await?;
                     self.gate_wave(run, coin, zone, wave, &ids, report).await?;
+                    self.run_steps(run, wave, true, report).await?;
                     let last_of_zone = cp.waves.get(wi + 1).is_none_or(|n| {
                         n.zone.as_ref() != Some(zone) || n.kind != WaveKind::Rollout
                     });
@@ -420,7 +425,9 @@ impl Executor {
                     }
                 }
                 (WaveKind::Network | WaveKind::Retire | WaveKind::Cleanup, _) => {
-                    self.run_steps(run, wave, report).await?;
+                    // No gate: both sides run, in order.
+                    self.run_steps(run, wave, false, report).await?;
+                    self.run_steps(run, wave, true, report).await?;
                 }
                 (WaveKind::Repair | WaveKind::Rollout, None) => {
                     return Err(Stop::from(Failure::Inconsistent {

@@ -13,16 +13,23 @@ use crate::store::{Record, StepRecord};
 use std::collections::BTreeMap;
 
 impl Executor {
-    /// Run a wave's steps, node by node; returns the instance id of each node.
+    /// Run a wave's steps of one side of its gate (those that wait for it when `after_gate`,
+    /// [`crate::plan::Action::after_gate`], the others when not), node by node; returns the
+    /// instance id of each node.
     pub(super) async fn run_steps(
         &self,
         run: &CoinRun<'_>,
         wave: &Wave,
+        after_gate: bool,
         report: &mut CoinReport,
     ) -> StepResult<BTreeMap<NodeKey, String>> {
         let coin = &run.cp.coin;
         let mut ids: BTreeMap<NodeKey, String> = BTreeMap::new();
-        for step in &wave.steps {
+        for step in wave
+            .steps
+            .iter()
+            .filter(|s| s.action.after_gate() == after_gate)
+        {
             if run.cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
@@ -137,6 +144,14 @@ impl Executor {
                 let (coin, slot) = slot()?;
                 let spec = LaunchSpec::new(&desired.fleet, coin, slot, None)?;
                 let (id, o) = p.replace(&node()?, &spec).await?;
+                Ok((Some(id), o))
+            }
+            Action::HandOver { name } => {
+                let target = DnsTarget {
+                    hosted_zone_id: zone_id.to_string(),
+                    name: name.clone(),
+                };
+                let (id, o) = p.hand_over(&node()?, &target).await?;
                 Ok((Some(id), o))
             }
             Action::Upgrade {

@@ -43,6 +43,18 @@ pub const PROBES_AT_ONCE: usize = 32;
 /// One reading per probed node.
 pub type Readings = BTreeMap<NodeKey, Result<ChainStatus, ProbeError>>;
 
+/// Where a probe of `node` dials, the one rule: its slot's name `dns_name` when that record
+/// points at it (observed), else its private address (None: the name). A node whose record
+/// is missing or points elsewhere (a replacement before its hand-over, a record deleted by
+/// hand) is still asked itself, never whatever the name reaches.
+pub fn probe_address(dns_name: &str, node: &ObservedNode) -> Option<String> {
+    if node.dns_names.iter().any(|d| d == dns_name) {
+        None
+    } else {
+        node.private_ip.clone()
+    }
+}
+
 /// What to probe: every running node of `observed` whose coin has a probe.
 pub fn probe_targets(desired: &Desired, observed: &Observed) -> Vec<ProbeTarget> {
     let mut targets = Vec::new();
@@ -60,6 +72,7 @@ pub fn probe_targets(desired: &Desired, observed: &Observed) -> Vec<ProbeTarget>
             targets.push(ProbeTarget {
                 key: n.key.clone(),
                 instance_id: n.instance_id.clone(),
+                address: probe_address(&dns_name, n),
                 dns_name,
                 health: coin.health.clone(),
             });

@@ -3,7 +3,7 @@
 //! coin's first wave. Every wait asks the same two things: the shared view (which instances
 //! exist and run) and the probes, judged by [`crate::health::rate`] and the [`Gate`].
 
-use super::view::rate_observed;
+use super::view::{probe_address, rate_observed};
 use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
 use crate::clock::Millis;
 use crate::events::{BudgetWait, Event, Failure, GatePhase};
@@ -12,13 +12,24 @@ use crate::health::{
     ChainStatus, CoinHealth, Gate, GateConfig, GateFailure, ProbeError, ProbeTarget, Verdict,
 };
 use crate::node::NodeKey;
-use crate::plan::{Action, ObservedNode, Wave};
+use crate::plan::{Action, ObservedNode, Orphan, Wave};
 use crate::store::Record;
 use fleet_repo_schema::values::{Version, Zone};
 use fleet_repo_schema::{Coin, Probe};
 use std::collections::{BTreeMap, BTreeSet};
 
 type Readings = BTreeMap<NodeKey, Result<ChainStatus, ProbeError>>;
+
+/// The nodes of `nodes` a probe dials at their private address ([`probe_address`]).
+fn addresses(coin: &Coin, nodes: &[ObservedNode]) -> BTreeMap<NodeKey, String> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            let slot = coin.nodes.iter().find(|s| NodeKey::of(s) == n.key)?;
+            Some((n.key.clone(), probe_address(&slot.dns_name, n)?))
+        })
+        .collect()
+}
 
 /// What the steps of a wave mean for its gate.
 #[derive(Debug, Default)]
@@ -30,7 +41,13 @@ struct AfterSteps {
 }
 
 impl Executor {
-    fn target(&self, coin: &Coin, key: &NodeKey, instance_id: &str) -> ProbeTarget {
+    fn target(
+        &self,
+        coin: &Coin,
+        key: &NodeKey,
+        instance_id: &str,
+        address: Option<&String>,
+    ) -> ProbeTarget {
         let dns_name = coin
             .nodes
             .iter()
@@ -41,6 +58,7 @@ impl Executor {
             key: key.clone(),
             instance_id: instance_id.to_string(),
             dns_name,
+            address: address.cloned(),
             health: coin.health.clone(),
         }
     }
@@ -49,13 +67,22 @@ impl Executor {
     /// the other, as close together in time as the probes allow: the readings are compared
     /// with each other (the reference height), and readings taken far apart would make a
     /// node that is in sync look behind on a fast chain.
-    async fn probe(&self, coin: &Coin, nodes: &[(NodeKey, String)]) -> Readings {
+    /// A node with an entry in `addresses` is dialled there, not at its name.
+    async fn probe(
+        &self,
+        coin: &Coin,
+        nodes: &[(NodeKey, String)],
+        addresses: &BTreeMap<NodeKey, String>,
+    ) -> Readings {
         let mut readings = Readings::new();
         if coin.health.probe == Probe::None {
             return readings;
         }
         for (k, id) in nodes {
-            let r = self.prober.probe(&self.target(coin, k, id)).await;
+            let r = self
+                .prober
+                .probe(&self.target(coin, k, id, addresses.get(k)))
+                .await;
             readings.insert(k.clone(), r);
         }
         readings
@@ -68,9 +95,46 @@ impl Executor {
             .filter(|n| n.running())
             .map(|n| (n.key.clone(), n.instance_id.clone()))
             .collect();
-        let readings = self.probe(coin, &running).await;
+        let readings = self.probe(coin, &running, &addresses(coin, nodes)).await;
         let health = rate_observed(coin, nodes, &readings, None);
         (health, readings)
+    }
+
+    /// The coin's nodes as a gate of `nodes` (key, instance id) sees them: a gated instance
+    /// that is the replacement of its slot's node (a `replace` under way) stands in for the
+    /// node it replaces (and, the name being the old instance's until the hand-over after the
+    /// gate, is dialled at its private address: [`probe_address`]).
+    async fn gated_view(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        nodes: &[(NodeKey, String)],
+    ) -> StepResult<Vec<ObservedNode>> {
+        let observed = run.view.for_coin(&coin.name).await?;
+        Ok(observed
+            .nodes_of(&coin.name)
+            .iter()
+            .map(|n| {
+                let gated = nodes.iter().find(|(k, _)| *k == n.key).map(|(_, id)| id);
+                let stand_in = gated.filter(|id| **id != n.instance_id).and_then(|id| {
+                    observed.orphans.iter().find_map(|o| match o {
+                        Orphan::Replacement { of, node }
+                            if node.instance_id == *id && *of == n.instance_id =>
+                        {
+                            Some(node)
+                        }
+                        _ => None,
+                    })
+                });
+                match stand_in {
+                    Some(r) => ObservedNode {
+                        key: n.key.clone(),
+                        ..r.clone()
+                    },
+                    None => n.clone(),
+                }
+            })
+            .collect())
     }
 
     /// The coin's nodes, from the shared view.
@@ -181,6 +245,8 @@ impl Executor {
             .filter_map(|s| match &s.action {
                 Action::Upgrade { to, .. } => Some((s.node.clone()?, to.clone())),
                 Action::Launch { version, .. } => Some((s.node.clone()?, version.clone())),
+                // A replacement is launched at the coin's version.
+                Action::Replace { .. } => Some((s.node.clone()?, coin.version.clone())),
                 _ => None,
             })
             .collect();
@@ -226,16 +292,16 @@ impl Executor {
         let gated: BTreeSet<&NodeKey> = nodes.iter().map(|(k, _)| k).collect();
         // Observed once: instance ids do not change during a gate; from then on only the
         // nodes are asked.
-        let others: Vec<(NodeKey, String)> = self
-            .nodes_of(run, coin)
-            .await?
+        let all = self.gated_view(run, coin, nodes).await?;
+        let dial = addresses(coin, &all);
+        let others: Vec<(NodeKey, String)> = all
             .into_iter()
             .filter(|n| n.running() && !gated.contains(&n.key))
             .map(|n| (n.key, n.instance_id))
             .collect();
         let everyone: Vec<(NodeKey, String)> = others.iter().chain(nodes).cloned().collect();
         loop {
-            let readings = self.probe(coin, &everyone).await;
+            let readings = self.probe(coin, &everyone, &dial).await;
             let reference = reference_height(readings.values());
             let now = self.now();
             let mut in_sync = 0;
@@ -323,7 +389,7 @@ impl Executor {
         let t0 = self.now();
         let limit = coin.health.sync_timeout.0.as_millis() as u64;
         loop {
-            let all = self.nodes_of(run, coin).await?;
+            let all = self.gated_view(run, coin, nodes).await?;
             let (health, _) = self.rate_now(coin, &all).await;
             let waiting: Vec<NodeKey> = nodes
                 .iter()

@@ -71,10 +71,15 @@ impl ChainStatus {
 pub struct ProbeTarget {
     /// The node's slot.
     pub key: NodeKey,
-    /// EC2 instance id (the simulator answers by instance id).
+    /// EC2 instance id.
     pub instance_id: String,
-    /// `node<N>.<coin>.<domain>`: what a [`probe::Resolver`] turns into an address.
+    /// `node<N>.<coin>.<domain>`: what a [`probe::Resolver`] turns into an address, unless
+    /// `address` is set.
     pub dns_name: String,
+    /// The instance's private address, dialled instead of `dns_name` when the name's record
+    /// does not point at the instance (a replacement gated before its node's name moves to
+    /// it, a missing record): [`crate::apply::view::probe_address`].
+    pub address: Option<String>,
     /// The coin's health settings (probe kind, port, http pointers).
     pub health: HealthSpec,
 }

@@ -29,18 +29,23 @@ pub trait Resolver: Send + Sync + fmt::Debug {
     fn resolve(&self, target: &ProbeTarget, port: u16) -> Result<String, ProbeError>;
 }
 
-/// Production: the node's DNS name (`node<N>.<coin>.<domain>`, a Route53 record fleet keeps).
+/// Production: the node's DNS name (`node<N>.<coin>.<domain>`, a Route53 record fleet keeps),
+/// or the target's private address when it has one (a replacement not yet under the name).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DnsResolver;
 
 impl Resolver for DnsResolver {
     fn resolve(&self, target: &ProbeTarget, port: u16) -> Result<String, ProbeError> {
-        Ok(format!("{}:{port}", target.dns_name))
+        Ok(match &target.address {
+            Some(ip) => format!("{ip}:{port}"),
+            None => format!("{}:{port}", target.dns_name),
+        })
     }
 }
 
-/// Fixed addresses by DNS name (tests point nodes at loopback this way). A name without an
-/// entry is an error, never a fallback to DNS.
+/// Fixed addresses by DNS name, or by private address for a target that has one (tests
+/// point nodes at loopback this way). A name or address without an entry is an error, never
+/// a fallback to the other or to DNS.
 #[derive(Debug, Clone, Default)]
 pub struct StaticResolver {
     addrs: BTreeMap<String, SocketAddr>,
@@ -60,12 +65,13 @@ impl StaticResolver {
 
 impl Resolver for StaticResolver {
     fn resolve(&self, target: &ProbeTarget, _port: u16) -> Result<String, ProbeError> {
+        let name = target.address.as_deref().unwrap_or(&target.dns_name);
         self.addrs
-            .get(&target.dns_name)
+            .get(name)
             .map(|a| a.to_string())
             .ok_or_else(|| ProbeError::Config {
                 node: target.key.to_string(),
-                detail: format!("no address for {} in the resolver", target.dns_name),
+                detail: format!("no address for {name} in the resolver"),
             })
     }
 }
@@ -1120,6 +1126,7 @@ mod tests {
             key: NodeKey::parse("litecoin", "eu-central-1a", 1).unwrap(),
             instance_id: "i-1".into(),
             dns_name: "node1.litecoin.internal.example".into(),
+            address: None,
             health: HealthSpec {
                 probe,
                 rpc_port: port,
@@ -1136,6 +1143,27 @@ mod tests {
                 daemon_version: true,
             },
         }
+    }
+
+    #[test]
+    fn a_target_with_an_address_is_dialled_there_never_at_its_name() {
+        let mut t = target(Probe::Bitcoin, Some(9332));
+        assert_eq!(
+            DnsResolver.resolve(&t, 9332).unwrap(),
+            "node1.litecoin.internal.example:9332"
+        );
+        let mut r = StaticResolver::new();
+        r.insert(
+            "node1.litecoin.internal.example",
+            "127.0.0.1:9".parse().unwrap(),
+        );
+        t.address = Some("10.0.3.7".into());
+        assert_eq!(DnsResolver.resolve(&t, 9332).unwrap(), "10.0.3.7:9332");
+        // The name has an entry, the address none: no fallback to the name.
+        let e = r.resolve(&t, 9332).unwrap_err();
+        assert!(e.to_string().contains("no address for 10.0.3.7"), "{e}");
+        r.insert("10.0.3.7", "127.0.0.1:10".parse().unwrap());
+        assert_eq!(r.resolve(&t, 9332).unwrap(), "127.0.0.1:10");
     }
 
     fn prober(creds: RpcCredentials) -> RpcProber {

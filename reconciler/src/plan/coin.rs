@@ -85,6 +85,14 @@ pub(super) fn plan_coin(
                 action,
                 reason,
             };
+            let hand_over = |name: &str| {
+                step(
+                    Action::HandOver {
+                        name: name.to_string(),
+                    },
+                    "the name and the slot go to the replacement once it is in sync".into(),
+                )
+            };
             match &n.state {
                 InstanceState::Running | InstanceState::Stopped | InstanceState::Stopping => {}
                 InstanceState::Pending => {
@@ -115,12 +123,15 @@ pub(super) fn plan_coin(
             // An interrupted replacement resumes first, whatever else differs (its volume
             // may be on the replacement already).
             if matches!(n.pending, Some(PendingStep::Replace { .. })) {
-                disruptive.push(vec![step(
-                    Action::Replace {
-                        cause: ReplaceCause::Resume,
-                    },
-                    "an earlier replacement did not finish".into(),
-                )]);
+                disruptive.push(vec![
+                    step(
+                        Action::Replace {
+                            cause: ReplaceCause::Resume,
+                        },
+                        "an earlier replacement did not finish".into(),
+                    ),
+                    hand_over(&slot.dns_name),
+                ]);
                 continue;
             }
             match &n.data_volume {
@@ -526,7 +537,10 @@ pub(super) fn plan_coin(
                     }
                     _ => format!("node_ami is {ami}"),
                 };
-                steps = vec![step(Action::Replace { cause }, reason)];
+                steps = vec![
+                    step(Action::Replace { cause }, reason),
+                    hand_over(&slot.dns_name),
+                ];
             }
             if stopped
                 && let Some(i) = steps.iter().position(|s| {

@@ -424,12 +424,19 @@ pub enum Action {
         to_gb: u32,
     },
     /// A new instance of the node (fleet.yaml's `node_ami`) takes over its data volume: the
-    /// old one is stopped, the volume moved, the DNS name pointed at the new one, the old one
-    /// terminated. The new one is launched as the coin says now (version, type, settings), so
-    /// this is the node's only step.
+    /// old one is stopped (kept, with its root volume) and the volume moved to the new one.
+    /// The new one is launched as the coin says now (version, type, settings), so this and
+    /// its [`Action::HandOver`] are the node's only steps.
     Replace {
         /// Why a new instance.
         cause: ReplaceCause,
+    },
+    /// After a [`Action::Replace`], once the new instance has passed its gate (the one step
+    /// run after the gate, [`Action::after_gate`]): point the slot's DNS name at it and
+    /// terminate the old instance.
+    HandOver {
+        /// Record name.
+        name: String,
     },
     /// Stop, change the instance type, start.
     ChangeType {
@@ -493,16 +500,24 @@ impl Action {
             | Action::GrowRootVolume { .. }
             | Action::SetDns { .. }
             | Action::DeleteDns { .. }
+            | Action::HandOver { .. }
             | Action::SetTags { .. }
             | Action::SetCoinNetwork { .. }
             | Action::SetSecurityGroups { .. } => 0,
         }
+    }
+    /// Whether the step waits for its wave's gate: it runs once the wave's nodes are in sync
+    /// (a replacement takes its node's name only then, and the old instance is kept until
+    /// then).
+    pub fn after_gate(&self) -> bool {
+        matches!(self, Action::HandOver { .. })
     }
     /// Short name: `upgrade`, `grow-volume`, …
     pub fn name(&self) -> &'static str {
         match self {
             Action::Launch { .. } => "launch",
             Action::Replace { .. } => "replace",
+            Action::HandOver { .. } => "hand-over",
             Action::Upgrade { .. } => "upgrade",
             Action::Reconfigure { .. } => "reconfigure",
             Action::SetTags { .. } => "set-tags",
@@ -555,7 +570,11 @@ impl fmt::Display for Action {
             }
             Action::Replace { cause } => write!(
                 f,
-                "replace the instance ({cause}): the new one takes over the data volume, then the old one is terminated"
+                "replace the instance ({cause}): the old one is stopped and kept, the new one takes over the data volume"
+            ),
+            Action::HandOver { name } => write!(
+                f,
+                "once the new instance is in sync: point {name} at it, then terminate the old one"
             ),
             Action::Upgrade {
                 from,

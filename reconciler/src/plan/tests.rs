@@ -930,24 +930,32 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
     let mut w = World::running(&d, "28.1");
     on(&mut w, "ami-0123456789abcdef0");
     assert!(plan(&d, &w.observed(&d), 0).is_empty());
-    // From another one (and a version behind): one `replace` per node, nothing else for it,
-    // two nodes a wave as max_unavailable says, zone by zone.
+    // From another one (and a version behind): one `replace` and its `hand-over` per node,
+    // nothing else for it, two nodes a wave as max_unavailable says, zone by zone.
     let up = desired("28.2", "");
     let mut w = World::running(&d, "28.1");
     on(&mut w, "ami-0aaaaaaaaaaaaaaaa");
     let p = plan(&up, &w.observed(&up), 0);
     let cp = p.coin("bitcoin").unwrap();
-    assert_eq!(cp.step_count(), 6, "{:#?}", actions(cp));
-    assert!(
-        cp.waves
-            .iter()
-            .flat_map(|w| &w.steps)
-            .all(|s| matches!(s.action, Action::Replace { .. }))
-    );
+    assert_eq!(cp.step_count(), 12, "{:#?}", actions(cp));
+    for w in &cp.waves {
+        let names: Vec<&str> = w.steps.iter().map(|s| s.action.name()).collect();
+        assert_eq!(names, ["replace", "hand-over", "replace", "hand-over"]);
+        // The hand-over is the one step that waits for the gate.
+        assert!(
+            w.steps
+                .iter()
+                .all(|s| s.action.after_gate() == (s.action.name() == "hand-over"))
+        );
+    }
     assert!(cp.waves.iter().all(|w| disrupted(w).len() == 2));
     assert_eq!(
         cp.waves[0].steps[0].action.to_string(),
-        "replace the instance (AMI ami-0aaaaaaaaaaaaaaaa → ami-0123456789abcdef0): the new one takes over the data volume, then the old one is terminated"
+        "replace the instance (AMI ami-0aaaaaaaaaaaaaaaa → ami-0123456789abcdef0): the old one is stopped and kept, the new one takes over the data volume"
+    );
+    assert_eq!(
+        cp.waves[0].steps[1].action.to_string(),
+        "once the new instance is in sync: point node1.bitcoin.internal at it, then terminate the old one"
     );
     assert_eq!(cp.from_versions, [Version::parse("28.1").unwrap()]);
     // A new machine image asks a person first (approval: major, and any policy but none).
@@ -972,10 +980,10 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
         .with_subnet(Some("subnet-0ccccccccccccccc3".into()));
     let p = plan(&d, &w.observed(&d), 0);
     let cp = p.coin("bitcoin").unwrap();
-    assert_eq!(cp.step_count(), 1, "{:#?}", actions(cp));
+    assert_eq!(cp.step_count(), 2, "{:#?}", actions(cp));
     assert_eq!(
         cp.waves[0].steps[0].action.to_string(),
-        "replace the instance (subnet subnet-0ccccccccccccccc9 → subnet-0ccccccccccccccc3): the new one takes over the data volume, then the old one is terminated"
+        "replace the instance (subnet subnet-0ccccccccccccccc9 → subnet-0ccccccccccccccc3): the old one is stopped and kept, the new one takes over the data volume"
     );
 
     // Cut off half way: the old instance (marked, stopped, its volume already moved) keeps
@@ -1017,11 +1025,15 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
     let p = plan(&d, &o, 0);
     assert!(p.flagged.is_empty(), "{:#?}", p.flagged);
     let cp = p.coin("bitcoin").unwrap();
-    assert_eq!(cp.step_count(), 1, "{:#?}", actions(cp));
+    assert_eq!(cp.step_count(), 2, "{:#?}", actions(cp));
     assert_eq!(
         cp.waves[0].steps[0].reason,
         "an earlier replacement did not finish"
     );
+    assert!(matches!(
+        cp.waves[0].steps[1].action,
+        Action::HandOver { .. }
+    ));
     assert_eq!(cp.approval, None, "the version is as recorded");
 
     // Finished, the old instance terminating: the replacement is the slot's node.

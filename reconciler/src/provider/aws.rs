@@ -1617,14 +1617,15 @@ impl Provider for AwsProvider {
         let found = self.replacement_of(&node.instance_id).await?;
         let old = match self.instance(node).await {
             Ok(i) => i,
-            // Done before (the old instance is gone): only the record is ensured.
+            // Handed over before (the old instance is gone): nothing left of this step.
             Err(ProviderError::NotFound { .. }) => {
                 let n = found.ok_or_else(|| ProviderError::NotFound {
                     instance: node.instance_id.clone(),
                 })?;
-                let id = n.instance_id().unwrap_or("").to_string();
-                let ip = n.private_ip_address().unwrap_or("").to_string();
-                return Ok((id, self.upsert_record(&spec.dns, &ip).await?));
+                return Ok((
+                    n.instance_id().unwrap_or("").to_string(),
+                    Outcome::AlreadyDone,
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -1712,15 +1713,35 @@ impl Provider for AwsProvider {
                 .await
                 .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&new_id), e))?;
         }
+        // Always: a crash after the attach and before this left the daemon off, and the
+        // every-boot set-up changes nothing on a node that runs.
         self.run_command(
             &new,
             BOOTSTRAP_COMMAND,
             &format!("fleet: {} takes over {}", new_id, node.key),
         )
         .await?;
-        let ip = self
-            .instance(&new)
+        Ok((new_id, Outcome::Done))
+    }
+
+    async fn hand_over(
+        &self,
+        node: &NodeRef,
+        dns: &DnsTarget,
+    ) -> Result<(String, Outcome), ProviderError> {
+        let new = self
+            .replacement_of(&node.instance_id)
             .await?
+            .ok_or_else(|| ProviderError::no_replacement(node))?;
+        let new_id = new.instance_id().unwrap_or("").to_string();
+        let vol = tag_map(new.tags())
+            .get(tags::TAKES_VOLUME)
+            .cloned()
+            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
+        if data_volume_id(&new).as_deref() != Some(vol.as_str()) {
+            return Err(ProviderError::not_taken_over(node, &new_id, &vol));
+        }
+        let ip = new
             .private_ip_address()
             .map(str::to_string)
             .ok_or_else(|| ProviderError::Api {
@@ -1729,14 +1750,21 @@ impl Provider for AwsProvider {
                 message: "the replacement has no private address yet; the next pass retries".into(),
                 instance: Some(new_id.clone()),
             })?;
-        self.upsert_record(&spec.dns, &ip).await?;
-        self.ec2
-            .terminate_instances()
-            .instance_ids(&node.instance_id)
-            .send()
-            .await
-            .map_err(|e| self.err("ec2:TerminateInstances", Some(&node.instance_id), e))?;
-        Ok((new_id, Outcome::Done))
+        let mut outcome = self.upsert_record(dns, &ip).await?;
+        match self.instance(node).await {
+            Ok(_) => {
+                self.ec2
+                    .terminate_instances()
+                    .instance_ids(&node.instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:TerminateInstances", Some(&node.instance_id), e))?;
+                outcome = Outcome::Done;
+            }
+            Err(ProviderError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok((new_id, outcome))
     }
 
     async fn unmanaged(

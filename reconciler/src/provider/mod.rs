@@ -762,6 +762,26 @@ impl ProviderError {
         }
     }
 
+    /// A hand-over whose replacement does not hold the volume it takes over (yet).
+    pub fn not_taken_over(node: &NodeRef, replacement: &str, volume: &str) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "replacement {replacement} of {} does not hold the node's data volume {volume}; the replacement step runs again first",
+                node.key
+            ),
+        }
+    }
+
+    /// A hand-over with no replacement to hand over to.
+    pub fn no_replacement(node: &NodeRef) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "instance {} of {} has no replacement (no instance is tagged fleet:replaces={}); the replacement step runs again first",
+                node.instance_id, node.key, node.instance_id
+            ),
+        }
+    }
+
     /// A replacement without its `fleet:takes-volume` tag (made by hand, or tags edited).
     pub fn unknown_volume(node: &NodeRef, replacement: &str) -> ProviderError {
         ProviderError::Refused {
@@ -904,16 +924,30 @@ pub trait Provider: Send + Sync {
     /// Replace the node's instance by a new one of `spec` (a new AMI) that takes over its data
     /// volume: mark the old one (`fleet:pending=replace:<ami>`), launch the replacement
     /// without a data volume (tagged `fleet:replaces` and `fleet:takes-volume`), stop the old
-    /// instance, detach the volume from it, attach it to the replacement, run the every-boot
-    /// set-up there (`fleet-node bootstrap`), point the DNS name at it and terminate the old
-    /// instance (its root volume goes with it; the data volume has moved). The volume is
-    /// attached to one instance at a time, never copied and never deleted. Each part is
-    /// idempotent, so a retry after a crash anywhere finishes the job; once the old instance
-    /// is gone, a retry only ensures the record. Returns the replacement's id.
+    /// instance, detach the volume from it, attach it to the replacement and run the every-boot
+    /// set-up there (`fleet-node bootstrap`). The DNS name and the old instance are left as
+    /// they are: [`Provider::hand_over`] moves the one and terminates the other once the
+    /// replacement is in sync, so that until then the old instance, stopped with its root
+    /// volume, is still there to go back to. The volume is attached to one instance at a
+    /// time, never copied and never deleted. Each part is idempotent, so a retry after a crash
+    /// anywhere finishes the job; the set-up is sent on every attempt (a crash may have cut it
+    /// off, and it changes nothing on a node that runs), so the outcome is `Done` while the
+    /// old instance exists and `AlreadyDone` once it is gone. Returns the replacement's id.
     async fn replace(
         &self,
         node: &NodeRef,
         spec: &LaunchSpec,
+    ) -> Result<(String, Outcome), ProviderError>;
+
+    /// The end of a replacement, once the replacement of `node` (the instance tagged
+    /// `fleet:replaces=<node's id>`) is in sync: point `dns` at the replacement's private
+    /// address, then terminate the old instance. Refused while the replacement does not hold
+    /// the volume it takes over (`fleet:takes-volume`). Idempotent: once the old instance is
+    /// gone, only the record is ensured. Returns the replacement's id.
+    async fn hand_over(
+        &self,
+        node: &NodeRef,
+        dns: &DnsTarget,
     ) -> Result<(String, Outcome), ProviderError>;
 
     /// `fleet adopt`: the instances fleet does not manage (pending, running, stopping or

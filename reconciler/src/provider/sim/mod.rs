@@ -200,6 +200,28 @@ impl SimProvider {
         w.tip(coin, self.clock.now_ms())
     }
 
+    /// The instance a probe of `target` reaches, as the real probe's resolver dials it: its
+    /// `address` when it has one, else whatever instance the record of its DNS name points
+    /// at (which need not be `target.instance_id`). Err when nothing would answer.
+    pub fn resolve(&self, target: &ProbeTarget) -> Result<String, String> {
+        let w = self.lock();
+        let ip = match &target.address {
+            Some(ip) => ip.clone(),
+            None => w
+                .dns
+                .values()
+                .find_map(|z| z.get(&target.dns_name))
+                .and_then(|r| r.values.first().cloned())
+                .ok_or_else(|| format!("no DNS record named {}", target.dns_name))?,
+        };
+        w.instances
+            .values()
+            .filter(|i| !i.terminated && i.private_ip == ip)
+            .map(|i| i.id.clone())
+            .min()
+            .ok_or_else(|| format!("no instance at {ip}"))
+    }
+
     /// What the node's daemon reports now, as a probe would see it; Err when unreachable.
     pub fn chain_status(&self, instance_id: &str) -> Result<ChainStatus, String> {
         let w = self.lock();
@@ -331,22 +353,25 @@ impl InstanceRecord for SimProvider {
     }
 }
 
-/// The simulator's nodes, asked through the simulator (by instance id), as the RPC probes
-/// ask real ones.
+/// The simulator's nodes, asked through the simulator, as the RPC probes ask real ones: at
+/// the address the real resolver would dial ([`SimProvider::resolve`]), so that a probe by
+/// a name that points elsewhere reaches what a real one would.
 #[derive(Debug, Clone)]
 pub struct SimProber(pub SimProvider);
 
 #[async_trait]
 impl Prober for SimProber {
     async fn probe(&self, target: &ProbeTarget) -> Result<ChainStatus, ProbeError> {
-        let mut status =
-            self.0
-                .chain_status(&target.instance_id)
-                .map_err(|detail| ProbeError::Unreachable {
-                    node: target.key.to_string(),
-                    addr: target.dns_name.clone(),
-                    detail,
-                })?;
+        let unreachable = |detail| ProbeError::Unreachable {
+            node: target.key.to_string(),
+            addr: target
+                .address
+                .clone()
+                .unwrap_or_else(|| target.dns_name.clone()),
+            detail,
+        };
+        let id = self.0.resolve(target).map_err(unreachable)?;
+        let mut status = self.0.chain_status(&id).map_err(unreachable)?;
         // The version is read where the real probe reads one, and only then.
         let h = &target.health;
         let reads = h.daemon_version
@@ -710,6 +735,14 @@ impl Provider for SimProvider {
         spec: &LaunchSpec,
     ) -> Result<(String, Outcome), ProviderError> {
         self.with(|w, now| w.replace(node, spec, now))
+    }
+
+    async fn hand_over(
+        &self,
+        node: &NodeRef,
+        dns: &DnsTarget,
+    ) -> Result<(String, Outcome), ProviderError> {
+        self.with(|w, _| w.hand_over(node, dns))
     }
 
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {

@@ -13,7 +13,8 @@ use crate::network::{CoinNetwork, IngressRule};
 use crate::node::NodeKey;
 use crate::provider::{Disk, Outcome};
 use crate::provider::{
-    DnsRecord, InstanceState, LaunchSpec, NodeRef, ProviderError, SnapshotInfo, tags, userdata,
+    DnsRecord, DnsTarget, InstanceState, LaunchSpec, NodeRef, ProviderError, SnapshotInfo, tags,
+    userdata,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -516,8 +517,8 @@ impl World {
         Ok(Outcome::Done)
     }
 
-    /// [`crate::provider::Provider::replace`], with EC2's, SSM's and Route53's calls as the
-    /// AWS provider makes them. The chain moves with the volume: the replacement's daemon
+    /// [`crate::provider::Provider::replace`], with EC2's and SSM's calls as the AWS provider
+    /// makes them. The chain moves with the volume: the replacement's daemon
     /// starts at the height the old one stopped at.
     pub(super) fn replace(
         &mut self,
@@ -537,9 +538,7 @@ impl World {
             let id = found.ok_or_else(|| ProviderError::NotFound {
                 instance: node.instance_id.clone(),
             })?;
-            let ip = self.instances[&id].private_ip.clone();
-            let outcome = self.set_record(spec, &ip)?;
-            return Ok((id, outcome));
+            return Ok((id, Outcome::AlreadyDone));
         }
         let new_id = match found {
             Some(id) => id,
@@ -614,26 +613,55 @@ impl World {
             d.start_height = chain;
         }
         d.enabled = true;
-        self.call("DescribeInstances")?;
-        let ip = self.live(&new)?.private_ip.clone();
-        self.set_record(spec, &ip)?;
-        self.call("TerminateInstances")?;
-        self.live_mut(node)?.terminated = true;
         Ok((new_id, Outcome::Done))
     }
 
-    /// Point the spec's record at `ip` (one ChangeResourceRecordSets when it differs).
-    fn set_record(&mut self, spec: &LaunchSpec, ip: &str) -> Result<Outcome, ProviderError> {
+    /// [`crate::provider::Provider::hand_over`], with the calls the AWS provider makes.
+    pub(super) fn hand_over(
+        &mut self,
+        node: &NodeRef,
+        dns: &DnsTarget,
+    ) -> Result<(String, Outcome), ProviderError> {
+        self.call("DescribeInstances")?;
+        let new_id = self
+            .instances
+            .values()
+            .filter(|i| !i.terminated && i.tags.get(tags::REPLACES) == Some(&node.instance_id))
+            .map(|i| i.id.clone())
+            .min()
+            .ok_or_else(|| ProviderError::no_replacement(node))?;
+        let new = &self.instances[&new_id];
+        let vol = new
+            .tags
+            .get(tags::TAKES_VOLUME)
+            .cloned()
+            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
+        if new.data_volume.as_deref() != Some(vol.as_str()) {
+            return Err(ProviderError::not_taken_over(node, &new_id, &vol));
+        }
+        let ip = new.private_ip.clone();
+        let mut outcome = self.set_record(dns, &ip)?;
+        self.call("DescribeInstances")?;
+        if self.live(node).is_ok() {
+            self.call("TerminateInstances")?;
+            self.live_mut(node)?.terminated = true;
+            outcome = Outcome::Done;
+        }
+        Ok((new_id, outcome))
+    }
+
+    /// Point the record `dns` at `ip` (one ChangeResourceRecordSets when it differs).
+    fn set_record(&mut self, dns: &DnsTarget, ip: &str) -> Result<Outcome, ProviderError> {
         let same = self
             .dns
-            .get(&spec.dns.hosted_zone_id)
-            .and_then(|z| z.get(&spec.dns.name))
+            .get(&dns.hosted_zone_id)
+            .and_then(|z| z.get(&dns.name))
             .is_some_and(|r| r.values == [ip.to_string()]);
         if same {
             return Ok(Outcome::AlreadyDone);
         }
         self.call("ChangeResourceRecordSets")?;
-        self.upsert_dns(&spec.dns.hosted_zone_id, &spec.dns.name, ip);
+        self.upsert_dns(&dns.hosted_zone_id, &dns.name, ip);
         Ok(Outcome::Done)
     }
 
