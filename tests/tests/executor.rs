@@ -74,6 +74,15 @@ impl Rig {
         }
     }
 
+    /// The example fleet seeded as it says, then fleet.yaml names the AMI `ami`. Call inside
+    /// a paused runtime.
+    fn new_ami(ami: &str) -> Rig {
+        let base = desired_of(&example_tree());
+        let mut changed = base.clone();
+        changed.fleet.node_ami = fleet_repo_schema::values::AmiId::parse(ami).unwrap();
+        Rig::seeded(&base, changed)
+    }
+
     async fn plan(&self) -> Plan {
         let o = fleet_tests::observe(&self.sim, &self.desired).await;
         plan(&self.desired, &o, self.clock.now_ms())
@@ -817,11 +826,7 @@ async fn a_new_node_ami_replaces_every_node_zone_by_zone_keeping_its_chain() {
     // new instance that takes over its data volume, within max_unavailable, gated: the
     // chain is not synced again. Each name moves to its replacement only once the
     // replacement's gate has passed.
-    let base = desired_of(&example_tree());
-    let mut changed = base.clone();
-    changed.fleet.node_ami =
-        fleet_repo_schema::values::AmiId::parse("ami-0fedcba9876543210").unwrap();
-    let rig = Rig::seeded(&base, changed);
+    let rig = Rig::new_ami("ami-0fedcba9876543210");
     let before = fleet_tests::observe(&rig.sim, &rig.desired).await;
     let p = rig.plan().await;
     assert_eq!(
@@ -873,11 +878,7 @@ async fn a_replacement_that_does_not_sync_keeps_the_old_instance_and_the_name() 
     // at the old instance, which is stopped but kept (with its root volume), and no other
     // node of the coin is touched. Once the trouble is gone the next apply resumes the
     // replacement: its gate passes, the name moves, the old instance goes.
-    let base = desired_of(&example_tree());
-    let mut changed = base.clone();
-    changed.fleet.node_ami =
-        fleet_repo_schema::values::AmiId::parse("ami-0fedcba9876543210").unwrap();
-    let rig = Rig::seeded(&base, changed);
+    let rig = Rig::new_ami("ami-0fedcba9876543210");
     let before = fleet_tests::observe(&rig.sim, &rig.desired).await;
     let p = rig.plan().await;
     let first = p.coin("ethereum").unwrap().waves[0].steps[0]

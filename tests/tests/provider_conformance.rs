@@ -688,6 +688,20 @@ async fn a_crash_while_making_the_coins_group_converges(w: &dyn TestWorld) {
     assert_eq!(o.nodes.len(), 1);
 }
 
+/// After a hand-over: `a`'s slot is `b`'s alone, with volume `vol` and the name `name`.
+fn handed_over(o: &Observed, a: &NodeRef, b: &str, vol: &str, name: &str) {
+    assert_eq!(o.nodes.len(), 1, "one node: {:#?}", o.nodes);
+    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+    let n = node(o, a);
+    assert_eq!(n.instance_id, b);
+    assert_eq!(
+        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
+        Some(vol),
+        "the same volume, moved"
+    );
+    assert_eq!(n.dns_names, vec![name.to_string()]);
+}
+
 /// A replacement (a new AMI) is a new instance with the node's own data volume, moved (the
 /// same volume id, attached to one instance at a time) and the coin's groups; it ran the
 /// every-boot set-up. Until the hand-over the name stays the old instance's and the old
@@ -738,16 +752,7 @@ async fn replace_moves_the_data_volume_to_a_new_instance(w: &dyn TestWorld) {
 
     let handed = w.provider().hand_over(&a, &s.dns).await.unwrap();
     assert_eq!(handed, (b.clone(), Outcome::Done));
-    let o = observe(w).await;
-    assert_eq!(o.nodes.len(), 1, "one node: {:#?}", o.nodes);
-    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
-    let n = node(&o, &a);
-    assert_eq!(n.instance_id, b);
-    assert_eq!(
-        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
-        Some(vol.as_str())
-    );
-    assert_eq!(n.dns_names, vec![s.dns.name.clone()]);
+    handed_over(&observe(w).await, &a, &b, &vol, &s.dns.name);
     assert_eq!(
         w.provider().hand_over(&a, &s.dns).await.unwrap(),
         (b.clone(), Outcome::AlreadyDone)
@@ -843,16 +848,7 @@ async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
         w.provider().hand_over(&a, &s.dns).await.unwrap(),
         (b.clone(), Outcome::Done)
     );
-    let o = observe(w).await;
-    let n = node(&o, &a);
-    assert_eq!(n.instance_id, b);
-    assert_eq!(
-        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
-        Some(vol.as_str())
-    );
-    assert_eq!(n.dns_names, vec![s.dns.name.clone()]);
-    assert_eq!(o.nodes.len(), 1);
-    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+    handed_over(&observe(w).await, &a, &b, &vol, &s.dns.name);
 }
 
 /// Tags are set, deleted and recorded as a `set-tags` step asks, on the instance (the data

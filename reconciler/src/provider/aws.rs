@@ -1658,10 +1658,7 @@ impl Provider for AwsProvider {
             instance_id: new_id.clone(),
         };
         let inst = self.instance(&new).await?;
-        let vol = tag_map(inst.tags())
-            .get(tags::TAKES_VOLUME)
-            .cloned()
-            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
+        let vol = ProviderError::taken_volume(node, &new_id, &tag_map(inst.tags()))?;
         // The old daemon stops here: from now on the node is down until the replacement
         // is in sync (the step is disruptive, and gated).
         if state_of(&old) != InstanceState::Stopped {
@@ -1734,10 +1731,7 @@ impl Provider for AwsProvider {
             .await?
             .ok_or_else(|| ProviderError::no_replacement(node))?;
         let new_id = new.instance_id().unwrap_or("").to_string();
-        let vol = tag_map(new.tags())
-            .get(tags::TAKES_VOLUME)
-            .cloned()
-            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
+        let vol = ProviderError::taken_volume(node, &new_id, &tag_map(new.tags()))?;
         if data_volume_id(&new).as_deref() != Some(vol.as_str()) {
             return Err(ProviderError::not_taken_over(node, &new_id, &vol));
         }

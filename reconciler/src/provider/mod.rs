@@ -762,6 +762,19 @@ impl ProviderError {
         }
     }
 
+    /// The data volume `replacement` (of `node`) takes over, from its tags
+    /// (`fleet:takes-volume`): one rule for `replace` and `hand_over` on every provider.
+    pub fn taken_volume(
+        node: &NodeRef,
+        replacement: &str,
+        instance_tags: &BTreeMap<String, String>,
+    ) -> Result<String, ProviderError> {
+        instance_tags
+            .get(tags::TAKES_VOLUME)
+            .cloned()
+            .ok_or_else(|| ProviderError::unknown_volume(node, replacement))
+    }
+
     /// A hand-over whose replacement does not hold the volume it takes over (yet).
     pub fn not_taken_over(node: &NodeRef, replacement: &str, volume: &str) -> ProviderError {
         ProviderError::Refused {

@@ -517,6 +517,18 @@ impl World {
         Ok(Outcome::Done)
     }
 
+    /// The instance launched to replace `old_id` (tag `fleet:replaces`), if one is not
+    /// terminated (the lowest id, as the AWS provider picks).
+    fn replacement_of(&self, old_id: &str) -> Option<String> {
+        self.instances
+            .values()
+            .filter(|i| {
+                !i.terminated && i.tags.get(tags::REPLACES).map(String::as_str) == Some(old_id)
+            })
+            .map(|i| i.id.clone())
+            .min()
+    }
+
     /// [`crate::provider::Provider::replace`], with EC2's and SSM's calls as the AWS provider
     /// makes them. The chain moves with the volume: the replacement's daemon
     /// starts at the height the old one stopped at.
@@ -527,12 +539,7 @@ impl World {
         now: Millis,
     ) -> Result<(String, Outcome), ProviderError> {
         self.call("DescribeInstances")?;
-        let found = self
-            .instances
-            .values()
-            .filter(|i| !i.terminated && i.tags.get(tags::REPLACES) == Some(&node.instance_id))
-            .map(|i| i.id.clone())
-            .min();
+        let found = self.replacement_of(&node.instance_id);
         self.call("DescribeInstances")?;
         if self.live(node).is_err() {
             let id = found.ok_or_else(|| ProviderError::NotFound {
@@ -578,12 +585,7 @@ impl World {
             instance_id: new_id.clone(),
         };
         self.call("DescribeInstances")?;
-        let vol = self
-            .live(&new)?
-            .tags
-            .get(tags::TAKES_VOLUME)
-            .cloned()
-            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
+        let vol = ProviderError::taken_volume(node, &new_id, &self.live(&new)?.tags)?;
         if !self.live(node)?.stopped {
             let height = self.blocks_now(&node.instance_id, now);
             self.call("StopInstances")?;
@@ -624,18 +626,10 @@ impl World {
     ) -> Result<(String, Outcome), ProviderError> {
         self.call("DescribeInstances")?;
         let new_id = self
-            .instances
-            .values()
-            .filter(|i| !i.terminated && i.tags.get(tags::REPLACES) == Some(&node.instance_id))
-            .map(|i| i.id.clone())
-            .min()
+            .replacement_of(&node.instance_id)
             .ok_or_else(|| ProviderError::no_replacement(node))?;
         let new = &self.instances[&new_id];
-        let vol = new
-            .tags
-            .get(tags::TAKES_VOLUME)
-            .cloned()
-            .ok_or_else(|| ProviderError::unknown_volume(node, &new_id))?;
+        let vol = ProviderError::taken_volume(node, &new_id, &new.tags)?;
         if new.data_volume.as_deref() != Some(vol.as_str()) {
             return Err(ProviderError::not_taken_over(node, &new_id, &vol));
         }
