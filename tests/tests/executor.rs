@@ -871,6 +871,79 @@ async fn a_new_node_ami_replaces_every_node_zone_by_zone_keeping_its_chain() {
     assert!(rig.plan().await.is_empty());
 }
 
+/// Apply `rig`'s plan with `coin`'s first replacement made never to sync (`NeverSyncs`, from
+/// the moment the replacement exists): returns that node and the coin's failure.
+async fn fail_first_replacement(rig: &Rig, coin: &str) -> (NodeKey, reconciler::events::Failure) {
+    let p = rig.plan().await;
+    let first = p.coin(coin).unwrap().waves[0].steps[0]
+        .node
+        .clone()
+        .unwrap();
+    let old = fleet_tests::observe(&rig.sim, &rig.desired)
+        .await
+        .node(&first)
+        .unwrap()
+        .instance_id
+        .clone();
+    let trouble = async {
+        loop {
+            let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
+            if o.orphans
+                .iter()
+                .any(|x| matches!(x, Orphan::Replacement { of, .. } if *of == old))
+            {
+                rig.sim.inject(SimFault::NeverSyncs { key: first.clone() });
+                return;
+            }
+            rig.clock.sleep(1_000).await;
+        }
+    };
+    let (report, _, ()) = rig.apply_during(trouble).await;
+    let c = report.coins.iter().find(|c| c.coin == coin).unwrap();
+    let CoinOutcome::Failed { failure } = &c.outcome else {
+        panic!("{:?}", c.outcome)
+    };
+    (first, failure.clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_resumed_after_a_version_bump_is_gated_at_the_version_it_runs() {
+    // ethereum's first replacement fails its gate; then the repository bumps ethereum. The
+    // resumed replacement still runs the version it was launched with: its gate must not
+    // call that a wrong image (it would fail on every pass, the node down for good). It is
+    // handed over, and the next plan upgrades it like any node.
+    let rig = Rig::new_ami("ami-0fedcba9876543210");
+    let (first, _) = fail_first_replacement(&rig, "ethereum").await;
+    rig.sim.clear_faults();
+    let mut bumped = (*rig.desired).clone();
+    let eth = bumped.coins.get_mut("ethereum").unwrap();
+    let was = eth.version.clone();
+    eth.version = Version::parse("1.15.0").unwrap();
+    let rig = Rig {
+        desired: Arc::new(bumped),
+        sim: rig.sim.clone(),
+        clock: Arc::clone(&rig.clock),
+        journal: Arc::clone(&rig.journal),
+        rec: Arc::clone(&rig.rec),
+    };
+    let (report, _) = rig.apply().await;
+    assert!(report.all_completed(), "{report:#?}");
+    let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    let n = o.node(&first).unwrap();
+    assert!(o.orphans.is_empty(), "{:#?}", o.orphans);
+    assert_eq!(n.version.known(), Some(&was), "{n:#?}");
+    let p = rig.plan().await;
+    let steps: Vec<(&str, Option<&NodeKey>)> = p
+        .coin("ethereum")
+        .unwrap()
+        .waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .map(|s| (s.action.name(), s.node.as_ref()))
+        .collect();
+    assert_eq!(steps, [("upgrade", Some(&first))], "{p:#?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_replacement_that_does_not_sync_keeps_the_old_instance_and_the_name() {
     // ethereum's first replacement never catches up (blocks come every 12 s, so it is behind
@@ -880,31 +953,8 @@ async fn a_replacement_that_does_not_sync_keeps_the_old_instance_and_the_name() 
     // replacement: its gate passes, the name moves, the old instance goes.
     let rig = Rig::new_ami("ami-0fedcba9876543210");
     let before = fleet_tests::observe(&rig.sim, &rig.desired).await;
-    let p = rig.plan().await;
-    let first = p.coin("ethereum").unwrap().waves[0].steps[0]
-        .node
-        .clone()
-        .unwrap();
+    let (first, failure) = fail_first_replacement(&rig, "ethereum").await;
     let old = before.node(&first).unwrap().clone();
-    let trouble = async {
-        // As soon as the replacement exists, its chain stops moving.
-        loop {
-            let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
-            if o.orphans
-                .iter()
-                .any(|x| matches!(x, Orphan::Replacement { of, .. } if *of == old.instance_id))
-            {
-                rig.sim.inject(SimFault::NeverSyncs { key: first.clone() });
-                return;
-            }
-            rig.clock.sleep(1_000).await;
-        }
-    };
-    let (report, _, ()) = rig.apply_during(trouble).await;
-    let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
-    let CoinOutcome::Failed { failure } = &eth.outcome else {
-        panic!("{:?}", eth.outcome)
-    };
     assert_eq!(failure.node(), Some(&first), "{failure}");
     let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
     let kept = o.node(&first).unwrap();

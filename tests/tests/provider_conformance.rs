@@ -836,7 +836,11 @@ async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
     let (b, outcome) = w.provider().replace(&a, &s).await.unwrap();
     assert_eq!(outcome, Outcome::Done);
     keeps_slot(&observe(w).await, "the replacement");
-    for op in ["ChangeResourceRecordSets", "TerminateInstances"] {
+    for op in [
+        "ChangeResourceRecordSets",
+        "ModifyInstanceAttribute",
+        "TerminateInstances",
+    ] {
         w.inject(Fault::FailOp { op, times: 1 });
         assert!(
             w.provider().hand_over(&a, &s.dns).await.is_err(),
@@ -891,6 +895,40 @@ async fn tags_are_set_deleted_and_recorded(w: &dyn TestWorld) {
     assert!(!t.contains_key("Team"), "{t:?}");
     assert!(!tags::recorded_coin_tag(&t[tags::COIN_TAGS], "Team"));
     assert!(t.contains_key(tags::MANAGED), "fleet's own tags stay");
+}
+
+/// Whether EC2 says the data volume of `instance` goes with it when it is terminated.
+async fn data_volume_deleted_on_termination(w: &AwsWorld, instance: &str) -> Option<bool> {
+    let out = w
+        .ec2
+        .describe_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .unwrap();
+    let i = out.reservations()[0].instances()[0].clone();
+    i.block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some("/dev/sdf"))
+        .and_then(|m| m.ebs()?.delete_on_termination())
+}
+
+/// Until the hand-over, the moved volume is not deleted with the replacement (a failed one
+/// terminated by hand must not take the chain with it); from the hand-over on, it is, as at
+/// launch.
+#[tokio::test]
+async fn aws_a_replacement_owns_the_volume_only_from_its_hand_over() {
+    let w = AwsWorld::new("conformance::volume_owned_from_the_hand_over").await;
+    let a = launch(&w, "litecoin", 0).await;
+    let mut s = spec(&w, "litecoin", 0, None);
+    s.ami = w.another_ami().await;
+    let (b, _) = w.provider().replace(&a, &s).await.unwrap();
+    assert_eq!(
+        data_volume_deleted_on_termination(&w, &b).await,
+        Some(false)
+    );
+    w.provider().hand_over(&a, &s.dns).await.unwrap();
+    assert_eq!(data_volume_deleted_on_termination(&w, &b).await, Some(true));
 }
 
 macro_rules! conformance {

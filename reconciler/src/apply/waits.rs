@@ -12,7 +12,7 @@ use crate::health::{
     ChainStatus, CoinHealth, Gate, GateConfig, GateFailure, ProbeError, ProbeTarget, Verdict,
 };
 use crate::node::NodeKey;
-use crate::plan::{Action, ObservedNode, Orphan, Wave};
+use crate::plan::{Action, ObservedNode, Orphan, ReplaceCause, Wave};
 use crate::store::Record;
 use fleet_repo_schema::values::{Version, Zone};
 use fleet_repo_schema::{Coin, Probe};
@@ -245,8 +245,12 @@ impl Executor {
             .filter_map(|s| match &s.action {
                 Action::Upgrade { to, .. } => Some((s.node.clone()?, to.clone())),
                 Action::Launch { version, .. } => Some((s.node.clone()?, version.clone())),
-                // A replacement is launched at the coin's version.
-                Action::Replace { .. } => Some((s.node.clone()?, coin.version.clone())),
+                // A replacement is launched at the coin's version. A resumed one runs what it
+                // was launched with, which a bump since may have left behind: nothing is
+                // expected of it (the plan after its hand-over upgrades it like any node).
+                Action::Replace { cause } if *cause != ReplaceCause::Resume => {
+                    Some((s.node.clone()?, coin.version.clone()))
+                }
                 _ => None,
             })
             .collect();

@@ -1692,23 +1692,8 @@ impl Provider for AwsProvider {
                 .await
                 .map_err(|e| self.err("ec2:AttachVolume", Some(&new_id), e))?;
             self.wait_volume(&vol, "in-use", &new_id).await?;
-            // As at launch: retire snapshots the volume, then terminating deletes it.
-            self.ec2
-                .modify_instance_attribute()
-                .instance_id(&new_id)
-                .block_device_mappings(
-                    aws_sdk_ec2::types::InstanceBlockDeviceMappingSpecification::builder()
-                        .device_name(DATA_DEVICE)
-                        .ebs(
-                            aws_sdk_ec2::types::EbsInstanceBlockDeviceSpecification::builder()
-                                .delete_on_termination(true)
-                                .build(),
-                        )
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&new_id), e))?;
+            // Not deleted with the replacement until the hand-over: a replacement that fails
+            // and is terminated by hand must not take the node's only chain with it.
         }
         // Always: a crash after the attach and before this left the daemon off, and the
         // every-boot set-up changes nothing on a node that runs.
@@ -1747,6 +1732,24 @@ impl Provider for AwsProvider {
         let mut outcome = self.upsert_record(dns, &ip).await?;
         match self.instance(node).await {
             Ok(_) => {
+                // From now on the volume is the replacement's for good: as at launch, retire
+                // snapshots it, then terminating deletes it.
+                self.ec2
+                    .modify_instance_attribute()
+                    .instance_id(&new_id)
+                    .block_device_mappings(
+                        aws_sdk_ec2::types::InstanceBlockDeviceMappingSpecification::builder()
+                            .device_name(DATA_DEVICE)
+                            .ebs(
+                                aws_sdk_ec2::types::EbsInstanceBlockDeviceSpecification::builder()
+                                    .delete_on_termination(true)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&new_id), e))?;
                 self.ec2
                     .terminate_instances()
                     .instance_ids(&node.instance_id)

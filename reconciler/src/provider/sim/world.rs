@@ -605,7 +605,6 @@ impl World {
             self.call("AttachVolume")?;
             self.live_mut(&new)?.data_volume = Some(vol.clone());
             self.call("DescribeVolumes")?;
-            self.call("ModifyInstanceAttribute")?;
         }
         self.run_command(&new, crate::provider::commands::BOOTSTRAP_COMMAND, now)?;
         let d = &mut self.live_mut(&new)?.daemon;
@@ -637,6 +636,7 @@ impl World {
         let mut outcome = self.set_record(dns, &ip)?;
         self.call("DescribeInstances")?;
         if self.live(node).is_ok() {
+            self.call("ModifyInstanceAttribute")?;
             self.call("TerminateInstances")?;
             self.live_mut(node)?.terminated = true;
             outcome = Outcome::Done;
