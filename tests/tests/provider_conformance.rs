@@ -855,6 +855,72 @@ async fn a_crash_anywhere_in_a_replacement_converges(w: &dyn TestWorld) {
     handed_over(&observe(w).await, &a, &b, &vol, &s.dns.name);
 }
 
+/// A replacement undone (the repository wants the old instance again): the volume goes back
+/// to the old instance, which starts again without its mark; the replacement is terminated;
+/// the name never moved. Cut off at any of its calls, the next attempt finishes the job, the
+/// old instance keeping the slot throughout; asking again changes nothing.
+async fn an_undone_replacement_gives_the_volume_back(w: &dyn TestWorld) {
+    let a = launch(w, "litecoin", 0).await;
+    let before = node(&observe(w).await, &a).clone();
+    let vol = before.data_volume.clone().expect("a data volume").volume_id;
+    let mut s = spec(w, "litecoin", 0, None);
+    s.ami = w.another_ami().await;
+    let (b, _) = w.provider().replace(&a, &s).await.unwrap();
+    for op in [
+        "StopInstances",
+        "DetachVolume",
+        "AttachVolume",
+        "TerminateInstances",
+        "StartInstances",
+        "DeleteTags",
+    ] {
+        w.inject(Fault::FailOp { op, times: 1 });
+        assert!(
+            w.provider().undo_replace(&a).await.is_err(),
+            "an undo cut off at {op} fails"
+        );
+        let o = observe(w).await;
+        assert_eq!(node(&o, &a).instance_id, a.instance_id, "after {op}");
+        assert!(
+            o.orphans
+                .iter()
+                .all(|x| matches!(x, Orphan::Replacement { of, .. } if *of == a.instance_id)),
+            "after {op}: {:#?}",
+            o.orphans
+        );
+    }
+    assert_eq!(w.provider().undo_replace(&a).await.unwrap(), Outcome::Done);
+    let o = observe(w).await;
+    assert_eq!(o.nodes.len(), 1, "{:#?}", o.nodes);
+    assert!(
+        o.orphans.is_empty(),
+        "the replacement is gone: {:#?}",
+        o.orphans
+    );
+    let n = node(&o, &a);
+    assert_eq!(n.instance_id, a.instance_id);
+    assert!(
+        matches!(n.state, InstanceState::Running | InstanceState::Pending),
+        "{:?}",
+        n.state
+    );
+    assert_eq!(
+        n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
+        Some(vol.as_str()),
+        "the same volume, back"
+    );
+    assert_eq!(n.dns_names, before.dns_names);
+    assert_eq!(n.pending, None, "the mark is cleared");
+    assert_eq!(n.image_id, before.image_id);
+    assert_eq!(
+        w.provider().undo_replace(&a).await.unwrap(),
+        Outcome::AlreadyDone
+    );
+    // Nothing of the replacement's is left to hand over to.
+    let e = w.provider().hand_over(&a, &s.dns).await.unwrap_err();
+    assert!(e.to_string().contains("has no replacement"), "{e} ({b})");
+}
+
 /// Tags are set, deleted and recorded as a `set-tags` step asks, on the instance (the data
 /// volume is tagged along on AWS); asking again changes nothing.
 async fn tags_are_set_deleted_and_recorded(w: &dyn TestWorld) {
@@ -971,6 +1037,7 @@ conformance!(
     a_hand_over_before_the_volume_moved_is_refused,
     tags_are_set_deleted_and_recorded,
     a_crash_anywhere_in_a_replacement_converges,
+    an_undone_replacement_gives_the_volume_back,
     root_volume_grows_never_shrinks,
     a_command_waits_for_the_ssm_agent,
     failed_command_leaves_version_unknown,

@@ -11,7 +11,9 @@
 //!   the previous zone's bake is complete (bakes are journaled, so a crash resumes them).
 //! - A replacement takes its node's DNS name, and the old instance is terminated, only after
 //!   the replacement has passed its gate (dialled at its own address until then): the steps
-//!   that wait for a gate ([`crate::plan::Action::after_gate`]) run after it.
+//!   that wait for a gate ([`crate::plan::Action::after_gate`]) run after it, for each node
+//!   that passed, even when another node of the wave failed (whose old instance then keeps
+//!   the name, stopped, to go back to).
 //! - A failure (a gate, a step, the budget) stops that coin's rollout, is journaled with its
 //!   [`Failure`], told to the notifier, and nothing further of that coin is touched; other
 //!   coins go on.
@@ -46,6 +48,7 @@ use fleet_repo_schema::{Coin, Desired};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use steps::Side;
 use tokio_util::sync::CancellationToken;
 use view::FleetView;
 
@@ -388,9 +391,7 @@ impl Executor {
                     // one came back up meanwhile; no bake (the zone's rollout has its own).
                     let coin = run.coin()?;
                     self.wait_for_budget(run, coin, zone, wave).await?;
-                    let ids = self.run_steps(run, wave, false, report).await?;
-                    self.gate_wave(run, coin, zone, wave, &ids, report).await?;
-                    self.run_steps(run, wave, true, report).await?;
+                    self.run_gated(run, coin, zone, wave, report).await?;
                 }
                 (WaveKind::Rollout, Some(zone)) => {
                     let coin = run.coin()?;
@@ -402,9 +403,7 @@ impl Executor {
                     if !wave.disrupted().is_empty() {
                         self.wait_for_budget(run, coin, zone, wave).await?;
                     }
-                    let ids = self.run_steps(run, wave, false, report).await?;
-                    self.gate_wave(run, coin, zone, wave, &ids, report).await?;
-                    self.run_steps(run, wave, true, report).await?;
+                    self.run_gated(run, coin, zone, wave, report).await?;
                     let last_of_zone = cp.waves.get(wi + 1).is_none_or(|n| {
                         n.zone.as_ref() != Some(zone) || n.kind != WaveKind::Rollout
                     });
@@ -426,8 +425,10 @@ impl Executor {
                 }
                 (WaveKind::Network | WaveKind::Retire | WaveKind::Cleanup, _) => {
                     // No gate: both sides run, in order.
-                    self.run_steps(run, wave, false, report).await?;
-                    self.run_steps(run, wave, true, report).await?;
+                    self.run_steps(run, wave, Side::BeforeGate, report).await?;
+                    let all = wave.steps.iter().filter_map(|s| s.node.clone()).collect();
+                    let side = Side::AfterGate { passed: &all };
+                    self.run_steps(run, wave, side, report).await?;
                 }
                 (WaveKind::Repair | WaveKind::Rollout, None) => {
                     return Err(Stop::from(Failure::Inconsistent {
@@ -437,5 +438,28 @@ impl Executor {
             }
         }
         Ok(())
+    }
+
+    /// A gated wave: the steps before its gate, the gate, then the steps that wait for it
+    /// (a hand-over) of each node that passed, even when another failed: a replacement in
+    /// sync takes its name whatever became of its neighbour's, rather than leave the name on
+    /// a stopped instance. A failure of the gate is the coin's, before one of those steps.
+    async fn run_gated(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        zone: &Zone,
+        wave: &crate::plan::Wave,
+        report: &mut CoinReport,
+    ) -> StepResult<()> {
+        let ids = self.run_steps(run, wave, Side::BeforeGate, report).await?;
+        let gated = self.gate_wave(run, coin, zone, wave, &ids, report).await?;
+        let side = Side::AfterGate {
+            passed: &gated.passed,
+        };
+        let after = self.run_steps(run, wave, side, report).await;
+        // A step that failed after a failed gate was journaled and told as it failed.
+        gated.passed_all()?;
+        after.map(|_| ())
     }
 }

@@ -10,26 +10,39 @@ use crate::node_config::NodeFiles;
 use crate::plan::{Action, Step, Wave};
 use crate::provider::{DnsTarget, LaunchSpec, NodeRef, Outcome, ProviderError};
 use crate::store::{Record, StepRecord};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which of a wave's steps [`Executor::run_steps`] runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Side<'a> {
+    /// The steps that do not wait for the wave's gate.
+    BeforeGate,
+    /// The steps that wait for it, of the nodes that passed it.
+    AfterGate {
+        /// Those nodes.
+        passed: &'a BTreeSet<NodeKey>,
+    },
+}
 
 impl Executor {
-    /// Run a wave's steps of one side of its gate (those that wait for it when `after_gate`,
-    /// [`crate::plan::Action::after_gate`], the others when not), node by node; returns the
-    /// instance id of each node.
+    /// Run a wave's steps of one side of its gate, node by node: those that do not wait for
+    /// it ([`crate::plan::Action::after_gate`]), or those that do of the nodes that passed
+    /// it; returns the instance id of each node.
     pub(super) async fn run_steps(
         &self,
         run: &CoinRun<'_>,
         wave: &Wave,
-        after_gate: bool,
+        side: Side<'_>,
         report: &mut CoinReport,
     ) -> StepResult<BTreeMap<NodeKey, String>> {
         let coin = &run.cp.coin;
         let mut ids: BTreeMap<NodeKey, String> = BTreeMap::new();
-        for step in wave
-            .steps
-            .iter()
-            .filter(|s| s.action.after_gate() == after_gate)
-        {
+        for step in wave.steps.iter().filter(|s| match side {
+            Side::BeforeGate => !s.action.after_gate(),
+            Side::AfterGate { passed } => {
+                s.action.after_gate() && s.node.as_ref().is_some_and(|n| passed.contains(n))
+            }
+        }) {
             if run.cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
             }
@@ -225,6 +238,7 @@ impl Executor {
                 };
                 Ok((None, p.set_dns(&node()?, &target).await?))
             }
+            Action::UndoReplace { .. } => Ok((None, p.undo_replace(&node()?).await?)),
             Action::Retire { dns } => {
                 p.retire(&node()?, zone_id, dns).await?;
                 Ok((None, Outcome::Done))

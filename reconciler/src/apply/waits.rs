@@ -38,6 +38,29 @@ struct AfterSteps {
     full_sync: BTreeSet<NodeKey>,
     /// The version each node's step started, which its daemon must report once in sync.
     versions: BTreeMap<NodeKey, Version>,
+    /// Gate every node to its own verdict even once one has failed (steps wait for the
+    /// gate of each node that passes).
+    settle: bool,
+}
+
+/// How a gate ended, when it was not cancelled.
+#[derive(Debug, Default)]
+pub(super) struct Gated {
+    /// The nodes in sync at the gate's last reading (none when it stopped at a failure
+    /// without settling the others).
+    pub(super) passed: BTreeSet<NodeKey>,
+    /// The first node that failed, if one did: the coin's failure.
+    pub(super) failure: Option<Failure>,
+}
+
+impl Gated {
+    /// The gate as a step result: its failure stops the coin.
+    pub(super) fn passed_all(self) -> StepResult<()> {
+        match self.failure {
+            Some(f) => Err(Stop::from(f)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Executor {
@@ -213,14 +236,14 @@ impl Executor {
         wave: &Wave,
         ids: &BTreeMap<NodeKey, String>,
         report: &mut CoinReport,
-    ) -> StepResult<()> {
+    ) -> StepResult<Gated> {
         let nodes: Vec<(NodeKey, String)> = wave
             .disrupted()
             .into_iter()
             .filter_map(|k| ids.get(k).map(|id| (k.clone(), id.clone())))
             .collect();
         if nodes.is_empty() {
-            return Ok(());
+            return Ok(Gated::default());
         }
         // Launched on an empty volume: a sync from genesis, gated on progress only.
         let full_sync: BTreeSet<NodeKey> = wave
@@ -258,14 +281,20 @@ impl Executor {
         let after = AfterSteps {
             full_sync,
             versions: expects,
+            // A step waits for this gate (a hand-over): the nodes that pass are told apart
+            // from one that fails, so that one failure does not leave the others' names on
+            // their stopped instances.
+            settle: wave.steps.iter().any(|s| s.action.after_gate()),
         };
-        self.gate_nodes(run, coin, zone, &nodes, &after, GatePhase::AfterStep)
+        let gated = self
+            .gate_nodes(run, coin, zone, &nodes, &after, GatePhase::AfterStep)
             .await?;
         report.gate_wait_ms += self.now() - t0;
-        Ok(())
+        Ok(gated)
     }
 
-    /// Gate `nodes` (key, instance id) until all are in sync, or one fails.
+    /// Gate `nodes` (key, instance id) until all are in sync, or one fails: then at once,
+    /// unless `after.settle`, when the others are gated on until each has passed or failed.
     async fn gate_nodes(
         &self,
         run: &CoinRun<'_>,
@@ -274,7 +303,7 @@ impl Executor {
         nodes: &[(NodeKey, String)],
         after: &AfterSteps,
         phase: GatePhase,
-    ) -> StepResult<()> {
+    ) -> StepResult<Gated> {
         let (full_sync, expects) = (&after.full_sync, &after.versions);
         if coin.health.probe == Probe::None {
             // The explicit choice of a coin without RPC: running is all that is known.
@@ -304,12 +333,18 @@ impl Executor {
             .map(|n| (n.key, n.instance_id))
             .collect();
         let everyone: Vec<(NodeKey, String)> = others.iter().chain(nodes).cloned().collect();
+        // The nodes whose gate failed (no longer observed) and the first failure.
+        let mut failed: BTreeSet<NodeKey> = BTreeSet::new();
+        let mut first: Option<Failure> = None;
         loop {
             let readings = self.probe(coin, &everyone, &dial).await;
             let reference = reference_height(readings.values());
             let now = self.now();
             let mut in_sync = 0;
             for (key, _) in nodes {
+                if failed.contains(key) {
+                    continue;
+                }
                 let gate = gates.get_mut(key).expect("one gate per node");
                 let reading = readings
                     .get(key)
@@ -333,11 +368,11 @@ impl Executor {
                         }),
                     _ => None,
                 };
-                if let Some(failure) = wrong {
+                if let Some(failure) = &wrong {
                     // Recorded on the node, so that no later plan (a new revision, a restart
                     // of fleet) restarts it on the same image again.
                     if let (GateFailure::WrongVersion { expected, reports }, Some((_, id))) =
-                        (&failure, nodes.iter().find(|(k, _)| k == key))
+                        (failure, nodes.iter().find(|(k, _)| k == key))
                     {
                         let digest = coin
                             .image
@@ -355,28 +390,41 @@ impl Executor {
                             tracing::warn!(node = %key, error = %e, "could not record what the image runs");
                         }
                     }
-                    return Err(Stop::from(Failure::Gate {
-                        zone: zone.clone(),
-                        node: key.clone(),
-                        phase,
-                        failure,
-                    }));
                 }
-                match v {
-                    Verdict::InSync { .. } => in_sync += 1,
-                    Verdict::Waiting { .. } => {}
-                    Verdict::Failed(failure) => {
-                        return Err(Stop::from(Failure::Gate {
-                            zone: zone.clone(),
-                            node: key.clone(),
-                            phase,
-                            failure,
-                        }));
+                let failure = match (wrong, v) {
+                    (Some(failure), _) | (None, Verdict::Failed(failure)) => failure,
+                    (None, Verdict::InSync { .. }) => {
+                        in_sync += 1;
+                        continue;
                     }
+                    (None, Verdict::Waiting { .. }) => continue,
+                };
+                failed.insert(key.clone());
+                first.get_or_insert(Failure::Gate {
+                    zone: zone.clone(),
+                    node: key.clone(),
+                    phase,
+                    failure,
+                });
+                if !after.settle {
+                    break;
                 }
             }
-            if in_sync == nodes.len() {
-                return Ok(());
+            if first.is_some() && !after.settle {
+                return Ok(Gated {
+                    passed: BTreeSet::new(),
+                    failure: first,
+                });
+            }
+            if in_sync + failed.len() == nodes.len() {
+                return Ok(Gated {
+                    passed: nodes
+                        .iter()
+                        .map(|(k, _)| k.clone())
+                        .filter(|k| !failed.contains(k))
+                        .collect(),
+                    failure: first,
+                });
             }
             self.sleep(run, self.opts.poll_ms).await?;
         }
@@ -389,26 +437,23 @@ impl Executor {
         coin: &Coin,
         zone: &Zone,
         nodes: &[(NodeKey, String)],
-    ) -> StepResult<()> {
+    ) -> StepResult<Gated> {
         let t0 = self.now();
         let limit = coin.health.sync_timeout.0.as_millis() as u64;
         loop {
             let all = self.gated_view(run, coin, nodes).await?;
             let (health, _) = self.rate_now(coin, &all).await;
-            let waiting: Vec<NodeKey> = nodes
-                .iter()
-                .filter(|(k, _)| !health.is_up(k))
-                .map(|(k, _)| k.clone())
-                .collect();
-            if waiting.is_empty() {
-                return Ok(());
-            }
-            if self.now() - t0 >= limit {
-                return Err(Stop::from(Failure::NotRunning {
-                    zone: zone.clone(),
-                    nodes: waiting,
-                    after_ms: limit,
-                }));
+            let (up, waiting): (Vec<&NodeKey>, Vec<&NodeKey>) =
+                nodes.iter().map(|(k, _)| k).partition(|k| health.is_up(k));
+            if waiting.is_empty() || self.now() - t0 >= limit {
+                return Ok(Gated {
+                    passed: up.into_iter().cloned().collect(),
+                    failure: (!waiting.is_empty()).then(|| Failure::NotRunning {
+                        zone: zone.clone(),
+                        nodes: waiting.into_iter().cloned().collect(),
+                        after_ms: limit,
+                    }),
+                });
             }
             self.sleep(run, self.opts.poll_ms).await?;
         }
@@ -554,7 +599,8 @@ impl Executor {
                 &AfterSteps::default(),
                 GatePhase::EarlierZone,
             )
-            .await?;
+            .await?
+            .passed_all()?;
             if !self.journal.zone_passed(
                 coin.name.as_str(),
                 earlier.as_str(),

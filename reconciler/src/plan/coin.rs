@@ -121,17 +121,31 @@ pub(super) fn plan_coin(
                 }
             }
             // An interrupted replacement resumes first, whatever else differs (its volume
-            // may be on the replacement already).
-            if matches!(n.pending, Some(PendingStep::Replace { .. })) {
-                disruptive.push(vec![
-                    step(
-                        Action::Replace {
-                            cause: ReplaceCause::Resume,
-                        },
-                        "an earlier replacement did not finish".into(),
-                    ),
-                    hand_over(&slot.dns_name),
-                ]);
+            // may be on the replacement already); or, when the repository wants this instance
+            // again (what caused the replacement was set back), it is undone.
+            if let Some(PendingStep::Replace { ami }) = &n.pending {
+                // Undone only when the instance's AMI is known to be the one wanted.
+                let wanted_again =
+                    n.image_id.is_some() && replace_cause(desired, zone, n).is_none();
+                disruptive.push(if wanted_again {
+                    vec![step(
+                        Action::UndoReplace { ami: ami.clone() },
+                        format!(
+                            "an earlier replacement did not finish, and node_ami and the zone's subnet are this instance's again ({})",
+                            n.image_id.as_deref().unwrap_or("?")
+                        ),
+                    )]
+                } else {
+                    vec![
+                        step(
+                            Action::Replace {
+                                cause: ReplaceCause::Resume,
+                            },
+                            "an earlier replacement did not finish".into(),
+                        ),
+                        hand_over(&slot.dns_name),
+                    ]
+                });
                 continue;
             }
             match &n.data_volume {
@@ -515,27 +529,12 @@ pub(super) fn plan_coin(
             // A new AMI needs a new instance, launched as the coin says now: the one step the
             // node gets (what else differs comes with it; a larger data volume is grown by
             // the next plan).
-            let ami = desired.fleet.node_ami.as_str();
-            let subnet = desired.fleet.subnets.get(zone).map(|s| s.as_str());
-            let cause = match (n.image_id.as_deref(), n.subnet_id.as_deref()) {
-                (Some(have), _) if have != ami => Some(ReplaceCause::Ami {
-                    from: have.to_string(),
-                    to: ami.to_string(),
-                }),
-                (_, Some(have)) if subnet.is_some_and(|s| s != have) => {
-                    Some(ReplaceCause::Subnet {
-                        from: have.to_string(),
-                        to: subnet.unwrap_or_default().to_string(),
-                    })
-                }
-                _ => None,
-            };
-            if let Some(cause) = cause {
+            if let Some(cause) = replace_cause(desired, zone, n) {
                 let reason = match &cause {
                     ReplaceCause::Subnet { to, .. } => {
                         format!("network.subnets gives {zone} the subnet {to}")
                     }
-                    _ => format!("node_ami is {ami}"),
+                    _ => format!("node_ami is {}", desired.fleet.node_ami),
                 };
                 steps = vec![
                     step(Action::Replace { cause }, reason),
@@ -744,6 +743,24 @@ pub(super) fn plan_coin(
 /// The coin's secret is read by its nodes at every boot and at each reconfiguration
 /// (`fleet-node bootstrap`, `apply-config`): a plan with such a step for a coin whose secret
 /// cannot be read is refused, before any node depends on it.
+/// What only a new instance of `n` can take, if anything: fleet.yaml's `node_ami` is not
+/// the one it was launched from, or the zone's subnet is not its own.
+fn replace_cause(desired: &Desired, zone: &Zone, n: &ObservedNode) -> Option<ReplaceCause> {
+    let ami = desired.fleet.node_ami.as_str();
+    let subnet = desired.fleet.subnets.get(zone).map(|s| s.as_str());
+    match (n.image_id.as_deref(), n.subnet_id.as_deref()) {
+        (Some(have), _) if have != ami => Some(ReplaceCause::Ami {
+            from: have.to_string(),
+            to: ami.to_string(),
+        }),
+        (_, Some(have)) if subnet.is_some_and(|s| s != have) => Some(ReplaceCause::Subnet {
+            from: have.to_string(),
+            to: subnet.unwrap_or_default().to_string(),
+        }),
+        _ => None,
+    }
+}
+
 fn secret_refusal(coin: &Coin, observed: &Observed, waves: &[Wave]) -> Option<Refusal> {
     let name = coin.secrets.as_ref()?;
     let state = observed.secrets.as_ref()?.get(name.as_str())?;
@@ -760,6 +777,7 @@ fn secret_refusal(coin: &Coin, observed: &Observed, waves: &[Wave]) -> Option<Re
                 s.action,
                 Action::Launch { .. }
                     | Action::Replace { .. }
+                    | Action::UndoReplace { .. }
                     | Action::Reconfigure { .. }
                     | Action::ChangeType { .. }
                     | Action::Start { .. }

@@ -431,6 +431,14 @@ pub enum Action {
         /// Why a new instance.
         cause: ReplaceCause,
     },
+    /// An unfinished [`Action::Replace`] whose node the repository no longer asks to replace
+    /// (`node_ami` or the zone's subnet set back to the old instance's): the replacement is
+    /// stopped, the data volume goes back to the old instance, the replacement is terminated,
+    /// the old instance started and its mark cleared. Gated like a start.
+    UndoReplace {
+        /// The AMI the replacement was launched from (the instance's `fleet:pending` mark).
+        ami: String,
+    },
     /// After a [`Action::Replace`], once the new instance has passed its gate (the one step
     /// run after the gate, [`Action::after_gate`]): point the slot's DNS name at it and
     /// terminate the old instance.
@@ -474,6 +482,7 @@ impl Action {
             self,
             Action::Launch { .. }
                 | Action::Replace { .. }
+                | Action::UndoReplace { .. }
                 | Action::Upgrade { .. }
                 | Action::ChangeType { .. }
                 | Action::Start { .. }
@@ -492,7 +501,7 @@ impl Action {
             Action::Launch { .. } | Action::Replace { .. } => estimate::LAUNCH_MS,
             Action::Upgrade { .. } => estimate::UPGRADE_MS,
             Action::ChangeType { .. } => estimate::CHANGE_TYPE_MS,
-            Action::Start { .. } => estimate::START_MS,
+            Action::Start { .. } | Action::UndoReplace { .. } => estimate::START_MS,
             Action::Retire { .. } => estimate::RETIRE_MS,
             Action::Reconfigure { restart: true, .. } => estimate::UPGRADE_MS,
             Action::Reconfigure { restart: false, .. } => 0,
@@ -518,6 +527,7 @@ impl Action {
             Action::Launch { .. } => "launch",
             Action::Replace { .. } => "replace",
             Action::HandOver { .. } => "hand-over",
+            Action::UndoReplace { .. } => "undo-replace",
             Action::Upgrade { .. } => "upgrade",
             Action::Reconfigure { .. } => "reconfigure",
             Action::SetTags { .. } => "set-tags",
@@ -575,6 +585,10 @@ impl fmt::Display for Action {
             Action::HandOver { name } => write!(
                 f,
                 "once the new instance is in sync: point {name} at it, then terminate the old one"
+            ),
+            Action::UndoReplace { ami } => write!(
+                f,
+                "undo the replacement by an instance of {ami}: the data volume back to this instance, which starts again; the replacement is terminated"
             ),
             Action::Upgrade {
                 from,

@@ -49,7 +49,7 @@ fn desired(version: &str, extra: &str) -> Desired {
 }
 
 /// Observed nodes, as a provider would report them.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct World {
     instances: Vec<ObservedInstance>,
     dns: Vec<DnsRecord>,
@@ -1015,7 +1015,7 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
         )
         .with_image(Some("ami-0123456789abcdef0".into())),
     );
-    let o = w.observed(&d);
+    let o = w.clone().observed(&d);
     assert_eq!(
         o.node(&NodeKey::parse("bitcoin", "eu-central-1a", 1).unwrap())
             .unwrap()
@@ -1035,6 +1035,38 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
         Action::HandOver { .. }
     ));
     assert_eq!(cp.approval, None, "the version is as recorded");
+    // node_ami set back to the old instance's before the replacement finished: it is undone
+    // (one step, gated like a start, without asking), not finished towards an AMI the
+    // repository no longer names.
+    let mut back = d.clone();
+    back.fleet.node_ami = fleet_repo_schema::values::AmiId::parse("ami-0aaaaaaaaaaaaaaaa").unwrap();
+    let p = plan(&back, &w.observed(&back), 0);
+    let cp = p.coin("bitcoin").unwrap();
+    // (The other nodes, launched from the AMI named until now, are replaced as usual.)
+    let names: Vec<&str> = cp
+        .waves
+        .iter()
+        .flat_map(|w| &w.steps)
+        .filter(|s| s.instance_id.as_ref() == Some(&old.instance_id))
+        .map(|s| s.action.name())
+        .collect();
+    assert_eq!(names, ["undo-replace"], "{cp:#?}");
+    let undo = &cp.waves[0].steps[0];
+    assert_eq!(undo.instance_id.as_ref(), Some(&old.instance_id));
+    assert!(undo.action.disruptive() && !undo.action.after_gate());
+    assert_eq!(
+        undo.action.to_string(),
+        "undo the replacement by an instance of ami-0123456789abcdef0: the data volume back to this instance, which starts again; the replacement is terminated"
+    );
+    assert!(
+        cp.approval.as_ref().is_some_and(|a| a.reasons
+            == [ApprovalReason::Replace {
+                nodes: 5,
+                policy: fleet_repo_schema::Approval::Major
+            }]),
+        "the undo asks nothing, the five replacements do: {:#?}",
+        cp.approval
+    );
 
     // Finished, the old instance terminating: the replacement is the slot's node.
     let mut w2 = World::running(&d, "28.1");

@@ -1764,6 +1764,88 @@ impl Provider for AwsProvider {
         Ok((new_id, outcome))
     }
 
+    async fn undo_replace(&self, node: &NodeRef) -> Result<Outcome, ProviderError> {
+        let mut old = self.instance(node).await?;
+        let mut outcome = Outcome::AlreadyDone;
+        if let Some(new) = self.replacement_of(&node.instance_id).await? {
+            let new_id = new.instance_id().unwrap_or("").to_string();
+            let new_ref = NodeRef {
+                key: node.key.clone(),
+                instance_id: new_id.clone(),
+            };
+            let vol = ProviderError::taken_volume(node, &new_id, &tag_map(new.tags()))?;
+            // Stopped first: the volume leaves an instance that no longer writes to it.
+            if state_of(&new) != InstanceState::Stopped {
+                self.ec2
+                    .stop_instances()
+                    .instance_ids(&new_id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:StopInstances", Some(&new_id), e))?;
+                self.wait_state(&new_ref, "stopped").await?;
+            }
+            if data_volume_id(&new).as_deref() == Some(vol.as_str()) {
+                self.ec2
+                    .detach_volume()
+                    .volume_id(&vol)
+                    .instance_id(&new_id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:DetachVolume", Some(&new_id), e))?;
+            }
+            if data_volume_id(&old).as_deref() != Some(vol.as_str()) {
+                self.wait_volume(&vol, "available", &new_id).await?;
+                self.ec2
+                    .attach_volume()
+                    .volume_id(&vol)
+                    .instance_id(&node.instance_id)
+                    .device(DATA_DEVICE)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:AttachVolume", Some(&node.instance_id), e))?;
+                self.wait_volume(&vol, "in-use", &node.instance_id).await?;
+                old = self.instance(node).await?;
+            }
+            // The volume is back; the replacement goes with its root volume only (its data
+            // device was never set to be deleted with it before a hand-over).
+            self.ec2
+                .terminate_instances()
+                .instance_ids(&new_id)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:TerminateInstances", Some(&new_id), e))?;
+            outcome = Outcome::Done;
+        }
+        if data_volume_id(&old).is_none() {
+            return Err(ProviderError::volume_lost(node));
+        }
+        // Its unit is enabled and its every-boot set-up runs: the daemon comes back with the
+        // instance.
+        if matches!(
+            state_of(&old),
+            InstanceState::Stopped | InstanceState::Stopping
+        ) {
+            if state_of(&old) == InstanceState::Stopping {
+                self.wait_state(node, "stopped").await?;
+            }
+            self.ec2
+                .start_instances()
+                .instance_ids(&node.instance_id)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:StartInstances", Some(&node.instance_id), e))?;
+            outcome = Outcome::Done;
+        }
+        if state_of(&old) != InstanceState::Running {
+            self.wait_state(node, "running").await?;
+        }
+        if tag_map(old.tags()).contains_key(tags::PENDING) {
+            self.remove_tag(&node.instance_id, tags::PENDING).await?;
+            outcome = Outcome::Done;
+        }
+        Ok(outcome)
+    }
+
     async fn unmanaged(
         &self,
         key: &str,

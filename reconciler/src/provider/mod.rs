@@ -785,6 +785,17 @@ impl ProviderError {
         }
     }
 
+    /// An undone replacement whose old instance holds no data volume, and no replacement
+    /// holds it either: nothing to start the node on.
+    pub fn volume_lost(node: &NodeRef) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "instance {} of {} holds no data volume and no replacement takes one over; attach the node's volume at /dev/sdf by hand, or retire the node",
+                node.instance_id, node.key
+            ),
+        }
+    }
+
     /// A hand-over with no replacement to hand over to.
     pub fn no_replacement(node: &NodeRef) -> ProviderError {
         ProviderError::Refused {
@@ -962,6 +973,14 @@ pub trait Provider: Send + Sync {
         node: &NodeRef,
         dns: &DnsTarget,
     ) -> Result<(String, Outcome), ProviderError>;
+
+    /// Undo an unfinished replacement of `node` (the repository wants the old instance again:
+    /// its `node_ami` and subnet are the ones the old instance has): stop the replacement,
+    /// move the data volume back to the old instance, terminate the replacement, start the
+    /// old instance and clear its `fleet:pending` mark. Refused once the old instance is gone
+    /// (a hand-over finished: the replacement is the node), and when the volume is on
+    /// neither instance. Idempotent: a retry after a crash anywhere finishes the job.
+    async fn undo_replace(&self, node: &NodeRef) -> Result<Outcome, ProviderError>;
 
     /// `fleet adopt`: the instances fleet does not manage (pending, running, stopping or
     /// stopped) whose tag `key` has one of `values` (EC2's `*` and `?` wildcards read), with

@@ -745,6 +745,10 @@ impl Provider for SimProvider {
         self.with(|w, _| w.hand_over(node, dns))
     }
 
+    async fn undo_replace(&self, node: &NodeRef) -> Result<Outcome, ProviderError> {
+        self.with(|w, now| w.undo_replace(node, now))
+    }
+
     async fn grow_volume(&self, node: &NodeRef, size_gb: u32) -> Result<Outcome, ProviderError> {
         self.with(|w, now| w.grow_disk(node, Disk::Data, size_gb, now))
     }
