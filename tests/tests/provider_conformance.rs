@@ -921,6 +921,56 @@ async fn an_undone_replacement_gives_the_volume_back(w: &dyn TestWorld) {
     assert!(e.to_string().contains("has no replacement"), "{e} ({b})");
 }
 
+/// A replacement cut off at any of its calls can be undone: the volume ends on the old
+/// instance (wherever the cut left it), which runs again without its mark, and nothing of the
+/// replacement is left.
+async fn a_replacement_cut_off_anywhere_can_be_undone(w: &dyn TestWorld) {
+    let another = w.another_ami().await;
+    for (i, (coin, slot, op)) in [
+        ("bitcoin", 0, "StopInstances"),
+        ("bitcoin", 1, "DetachVolume"),
+        ("bitcoin", 2, "AttachVolume"),
+        ("ethereum", 0, "SendCommand"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = launch(w, coin, slot).await;
+        let vol = node(&observe(w).await, &a)
+            .data_volume
+            .clone()
+            .unwrap()
+            .volume_id;
+        let mut s = spec(w, coin, slot, None);
+        s.ami = another.clone();
+        w.inject(Fault::FailOp { op, times: 1 });
+        assert!(
+            w.provider().replace(&a, &s).await.is_err(),
+            "a replacement cut off at {op} fails"
+        );
+        assert_eq!(
+            w.provider().undo_replace(&a).await.unwrap(),
+            Outcome::Done,
+            "undone after {op}"
+        );
+        let o = observe(w).await;
+        assert_eq!(o.nodes.len(), i + 1, "after {op}: {:#?}", o.nodes);
+        assert!(o.orphans.is_empty(), "after {op}: {:#?}", o.orphans);
+        let n = node(&o, &a);
+        assert_eq!(
+            n.data_volume.as_ref().map(|v| v.volume_id.as_str()),
+            Some(vol.as_str()),
+            "after {op}"
+        );
+        assert!(
+            matches!(n.state, InstanceState::Running | InstanceState::Pending),
+            "after {op}: {:?}",
+            n.state
+        );
+        assert_eq!(n.pending, None, "after {op}");
+    }
+}
+
 /// Tags are set, deleted and recorded as a `set-tags` step asks, on the instance (the data
 /// volume is tagged along on AWS); asking again changes nothing.
 async fn tags_are_set_deleted_and_recorded(w: &dyn TestWorld) {
@@ -1038,6 +1088,7 @@ conformance!(
     tags_are_set_deleted_and_recorded,
     a_crash_anywhere_in_a_replacement_converges,
     an_undone_replacement_gives_the_volume_back,
+    a_replacement_cut_off_anywhere_can_be_undone,
     root_volume_grows_never_shrinks,
     a_command_waits_for_the_ssm_agent,
     failed_command_leaves_version_unknown,

@@ -38,16 +38,15 @@ struct AfterSteps {
     full_sync: BTreeSet<NodeKey>,
     /// The version each node's step started, which its daemon must report once in sync.
     versions: BTreeMap<NodeKey, Version>,
-    /// Gate every node to its own verdict even once one has failed (steps wait for the
-    /// gate of each node that passes).
-    settle: bool,
+    /// The nodes a step waits on (a hand-over): once one node has failed, the gate goes on
+    /// until each of these has passed or failed too, and no longer for the others.
+    awaited: BTreeSet<NodeKey>,
 }
 
 /// How a gate ended, when it was not cancelled.
 #[derive(Debug, Default)]
 pub(super) struct Gated {
-    /// The nodes in sync at the gate's last reading (none when it stopped at a failure
-    /// without settling the others).
+    /// The nodes in sync at the gate's last reading.
     pub(super) passed: BTreeSet<NodeKey>,
     /// The first node that failed, if one did: the coin's failure.
     pub(super) failure: Option<Failure>,
@@ -284,7 +283,12 @@ impl Executor {
             // A step waits for this gate (a hand-over): the nodes that pass are told apart
             // from one that fails, so that one failure does not leave the others' names on
             // their stopped instances.
-            settle: wave.steps.iter().any(|s| s.action.after_gate()),
+            awaited: wave
+                .steps
+                .iter()
+                .filter(|s| s.action.after_gate())
+                .filter_map(|s| s.node.clone())
+                .collect(),
         };
         let gated = self
             .gate_nodes(run, coin, zone, &nodes, &after, GatePhase::AfterStep)
@@ -293,8 +297,8 @@ impl Executor {
         Ok(gated)
     }
 
-    /// Gate `nodes` (key, instance id) until all are in sync, or one fails: then at once,
-    /// unless `after.settle`, when the others are gated on until each has passed or failed.
+    /// Gate `nodes` (key, instance id) until all are in sync, or one fails: then once each
+    /// node of `after.awaited` has passed or failed as well (at once when there are none).
     async fn gate_nodes(
         &self,
         run: &CoinRun<'_>,
@@ -340,7 +344,7 @@ impl Executor {
             let readings = self.probe(coin, &everyone, &dial).await;
             let reference = reference_height(readings.values());
             let now = self.now();
-            let mut in_sync = 0;
+            let mut in_sync: BTreeSet<&NodeKey> = BTreeSet::new();
             for (key, _) in nodes {
                 if failed.contains(key) {
                     continue;
@@ -394,7 +398,7 @@ impl Executor {
                 let failure = match (wrong, v) {
                     (Some(failure), _) | (None, Verdict::Failed(failure)) => failure,
                     (None, Verdict::InSync { .. }) => {
-                        in_sync += 1;
+                        in_sync.insert(key);
                         continue;
                     }
                     (None, Verdict::Waiting { .. }) => continue,
@@ -406,27 +410,26 @@ impl Executor {
                     phase,
                     failure,
                 });
-                if !after.settle {
-                    break;
-                }
             }
-            if first.is_some() && !after.settle {
+            let done = if first.is_some() {
+                // Failed: what is left to know is the verdict of the nodes a step waits on.
+                after
+                    .awaited
+                    .iter()
+                    .all(|k| failed.contains(k) || in_sync.contains(k))
+            } else {
+                in_sync.len() == nodes.len()
+            };
+            if done {
                 return Ok(Gated {
-                    passed: BTreeSet::new(),
+                    passed: in_sync.into_iter().cloned().collect(),
                     failure: first,
                 });
             }
-            if in_sync + failed.len() == nodes.len() {
-                return Ok(Gated {
-                    passed: nodes
-                        .iter()
-                        .map(|(k, _)| k.clone())
-                        .filter(|k| !failed.contains(k))
-                        .collect(),
-                    failure: first,
-                });
+            if let Err(stop) = self.sleep(run, self.opts.poll_ms).await {
+                // Cancelled while the others settle: the failure is still the coin's.
+                return Err(first.map(Stop::from).unwrap_or(stop));
             }
-            self.sleep(run, self.opts.poll_ms).await?;
         }
     }
 

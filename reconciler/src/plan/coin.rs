@@ -123,18 +123,30 @@ pub(super) fn plan_coin(
             // An interrupted replacement resumes first, whatever else differs (its volume
             // may be on the replacement already); or, when the repository wants this instance
             // again (what caused the replacement was set back), it is undone.
-            if let Some(PendingStep::Replace { ami }) = &n.pending {
-                // Undone only when the instance's AMI is known to be the one wanted.
-                let wanted_again =
-                    n.image_id.is_some() && replace_cause(desired, zone, n).is_none();
+            if let Some(PendingStep::Replace { ami, .. }) = &n.pending {
+                // Undone only when the instance's AMI and subnet are known to be the ones
+                // wanted.
+                let wanted_again = n.image_id.is_some()
+                    && n.subnet_id.is_some()
+                    && replace_cause(desired, zone, n).is_none();
                 disruptive.push(if wanted_again {
-                    vec![step(
+                    let mut undo = vec![step(
                         Action::UndoReplace { ami: ami.clone() },
                         format!(
                             "an earlier replacement did not finish, and node_ami and the zone's subnet are this instance's again ({})",
                             n.image_id.as_deref().unwrap_or("?")
                         ),
-                    )]
+                    )];
+                    // A hand-over cut off after it moved the name: the name comes back too.
+                    if !n.dns_names.iter().any(|d| d == &slot.dns_name) {
+                        undo.push(step(
+                            Action::SetDns {
+                                name: slot.dns_name.clone(),
+                            },
+                            "no record of this name points at the node".into(),
+                        ));
+                    }
+                    undo
                 } else {
                     vec![
                         step(
@@ -740,9 +752,6 @@ pub(super) fn plan_coin(
     }
 }
 
-/// The coin's secret is read by its nodes at every boot and at each reconfiguration
-/// (`fleet-node bootstrap`, `apply-config`): a plan with such a step for a coin whose secret
-/// cannot be read is refused, before any node depends on it.
 /// What only a new instance of `n` can take, if anything: fleet.yaml's `node_ami` is not
 /// the one it was launched from, or the zone's subnet is not its own.
 fn replace_cause(desired: &Desired, zone: &Zone, n: &ObservedNode) -> Option<ReplaceCause> {
@@ -761,6 +770,9 @@ fn replace_cause(desired: &Desired, zone: &Zone, n: &ObservedNode) -> Option<Rep
     }
 }
 
+/// The coin's secret is read by its nodes at every boot and at each reconfiguration
+/// (`fleet-node bootstrap`, `apply-config`): a plan with such a step for a coin whose secret
+/// cannot be read is refused, before any node depends on it.
 fn secret_refusal(coin: &Coin, observed: &Observed, waves: &[Wave]) -> Option<Refusal> {
     let name = coin.secrets.as_ref()?;
     let state = observed.secrets.as_ref()?.get(name.as_str())?;

@@ -1040,6 +1040,15 @@ fn a_new_node_ami_replaces_each_node_zone_by_zone_and_a_cut_replacement_resumes(
     // repository no longer names.
     let mut back = d.clone();
     back.fleet.node_ami = fleet_repo_schema::values::AmiId::parse("ami-0aaaaaaaaaaaaaaaa").unwrap();
+    // While the old instance's subnet is unknown, nothing says it is wanted again: resumed.
+    let p = plan(&back, &w.clone().observed(&back), 0);
+    assert_eq!(
+        p.coin("bitcoin").unwrap().waves[0].steps[0].reason,
+        "an earlier replacement did not finish"
+    );
+    let zone_a = fleet_repo_schema::values::Zone::parse("eu-central-1a").unwrap();
+    let subnet = back.fleet.subnets[&zone_a].to_string();
+    w.instances[0] = w.instances[0].clone().with_subnet(Some(subnet));
     let p = plan(&back, &w.observed(&back), 0);
     let cp = p.coin("bitcoin").unwrap();
     // (The other nodes, launched from the AMI named until now, are replaced as usual.)

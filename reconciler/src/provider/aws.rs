@@ -1634,12 +1634,31 @@ impl Provider for AwsProvider {
             None => {
                 let vol =
                     data_volume_id(&old).ok_or_else(|| ProviderError::nothing_to_move(node))?;
+                // A retry of this replacement keeps its attempt (and so its client token: a
+                // RunInstances whose answer was lost is not launched twice); a replacement
+                // after an undone one gets a new attempt, EC2 keeping an old token for at
+                // least a day after its instance is terminated.
+                let attempt = match tag_map(old.tags())
+                    .get(tags::PENDING)
+                    .map(|t| PendingStep::from_tag(t))
+                {
+                    Some(PendingStep::Replace { ami, attempt })
+                        if ami == spec.ami && !attempt.is_empty() =>
+                    {
+                        attempt
+                    }
+                    _ => std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| format!("{:x}", d.as_nanos()))
+                        .unwrap_or_default(),
+                };
+                let token = format!("fleet-replace-{}-{attempt}", node.instance_id);
                 let marker = PendingStep::Replace {
                     ami: spec.ami.clone(),
+                    attempt,
                 };
                 self.create_tags(&node.instance_id, &[(tags::PENDING, &marker.to_tag())])
                     .await?;
-                let token = format!("fleet-replace-{}", node.instance_id);
                 self.run_instance(
                     spec,
                     None,
@@ -1774,7 +1793,11 @@ impl Provider for AwsProvider {
                 instance_id: new_id.clone(),
             };
             let vol = ProviderError::taken_volume(node, &new_id, &tag_map(new.tags()))?;
-            // Stopped first: the volume leaves an instance that no longer writes to it.
+            // Stopped first: the volume leaves an instance that no longer writes to it (EC2
+            // refuses to stop one still pending).
+            if state_of(&new) == InstanceState::Pending {
+                self.wait_state(&new_ref, "running").await?;
+            }
             if state_of(&new) != InstanceState::Stopped {
                 self.ec2
                     .stop_instances()

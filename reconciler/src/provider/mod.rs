@@ -130,11 +130,15 @@ pub enum PendingStep {
         /// [`crate::node_config::KeyPrint`]; empty when it does not fit in a tag).
         keys: String,
     },
-    /// `replace:<ami>`: the instance is being replaced by one launched from `ami`, which
-    /// takes over its data volume (the replacement carries `fleet:replaces`).
+    /// `replace:<ami>[:<attempt>]`: the instance is being replaced by one launched from
+    /// `ami`, which takes over its data volume (the replacement carries `fleet:replaces`).
     Replace {
         /// The AMI of the replacement (as written in the tag).
         ami: String,
+        /// What tells this replacement from an earlier one of the same instance (undone):
+        /// the AWS provider's RunInstances client token is made of it, since EC2 keeps a
+        /// token for at least a day after its instance is gone. Empty in marks without one.
+        attempt: String,
     },
     /// A marker this version of fleet does not write (a newer fleet, or a person).
     Unknown {
@@ -150,7 +154,8 @@ impl PendingStep {
             PendingStep::Upgrade { to } => format!("upgrade:{to}"),
             PendingStep::ChangeType { to } => format!("change-type:{to}"),
             PendingStep::Reconfigure { .. } => "reconfigure".into(),
-            PendingStep::Replace { ami } => format!("replace:{ami}"),
+            PendingStep::Replace { ami, attempt } if attempt.is_empty() => format!("replace:{ami}"),
+            PendingStep::Replace { ami, attempt } => format!("replace:{ami}:{attempt}"),
             PendingStep::Unknown { tag } => tag.clone(),
         }
     }
@@ -159,9 +164,13 @@ impl PendingStep {
         match s.split_once(':') {
             Some(("upgrade", to)) => PendingStep::Upgrade { to: to.to_string() },
             Some(("change-type", to)) => PendingStep::ChangeType { to: to.to_string() },
-            Some(("replace", ami)) => PendingStep::Replace {
-                ami: ami.to_string(),
-            },
+            Some(("replace", rest)) => {
+                let (ami, attempt) = rest.split_once(':').unwrap_or((rest, ""));
+                PendingStep::Replace {
+                    ami: ami.to_string(),
+                    attempt: attempt.to_string(),
+                }
+            }
             _ if s == "reconfigure" => PendingStep::Reconfigure {
                 to: String::new(),
                 keys: String::new(),
@@ -189,7 +198,7 @@ impl fmt::Display for PendingStep {
             PendingStep::Upgrade { to } => write!(f, "upgrade towards {to}"),
             PendingStep::ChangeType { to } => write!(f, "change of type towards {to}"),
             PendingStep::Reconfigure { .. } => write!(f, "reconfiguration"),
-            PendingStep::Replace { ami } => write!(f, "replacement by an instance of {ami}"),
+            PendingStep::Replace { ami, .. } => write!(f, "replacement by an instance of {ami}"),
             PendingStep::Unknown { tag } => write!(f, "step {tag:?}"),
         }
     }

@@ -197,6 +197,24 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_mark_reads_back_with_or_without_its_attempt() {
+        let with = PendingStep::Replace {
+            ami: "ami-0123456789abcdef0".into(),
+            attempt: "18c2f".into(),
+        };
+        assert_eq!(with.to_tag(), "replace:ami-0123456789abcdef0:18c2f");
+        assert_eq!(PendingStep::from_tag(&with.to_tag()), with);
+        // Marks written before attempts were (and the simulator's) have none.
+        assert_eq!(
+            PendingStep::from_tag("replace:ami-0123456789abcdef0"),
+            PendingStep::Replace {
+                ami: "ami-0123456789abcdef0".into(),
+                attempt: String::new(),
+            }
+        );
+    }
+
+    #[test]
     fn version_is_unknown_while_a_step_is_pending() {
         let mut t = BTreeMap::new();
         t.insert(VERSION.to_string(), "28.1".to_string());

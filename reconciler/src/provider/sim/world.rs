@@ -558,6 +558,7 @@ impl World {
                 self.call("CreateTags")?;
                 let marker = crate::provider::PendingStep::Replace {
                     ami: spec.ami.clone(),
+                    attempt: String::new(),
                 };
                 self.live_mut(node)?
                     .tags
@@ -670,7 +671,13 @@ impl World {
                 i.daemon.stopped = true;
                 i.daemon.start_height = height;
             }
-            let chain = self.live(&new)?.daemon.start_height;
+            // The chain on the volume: as far as the replacement took it, or as the old
+            // daemon left it when the replacement's never ran on it.
+            let chain = self
+                .live(&new)?
+                .daemon
+                .start_height
+                .max(self.live(node)?.daemon.start_height);
             if self.live(&new)?.data_volume.as_deref() == Some(vol.as_str()) {
                 self.call("DetachVolume")?;
                 self.live_mut(&new)?.data_volume = None;
