@@ -1036,6 +1036,51 @@ async fn one_failed_replacement_does_not_keep_its_neighbour_from_taking_its_name
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replacement_step_that_fails_does_not_keep_its_neighbour_from_its_gate_and_name() {
+    // monero replaces two nodes a wave. The second one's replacement step fails (its set-up
+    // over SSM fails); the first one's went through: it is still gated and handed over,
+    // rather than left down with its name on a stopped instance, and the coin fails on the
+    // second one's step.
+    let rig = Rig::new_ami("ami-0fedcba9876543210");
+    let before = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    let p = rig.plan().await;
+    let pair: Vec<NodeKey> = p.coin("monero").unwrap().waves[0]
+        .disrupted()
+        .into_iter()
+        .cloned()
+        .collect();
+    assert_eq!(pair.len(), 2);
+    rig.sim.inject(SimFault::FailCommand {
+        key: Some(pair[1].clone()),
+        times: 1,
+        stderr: "bootstrap: cannot reach the registry".into(),
+    });
+    let (report, worst) = rig.apply().await;
+    assert!(worst["monero"] <= 2, "{worst:?}");
+    let c = report.coins.iter().find(|c| c.coin == "monero").unwrap();
+    let CoinOutcome::Failed { failure } = &c.outcome else {
+        panic!("{:?}", c.outcome)
+    };
+    assert!(
+        matches!(failure, reconciler::events::Failure::Step { node: Some(n), action, .. } if *n == pair[1] && action == "replace"),
+        "{failure:?}"
+    );
+    let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    let first = o.node(&pair[0]).unwrap();
+    let was = before.node(&pair[0]).unwrap();
+    assert_ne!(first.instance_id, was.instance_id, "handed over");
+    assert_eq!(first.dns_names, was.dns_names);
+    assert_eq!(first.image_id.as_deref(), Some("ami-0fedcba9876543210"));
+    let second = o.node(&pair[1]).unwrap();
+    let was = before.node(&pair[1]).unwrap();
+    assert_eq!(
+        second.instance_id, was.instance_id,
+        "kept, to resume or undo"
+    );
+    assert_eq!(second.dns_names, was.dns_names);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_replacement_the_repository_takes_back_is_undone_and_the_old_instance_runs_again() {
     // ethereum's first replacement fails its gate; fleet.yaml then names the old AMI again.
     // The next apply does not finish the replacement towards an AMI nobody wants: the volume

@@ -12,8 +12,8 @@
 //! - A replacement takes its node's DNS name, and the old instance is terminated, only after
 //!   the replacement has passed its gate (dialled at its own address until then): the steps
 //!   that wait for a gate ([`crate::plan::Action::after_gate`]) run after it, for each node
-//!   that passed, even when another node of the wave failed (whose old instance then keeps
-//!   the name, stopped, to go back to).
+//!   that passed, even when another node of the wave failed its gate or its step (whose old
+//!   instance then keeps the name, stopped, to resume or undo from).
 //! - A failure (a gate, a step, the budget) stops that coin's rollout, is journaled with its
 //!   [`Failure`], told to the notifier, and nothing further of that coin is touched; other
 //!   coins go on.
@@ -425,10 +425,12 @@ impl Executor {
                 }
                 (WaveKind::Network | WaveKind::Retire | WaveKind::Cleanup, _) => {
                     // No gate: both sides run, in order.
-                    self.run_steps(run, wave, Side::BeforeGate, report).await?;
+                    self.run_steps(run, wave, Side::BeforeGate, report)
+                        .await?
+                        .all_done()?;
                     let all = wave.steps.iter().filter_map(|s| s.node.clone()).collect();
                     let side = Side::AfterGate { passed: &all };
-                    self.run_steps(run, wave, side, report).await?;
+                    self.run_steps(run, wave, side, report).await?.all_done()?;
                 }
                 (WaveKind::Repair | WaveKind::Rollout, None) => {
                     return Err(Stop::from(Failure::Inconsistent {
@@ -452,14 +454,23 @@ impl Executor {
         wave: &crate::plan::Wave,
         report: &mut CoinReport,
     ) -> StepResult<()> {
-        let ids = self.run_steps(run, wave, Side::BeforeGate, report).await?;
-        let gated = self.gate_wave(run, coin, zone, wave, &ids, report).await?;
+        let before = self.run_steps(run, wave, Side::BeforeGate, report).await?;
+        // The nodes a step failed for are not gated (nor handed over); the others are.
+        let gated = match self
+            .gate_wave(run, coin, zone, wave, &before.ids, report)
+            .await
+        {
+            Err(Stop::Cancelled) if before.failure.is_some() => return before.all_done(),
+            r => r?,
+        };
         let side = Side::AfterGate {
             passed: &gated.passed,
         };
         let after = self.run_steps(run, wave, side, report).await;
-        // A step that failed after a failed gate was journaled and told as it failed.
+        // The first failure is the coin's: a step's before the gate, then the gate's; a step
+        // that failed after them was journaled and told as it failed.
+        before.all_done()?;
         gated.passed_all()?;
-        after.map(|_| ())
+        after?.all_done()
     }
 }

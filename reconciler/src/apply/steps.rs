@@ -24,19 +24,50 @@ pub(super) enum Side<'a> {
     },
 }
 
+/// What [`Executor::run_steps`] did, when it went through.
+#[derive(Debug, Default)]
+pub(super) struct Ran {
+    /// The instance id of each node whose steps all went through.
+    pub(super) ids: BTreeMap<NodeKey, String>,
+    /// The nodes a step failed for (their later steps skipped).
+    pub(super) broken: BTreeSet<NodeKey>,
+    /// The first of those failures: the coin's.
+    pub(super) failure: Option<Failure>,
+}
+
+impl Ran {
+    /// As a step result: a failure stops the coin.
+    pub(super) fn all_done(self) -> StepResult<()> {
+        match self.failure {
+            Some(f) => Err(Stop::from(f)),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Executor {
     /// Run a wave's steps of one side of its gate, node by node: those that do not wait for
     /// it ([`crate::plan::Action::after_gate`]), or those that do of the nodes that passed
-    /// it; returns the instance id of each node.
+    /// it; returns the instance id of each node. A step that fails stops the coin at once,
+    /// except before the gate of a wave where another node's step waits for the gate (a
+    /// hand-over): then that node's other steps are skipped and the others go on, so that
+    /// one failed replacement does not keep its neighbours' from their gate and hand-over.
     pub(super) async fn run_steps(
         &self,
         run: &CoinRun<'_>,
         wave: &Wave,
         side: Side<'_>,
         report: &mut CoinReport,
-    ) -> StepResult<BTreeMap<NodeKey, String>> {
+    ) -> StepResult<Ran> {
         let coin = &run.cp.coin;
-        let mut ids: BTreeMap<NodeKey, String> = BTreeMap::new();
+        let mut ran = Ran::default();
+        let ids = &mut ran.ids;
+        let awaited: BTreeSet<&NodeKey> = wave
+            .steps
+            .iter()
+            .filter(|s| s.action.after_gate())
+            .filter_map(|s| s.node.as_ref())
+            .collect();
         for step in wave.steps.iter().filter(|s| match side {
             Side::BeforeGate => !s.action.after_gate(),
             Side::AfterGate { passed } => {
@@ -44,7 +75,10 @@ impl Executor {
             }
         }) {
             if run.cancel.is_cancelled() {
-                return Err(Stop::Cancelled);
+                return Err(ran.failure.map(Stop::from).unwrap_or(Stop::Cancelled));
+            }
+            if step.node.as_ref().is_some_and(|n| ran.broken.contains(n)) {
+                continue;
             }
             if let (Some(node), Some(id)) = (&step.node, &step.instance_id) {
                 ids.entry(node.clone()).or_insert_with(|| id.clone());
@@ -90,12 +124,22 @@ impl Executor {
                 ids.insert(node.clone(), id);
             }
             if let StepOutcome::Failed { error } = outcome {
-                return Err(Stop::from(Failure::Step {
+                let failure = Failure::Step {
                     zone: wave.zone.clone(),
                     node: step.node.clone(),
                     action: step.action.name().into(),
                     error,
-                }));
+                };
+                let others_wait = matches!(side, Side::BeforeGate)
+                    && awaited.iter().any(|k| Some(*k) != step.node.as_ref());
+                match &step.node {
+                    Some(node) if others_wait => {
+                        ran.broken.insert(node.clone());
+                        ids.remove(node);
+                        ran.failure.get_or_insert(failure);
+                    }
+                    _ => return Err(ran.failure.map(Stop::from).unwrap_or(failure.into())),
+                }
             }
             // A step done but not recorded: fleet stops the coin rather than go on without
             // a record (the next pass observes what the step did; nothing depends on the
@@ -106,7 +150,7 @@ impl Executor {
                 }));
             }
         }
-        Ok(ids)
+        Ok(ran)
     }
 
     /// One step; returns the node's instance id when the step made one (a launch).

@@ -288,6 +288,7 @@ impl Executor {
                 .iter()
                 .filter(|s| s.action.after_gate())
                 .filter_map(|s| s.node.clone())
+                .filter(|k| ids.contains_key(k))
                 .collect(),
         };
         let gated = self
