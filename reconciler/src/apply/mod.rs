@@ -184,6 +184,15 @@ impl From<Failure> for Stop {
 
 type StepResult<T> = Result<T, Stop>;
 
+/// The first failure of something that went on past it (a wave's steps, a settled gate), as
+/// a step result: a failure stops the coin.
+fn stopped_by(failure: Option<Failure>) -> StepResult<()> {
+    match failure {
+        Some(f) => Err(Stop::from(f)),
+        None => Ok(()),
+    }
+}
+
 /// What one coin's run needs besides the executor: its plan, its desired settings, the
 /// shared view and how to stop.
 struct CoinRun<'a> {

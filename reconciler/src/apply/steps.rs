@@ -38,10 +38,7 @@ pub(super) struct Ran {
 impl Ran {
     /// As a step result: a failure stops the coin.
     pub(super) fn all_done(self) -> StepResult<()> {
-        match self.failure {
-            Some(f) => Err(Stop::from(f)),
-            None => Ok(()),
-        }
+        super::stopped_by(self.failure)
     }
 }
 

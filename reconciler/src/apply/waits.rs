@@ -55,10 +55,7 @@ pub(super) struct Gated {
 impl Gated {
     /// The gate as a step result: its failure stops the coin.
     pub(super) fn passed_all(self) -> StepResult<()> {
-        match self.failure {
-            Some(f) => Err(Stop::from(f)),
-            None => Ok(()),
-        }
+        super::stopped_by(self.failure)
     }
 }
 

@@ -591,6 +591,33 @@ impl AwsProvider {
         }
     }
 
+    /// Detach the data volume `vol` from `from` (stopped: nothing writes to it).
+    async fn detach_data_volume(&self, vol: &str, from: &NodeRef) -> Result<(), ProviderError> {
+        self.ec2
+            .detach_volume()
+            .volume_id(vol)
+            .instance_id(&from.instance_id)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DetachVolume", Some(&from.instance_id), e))?;
+        Ok(())
+    }
+
+    /// Attach the data volume `vol` to `to` at the data device once it is free, and wait
+    /// until it is in use there: a volume moves between a node's instances, never copied.
+    async fn attach_data_volume(&self, vol: &str, to: &NodeRef) -> Result<(), ProviderError> {
+        self.wait_volume(vol, "available", &to.instance_id).await?;
+        self.ec2
+            .attach_volume()
+            .volume_id(vol)
+            .instance_id(&to.instance_id)
+            .device(DATA_DEVICE)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:AttachVolume", Some(&to.instance_id), e))?;
+        self.wait_volume(vol, "in-use", &to.instance_id).await
+    }
+
     /// The size (GiB) and origin snapshot of every volume `filters` select, all pages.
     async fn volume_sizes(
         &self,
@@ -1690,29 +1717,13 @@ impl Provider for AwsProvider {
             self.wait_state(node, "stopped").await?;
         }
         if data_volume_id(&old).as_deref() == Some(vol.as_str()) {
-            self.ec2
-                .detach_volume()
-                .volume_id(&vol)
-                .instance_id(&node.instance_id)
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:DetachVolume", Some(&node.instance_id), e))?;
+            self.detach_data_volume(&vol, node).await?;
         }
         if data_volume_id(&inst).as_deref() != Some(vol.as_str()) {
-            self.wait_volume(&vol, "available", &node.instance_id)
-                .await?;
             self.wait_state(&new, "running").await?;
-            self.ec2
-                .attach_volume()
-                .volume_id(&vol)
-                .instance_id(&new_id)
-                .device(DATA_DEVICE)
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:AttachVolume", Some(&new_id), e))?;
-            self.wait_volume(&vol, "in-use", &new_id).await?;
             // Not deleted with the replacement until the hand-over: a replacement that fails
             // and is terminated by hand must not take the node's only chain with it.
+            self.attach_data_volume(&vol, &new).await?;
         }
         // Always: a crash after the attach and before this left the daemon off, and the
         // every-boot set-up changes nothing on a node that runs.
@@ -1808,25 +1819,10 @@ impl Provider for AwsProvider {
                 self.wait_state(&new_ref, "stopped").await?;
             }
             if data_volume_id(&new).as_deref() == Some(vol.as_str()) {
-                self.ec2
-                    .detach_volume()
-                    .volume_id(&vol)
-                    .instance_id(&new_id)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:DetachVolume", Some(&new_id), e))?;
+                self.detach_data_volume(&vol, &new_ref).await?;
             }
             if data_volume_id(&old).as_deref() != Some(vol.as_str()) {
-                self.wait_volume(&vol, "available", &new_id).await?;
-                self.ec2
-                    .attach_volume()
-                    .volume_id(&vol)
-                    .instance_id(&node.instance_id)
-                    .device(DATA_DEVICE)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:AttachVolume", Some(&node.instance_id), e))?;
-                self.wait_volume(&vol, "in-use", &node.instance_id).await?;
+                self.attach_data_volume(&vol, node).await?;
                 old = self.instance(node).await?;
             }
             // The volume is back; the replacement goes with its root volume only (its data
