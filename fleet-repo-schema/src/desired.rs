@@ -26,6 +26,16 @@ pub mod builtin {
     pub const SYNC_TIMEOUT_SECS: u64 = 43_200;
     /// `instance.root_volume_gb`.
     pub const ROOT_VOLUME_GB: u32 = 16;
+    /// `health.watch_interval`, seconds.
+    pub const WATCH_INTERVAL_SECS: u64 = 60;
+    /// `health.alert_after`, seconds.
+    pub const ALERT_AFTER_SECS: u64 = 300;
+    /// `health.min_synced`.
+    pub const MIN_SYNCED: u32 = 1;
+    /// `heal.restart_after`, seconds.
+    pub const HEAL_RESTART_AFTER_SECS: u64 = 1800;
+    /// `heal.max_per_day`.
+    pub const HEAL_MAX_PER_DAY: u32 = 3;
     /// `limits.max_retire_percent`.
     pub const MAX_RETIRE_PERCENT: u32 = 50;
 }
@@ -112,6 +122,8 @@ pub struct Coin {
     pub rollout: RolloutSpec,
     /// Snapshot behaviour.
     pub snapshots: SnapshotSpec,
+    /// What `fleet run` may do on its own for a stuck or crashed node (None: `heal: off`).
+    pub heal: Option<HealSpec>,
     /// Secrets Manager secret, if any.
     pub secrets: Option<SecretName>,
     /// Host environment (/etc/sysconfig/node), without the keys fleet writes itself.
@@ -182,6 +194,21 @@ pub struct HealthSpec {
     pub http: Option<HttpSpec>,
     /// Whether the version the daemon reports is compared with the recorded one.
     pub daemon_version: bool,
+    /// How often `fleet run` probes the nodes between rollouts.
+    pub watch_interval: Duration,
+    /// Out of sync this long opens an incident.
+    pub alert_after: Duration,
+    /// Nodes that must be in sync; fewer opens an incident.
+    pub min_synced: u32,
+}
+
+/// Healing with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealSpec {
+    /// A node stuck, or running without answering, this long has its daemon restarted.
+    pub restart_after: Duration,
+    /// At most this many heals of the coin's nodes in any 24 hours.
+    pub max_per_day: u32,
 }
 
 /// http probe settings.

@@ -70,6 +70,20 @@ yaml_struct! {
         opt stall_timeout: Spanned<Duration>,
         /// A node not in sync this long after its restart fails its gate, e.g. 12h (at least 1m).
         opt sync_timeout: Spanned<Duration>,
+        /// How often `fleet run` probes every node between rollouts, e.g. 1m (at least 10s).
+        opt watch_interval: Spanned<Duration>,
+        /// A node out of sync (lagging, unreachable, down) this long opens an incident, e.g. 5m.
+        opt alert_after: Duration,
+    }
+}
+
+yaml_struct! {
+    /// Healing: what `fleet run` may do on its own for a node that is stuck or has crashed.
+    pub struct Heal {
+        /// Restart the daemon (over SSM) of a node stuck, or running but not answering, this long, e.g. 30m (at least 1m).
+        opt restart_after: Spanned<Duration>,
+        /// At most this many heals of the coin's nodes in any 24 hours (at least 1); beyond, nodes are left for a person.
+        opt max_per_day: HealsPerDay,
     }
 }
 
@@ -80,6 +94,8 @@ yaml_struct! {
         opt rollout: RolloutSettings,
         /// Default health gate thresholds.
         opt health: HealthDefaults,
+        /// Default healing, or `off`.
+        opt heal: OrOff<Heal>,
     }
 }
 
@@ -235,6 +251,12 @@ yaml_struct! {
         opt full_sync_estimate: Duration,
         /// Settings of the http probe (required with probe: http).
         opt http: Spanned<HttpProbe>,
+        /// How often `fleet run` probes the coin's nodes between rollouts (at least 10s); overrides defaults.health.
+        opt watch_interval: Spanned<Duration>,
+        /// A node out of sync this long opens an incident; overrides defaults.health.
+        opt alert_after: Duration,
+        /// Nodes that must be in sync for the coin to be served; fewer opens an incident (default 1, at most the coin's node count).
+        opt min_synced: Spanned<MinSynced>,
         /// Compare the version the daemon reports (bitcoin: getnetworkinfo's subversion; ethereum: web3_clientVersion; http: health.http.version_pointer) with the version fleet recorded, and plan for a difference; default true. Set false for a client whose image tags are not its version numbers.
         opt daemon_version: bool,
     }
@@ -273,6 +295,8 @@ yaml_struct! {
         opt rollout: RolloutSettings,
         /// EBS snapshot behaviour.
         opt snapshots: Snapshots,
+        /// What `fleet run` may do on its own for a stuck or crashed node, or `off`; overrides defaults.heal.
+        opt heal: OrOff<Heal>,
         /// AWS Secrets Manager secret whose keys become container environment variables.
         opt secrets: SecretName,
         /// Environment of the host's node@ unit (/etc/sysconfig/node), e.g. DATA_VOLUME.

@@ -383,7 +383,14 @@ fn check_fleet(out: &mut Vec<Diagnostic>, f: &FleetFile) {
             &h.stall_timeout,
             &h.sync_timeout,
         );
+        check_watch(out, FLEET_FILE, "defaults.health", &h.watch_interval);
     }
+    check_heal(
+        out,
+        FLEET_FILE,
+        "defaults.heal",
+        f.defaults.as_ref().and_then(|d| d.heal.as_ref()),
+    );
     for (zone, _) in &f.network.subnets.0 {
         if !zone.value.in_region(&f.region.value) {
             err(
@@ -826,6 +833,79 @@ fn check_coin(
         &c.health.stall_timeout,
         &c.health.sync_timeout,
     );
+    check_watch(out, path, "health", &c.health.watch_interval);
+    check_heal(out, path, "heal", c.heal.as_ref());
+    if let Some(m) = &c.health.min_synced {
+        let nodes = c.placement.zones.len() as u64 * u64::from(c.placement.nodes_per_zone.0);
+        if u64::from(m.value.0) > nodes {
+            err(
+                out,
+                Code::OutOfRange,
+                path,
+                m.span,
+                format!(
+                    "`health.min_synced` is {} but the coin has {nodes} node{}: it could never be met, and its incident would never close",
+                    m.value.0,
+                    if nodes == 1 { "" } else { "s" }
+                ),
+                &format!("set it to at most {nodes}, or add nodes"),
+            );
+        }
+    }
+}
+
+/// Shortest `health.watch_interval`: probing more often than this only loads the nodes.
+pub const MIN_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn check_watch(
+    out: &mut Vec<Diagnostic>,
+    path: &str,
+    section: &str,
+    watch: &Option<Spanned<Duration>>,
+) {
+    if let Some(d) = watch
+        && d.value.0 < MIN_WATCH_INTERVAL
+    {
+        err(
+            out,
+            Code::OutOfRange,
+            path,
+            d.span,
+            format!(
+                "`{section}.watch_interval` is {}: fleet would probe every node more often than every {}s",
+                d.value,
+                MIN_WATCH_INTERVAL.as_secs()
+            ),
+            &format!(
+                "set it to at least {}s (1m is the default)",
+                MIN_WATCH_INTERVAL.as_secs()
+            ),
+        );
+    }
+}
+
+/// A restart sooner than a restart takes would restart a node that is only starting.
+fn check_heal(out: &mut Vec<Diagnostic>, path: &str, section: &str, heal: Option<&OrOff<Heal>>) {
+    if let Some(d) = heal
+        .and_then(OrOff::on)
+        .and_then(|h| h.restart_after.as_ref())
+        && d.value.0 < MIN_HEALTH_TIMEOUT
+    {
+        err(
+            out,
+            Code::OutOfRange,
+            path,
+            d.span,
+            format!(
+                "`{section}.restart_after` is {}: a node could be restarted again before its last restart finished",
+                d.value
+            ),
+            &format!(
+                "set it to at least {}m (30m is the default)",
+                MIN_HEALTH_TIMEOUT.as_secs() / 60
+            ),
+        );
+    }
 }
 
 /// A gate that fails before a node can even restart is a mistake, not a policy.
@@ -871,6 +951,28 @@ fn read_metrics_script(tree: &dyn FileTree, p: &str) -> Result<String, String> {
         return Err("contains a NUL byte".into());
     }
     Ok(text)
+}
+
+/// The coin's healing: its own `heal:` section, else fleet.yaml's `defaults.heal`, else the
+/// built-in one (on); `off` at either level switches it off. The section a coin writes
+/// replaces the default's as a whole.
+fn heal_spec(h: Option<&OrOff<Heal>>) -> Option<HealSpec> {
+    let h = match h {
+        Some(OrOff::Off) => return None,
+        Some(OrOff::On(h)) => Some(h),
+        None => None,
+    };
+    Some(HealSpec {
+        restart_after: h
+            .and_then(|h| h.restart_after.as_ref())
+            .map(|s| s.value)
+            .unwrap_or(Duration(std::time::Duration::from_secs(
+                builtin::HEAL_RESTART_AFTER_SECS,
+            ))),
+        max_per_day: h
+            .and_then(|h| h.max_per_day)
+            .map_or(builtin::HEAL_MAX_PER_DAY, |m| m.0),
+    })
 }
 
 fn spanned_value<T: Clone>(s: &Spanned<T>) -> T {
@@ -929,136 +1031,157 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
             .filter_map(|p| p.value.0.map(|p| p.0))
             .collect();
         let zones: Vec<Zone> = c.placement.zones.iter().map(spanned_value).collect();
-        let coin = Coin {
-            nodes: desired::node_slots(
-                &name,
-                &zones,
-                c.placement.nodes_per_zone.0,
-                &f.internal_domain,
-            ),
-            name: name.clone(),
-            file: path.clone(),
-            version: c.version.value.clone(),
-            image: ImageRef {
-                repository,
-                digest: c.image.as_ref().and_then(|i| i.digest.clone()),
-            },
-            upstream: c.upstream.as_ref().map(|u| UpstreamSpec {
-                github: u.github.clone(),
-                tag_pattern: u
-                    .tag_pattern
+        let coin =
+            Coin {
+                nodes: desired::node_slots(
+                    &name,
+                    &zones,
+                    c.placement.nodes_per_zone.0,
+                    &f.internal_domain,
+                ),
+                name: name.clone(),
+                file: path.clone(),
+                version: c.version.value.clone(),
+                image: ImageRef {
+                    repository,
+                    digest: c.image.as_ref().and_then(|i| i.digest.clone()),
+                },
+                upstream: c.upstream.as_ref().map(|u| UpstreamSpec {
+                    github: u.github.clone(),
+                    tag_pattern: u
+                        .tag_pattern
+                        .as_ref()
+                        .map(spanned_value)
+                        .unwrap_or_default(),
+                    prereleases: u.prereleases.unwrap_or(false),
+                    min_release_age: u
+                        .min_release_age
+                        .unwrap_or(Duration(std::time::Duration::ZERO)),
+                }),
+                instance_type: c.instance.instance_type.clone(),
+                root_volume_gb: c
+                    .instance
+                    .root_volume_gb
+                    .map_or(builtin::ROOT_VOLUME_GB, |v| v.0),
+                data_volume_gb: c.instance.data_volume_gb.value.0,
+                zones,
+                nodes_per_zone: c.placement.nodes_per_zone.0,
+                rpc_ports: rpc_ports.clone(),
+                p2p_ports: c.ports.p2p.iter().flatten().map(|p| p.value.0).collect(),
+                health: HealthSpec {
+                    probe: ch.probe.value,
+                    rpc_port: ch
+                        .rpc_port
+                        .as_ref()
+                        .map(|p| p.value.0)
+                        .or(rpc_ports.first().copied()),
+                    max_lag_blocks: ch
+                        .max_lag_blocks
+                        .or(dh.and_then(|d| d.max_lag_blocks))
+                        .map_or(builtin::MAX_LAG_BLOCKS, |v| v.0),
+                    stall_timeout: ch
+                        .stall_timeout
+                        .as_ref()
+                        .map(|s| s.value)
+                        .or(dh.and_then(|d| d.stall_timeout.as_ref().map(|s| s.value)))
+                        .unwrap_or(Duration(std::time::Duration::from_secs(
+                            builtin::STALL_TIMEOUT_SECS,
+                        ))),
+                    sync_timeout: ch
+                        .sync_timeout
+                        .as_ref()
+                        .map(|s| s.value)
+                        .or(dh.and_then(|d| d.sync_timeout.as_ref().map(|s| s.value)))
+                        .unwrap_or(Duration(std::time::Duration::from_secs(
+                            builtin::SYNC_TIMEOUT_SECS,
+                        ))),
+                    full_sync_estimate: ch.full_sync_estimate,
+                    http: ch.http.as_ref().map(|h| HttpSpec {
+                        path: h.value.path.clone(),
+                        height_pointer: h.value.height_pointer.clone(),
+                        target_pointer: h.value.target_pointer.clone(),
+                        version_pointer: h.value.version_pointer.clone(),
+                    }),
+                    daemon_version: ch.daemon_version.unwrap_or(true),
+                    watch_interval: ch
+                        .watch_interval
+                        .as_ref()
+                        .map(|s| s.value)
+                        .or(dh.and_then(|d| d.watch_interval.as_ref().map(|s| s.value)))
+                        .unwrap_or(Duration(std::time::Duration::from_secs(
+                            builtin::WATCH_INTERVAL_SECS,
+                        ))),
+                    alert_after: ch.alert_after.or(dh.and_then(|d| d.alert_after)).unwrap_or(
+                        Duration(std::time::Duration::from_secs(builtin::ALERT_AFTER_SECS)),
+                    ),
+                    min_synced: ch
+                        .min_synced
+                        .as_ref()
+                        .map_or(builtin::MIN_SYNCED, |m| m.value.0),
+                },
+                heal: heal_spec(
+                    c.heal
+                        .as_ref()
+                        .or(f.defaults.as_ref().and_then(|d| d.heal.as_ref())),
+                ),
+                rollout: RolloutSpec {
+                    max_unavailable: cr
+                        .and_then(|r| r.max_unavailable.as_ref())
+                        .or(dr.and_then(|d| d.max_unavailable.as_ref()))
+                        .map_or(builtin::MAX_UNAVAILABLE, |v| v.value.0),
+                    bake: cr
+                        .and_then(|r| r.bake)
+                        .or(dr.and_then(|d| d.bake))
+                        .unwrap_or(Duration(std::time::Duration::from_secs(builtin::BAKE_SECS))),
+                    approval: effective_approval(Some(f), c),
+                },
+                snapshots: SnapshotSpec {
+                    before_upgrade: c
+                        .snapshots
+                        .as_ref()
+                        .and_then(|s| s.before_upgrade)
+                        .unwrap_or(true),
+                    restore_new_nodes: c
+                        .snapshots
+                        .as_ref()
+                        .and_then(|s| s.restore_new_nodes)
+                        .unwrap_or(true),
+                },
+                secrets: c.secrets.clone(),
+                host_config: c
+                    .host_config
                     .as_ref()
-                    .map(spanned_value)
+                    .map(Entries::to_map)
                     .unwrap_or_default(),
-                prereleases: u.prereleases.unwrap_or(false),
-                min_release_age: u
-                    .min_release_age
-                    .unwrap_or(Duration(std::time::Duration::ZERO)),
-            }),
-            instance_type: c.instance.instance_type.clone(),
-            root_volume_gb: c
-                .instance
-                .root_volume_gb
-                .map_or(builtin::ROOT_VOLUME_GB, |v| v.0),
-            data_volume_gb: c.instance.data_volume_gb.value.0,
-            zones,
-            nodes_per_zone: c.placement.nodes_per_zone.0,
-            rpc_ports: rpc_ports.clone(),
-            p2p_ports: c.ports.p2p.iter().flatten().map(|p| p.value.0).collect(),
-            health: HealthSpec {
-                probe: ch.probe.value,
-                rpc_port: ch
-                    .rpc_port
+                container_config: c
+                    .container_config
                     .as_ref()
-                    .map(|p| p.value.0)
-                    .or(rpc_ports.first().copied()),
-                max_lag_blocks: ch
-                    .max_lag_blocks
-                    .or(dh.and_then(|d| d.max_lag_blocks))
-                    .map_or(builtin::MAX_LAG_BLOCKS, |v| v.0),
-                stall_timeout: ch
-                    .stall_timeout
+                    .map(Entries::to_map)
+                    .unwrap_or_default(),
+                custom_metrics: c
+                    .custom_metrics
                     .as_ref()
-                    .map(|s| s.value)
-                    .or(dh.and_then(|d| d.stall_timeout.as_ref().map(|s| s.value)))
-                    .unwrap_or(Duration(std::time::Duration::from_secs(
-                        builtin::STALL_TIMEOUT_SECS,
-                    ))),
-                sync_timeout: ch
-                    .sync_timeout
+                    .map(Entries::to_map)
+                    .unwrap_or_default(),
+                logging: c
+                    .logging
                     .as_ref()
-                    .map(|s| s.value)
-                    .or(dh.and_then(|d| d.sync_timeout.as_ref().map(|s| s.value)))
-                    .unwrap_or(Duration(std::time::Duration::from_secs(
-                        builtin::SYNC_TIMEOUT_SECS,
-                    ))),
-                full_sync_estimate: ch.full_sync_estimate,
-                http: ch.http.as_ref().map(|h| HttpSpec {
-                    path: h.value.path.clone(),
-                    height_pointer: h.value.height_pointer.clone(),
-                    target_pointer: h.value.target_pointer.clone(),
-                    version_pointer: h.value.version_pointer.clone(),
-                }),
-                daemon_version: ch.daemon_version.unwrap_or(true),
-            },
-            rollout: RolloutSpec {
-                max_unavailable: cr
-                    .and_then(|r| r.max_unavailable.as_ref())
-                    .or(dr.and_then(|d| d.max_unavailable.as_ref()))
-                    .map_or(builtin::MAX_UNAVAILABLE, |v| v.value.0),
-                bake: cr
-                    .and_then(|r| r.bake)
-                    .or(dr.and_then(|d| d.bake))
-                    .unwrap_or(Duration(std::time::Duration::from_secs(builtin::BAKE_SECS))),
-                approval: effective_approval(Some(f), c),
-            },
-            snapshots: SnapshotSpec {
-                before_upgrade: c
-                    .snapshots
+                    .or(f.logging.as_ref())
+                    .map(|l| LoggingSpec {
+                        driver: l.driver.clone(),
+                        options: l.options.as_ref().map(Entries::to_map).unwrap_or_default(),
+                    }),
+                // Checked by check_coin: present, small, text.
+                metric_scripts: c
+                    .custom_metrics
                     .as_ref()
-                    .and_then(|s| s.before_upgrade)
-                    .unwrap_or(true),
-                restore_new_nodes: c
-                    .snapshots
-                    .as_ref()
-                    .and_then(|s| s.restore_new_nodes)
-                    .unwrap_or(true),
-            },
-            secrets: c.secrets.clone(),
-            host_config: c
-                .host_config
-                .as_ref()
-                .map(Entries::to_map)
-                .unwrap_or_default(),
-            container_config: c
-                .container_config
-                .as_ref()
-                .map(Entries::to_map)
-                .unwrap_or_default(),
-            custom_metrics: c
-                .custom_metrics
-                .as_ref()
-                .map(Entries::to_map)
-                .unwrap_or_default(),
-            logging: c
-                .logging
-                .as_ref()
-                .or(f.logging.as_ref())
-                .map(|l| LoggingSpec {
-                    driver: l.driver.clone(),
-                    options: l.options.as_ref().map(Entries::to_map).unwrap_or_default(),
-                }),
-            // Checked by check_coin: present, small, text.
-            metric_scripts: c
-                .custom_metrics
-                .as_ref()
-                .map(Entries::to_map)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(n, p)| Some((n, read_metrics_script(tree, p.as_str()).ok()?)))
-                .collect(),
-            tags: c.tags.as_ref().map(Entries::to_map).unwrap_or_default(),
-        };
+                    .map(Entries::to_map)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(n, p)| Some((n, read_metrics_script(tree, p.as_str()).ok()?)))
+                    .collect(),
+                tags: c.tags.as_ref().map(Entries::to_map).unwrap_or_default(),
+            };
         out.insert(name.as_str().to_string(), coin);
     }
     Desired { fleet, coins: out }

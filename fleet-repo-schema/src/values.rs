@@ -397,6 +397,52 @@ bounded_int! {
     LagBlocks(u64), 0 ..= 1000000, Code::OutOfRange, Code::OutOfRange;
     /// A share in percent.
     Percent(u32), 0 ..= 100, Code::OutOfRange, Code::OutOfRange;
+    /// Nodes that must be in sync for a coin to count as served.
+    MinSynced(u32), 0 ..= 10000, Code::OutOfRange, Code::OutOfRange;
+    /// Heals of a coin's nodes allowed in 24 hours.
+    HealsPerDay(u32), 1 ..= 100, Code::OutOfRange, Code::OutOfRange;
+}
+
+/// A section that is either written out or switched off with the word `off` (`heal: off`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrOff<T> {
+    /// `off`.
+    Off,
+    /// The section.
+    On(T),
+}
+
+impl<T> OrOff<T> {
+    /// The section, when not `off`.
+    pub fn on(&self) -> Option<&T> {
+        match self {
+            OrOff::Off => None,
+            OrOff::On(t) => Some(t),
+        }
+    }
+}
+
+impl<T: Decode> Decode for OrOff<T> {
+    fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
+        match node.scalar() {
+            Some(s) if s.kind() == ScalarKind::Str && s.text == "off" => Some(OrOff::Off),
+            Some(s) => {
+                let p = cx.path();
+                let shown = show(&s.text);
+                cx.report(
+                    Code::WrongType,
+                    node.span,
+                    format!("`{p}` is {shown}: expected `off` or a mapping of settings"),
+                    &format!("write `{p}: off` to switch it off, or its settings as a mapping"),
+                );
+                None
+            }
+            None => T::decode(node, cx).map(OrOff::On),
+        }
+    }
+    fn schema() -> Json {
+        json!({"oneOf": [{"const": "off"}, T::schema()]})
+    }
 }
 
 /// A duration written as `30s`, `10m`, `12h`, `2d`, `1w` or combinations (`1h30m`).

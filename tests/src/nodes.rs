@@ -631,6 +631,9 @@ pub fn probe_target(
                 version_pointer: None,
             }),
             daemon_version: true,
+            watch_interval: values::Duration(Duration::from_secs(60)),
+            alert_after: values::Duration(Duration::from_secs(300)),
+            min_synced: 1,
         },
     }
 }

@@ -102,6 +102,11 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "health.sync_timeout" => "24h",
             "health.full_sync_estimate" => "5d",
             "health.daemon_version" => "false",
+            "health.watch_interval" => "30s",
+            "health.alert_after" => "10m",
+            "health.min_synced" => "2",
+            "heal.restart_after" => "1h",
+            "heal.max_per_day" => "5",
             k if k.starts_with("health.http.") => {
                 return Err("only with `probe: http`, which the example's bitcoin does not use");
             }

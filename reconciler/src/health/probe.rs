@@ -1141,6 +1141,9 @@ mod tests {
                     version_pointer: None,
                 }),
                 daemon_version: true,
+                watch_interval: values::Duration(Duration::from_secs(60)),
+                alert_after: values::Duration(Duration::from_secs(300)),
+                min_synced: 1,
             },
         }
     }
