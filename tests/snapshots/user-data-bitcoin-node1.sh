@@ -230,6 +230,16 @@ cmd_upgrade() {
   systemctl start "node@$version.service"
 }
 
+# Healing: restart the daemon of node@VERSION, which must be the enabled unit (a restart of
+# another version would start a second daemon on the same chain). Changes no file.
+cmd_restart() {
+  local version="$1"
+  check_version "$version"
+  systemctl is-enabled --quiet "node@$version.service" \
+    || die "node@$version is not the enabled unit; not restarting it"
+  systemctl restart "node@$version.service"
+}
+
 # The container's environment: fleet's part, then the secret's keys, fetched by the instance
 # role from Secrets Manager (they never pass through fleet or its logs).
 write_node_config() {
@@ -415,13 +425,14 @@ case "${1:-}" in
     [ $# = 2 ] || [ $# = 3 ] || die "usage: fleet-node upgrade VERSION [DIGEST]"
     cmd_upgrade "$2" "${3:-}"
     ;;
+  restart) [ $# = 2 ] || die "usage: fleet-node restart VERSION"; cmd_restart "$2" ;;
   metrics) cmd_metrics ;;
   grow-root) cmd_grow_root ;;
   apply-config)
     [ $# = 4 ] || die "usage: fleet-node apply-config DIR VERSION restart|no-restart"
     cmd_apply_config "$2" "$3" "$4"
     ;;
-  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|metrics|grow-root|apply-config DIR VERSION MODE" ;;
+  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|restart VERSION|metrics|grow-root|apply-config DIR VERSION MODE" ;;
 esac
 FLEET_NODE_HELPER
 chmod 0755 "$ROOT/usr/local/sbin/fleet-node"

@@ -58,6 +58,15 @@ pub enum Fault {
         /// Calls.
         times: u32,
     },
+    /// The node's instance fails EC2's instance status check (on AWS: moto's
+    /// DescribeInstanceStatus answer with that instance's check made `impaired`, the shape
+    /// EC2 gives a failing one).
+    FailsStatusChecks {
+        /// The node.
+        key: NodeKey,
+        /// Its instance.
+        instance_id: String,
+    },
 }
 
 /// One world the conformance cases run in.
@@ -79,6 +88,9 @@ pub trait TestWorld: Send + Sync {
     fn attempts(&self) -> u64;
     /// Make the secret `name` exist (with a dummy value) or not, in the world's account.
     async fn set_secret(&self, name: &str, exists: bool);
+    /// Let `d` of the world's time pass (the simulator's clock; moto has none to wait for:
+    /// its instances run at once).
+    async fn pass_time(&self, d: Duration);
     /// An AMI of the world's region other than the example fleet's `node_ami`.
     async fn another_ami(&self) -> String;
 }
@@ -167,6 +179,9 @@ impl TestWorld for SimWorld {
                 stderr,
             },
             Fault::AgentNotReady { times } => SimFault::AgentNotReady { times },
+            Fault::FailsStatusChecks { key, .. } => {
+                SimFault::FailsStatusChecks { key, system: false }
+            }
         });
     }
     fn clear_faults(&self) {
@@ -187,6 +202,9 @@ impl TestWorld for SimWorld {
     }
     async fn another_ami(&self) -> String {
         "ami-0fedcba9876543210".into()
+    }
+    async fn pass_time(&self, d: Duration) {
+        self.clock.advance_ms(d.as_millis() as u64);
     }
 }
 
@@ -350,6 +368,16 @@ impl Intercept for TestInterceptor {
         let mut throttle = false;
         let mut fail_command = None;
         let mut agent_not_ready = false;
+        let impaired: Vec<String> = st
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::FailsStatusChecks { instance_id, .. } if op == "DescribeInstanceStatus" => {
+                    Some(instance_id.clone())
+                }
+                _ => None,
+            })
+            .collect();
         for f in st.faults.iter_mut() {
             match f {
                 Fault::AgentNotReady { times } if *times > 0 && op == "SendCommand" => {
@@ -374,6 +402,33 @@ impl Intercept for TestInterceptor {
         }
         drop(st);
         let resp = ctx.response_mut();
+        if !impaired.is_empty() && resp.status().is_success() {
+            // DescribeInstanceStatus's answer for failing instances, a recorded real response
+            // shape (EC2 API reference, DescribeInstanceStatus example; moto reports every
+            // instance `ok` and its streamed body cannot be edited here): each instance's
+            // `instanceStatus` impaired, its `reachability` check failed.
+            let items: String = impaired
+                .iter()
+                .map(|id| {
+                    format!(
+                        "<item><instanceId>{id}</instanceId><availabilityZone>eu-central-1a</availabilityZone>\
+                         <instanceState><code>16</code><name>running</name></instanceState>\
+                         <systemStatus><status>ok</status><details><item><name>reachability</name><status>passed</status></item></details></systemStatus>\
+                         <instanceStatus><status>impaired</status><details><item><name>reachability</name><status>failed</status>\
+                         <impairedSince>2026-12-03T10:00:00.000Z</impairedSince></item></details></instanceStatus><eventsSet/></item>"
+                    )
+                })
+                .collect();
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeInstanceStatusResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                 <requestId>3be1508e-c444-4fef-89cc-0b1223c4f02f</requestId><instanceStatusSet>{items}</instanceStatusSet>\
+                 </DescribeInstanceStatusResponse>"
+            );
+            resp.headers_mut().remove("content-length");
+            resp.headers_mut()
+                .insert("content-type", "text/xml;charset=UTF-8");
+            *resp.body_mut() = SdkBody::from(xml);
+        }
         if let Some(a) = cfg.load::<Answer>()
             && resp.status().is_success()
         {
@@ -722,4 +777,5 @@ impl TestWorld for AwsWorld {
     async fn another_ami(&self) -> String {
         public_ami(&self.ec2, Some(self.desired.fleet.node_ami.as_str())).await
     }
+    async fn pass_time(&self, _d: Duration) {}
 }

@@ -226,6 +226,7 @@ case "$tool" in
       enable) mkdir -p "$wants"; ln -sf "/etc/systemd/system/$2" "$wants/$2" ;;
       disable) rm -f "$wants/${*: -1}" ;;
       list-units) cat "$S/active-units" 2>/dev/null ;;
+      is-enabled) [ -L "$wants/${*: -1}" ]; exit ;;
     esac ;;
 esac
 exit 0
@@ -477,6 +478,45 @@ fn an_upgrade_pulls_first_and_a_failed_pull_never_stops_the_running_unit() {
     ] {
         let out = s.fleet_node(&bad);
         assert!(!out.status.success(), "{bad:?}");
+        assert!(s.take_calls().is_empty(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_heal_restarts_only_the_enabled_unit_and_changes_no_file() {
+    let s = Sandbox::new();
+    ok(&s.first_boot(&bitcoin_user_data()));
+    let version_file = s.read("etc/fleet-node/version");
+    s.take_calls();
+
+    ok(&s.fleet_node(&["restart", "28.1"]));
+    assert_eq!(
+        s.take_calls(),
+        [
+            "systemctl is-enabled --quiet node@28.1.service",
+            "systemctl restart node@28.1.service"
+        ]
+    );
+    assert_eq!(s.read("etc/fleet-node/version"), version_file);
+
+    // Another version's unit is not the enabled one: refused, nothing restarted.
+    let out = s.fleet_node(&["restart", "29.0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node@29.0 is not the enabled unit"),
+        "{out:?}"
+    );
+    assert!(
+        !s.take_calls().iter().any(|c| c.contains("restart")),
+        "a unit that is not enabled was restarted"
+    );
+    // A value that is not a version reaches no tool.
+    for bad in [
+        vec!["restart", "1;reboot"],
+        vec!["restart", "-x"],
+        vec!["restart"],
+    ] {
+        assert!(!s.fleet_node(&bad).status.success(), "{bad:?}");
         assert!(s.take_calls().is_empty(), "{bad:?}");
     }
 }

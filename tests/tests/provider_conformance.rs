@@ -8,7 +8,8 @@ use reconciler::network::{IngressRule, Protocol, Source};
 use reconciler::node::NodeKey;
 use reconciler::plan::{Observed, ObservedNode, Orphan, OrphanReason};
 use reconciler::provider::{
-    DnsRecord, InstanceState, LaunchSpec, NodeRef, Outcome, PendingStep, ProviderError, Scope,
+    CheckState, DnsRecord, InstanceState, LaunchSpec, NodeRef, Outcome, PendingStep, ProviderError,
+    Scope,
 };
 
 fn v(s: &str) -> Version {
@@ -137,6 +138,62 @@ async fn upgrade_targets_one_instance(w: &dyn TestWorld) {
         Outcome::AlreadyDone
     );
     assert_eq!(w.commands().len(), 1, "no second restart");
+}
+
+/// A heal's restart is one command to one instance, changes no record, and a failed one says
+/// why.
+async fn restart_daemon_sends_one_command_and_records_nothing(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    let _b = launch(w, "dogecoin", 1).await;
+    let before = observe(w).await;
+    w.provider().restart_daemon(&a, &v("1.14.9")).await.unwrap();
+    assert_eq!(
+        w.commands(),
+        vec![(
+            a.instance_id.clone(),
+            "/usr/local/sbin/fleet-node restart '1.14.9'".to_string()
+        )]
+    );
+    let after = observe(w).await;
+    assert_eq!(node(&after, &a).version, node(&before, &a).version);
+    assert_eq!(node(&after, &a).pending, None);
+    assert_eq!(node(&after, &a).tags, node(&before, &a).tags);
+    w.inject(Fault::CommandFails {
+        stderr: "fleet-node: node@1.14.9 is not the enabled unit; not restarting it".into(),
+    });
+    match w.provider().restart_daemon(&a, &v("1.14.9")).await {
+        Err(ProviderError::CommandFailed { stderr, .. }) => {
+            assert!(stderr.contains("not the enabled unit"), "{stderr}")
+        }
+        other => panic!("expected CommandFailed, got {other:?}"),
+    }
+}
+
+/// EC2's status checks: every running instance, in one call per page; one that fails its
+/// instance check is seen failing (on AWS the answer is then a recorded real response shape
+/// listing it, see `Fault::FailsStatusChecks`).
+async fn status_checks_are_read_for_the_running_instances(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    let b = launch(w, "dogecoin", 1).await;
+    // Booted (the simulated instances boot in a minute; moto's are running at once).
+    w.pass_time(std::time::Duration::from_secs(180)).await;
+    let calls = w.provider().api_calls();
+    let checks = w.provider().status_checks().await.unwrap();
+    assert_eq!(w.provider().api_calls() - calls, 1, "one page, one call");
+    for n in [&a, &b] {
+        let c = checks
+            .get(&n.instance_id)
+            .unwrap_or_else(|| panic!("{checks:?}"));
+        assert!(!c.failing(), "{c:?}");
+    }
+    w.inject(Fault::FailsStatusChecks {
+        key: a.key.clone(),
+        instance_id: a.instance_id.clone(),
+    });
+    let checks = w.provider().status_checks().await.unwrap();
+    assert_eq!(checks[&a.instance_id].instance, CheckState::Impaired);
+    assert!(checks[&a.instance_id].failing());
+    assert!(checks.get(&b.instance_id).is_none_or(|c| !c.failing()));
 }
 
 /// A failed command surfaces its stderr and leaves the node's version unknown, not guessed;
@@ -1078,6 +1135,8 @@ conformance!(
     launch_is_idempotent,
     launch_restores_from_snapshot,
     upgrade_targets_one_instance,
+    restart_daemon_sends_one_command_and_records_nothing,
+    status_checks_are_read_for_the_running_instances,
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
     the_coins_own_group_is_made_and_kept,

@@ -11,7 +11,9 @@
 //! - SSM commands always name their one instance, are waited for with a bound, and are read
 //!   back with GetCommandInvocation (never ListCommandInvocations).
 
-use super::commands::{BOOTSTRAP_COMMAND, is_active_command, reconfigure_command, upgrade_command};
+use super::commands::{
+    BOOTSTRAP_COMMAND, is_active_command, reconfigure_command, restart_command, upgrade_command,
+};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use crate::network::{CoinNetwork, IngressRule, ObservedGroup, Protocol, Source};
@@ -1611,6 +1613,51 @@ impl Provider for AwsProvider {
 
     async fn record_image_runs(&self, node: &NodeRef, value: &str) -> Result<(), ProviderError> {
         InstanceRecord::write_tags(self, node, &[(tags::IMAGE_RUNS, value)]).await
+    }
+
+    async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError> {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ec2
+                .describe_instance_status()
+                .max_results(1000)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:DescribeInstanceStatus", None, e))?;
+            for s in page.instance_statuses() {
+                let Some(id) = s.instance_id() else { continue };
+                let check = |c: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
+                    c.and_then(|c| c.status())
+                        .map_or(CheckState::InsufficientData, |st| {
+                            CheckState::parse(st.as_str())
+                        })
+                };
+                out.insert(
+                    id.to_string(),
+                    StatusChecks {
+                        system: check(s.system_status()),
+                        instance: check(s.instance_status()),
+                    },
+                );
+            }
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn restart_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        let command = restart_command(version)?;
+        self.run_command(node, &command, &format!("fleet: heal {}", node.key))
+            .await
+            .map(drop)
     }
 
     async fn confirm_version(

@@ -122,6 +122,14 @@ pub fn is_active_command(version: &Version) -> Result<String, ProviderError> {
     Ok(format!("systemctl is-active --quiet 'node@{v}'"))
 }
 
+/// The shell command that restarts the daemon of `node@<version>`, the node's enabled unit
+/// (`fleet-node restart`, which refuses a version whose unit is not the enabled one): what
+/// healing does for a stuck or crashed daemon. Changes no file and no version.
+pub fn restart_command(version: &Version) -> Result<String, ProviderError> {
+    let v = shell_safe(version)?;
+    Ok(format!("{NODE_PROGRAM} restart '{v}'"))
+}
+
 /// The command that grows the data file system after its volume grew (xfs, mounted at
 /// /node-data by the node's user data).
 pub const GROW_FS_COMMAND: &str = "xfs_growfs -d /node-data";
@@ -169,6 +177,10 @@ mod tests {
                 "/usr/local/sbin/fleet-node upgrade '28.1' 'sha256:{}'",
                 "0f".repeat(32)
             )
+        );
+        assert_eq!(
+            restart_command(&v).unwrap(),
+            "/usr/local/sbin/fleet-node restart '28.1'"
         );
         assert_eq!(
             is_active_command(&v).unwrap(),

@@ -33,6 +33,64 @@ use std::fmt;
 /// The device a node's data volume is attached at (what `fleet-node` mounts at /node-data).
 pub const DATA_DEVICE: &str = "/dev/sdf";
 
+/// One of EC2's status checks (DescribeInstanceStatus's `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckState {
+    /// Passed.
+    Ok,
+    /// Failed.
+    Impaired,
+    /// Not enough data yet.
+    InsufficientData,
+    /// Starting.
+    Initializing,
+    /// Does not apply.
+    NotApplicable,
+}
+
+impl CheckState {
+    /// From EC2's word (`ok`, `impaired`, `insufficient-data`, `initializing`,
+    /// `not-applicable`); anything else reads as insufficient data.
+    pub fn parse(s: &str) -> CheckState {
+        match s {
+            "ok" => CheckState::Ok,
+            "impaired" => CheckState::Impaired,
+            "initializing" => CheckState::Initializing,
+            "not-applicable" => CheckState::NotApplicable,
+            _ => CheckState::InsufficientData,
+        }
+    }
+
+    /// EC2's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Ok => "ok",
+            CheckState::Impaired => "impaired",
+            CheckState::InsufficientData => "insufficient-data",
+            CheckState::Initializing => "initializing",
+            CheckState::NotApplicable => "not-applicable",
+        }
+    }
+}
+
+/// EC2's two status checks of a running instance: the system's (AWS's host and network)
+/// and the instance's (its operating system reachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChecks {
+    /// The system status check.
+    pub system: CheckState,
+    /// The instance status check.
+    pub instance: CheckState,
+}
+
+impl StatusChecks {
+    /// Either check failed.
+    pub fn failing(&self) -> bool {
+        self.system == CheckState::Impaired || self.instance == CheckState::Impaired
+    }
+}
+
 /// EC2 instance states.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -934,6 +992,13 @@ pub trait Provider: Send + Sync {
         self.upgrade_pinned(node, version, None).await
     }
 
+    /// Restart the node's daemon, the enabled `node@<version>` unit (`fleet-node restart
+    /// <version>` over SSM): healing's remedy for a daemon that is stuck or has crashed.
+    /// Refused on the node when that unit is not the enabled one. Nothing is recorded: the
+    /// version, the configuration and the tags stay as they are, and a repeat is one more
+    /// restart.
+    async fn restart_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError>;
+
     /// Write `version` as the node's recorded version (`fleet:version`) and nothing else:
     /// what its daemon reports when that is not what the tag says (a change by hand), before
     /// the upgrade that fixes it.
@@ -1081,6 +1146,11 @@ pub trait Provider: Send + Sync {
         hosted_zone_id: &str,
         record: &DnsRecord,
     ) -> Result<Outcome, ProviderError>;
+
+    /// EC2's status checks of the region's running instances, by instance id
+    /// (DescribeInstanceStatus, 1,000 a page: one call per page whatever the node count; the
+    /// caller picks the fleet's). The node watch's view of instances AWS itself finds broken.
+    async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError>;
 }
 
 #[cfg(test)]

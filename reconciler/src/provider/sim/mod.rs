@@ -10,7 +10,7 @@
 //! The simulator must never be kinder than AWS: each primitive is one simulated API call,
 //! throttled and failed by injected faults exactly where AWS would.
 
-use super::commands::{is_active_command, reconfigure_command, upgrade_command};
+use super::commands::{is_active_command, reconfigure_command, restart_command, upgrade_command};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use crate::network::{CoinNetwork, ObservedGroup};
@@ -694,6 +694,116 @@ impl Provider for SimProvider {
 
     async fn record_image_runs(&self, node: &NodeRef, value: &str) -> Result<(), ProviderError> {
         InstanceRecord::write_tags(self, node, &[(tags::IMAGE_RUNS, value)]).await
+    }
+
+    async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError> {
+        self.with(|w, now| {
+            let running: Vec<(String, Option<NodeKey>)> = w
+                .instances
+                .values()
+                .filter(|i| w.state(i, now) == InstanceState::Running)
+                .map(|i| (i.id.clone(), tags::node_key(&i.tags).ok()))
+                .collect();
+            for _ in 0..pages(running.len(), 1000) {
+                w.call("DescribeInstanceStatus")?;
+            }
+            let ok = StatusChecks {
+                system: CheckState::Ok,
+                instance: CheckState::Ok,
+            };
+            Ok(running
+                .into_iter()
+                .map(|(id, key)| {
+                    let failing = w.faults.iter().find_map(|f| match f {
+                        SimFault::FailsStatusChecks { key: k, system }
+                            if Some(k) == key.as_ref() =>
+                        {
+                            Some(*system)
+                        }
+                        _ => None,
+                    });
+                    let checks = match failing {
+                        None => ok,
+                        Some(true) => StatusChecks {
+                            system: CheckState::Impaired,
+                            instance: CheckState::Ok,
+                        },
+                        Some(false) => StatusChecks {
+                            system: CheckState::Ok,
+                            instance: CheckState::Impaired,
+                        },
+                    };
+                    (id, checks)
+                })
+                .collect())
+        })
+    }
+
+    async fn restart_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        let command = restart_command(version)?;
+        self.with(|w, now| {
+            let (running, enabled) = {
+                let i = w.live(node)?;
+                let d = &i.daemon;
+                (
+                    // Booting counts as reachable, as for every simulated command (the AWS
+                    // provider waits for a booting instance's agent, `agent_wait`).
+                    matches!(
+                        w.state(i, now),
+                        InstanceState::Running | InstanceState::Pending
+                    ),
+                    d.enabled
+                        .then(|| d.enabled_version.clone().or_else(|| d.version.clone()))
+                        .flatten(),
+                )
+            };
+            let unreachable = w
+                .faults
+                .iter()
+                .any(|f| matches!(f, SimFault::FailsStatusChecks { key, .. } if *key == node.key));
+            if !running || unreachable {
+                // SSM reaches no stopped or terminated instance's agent, nor one of an
+                // instance that fails its status checks.
+                w.call("SendCommand")?;
+                return Err(ProviderError::Api {
+                    op: "ssm:SendCommand".into(),
+                    code: "InvalidInstanceId".into(),
+                    message: "Instances not in a valid state for account".into(),
+                    instance: Some(node.instance_id.clone()),
+                });
+            }
+            if enabled.as_deref() != Some(version.as_str()) {
+                w.call("SendCommand")?;
+                w.call("GetCommandInvocation")?;
+                w.commands.push(CommandRecord {
+                    at_ms: now,
+                    instance_id: node.instance_id.clone(),
+                    key: node.key.clone(),
+                    command: command.clone(),
+                    ok: false,
+                });
+                return Err(ProviderError::CommandFailed {
+                    instance: node.instance_id.clone(),
+                    status: "Failed".into(),
+                    exit_code: 1,
+                    stderr: format!("fleet-node: node@{version} is not the enabled unit"),
+                });
+            }
+            let height = w.blocks_now(&node.instance_id, now);
+            w.run_command(node, &command, now)?;
+            // `systemctl restart`: the daemon starts over where its chain is, and whatever
+            // had hung it (lost peers) is gone; a daemon that crashes at start crashes again.
+            let d = &mut w.live_mut(node)?.daemon;
+            d.started_ms = now;
+            d.start_height = height;
+            d.stopped = false;
+            d.version = Some(version.to_string());
+            d.enabled_version = None;
+            let key = node.key.clone();
+            w.faults
+                .retain(|f| !matches!(f, SimFault::Hangs { key: k, .. } if *k == key));
+            Ok(())
+        })
     }
 
     async fn confirm_version(

@@ -103,6 +103,31 @@ pub enum SimFault {
         /// Height.
         height: u64,
     },
+    /// The node's daemon stops at `height`, blocks and headers, as one that lost its peers
+    /// does (`setnetworkactive false`, a firewall change), and answers its probe there; a
+    /// restart of the daemon ends it (reconnecting is what a restart does).
+    Hangs {
+        /// Node.
+        key: NodeKey,
+        /// Height.
+        height: u64,
+    },
+    /// The node's daemon exits `up_ms` after each start, and systemd starting it again
+    /// brings it no further: its probe is refused from then until its next restart.
+    CrashLoops {
+        /// Node.
+        key: NodeKey,
+        /// How long it answers after each start.
+        up_ms: u64,
+    },
+    /// The node's instance fails EC2's status checks (`system`: the host's, else the
+    /// instance's own): nothing on it answers, SSM included, until the fault is cleared.
+    FailsStatusChecks {
+        /// Node.
+        key: NodeKey,
+        /// The system check fails (else the instance check).
+        system: bool,
+    },
     /// The next `times` SSM commands (on `key`, or on any node) fail with `stderr`.
     FailCommand {
         /// Node, or any.
@@ -335,16 +360,38 @@ impl World {
         let tip = self.tip(&coin, now);
         let secs = (now - up_at) as f64 / 1000.0;
         let start = i.daemon.start_height.min(tip);
-        let headers = ((start as f64 + p.header_rate * secs) as u64).min(tip);
+        let mut headers = ((start as f64 + p.header_rate * secs) as u64).min(tip);
         let mut blocks = ((start as f64 + p.block_rate * secs) as u64).min(headers);
         let key = tags::node_key(&i.tags).ok();
-        if let Some(key) = key {
-            let (never, stall) = self.fault_for(&key);
+        if let Some(key) = &key {
+            let (never, stall) = self.fault_for(key);
             if never {
                 blocks = start;
             }
             if let Some(h) = stall {
                 blocks = blocks.min(h.max(start));
+            }
+        }
+        if let Some(key) = &key {
+            for f in &self.faults {
+                match f {
+                    SimFault::Hangs { key: k, height } if k == key => {
+                        let h = (*height).max(start);
+                        blocks = blocks.min(h);
+                        headers = headers.min(h);
+                    }
+                    SimFault::FailsStatusChecks { key: k, .. } if k == key => {
+                        return Err(format!(
+                            "{instance_id}: no route to host (the instance fails its status checks)"
+                        ));
+                    }
+                    SimFault::CrashLoops { key: k, up_ms } if k == key && now >= up_at + up_ms => {
+                        return Err(format!(
+                            "{instance_id}: connection refused (the daemon exited; systemd starts it again in vain)"
+                        ));
+                    }
+                    _ => {}
+                }
             }
         }
         let day_of_blocks = 86_400_000 / p.block_ms.max(1);
