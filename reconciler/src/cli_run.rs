@@ -249,6 +249,14 @@ async fn run(cfg: RunConfig, provider: ProviderChoice) -> anyhow::Result<()> {
         _ => None,
     };
     let factory = backend_factory(&cfg, provider);
+    let node_watch = tokio::spawn(crate::daemon::watch::watch_loop(
+        Arc::clone(&shared),
+        good_rx.clone(),
+        Arc::clone(&journal),
+        Arc::clone(&notifier),
+        cfg.slack_repeat_window_ms,
+        shutdown.clone(),
+    ));
     let lp = tokio::spawn(reconcile_loop(
         Arc::clone(&shared),
         good_rx,
@@ -285,6 +293,7 @@ async fn run(cfg: RunConfig, provider: ProviderChoice) -> anyhow::Result<()> {
         }
     };
     shutdown.cancel();
+    let _ = node_watch.await;
     let _ = fetch.await;
     let _ = server.await;
     people.stop().await;

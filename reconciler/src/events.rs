@@ -420,6 +420,27 @@ pub enum Event {
         /// Why.
         failure: Failure,
     },
+    /// The node watch opened, updated or resolved an incident (sent by `fleet run`'s node
+    /// watch, not the executor).
+    Incident {
+        /// The incident as it is now.
+        incident: crate::care::incident::Incident,
+        /// What changed.
+        change: crate::care::incident::Change,
+    },
+    /// The node watch restarted a node's daemon.
+    Healed {
+        /// Coin.
+        coin: CoinName,
+        /// Node.
+        node: NodeKey,
+        /// Why.
+        reason: crate::care::heal::HealReason,
+        /// The version restarted.
+        version: Version,
+        /// How the restart ended.
+        outcome: StepOutcome,
+    },
 }
 
 impl Event {
@@ -435,7 +456,9 @@ impl Event {
             | Event::Baking { coin, .. }
             | Event::ZonePassed { coin, .. }
             | Event::RolloutFinished { coin, .. }
-            | Event::RolloutFailed { coin, .. } => Some(coin),
+            | Event::RolloutFailed { coin, .. }
+            | Event::Healed { coin, .. } => Some(coin),
+            Event::Incident { incident, .. } => Some(incident.subject.coin()),
             Event::RepoInvalid { .. } => None,
         }
     }

@@ -7,6 +7,7 @@
 //!   rating of "in sync", the gate), `node` (what names a node), `clock`;
 //! - deciding: `plan` (pure: sorting an observation into slots, then the waves);
 //! - doing: `apply` (the executor), `store` (its journal), `events` (what it reports);
+//! - between rollouts: `care` (incidents and healing, pure; the node watch runs it);
 //! - running: `daemon` (`fleet run`'s jobs), `server` (its HTTP endpoints), `people` (Slack and
 //!   the release watch, feature `bots`);
 //! - taking over nodes made outside fleet: `adopt` (`fleet adopt`);
@@ -14,6 +15,7 @@
 
 pub mod adopt;
 pub mod apply;
+pub mod care;
 pub mod cli;
 mod cli_adopt;
 mod cli_apply;

@@ -40,6 +40,18 @@ impl NodeKey {
     }
 }
 
+impl NodeKey {
+    /// The key written as its `Display` (`coin/zone/index`), as the journal keeps it.
+    pub fn from_display(s: &str) -> Option<NodeKey> {
+        let mut parts = s.split('/');
+        let (coin, zone, index) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        NodeKey::parse(coin, zone, index.parse().ok()?).ok()
+    }
+}
+
 impl fmt::Display for NodeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.coin, self.zone, self.index)
@@ -63,5 +75,14 @@ mod tests {
         );
         let bad = r#"{"coin":"x y","zone":"eu-central-1a","index":2}"#;
         assert!(serde_json::from_str::<NodeKey>(bad).is_err());
+        // Read back from its Display, as the journal keeps it.
+        assert_eq!(NodeKey::from_display(&k.to_string()), Some(k));
+        for bad in [
+            "bitcoin/eu-central-1a",
+            "bitcoin/eu-central-1a/x",
+            "a/b/1/2",
+        ] {
+            assert_eq!(NodeKey::from_display(bad), None, "{bad}");
+        }
     }
 }

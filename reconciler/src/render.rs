@@ -468,6 +468,8 @@ impl Progress {
                     errors.len()
                 );
             }
+            // The node watch's, which `fleet apply` does not run.
+            Event::Incident { .. } | Event::Healed { .. } => {}
         }
         if self.live {
             let minor = matches!(

@@ -165,6 +165,21 @@ pub enum Record {
         /// When.
         at_ms: Millis,
     },
+    /// The node watch restarted a node's daemon (written before the restart is sent: a heal
+    /// that cannot be journaled is not made, so `heal.max_per_day` holds across restarts
+    /// of fleet).
+    Heal {
+        /// Coin.
+        coin: String,
+        /// Node (`coin/zone/index`).
+        node: String,
+        /// Why.
+        reason: crate::care::heal::HealReason,
+        /// The version restarted.
+        version: String,
+        /// When.
+        at_ms: Millis,
+    },
 }
 
 /// The journal. Cheap to share (`Arc`); appends are serialised.
@@ -300,6 +315,25 @@ impl Journal {
             },
         )?;
         Ok(Decided::Recorded)
+    }
+
+    /// The heals of `coin`'s nodes made at or after `since_ms`.
+    pub fn heals(&self, coin: &str, since_ms: Millis) -> Vec<crate::care::heal::PastHeal> {
+        self.lock()
+            .iter()
+            .filter_map(|r| match r {
+                Record::Heal {
+                    coin: c,
+                    node,
+                    at_ms,
+                    ..
+                } if c == coin && *at_ms >= since_ms => Some(crate::care::heal::PastHeal {
+                    node: crate::node::NodeKey::from_display(node)?,
+                    at_ms: *at_ms,
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every record, oldest first.

@@ -1,6 +1,7 @@
 //! The idle reconciler: memory and CPU of `fleet run` with 1,000 simulated nodes (100 coins ×
 //! 2 zones × 5 nodes) once converged, at the default settings (fetch every 30 s, a pass
-//! every 5 min), simulator at real time.
+//! every 5 min, the node watch every minute: one observation and 1,000 probes), simulator at
+//! real time; and the provider API calls it makes while idle, per hour.
 //!
 //! `cargo bench -p fleet-tests --bench daemon_idle` (the `fleet` binary must be built:
 //! `cargo build --release --bin fleet`, or set FLEET_BIN). Idle window: FLEET_BENCH_IDLE_SECS
@@ -78,6 +79,8 @@ fn main() {
         s["coins"].as_object().map_or(0, |c| c.len()),
         t.elapsed().as_secs_f64()
     );
+    let calls0 = d.metric("fleet_provider_api_calls_total").unwrap_or(0.0);
+    let watches0 = d.metric("fleet_watches_total").unwrap_or(0.0);
     let rss_start = proc_kib(pid, "VmRSS:");
     let cpu0 = proc_cpu_ticks(pid);
     let t0 = Instant::now();
@@ -88,11 +91,17 @@ fn main() {
     let fetches = d
         .metric("fleet_git_fetches_total{result=\"ok\"}")
         .unwrap_or(0.0);
+    let calls = d.metric("fleet_provider_api_calls_total").unwrap_or(0.0) - calls0;
+    let watches = d.metric("fleet_watches_total").unwrap_or(0.0) - watches0;
     println!(
         "idle {wall:.0} s: CPU {cpu_s:.2} s ({:.3} % of one core), RSS {} KiB at start of idle, {} KiB at end, peak {} KiB; {fetches} fetches so far",
         cpu_s / wall * 100.0,
         rss_start,
         proc_kib(pid, "VmRSS:"),
         proc_kib(pid, "VmHWM:"),
+    );
+    println!(
+        "idle {wall:.0} s: {watches} watches of 1,000 nodes, {calls} provider API calls ({:.0} an hour; simulated, AWS's page sizes)",
+        calls / wall * 3600.0
     );
 }

@@ -239,6 +239,100 @@ async fn a_gate_failure_is_shown_in_the_channel_with_heights_and_repeats_are_sup
     assert_eq!(stats.suppressed.load(Ordering::SeqCst), 2);
 }
 
+fn incident(
+    change: bots::slack::messages::IncidentChange,
+    condition: &str,
+    care: Option<&str>,
+    left: bool,
+) -> Notice {
+    Notice::Incident {
+        key: "litecoin/eu-central-1a/1".into(),
+        id: 1,
+        coin: "litecoin".into(),
+        subject: "litecoin/eu-central-1a/1".into(),
+        condition: condition.into(),
+        change,
+        care: care.map(str::to_string),
+        left_for_person: left,
+        since_ms: 1_700_000_000_000,
+        at_ms: 1_700_000_600_000,
+    }
+}
+
+#[tokio::test]
+async fn an_incident_is_one_message_updated_in_place_and_resolved_in_its_thread() {
+    use bots::slack::messages::IncidentChange::*;
+    let mock = SlackMock::start(TOKEN);
+    let pacer = Arc::new(TestPacer::default());
+    let (h, t) = start(&mock, &pacer, bot::channel("C0FLEET001"));
+    h.notify(incident(
+        Opened,
+        "out of sync: at 2601, 12 behind",
+        None,
+        false,
+    ));
+    h.notify(incident(
+        Updated,
+        "stuck at 2601 while its chain moved on to 2650",
+        None,
+        false,
+    ));
+    h.notify(incident(
+        Updated,
+        "stuck at 2601 while its chain moved on to 2650",
+        Some("fleet restarted its daemon (1 time in this incident)"),
+        false,
+    ));
+    h.notify(incident(
+        Resolved,
+        "stuck at 2601 while its chain moved on to 2650",
+        None,
+        false,
+    ));
+    // Another trouble later: a new message.
+    h.notify(incident(
+        Opened,
+        "not answering: connection refused",
+        Some("fleet will not heal it: heal.max_per_day 3. A person must look."),
+        true,
+    ));
+    drain(h, t).await;
+    let calls = mock.calls();
+    let by = |m: &str| {
+        calls
+            .iter()
+            .filter(|c| c.method == m)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (posts, updates) = (by("chat.postMessage"), by("chat.update"));
+    // Posted once, updated twice in place and once resolved; the resolution also in its
+    // thread; the next trouble a new message.
+    assert_eq!(posts.len(), 3, "{posts:#?}");
+    assert_eq!(updates.len(), 3, "{updates:#?}");
+    let first = posts[0].ts.clone().expect("posted");
+    assert!(
+        updates
+            .iter()
+            .all(|u| u.body["ts"].as_str() == Some(first.as_str()))
+    );
+    assert!(blocks_text(&updates[1]).contains("restarted its daemon"));
+    assert!(
+        blocks_text(&updates[2]).contains("back in sync after 10m"),
+        "{}",
+        blocks_text(&updates[2])
+    );
+    assert_eq!(posts[1].body["thread_ts"].as_str(), Some(first.as_str()));
+    assert!(
+        posts[1].body["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Resolved #1")
+    );
+    assert!(posts[2].body.get("thread_ts").is_none_or(|t| t.is_null()));
+    assert!(blocks_text(&posts[2]).contains("Needs a person"));
+}
+
 #[tokio::test]
 async fn rate_limited_messages_are_retried_in_order_and_none_is_lost() {
     let mock = SlackMock::start(TOKEN);

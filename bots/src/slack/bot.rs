@@ -331,7 +331,13 @@ struct Thread {
 struct Memory {
     approvals: Vec<(ApprovalKey, Posted, Message)>,
     threads: Vec<(String, Thread)>,
+    /// Incidents' messages, by the incident's key (absent in memories saved before).
+    #[serde(default)]
+    incidents: Vec<(String, Posted)>,
 }
+
+/// Incident messages remembered at most (the oldest are forgotten first).
+const REMEMBERED_INCIDENTS: usize = 1_000;
 
 /// Approval requests remembered at most (the oldest are forgotten first).
 const REMEMBERED_APPROVALS: usize = 1_000;
@@ -348,6 +354,8 @@ struct Worker {
     threads: HashMap<String, Thread>,
     /// Alert text → when last sent.
     alerts: HashMap<String, i64>,
+    /// Incident messages by key, oldest first.
+    incidents: Vec<(String, Posted)>,
 }
 
 /// Start the bot: returns the handle and the worker's task, which ends once every handle
@@ -377,6 +385,7 @@ pub fn start(
         approvals: memory.approvals,
         threads: memory.threads.into_iter().collect(),
         alerts: HashMap::new(),
+        incidents: memory.incidents,
     };
     let task = tokio::spawn(w.run(rx));
     (SlackHandle { tx, stats }, task)
@@ -408,6 +417,7 @@ impl Worker {
                 .iter()
                 .map(|(k, t)| (k.clone(), t.clone()))
                 .collect(),
+            incidents: self.incidents.clone(),
         };
         let tmp = path.with_extension("tmp");
         let r = serde_json::to_vec(&m)
@@ -663,6 +673,43 @@ impl Worker {
             Notice::GateFailed { coin, .. } => {
                 self.in_thread(coin, &m, true).await;
                 self.close_thread(coin, &m).await;
+            }
+            Notice::Incident {
+                key,
+                change,
+                left_for_person,
+                ..
+            } => {
+                let known = self
+                    .incidents
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, p)| p.clone());
+                match (known, change) {
+                    (Some(at), _) => {
+                        self.update(&at, &m).await;
+                        // The resolution, and a node left for a person, are said in the
+                        // incident's thread too (the latter in the channel as well).
+                        if *change == messages::IncidentChange::Resolved || *left_for_person {
+                            self.post(Some(&at.ts), *left_for_person, &m).await;
+                        }
+                        if *change == messages::IncidentChange::Resolved {
+                            self.incidents.retain(|(k, _)| k != key);
+                            self.save();
+                        }
+                    }
+                    (None, messages::IncidentChange::Resolved) => {
+                        self.post(None, false, &m).await;
+                    }
+                    (None, _) => {
+                        if let Some(p) = self.post(None, false, &m).await {
+                            self.incidents.push((key.clone(), p));
+                            let over = self.incidents.len().saturating_sub(REMEMBERED_INCIDENTS);
+                            self.incidents.drain(..over);
+                            self.save();
+                        }
+                    }
+                }
             }
             Notice::BumpOpened { .. }
             | Notice::ReleaseRejected { .. }

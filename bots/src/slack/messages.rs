@@ -139,6 +139,31 @@ pub enum Notice {
         /// Height it had to reach.
         target: Option<u64>,
     },
+    /// The node watch's incident: opened, updated, resolved or reopened. One Slack message
+    /// per incident (keyed by `key`), updated in place; its resolution is also said in its
+    /// thread, and so is a node left for a person (shown in the channel too).
+    Incident {
+        /// Stable across restarts of fleet: what the bot remembers the message by.
+        key: String,
+        /// Its number in this run of fleet.
+        id: u64,
+        /// Coin.
+        coin: String,
+        /// The node (`coin/zone/index`) or the coin.
+        subject: String,
+        /// What is wrong (or was, once resolved), in words.
+        condition: String,
+        /// What changed.
+        change: IncidentChange,
+        /// What fleet did about it, in words (None: nothing yet).
+        care: Option<String>,
+        /// Whether fleet left it for a person.
+        left_for_person: bool,
+        /// In trouble since (unix ms).
+        since_ms: u64,
+        /// Now (unix ms).
+        at_ms: u64,
+    },
     /// A commit of the fleet repository is invalid.
     RepoInvalid {
         /// The commit.
@@ -169,6 +194,20 @@ impl Notice {
             Notice::GateFailed { .. } | Notice::RepoInvalid { .. } | Notice::ReleaseRejected { .. }
         )
     }
+}
+
+/// How an incident changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IncidentChange {
+    /// It opened.
+    Opened,
+    /// What is wrong, or what fleet did, changed.
+    Updated,
+    /// It cleared.
+    Resolved,
+    /// It came back soon after clearing.
+    Reopened,
 }
 
 /// A message: the fallback text (notifications, screen readers) and the blocks.
@@ -371,6 +410,47 @@ pub fn approval_decided(request: &Message, n: &Notice) -> Option<Message> {
 /// The message for any other notice.
 pub fn render(n: &Notice) -> Message {
     match n {
+        Notice::Incident {
+            id,
+            subject,
+            condition,
+            change,
+            care,
+            left_for_person,
+            since_ms,
+            at_ms,
+            ..
+        } => {
+            let lasted = human_ms(at_ms.saturating_sub(*since_ms));
+            let (icon, head) = match change {
+                IncidentChange::Resolved => (":white_check_mark:", "Resolved"),
+                _ if *left_for_person => (":rotating_light:", "Needs a person"),
+                IncidentChange::Reopened => (":warning:", "Back again"),
+                _ => (":warning:", "Incident"),
+            };
+            let text = match change {
+                IncidentChange::Resolved => {
+                    format!("Resolved #{id}: {subject} after {lasted} (was {condition})")
+                }
+                _ => format!("Incident #{id}: {subject} {condition}"),
+            };
+            let mut md = format!(
+                "{icon} *{head} #{id}:* *{}* {}",
+                esc(subject),
+                match change {
+                    IncidentChange::Resolved =>
+                        format!("is back in sync after {lasted} (it was {})", esc(condition)),
+                    _ => format!("is {} (for {lasted})", esc(condition)),
+                }
+            );
+            if let Some(c) = care {
+                md.push_str(&format!("\n{}", esc(c)));
+            }
+            Message {
+                text,
+                blocks: vec![section(md)],
+            }
+        }
         Notice::ApprovalNeeded { .. } => approval_request(n).unwrap_or_else(|| Message {
             text: "approval needed".into(),
             blocks: vec![],

@@ -30,6 +30,7 @@ pub const PASS_RESULTS: [&str; 5] = ["converged", "progress", "partial", "error"
 
 type Labels = Vec<(&'static str, String)>;
 type F64Gauge = Gauge<f64, AtomicU64>;
+type F64Family = Family<Labels, F64Gauge>;
 
 fn label(k: &'static str, v: impl Into<String>) -> Labels {
     vec![(k, v.into())]
@@ -46,6 +47,8 @@ pub enum ErrorKind {
     Pass,
     /// A coin's rollout failed.
     Rollout,
+    /// The node watch could not observe the fleet, or journal a heal.
+    Watch,
 }
 
 impl ErrorKind {
@@ -55,6 +58,7 @@ impl ErrorKind {
             ErrorKind::Validation => "validation",
             ErrorKind::Pass => "pass",
             ErrorKind::Rollout => "rollout",
+            ErrorKind::Watch => "watch",
         }
     }
 }
@@ -88,6 +92,18 @@ pub struct Metrics {
     api_calls: Counter,
     api_calls_seen: AtomicU64,
     provider: Family<Labels, Gauge>,
+    node_height: Family<Labels, Gauge>,
+    node_lag: Family<Labels, Gauge>,
+    node_in_sync: Family<Labels, Gauge>,
+    node_unmoved: F64Family,
+    node_probe_errors: Family<Labels, Counter>,
+    coin_synced: Family<Labels, Gauge>,
+    coin_min_synced: Family<Labels, Gauge>,
+    watched_at: F64Gauge,
+    watches: Counter,
+    incidents_open: Family<Labels, Gauge>,
+    incident_changes: Family<Labels, Counter>,
+    heals: Family<Labels, Counter>,
     /// Serialises the rebuilds of whole families (observation gauges, the commit).
     rebuild: Mutex<()>,
 }
@@ -121,6 +137,18 @@ impl Metrics {
             api_calls: Counter::default(),
             api_calls_seen: AtomicU64::new(0),
             provider: Family::default(),
+            node_height: Family::default(),
+            node_lag: Family::default(),
+            node_in_sync: Family::default(),
+            node_unmoved: Family::default(),
+            node_probe_errors: Family::default(),
+            coin_synced: Family::default(),
+            coin_min_synced: Family::default(),
+            watched_at: F64Gauge::default(),
+            watches: Counter::default(),
+            incidents_open: Family::default(),
+            incident_changes: Family::default(),
+            heals: Family::default(),
             rebuild: Mutex::new(()),
         };
         for r in PASS_RESULTS {
@@ -128,6 +156,9 @@ impl Metrics {
         }
         for r in ["ok", "error"] {
             let _ = m.fetches.get_or_create(&label("result", r));
+        }
+        for c in ["opened", "updated", "resolved", "reopened"] {
+            let _ = m.incident_changes.get_or_create(&label("change", c));
         }
         for k in ["evicted", "shed"] {
             let _ = m.connections.get_or_create(&label("kind", k));
@@ -213,6 +244,68 @@ impl Metrics {
                 "fleet_http_connections_crowded",
                 "Connections the server closed to keep its slots for clients that talk: evicted (accepted while every slot was taken, so the longest-waiting silent connection was closed to make room), shed (accepted while every slot was taken and none was silent: closed at once) or timed-out (sent no request within the header timeout)",
                 m.connections.clone(),
+            );
+            r.register(
+                "fleet_node_height",
+                "Blocks of each probed node at the last watch (coin, zone, index)",
+                m.node_height.clone(),
+            );
+            r.register(
+                "fleet_node_lag_blocks",
+                "Blocks each node is behind its coin's reference height at the last watch",
+                m.node_lag.clone(),
+            );
+            r.register(
+                "fleet_node_in_sync",
+                "1 if the node counts as in sync (the gates' rule) at the last watch, else 0",
+                m.node_in_sync.clone(),
+            );
+            r.register_with_unit(
+                "fleet_node_height_unchanged",
+                "How long each node's height has not moved, at the last watch",
+                Unit::Seconds,
+                m.node_unmoved.clone(),
+            );
+            r.register(
+                "fleet_node_probe_errors",
+                "Probes of each node that got no reading, since fleet started",
+                m.node_probe_errors.clone(),
+            );
+            r.register(
+                "fleet_coin_synced_nodes",
+                "Nodes of each coin in sync at the last watch (compare fleet_coin_min_synced)",
+                m.coin_synced.clone(),
+            );
+            r.register(
+                "fleet_coin_min_synced",
+                "Each coin's health.min_synced",
+                m.coin_min_synced.clone(),
+            );
+            r.register_with_unit(
+                "fleet_watch_timestamp",
+                "When the node watch last watched the fleet",
+                Unit::Seconds,
+                m.watched_at.clone(),
+            );
+            r.register(
+                "fleet_watches",
+                "Watches of the fleet by the node watch (one observation and one probe of every node each)",
+                m.watches.clone(),
+            );
+            r.register(
+                "fleet_incidents_open",
+                "Open incidents by coin and condition (out-of-sync, stuck, unreachable, down, below-min-synced)",
+                m.incidents_open.clone(),
+            );
+            r.register(
+                "fleet_incident_changes",
+                "Incidents opened, updated, resolved and reopened",
+                m.incident_changes.clone(),
+            );
+            r.register(
+                "fleet_heals",
+                "Daemon restarts made by the node watch, by coin, reason and outcome",
+                m.heals.clone(),
             );
             r.register(
                 "fleet_provider_api_calls",
@@ -352,6 +445,98 @@ impl Metrics {
                 .get_or_create(&vec![("coin", coin.clone()), ("state", state.clone())])
                 .set(*n as i64);
         }
+    }
+
+    /// What a node watch saw: per node and per coin, rebuilt whole (a node retired leaves no
+    /// series behind).
+    pub fn watched(
+        &self,
+        coins: &BTreeMap<fleet_repo_schema::values::CoinName, crate::care::CoinWatch>,
+    ) {
+        let _g = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        self.node_height.clear();
+        self.node_lag.clear();
+        self.node_in_sync.clear();
+        self.node_unmoved.clear();
+        self.coin_synced.clear();
+        self.coin_min_synced.clear();
+        // Rebuilt from the watch's running totals: the same values, and none for a node gone.
+        self.node_probe_errors.clear();
+        for (coin, cw) in coins {
+            let c = label("coin", coin.as_str());
+            self.coin_synced.get_or_create(&c).set(cw.synced as i64);
+            self.coin_min_synced
+                .get_or_create(&c)
+                .set(i64::from(cw.min_synced));
+            for n in &cw.nodes {
+                let l: Labels = vec![
+                    ("coin", coin.to_string()),
+                    ("zone", n.key.zone.to_string()),
+                    ("index", n.key.index.to_string()),
+                ];
+                if let Some(h) = n.health.height() {
+                    self.node_height.get_or_create(&l).set(h as i64);
+                }
+                if let Some(lag) = n.lag {
+                    self.node_lag.get_or_create(&l).set(lag as i64);
+                }
+                self.node_in_sync
+                    .get_or_create(&l)
+                    .set(i64::from(n.health.is_up()));
+                if let Some(ms) = n.unmoved_ms {
+                    self.node_unmoved.get_or_create(&l).set(ms as f64 / 1000.0);
+                }
+                self.node_probe_errors
+                    .get_or_create(&l)
+                    .inc_by(n.probe_errors);
+            }
+        }
+        self.watched_at.set(wall_s());
+        self.watches.inc();
+    }
+
+    /// An incident changed; `open` are the open ones now.
+    pub fn incident(
+        &self,
+        open: &[crate::care::incident::Incident],
+        change: crate::care::incident::Change,
+    ) {
+        use crate::care::incident::Change;
+        let _g = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        let c = match change {
+            Change::Opened => "opened",
+            Change::Updated => "updated",
+            Change::Resolved => "resolved",
+            Change::Reopened => "reopened",
+        };
+        self.incident_changes
+            .get_or_create(&label("change", c))
+            .inc();
+        self.incidents_open.clear();
+        for i in open {
+            self.incidents_open
+                .get_or_create(&vec![
+                    ("coin", i.subject.coin().to_string()),
+                    ("condition", i.condition.kind().to_string()),
+                ])
+                .inc();
+        }
+    }
+
+    /// A heal was made.
+    pub fn healed(
+        &self,
+        coin: &fleet_repo_schema::values::CoinName,
+        reason: crate::care::heal::HealReason,
+        outcome: &StepOutcome,
+    ) {
+        self.heals
+            .get_or_create(&vec![
+                ("coin", coin.to_string()),
+                ("reason", reason.label().to_string()),
+                ("outcome", outcome.label().to_string()),
+            ])
+            .inc();
     }
 
     /// A step finished.

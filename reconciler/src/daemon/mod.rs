@@ -72,6 +72,11 @@ pub struct Shared {
     pub steps_done: AtomicU64,
     /// Run the release watch now (a `release` webhook).
     pub release_now: Notify,
+    /// The coins whose rollout has started and not ended: the node watch leaves them to
+    /// their gates (no incident for their nodes, no heal).
+    pub rolling: Mutex<std::collections::BTreeSet<fleet_repo_schema::values::CoinName>>,
+    /// The reconcile loop's backend, once made: what the node watch observes and heals with.
+    pub backend: Mutex<Option<Backend>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -86,6 +91,22 @@ impl Shared {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Update the coins rolling out.
+    pub fn rolling_mut<T>(
+        &self,
+        f: impl FnOnce(&mut std::collections::BTreeSet<fleet_repo_schema::values::CoinName>) -> T,
+    ) -> T {
+        f(&mut self.rolling.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The backend, once the reconcile loop has made one.
+    pub fn backend(&self) -> Option<Backend> {
+        self.backend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A copy of the status.
     pub fn status(&self) -> Status {
         self.status
@@ -97,6 +118,7 @@ impl Shared {
 
 /// What the loop needs from outside: the provider and its friends, made once the first good
 /// revision says which region (and again if it changes).
+#[derive(Clone)]
 pub struct Backend {
     /// The provider.
     pub provider: Arc<dyn Provider>,

@@ -278,6 +278,11 @@ impl Loop {
             let b = (self.factory)(Arc::clone(&good.desired)).await?;
             self.shared
                 .status_mut(|s| s.provider = b.provider.name().to_string());
+            *self
+                .shared
+                .backend
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(b.clone());
             self.backend = Some((region, b));
         }
         match &self.backend {
@@ -380,6 +385,8 @@ impl Loop {
                 self.shared.metrics.error(ErrorKind::Rollout);
             }
         }
+        // Whatever the executor ended on (a preemption included), nothing rolls out now.
+        self.shared.rolling_mut(|r| r.clear());
         if cancel.is_cancelled() {
             return Ok(PassLabel::Cancelled);
         }

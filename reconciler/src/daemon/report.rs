@@ -4,6 +4,7 @@
 
 use super::Shared;
 use super::status::CoinState;
+use crate::care::incident::Change;
 use crate::clock::Millis;
 use crate::events::{Event, Notifier, StepOutcome};
 use crate::health::Verdict;
@@ -29,6 +30,36 @@ impl Notifier for StatusNotifier {
     fn notify(&self, at_ms: Millis, e: &Event) {
         self.next.notify(at_ms, e);
         log_event(e);
+        match e {
+            Event::RolloutStarted { coin, .. } => {
+                self.shared.rolling_mut(|r| r.insert(coin.clone()));
+            }
+            Event::RolloutFinished { coin, .. } | Event::RolloutFailed { coin, .. } => {
+                self.shared.rolling_mut(|r| r.remove(coin));
+            }
+            Event::Incident { incident, change } => {
+                let open = self.shared.status_mut(|s| {
+                    s.incidents.retain(|i| i.id != incident.id);
+                    if *change != Change::Resolved {
+                        s.incidents.push(incident.clone());
+                        s.incidents.sort_by_key(|i| i.id);
+                    }
+                    s.incidents.clone()
+                });
+                self.shared.metrics.incident(&open, *change);
+                return;
+            }
+            Event::Healed {
+                coin,
+                reason,
+                outcome,
+                ..
+            } => {
+                self.shared.metrics.healed(coin, *reason, outcome);
+                return;
+            }
+            _ => {}
+        }
         self.shared.status_mut(|s| {
             let Some(coin) = e.coin() else { return };
             let c = s.coins.entry(coin.to_string()).or_default();
@@ -96,7 +127,11 @@ impl Notifier for StatusNotifier {
                     c.reason = Some(failure.to_string());
                     c.failure = Some(failure.clone());
                 }
-                Event::Waiting { .. } | Event::Baking { .. } | Event::RepoInvalid { .. } => {}
+                Event::Waiting { .. }
+                | Event::Baking { .. }
+                | Event::RepoInvalid { .. }
+                | Event::Incident { .. }
+                | Event::Healed { .. } => {}
             }
         });
         if let Event::StepFinished { outcome, .. } = e {
@@ -166,6 +201,38 @@ fn log_event(e: &Event) {
         Event::Waiting { coin, zone, wait } => {
             tracing::info!(coin = %coin, zone = %zone, reason = %wait, "waiting")
         }
+        Event::Incident { incident, change } => match change {
+            Change::Resolved => tracing::info!(
+                incident = incident.id,
+                subject = %incident.subject,
+                was = %incident.condition,
+                "incident resolved"
+            ),
+            _ => tracing::warn!(
+                incident = incident.id,
+                subject = %incident.subject,
+                condition = %incident.condition,
+                change = ?change,
+                care = ?incident.care,
+                "incident"
+            ),
+        },
+        Event::Healed {
+            coin,
+            node,
+            reason,
+            version,
+            outcome,
+        } => match outcome {
+            StepOutcome::Failed { error } => tracing::error!(
+                coin = %coin, node = %node, reason = %reason, version = %version, error = %error,
+                "heal: the restart failed"
+            ),
+            _ => tracing::warn!(
+                coin = %coin, node = %node, reason = %reason, version = %version,
+                "heal: restarted the daemon"
+            ),
+        },
         Event::Gate { .. } | Event::Baking { .. } | Event::RepoInvalid { .. } => {}
     }
 }

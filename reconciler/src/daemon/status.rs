@@ -172,6 +172,10 @@ pub struct Status {
     pub simulated: bool,
     /// Per coin.
     pub coins: BTreeMap<String, CoinStatus>,
+    /// The node watch's open incidents, oldest first.
+    pub incidents: Vec<crate::care::incident::Incident>,
+    /// When the node watch last watched the fleet.
+    pub watched_ms: Option<Millis>,
     /// The release watch's last cycle, when it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub release_watch: Option<serde_json::Value>,

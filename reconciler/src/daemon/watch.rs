@@ -1,7 +1,13 @@
-//! The node watch: after each observation, every running node is probed and rated with the
-//! one rating ([`crate::health::rate`]) the executor uses, and the per-coin view of `/status`
-//! and the node gauges of `/metrics` are rebuilt from it. `/status` therefore never calls a
-//! node in sync that the executor would count as down.
+//! The node watch, in two parts:
+//!
+//! - [`refresh`]: after each pass's observation, every running node is probed and rated with
+//!   the one rating ([`crate::health::rate`]) the executor uses, and the per-coin view of
+//!   `/status` and the node gauges of `/metrics` are rebuilt from it. `/status` therefore
+//!   never calls a node in sync that the executor would count as down.
+//! - [`watch_loop`]: between (and during) passes, every `health.watch_interval` (the shortest
+//!   of the fleet's), one observation and one probe of every node, given to the
+//!   [`crate::care::Watcher`]: the per-node series of `/metrics`, the incidents (events to
+//!   `/status`, the metrics and Slack) and the heals, each journaled before it is made.
 
 use super::Shared;
 use super::reconcile::HeldCoins;
@@ -141,6 +147,179 @@ pub fn refresh(
         s.coins = coins;
         s.pass.last_plan_steps = plan_steps;
     });
+}
+
+/// When the watch runs: the shortest `health.watch_interval` of the revision's coins (the
+/// built-in one for a fleet without coins).
+pub fn watch_every_ms(desired: &fleet_repo_schema::Desired) -> u64 {
+    desired
+        .coins
+        .values()
+        .map(|c| c.health.watch_interval.0.as_millis() as u64)
+        .min()
+        .unwrap_or(fleet_repo_schema::desired::builtin::WATCH_INTERVAL_SECS * 1000)
+        .max(1)
+}
+
+/// The node watch: every [`watch_every_ms`] (of the revision in force), once the reconcile
+/// loop has made its backend, one [`watch_once`]. Runs until `shutdown`.
+pub async fn watch_loop(
+    shared: Arc<Shared>,
+    good_rx: tokio::sync::watch::Receiver<Option<Arc<Good>>>,
+    journal: Arc<crate::store::Journal>,
+    notifier: Arc<dyn crate::events::Notifier>,
+    repeat_ms: u64,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let notifier: Arc<dyn crate::events::Notifier> = Arc::new(super::report::StatusNotifier {
+        shared: Arc::clone(&shared),
+        next: notifier,
+    });
+    let mut watcher = crate::care::Watcher::default();
+    loop {
+        let every = good_rx
+            .borrow()
+            .as_ref()
+            .map(|g| watch_every_ms(&g.desired))
+            .unwrap_or(fleet_repo_schema::desired::builtin::WATCH_INTERVAL_SECS * 1000);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(every)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(good) = good_rx.borrow().clone() else {
+            continue;
+        };
+        let Some(backend) = shared.backend() else {
+            continue;
+        };
+        let once = watch_once(
+            &shared,
+            &good,
+            &backend,
+            &journal,
+            notifier.as_ref(),
+            &mut watcher,
+            repeat_ms,
+        );
+        tokio::select! {
+            r = once => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "node watch: observing the fleet failed; trying again at the next watch");
+                    shared.metrics.error(super::metrics::ErrorKind::Watch);
+                }
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One watch: observe and probe the fleet, rate it, tell of the incidents that changed, make
+/// the heals asked for (each journaled first: a heal that cannot be recorded is not made).
+pub async fn watch_once(
+    shared: &Arc<Shared>,
+    good: &Good,
+    b: &super::Backend,
+    journal: &crate::store::Journal,
+    notifier: &dyn crate::events::Notifier,
+    watcher: &mut crate::care::Watcher,
+    repeat_ms: u64,
+) -> Result<(), crate::provider::ProviderError> {
+    use crate::events::{Event, StepOutcome};
+    let desired = &good.desired;
+    let (observed, readings) =
+        crate::apply::view::observe_and_probe(b.provider.as_ref(), &b.prober, desired).await?;
+    // EC2's own view of the instances; a watch without it still watches the daemons.
+    let status = match b.provider.status_checks().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "node watch: EC2 status checks unreadable this time");
+            shared.metrics.error(super::metrics::ErrorKind::Watch);
+            Default::default()
+        }
+    };
+    let now = b.clock.now_ms();
+    let rolling = shared.rolling_mut(|r| r.clone());
+    let since = now.saturating_sub(crate::care::heal::DAY_MS);
+    let w = watcher.watch(crate::care::Look {
+        desired,
+        observed: &observed,
+        readings: &readings,
+        rolling: &rolling,
+        status: &status,
+        past: &|c| journal.heals(c.as_str(), since),
+        now,
+        repeat_ms,
+    });
+    shared.metrics.watched(&w.coins);
+    shared.metrics.api_calls(b.provider.api_calls());
+    shared.status_mut(|s| {
+        s.watched_ms = Some(now);
+        for (coin, cw) in &w.coins {
+            let Some(cs) = s.coins.get_mut(coin.as_str()) else {
+                continue;
+            };
+            for n in &cw.nodes {
+                let name = n.key.to_string();
+                let reading = readings.get(&n.key).and_then(|r| r.as_ref().ok());
+                if let Some(ns) = cs
+                    .zones
+                    .get_mut(n.key.zone.as_str())
+                    .and_then(|z| z.nodes.iter_mut().find(|x| x.node == name))
+                {
+                    ns.height = reading.map(|r| r.blocks);
+                    ns.headers = reading.map(|r| r.headers);
+                    ns.in_sync = Some(n.health.is_up());
+                    ns.health = Some(n.health.clone());
+                }
+            }
+        }
+    });
+    for (incident, change) in w.changes {
+        notifier.notify(now, &Event::Incident { incident, change });
+    }
+    for h in w.heals {
+        let coin = h.node.coin.clone();
+        if let Err(e) = journal.append(crate::store::Record::Heal {
+            coin: coin.to_string(),
+            node: h.node.to_string(),
+            reason: h.reason,
+            version: h.version.to_string(),
+            at_ms: now,
+        }) {
+            tracing::error!(error = %e, node = %h.node, "heal not made: the journal cannot record it");
+            shared.metrics.error(super::metrics::ErrorKind::Watch);
+            continue;
+        }
+        let node = crate::provider::NodeRef {
+            key: h.node.clone(),
+            instance_id: h.instance_id.clone(),
+        };
+        let outcome = match b.provider.restart_daemon(&node, &h.version).await {
+            Ok(()) => StepOutcome::Done,
+            Err(error) => StepOutcome::Failed { error },
+        };
+        let at = b.clock.now_ms();
+        notifier.notify(
+            at,
+            &Event::Healed {
+                coin,
+                node: h.node.clone(),
+                reason: h.reason,
+                version: h.version.clone(),
+                outcome,
+            },
+        );
+        if let Some(incident) = watcher.healed(&h.node, now) {
+            notifier.notify(
+                at,
+                &Event::Incident {
+                    incident,
+                    change: crate::care::incident::Change::Updated,
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -182,6 +182,11 @@ impl Progress {
         (e.1, e.2)
     }
 
+    /// Since when `key`'s height has been what it is (None: never seen with a height).
+    pub fn unmoved_since(&self, key: &NodeKey) -> Option<Millis> {
+        self.seen.get(key).map(|e| e.1)
+    }
+
     /// Forget nodes not in `keep` (retired, or of a coin no longer watched).
     pub fn retain(&mut self, keep: impl Fn(&NodeKey) -> bool) {
         self.seen.retain(|k, _| keep(k));

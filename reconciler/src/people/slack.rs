@@ -11,6 +11,7 @@ use crate::server::InteractionHook;
 use crate::store::{ApprovalKey, Decided, Decision, Journal};
 use bots::github::SystemPacer;
 use bots::slack::interaction::{self, Decision as Judged, InteractionError};
+use bots::slack::messages::IncidentChange;
 use bots::slack::signature::{SigningSecret, Verifier};
 use bots::slack::{BotConfig, ChannelFn, MorphismApi, Notice, SlackHandle, Verdict};
 use fleet_repo_schema::Version;
@@ -58,7 +59,11 @@ impl SlackNotifier {
 
 /// The notice for `e`, if Slack hears of it. Rendering to Slack's strings happens here, at the
 /// edge: the bots crate knows nothing of the engine's types.
-pub fn notice_of(e: &Event, approvers: impl FnOnce() -> Vec<String>) -> Option<Notice> {
+pub fn notice_of(
+    e: &Event,
+    at_ms: Millis,
+    approvers: impl FnOnce() -> Vec<String>,
+) -> Option<Notice> {
     Some(match e {
         Event::RolloutStarted {
             coin,
@@ -128,7 +133,37 @@ pub fn notice_of(e: &Event, approvers: impl FnOnce() -> Vec<String>) -> Option<N
             in_force: in_force.clone(),
             errors: strings(errors),
         },
+        Event::Incident { incident, change } => {
+            use crate::care::incident::{Care, Change};
+            Notice::Incident {
+                key: incident.subject.to_string(),
+                id: incident.id,
+                coin: incident.subject.coin().to_string(),
+                subject: incident.subject.to_string(),
+                condition: incident.condition.to_string(),
+                change: match change {
+                    Change::Opened => IncidentChange::Opened,
+                    Change::Updated => IncidentChange::Updated,
+                    Change::Resolved => IncidentChange::Resolved,
+                    Change::Reopened => IncidentChange::Reopened,
+                },
+                care: match &incident.care {
+                    Care::None => None,
+                    Care::Healed { restarts, .. } => Some(format!(
+                        "fleet restarted its daemon ({restarts} time{} in this incident)",
+                        if *restarts == 1 { "" } else { "s" }
+                    )),
+                    Care::LeftForPerson { why } => Some(format!(
+                        "fleet will not heal it: {why}. A person must look."
+                    )),
+                },
+                left_for_person: matches!(incident.care, Care::LeftForPerson { .. }),
+                since_ms: incident.since_ms,
+                at_ms: incident.resolved_ms.unwrap_or(at_ms),
+            }
+        }
         Event::Gate { .. }
+        | Event::Healed { .. }
         | Event::StepStarted { .. }
         | Event::StepFinished { .. }
         | Event::Waiting { .. }
@@ -137,8 +172,8 @@ pub fn notice_of(e: &Event, approvers: impl FnOnce() -> Vec<String>) -> Option<N
 }
 
 impl Notifier for SlackNotifier {
-    fn notify(&self, _at_ms: Millis, e: &Event) {
-        if let Some(n) = notice_of(e, || self.approvers()) {
+    fn notify(&self, at_ms: Millis, e: &Event) {
+        if let Some(n) = notice_of(e, at_ms, || self.approvers()) {
             self.handle.notify(n);
         }
     }
@@ -429,7 +464,7 @@ mod tests {
                 },
             },
         };
-        match notice_of(&failed, none) {
+        match notice_of(&failed, 0, none) {
             Some(Notice::GateFailed {
                 height,
                 target,
@@ -454,7 +489,7 @@ mod tests {
             zones: vec![Zone::parse("eu-central-1a").unwrap()],
             steps: 1,
         };
-        match notice_of(&asked, || vec!["U012ABCDEF".into()]) {
+        match notice_of(&asked, 0, || vec!["U012ABCDEF".into()]) {
             Some(Notice::ApprovalNeeded {
                 key,
                 approvers,
@@ -481,6 +516,6 @@ mod tests {
             action: "upgrade",
             outcome: crate::events::StepOutcome::Done,
         };
-        assert!(notice_of(&step, none).is_none());
+        assert!(notice_of(&step, 0, none).is_none());
     }
 }

@@ -1,0 +1,284 @@
+//! Day-two care: what `fleet run` does for the fleet between rollouts. Pure: one watch's
+//! observation and readings in, what to tell people and what to restart out. The daemon's
+//! node watch (`daemon::watch`) observes, probes, calls [`Watcher::watch`] and carries out
+//! what it returns.
+//!
+//! - [`incident`]: when trouble becomes an incident, and its life (opened once, updated in
+//!   place, resolved once, reopened within the repeat window).
+//! - [`heal`]: which node of a coin fleet restarts, within its limits.
+//!
+//! Every node is rated by the one rating ([`crate::apply::view::rate_observed`]) with a
+//! memory of heights kept across watches (so "stuck" is seen between rollouts too), against
+//! the same in-sync rule the gates use.
+
+pub mod heal;
+pub mod incident;
+
+use crate::apply::view::{Readings, rate_observed};
+use crate::clock::Millis;
+use crate::health::rating::{Progress, StallWatch};
+use crate::health::{CoinHealth, NodeHealth};
+use crate::node::NodeKey;
+use crate::plan::Observed;
+use fleet_repo_schema::Desired;
+use fleet_repo_schema::values::{CoinName, Version};
+use heal::{Candidate, HealReason, PastHeal};
+use incident::{Care, Change, Condition, Incident, Incidents, Seen, Subject};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One node as the watch saw it: what `/metrics` shows per node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeWatch {
+    /// The node.
+    pub key: NodeKey,
+    /// Its rating.
+    pub health: NodeHealth,
+    /// Blocks behind the coin's reference (None: no height or no reference).
+    pub lag: Option<u64>,
+    /// How long its height has not moved (None: no height seen).
+    pub unmoved_ms: Option<u64>,
+    /// Probe errors since the watch started.
+    pub probe_errors: u64,
+}
+
+/// One coin as the watch saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoinWatch {
+    /// The rating of its nodes.
+    pub health: CoinHealth,
+    /// Its nodes.
+    pub nodes: Vec<NodeWatch>,
+    /// Nodes in sync (serving).
+    pub synced: usize,
+    /// `health.min_synced`.
+    pub min_synced: u32,
+}
+
+/// A restart the watch asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealOrder {
+    /// The node.
+    pub node: NodeKey,
+    /// Its instance.
+    pub instance_id: String,
+    /// The version its enabled unit runs (its recorded version).
+    pub version: Version,
+    /// Why.
+    pub reason: HealReason,
+}
+
+/// What one watch found and asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    /// Per coin.
+    pub coins: BTreeMap<CoinName, CoinWatch>,
+    /// Incidents that changed.
+    pub changes: Vec<(Incident, Change)>,
+    /// Restarts to make now (at most one per coin).
+    pub heals: Vec<HealOrder>,
+}
+
+/// What one watch is given.
+pub struct Look<'a> {
+    /// The revision in force.
+    pub desired: &'a Desired,
+    /// The fleet as observed.
+    pub observed: &'a Observed,
+    /// One reading per probed node.
+    pub readings: &'a Readings,
+    /// The coins fleet is rolling out.
+    pub rolling: &'a BTreeSet<CoinName>,
+    /// EC2's status checks by instance id (empty when they could not be read).
+    pub status: &'a BTreeMap<String, crate::provider::StatusChecks>,
+    /// A coin's heals of the last day (from the journal).
+    pub past: &'a dyn Fn(&CoinName) -> Vec<PastHeal>,
+    /// Now.
+    pub now: Millis,
+    /// Within this of its resolution an incident that comes back is reopened.
+    pub repeat_ms: u64,
+}
+
+impl std::fmt::Debug for Look<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Look")
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The watch's memory between watches.
+#[derive(Debug, Default)]
+pub struct Watcher {
+    progress: Progress,
+    incidents: Incidents,
+    last_in_sync: HashMap<NodeKey, Millis>,
+    probe_errors: HashMap<NodeKey, u64>,
+    /// Restarts per node during its present trouble.
+    restarts: HashMap<NodeKey, u32>,
+}
+
+impl Watcher {
+    /// Take one watch.
+    pub fn watch(&mut self, look: Look<'_>) -> Watched {
+        let Look {
+            desired,
+            observed,
+            readings,
+            rolling,
+            status,
+            past,
+            now,
+            repeat_ms,
+        } = look;
+        let mut out = Watched::default();
+        let mut seen = Vec::new();
+        let mut keep: BTreeSet<NodeKey> = BTreeSet::new();
+        for coin in desired.coins.values() {
+            let nodes = observed.nodes_of(&coin.name);
+            let health = rate_observed(
+                coin,
+                nodes,
+                readings,
+                Some(StallWatch {
+                    progress: &mut self.progress,
+                    now,
+                    stall_ms: coin.health.stall_timeout.0.as_millis() as u64,
+                }),
+            );
+            let coin_rolling = rolling.contains(&coin.name);
+            let alert_after_ms = coin.health.alert_after.0.as_millis() as u64;
+            let mut watched = Vec::new();
+            for n in nodes {
+                keep.insert(n.key.clone());
+                let Some(h) = health.nodes.get(&n.key) else {
+                    continue;
+                };
+                if h.is_up() {
+                    self.last_in_sync.insert(n.key.clone(), now);
+                    self.restarts.remove(&n.key);
+                }
+                if matches!(readings.get(&n.key), Some(Err(_))) {
+                    *self.probe_errors.entry(n.key.clone()).or_default() += 1;
+                }
+                let failing = status.get(&n.instance_id).filter(|c| c.failing());
+                seen.push(Seen {
+                    subject: Subject::Node {
+                        node: n.key.clone(),
+                    },
+                    condition: match failing {
+                        Some(c) => Some(Condition::StatusChecks {
+                            system: c.system,
+                            instance: c.instance,
+                        }),
+                        None => Condition::of_node(h, health.reference),
+                    },
+                    fleets_own: coin_rolling || n.pending.is_some(),
+                    alert_after_ms,
+                });
+                watched.push(NodeWatch {
+                    key: n.key.clone(),
+                    health: h.clone(),
+                    lag: h
+                        .height()
+                        .zip(health.reference)
+                        .map(|(h, r)| r.saturating_sub(h)),
+                    unmoved_ms: self
+                        .progress
+                        .unmoved_since(&n.key)
+                        .map(|s| now.saturating_sub(s)),
+                    probe_errors: self.probe_errors.get(&n.key).copied().unwrap_or(0),
+                });
+            }
+            let synced = health.up_count();
+            let min = coin.health.min_synced;
+            seen.push(Seen {
+                subject: Subject::Coin {
+                    coin: coin.name.clone(),
+                },
+                condition: (synced < min as usize)
+                    .then_some(Condition::BelowMinSynced { synced, min }),
+                fleets_own: coin_rolling,
+                alert_after_ms,
+            });
+            out.coins.insert(
+                coin.name.clone(),
+                CoinWatch {
+                    health,
+                    nodes: watched,
+                    synced,
+                    min_synced: min,
+                },
+            );
+        }
+        self.progress.retain(|k| keep.contains(k));
+        self.last_in_sync.retain(|k, _| keep.contains(k));
+        self.probe_errors.retain(|k, _| keep.contains(k));
+        self.restarts.retain(|k, _| keep.contains(k));
+        out.changes = self.incidents.observe(&seen, now, repeat_ms);
+
+        for coin in desired.coins.values() {
+            let Some(cw) = out.coins.get(&coin.name) else {
+                continue;
+            };
+            let nodes = observed.nodes_of(&coin.name);
+            let candidates: Vec<Candidate> = nodes
+                .iter()
+                .filter(|n| n.pending.is_none())
+                .filter_map(|n| {
+                    Some(Candidate {
+                        key: &n.key,
+                        health: cw.health.nodes.get(&n.key)?,
+                        bad_since: self.incidents.bad_since(&Subject::Node {
+                            node: n.key.clone(),
+                        }),
+                        failing_checks: status.get(&n.instance_id).is_some_and(|c| c.failing()),
+                    })
+                })
+                .collect();
+            let d = heal::decide(
+                coin.heal.as_ref(),
+                rolling.contains(&coin.name),
+                &cw.health,
+                &candidates,
+                &past(&coin.name),
+                |k| self.last_in_sync.get(k).copied(),
+                now,
+            );
+            for (node, why) in d.left {
+                let subject = Subject::Node { node };
+                if let Some(i) = self.incidents.cared(&subject, Care::LeftForPerson { why }) {
+                    out.changes.push((i, Change::Updated));
+                }
+            }
+            if let Some((node, reason)) = d.restart
+                && let Some(n) = nodes.iter().find(|n| n.key == node)
+                && let Some(version) = n.version.known()
+            {
+                out.heals.push(HealOrder {
+                    node,
+                    instance_id: n.instance_id.clone(),
+                    version: version.clone(),
+                    reason,
+                });
+            }
+        }
+        out
+    }
+
+    /// A heal was made on `node` at `at_ms`: the incident's record of it, to announce when
+    /// the node has one open.
+    pub fn healed(&mut self, node: &NodeKey, at_ms: Millis) -> Option<Incident> {
+        let restarts = self.restarts.entry(node.clone()).or_default();
+        *restarts += 1;
+        let restarts = *restarts;
+        self.incidents.cared(
+            &Subject::Node { node: node.clone() },
+            Care::Healed { restarts, at_ms },
+        )
+    }
+
+    /// The open incidents.
+    pub fn open_incidents(&self) -> Vec<Incident> {
+        self.incidents.open()
+    }
+}

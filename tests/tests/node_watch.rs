@@ -1,0 +1,317 @@
+//! The node watch of `fleet run` on the simulator, on a manual clock: one watch per simulated
+//! minute, as `fleet run` makes them every `health.watch_interval`. A node whose daemon loses
+//! its peers goes out of sync, then stuck; its incident opens once, its heal restarts it
+//! through the provider, it catches up and the incident resolves once. A crash-looping node is
+//! healed at most `heal.max_per_day` times; `heal: off` and a coin fleet is rolling out are
+//! left alone.
+
+use fleet_tests::world::{desired_of, example_tree};
+use reconciler::care::Watcher;
+use reconciler::care::incident::{Care, Change, Condition, Incident};
+use reconciler::clock::{Clock, ManualClock};
+use reconciler::daemon::watch::watch_once;
+use reconciler::daemon::{Backend, Good, Shared};
+use reconciler::events::{Event, RecordingNotifier, StepOutcome};
+use reconciler::node::NodeKey;
+use reconciler::provider::sim::{SimConfig, SimFault, SimProber, SimProvider};
+use reconciler::store::Journal;
+use std::sync::Arc;
+
+const MIN: u64 = 60_000;
+
+struct Fleet {
+    sim: SimProvider,
+    clock: ManualClock,
+    good: Good,
+    shared: Arc<Shared>,
+    journal: Journal,
+    events: Arc<RecordingNotifier>,
+    watcher: Watcher,
+    backend: Backend,
+}
+
+impl Fleet {
+    /// The example fleet, in sync, with litecoin's file edited by `edit`.
+    fn new(edit: impl Fn(&str) -> String) -> Fleet {
+        let mut tree = example_tree();
+        let lite = std::fs::read_to_string(
+            fleet_tests::workspace_root().join("examples/fleet/coins/litecoin.yaml"),
+        )
+        .expect("the example litecoin");
+        tree.insert("coins/litecoin.yaml", edit(&lite).into_bytes());
+        let desired = desired_of(&tree);
+        let clock = ManualClock::new(1_700_000_000_000);
+        let sim = SimProvider::new(Arc::new(clock.clone()), SimConfig::default());
+        sim.seed(&desired, &Default::default()).expect("seed");
+        let backend = Backend {
+            provider: Arc::new(sim.clone()),
+            prober: Arc::new(SimProber(sim.clone())),
+            clock: Arc::new(clock.clone()),
+        };
+        Fleet {
+            sim,
+            clock,
+            good: Good {
+                rev: "c1".into(),
+                summary: None,
+                desired: Arc::new(desired),
+            },
+            shared: Arc::new(Shared::default()),
+            journal: Journal::in_memory(),
+            events: Arc::new(RecordingNotifier::default()),
+            watcher: Watcher::default(),
+            backend,
+        }
+    }
+
+    /// One watch now, then a minute passes.
+    async fn watch(&mut self) {
+        let notifier = reconciler::daemon::report::StatusNotifier {
+            shared: Arc::clone(&self.shared),
+            next: self.events.clone(),
+        };
+        watch_once(
+            &self.shared,
+            &self.good,
+            &self.backend,
+            &self.journal,
+            &notifier,
+            &mut self.watcher,
+            3_600_000,
+        )
+        .await
+        .expect("a watch");
+        self.clock.advance_ms(MIN);
+    }
+
+    fn incidents(&self) -> Vec<(u64, Incident, Change)> {
+        self.events
+            .events()
+            .into_iter()
+            .filter_map(|(at, e)| match e {
+                Event::Incident { incident, change } => Some((at, incident, change)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn heals(&self) -> Vec<(u64, NodeKey, StepOutcome)> {
+        self.events
+            .events()
+            .into_iter()
+            .filter_map(|(at, e)| match e {
+                Event::Healed { node, outcome, .. } => Some((at, node, outcome)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn restarts(&self) -> usize {
+        self.sim
+            .commands()
+            .iter()
+            .filter(|c| c.command.contains("fleet-node restart"))
+            .count()
+    }
+}
+
+fn node1() -> NodeKey {
+    NodeKey::parse("litecoin", "eu-central-1a", 1).unwrap()
+}
+
+#[tokio::test]
+async fn a_stuck_node_opens_one_incident_is_restarted_catches_up_and_resolves_once() {
+    let mut f = Fleet::new(|s| s.to_string());
+    let t0 = f.clock.now_ms();
+    for _ in 0..3 {
+        f.watch().await;
+    }
+    assert!(f.incidents().is_empty(), "{:#?}", f.incidents());
+    // The node loses its peers: its height stops where the chain is now.
+    let hung_at = f.clock.now_ms();
+    f.sim.inject(SimFault::Hangs {
+        key: node1(),
+        height: f.sim.tip("litecoin"),
+    });
+    for _ in 0..120 {
+        f.watch().await;
+    }
+    let inc = f.incidents();
+    let opened: Vec<_> = inc.iter().filter(|i| i.2 == Change::Opened).collect();
+    let resolved: Vec<_> = inc.iter().filter(|i| i.2 == Change::Resolved).collect();
+    assert_eq!(opened.len(), 1, "{inc:#?}");
+    assert_eq!(resolved.len(), 1, "{inc:#?}");
+    assert!(inc.iter().all(|i| i.1.id == opened[0].1.id), "{inc:#?}");
+    assert_eq!(
+        opened[0].1.subject,
+        reconciler::care::incident::Subject::Node { node: node1() }
+    );
+    // litecoin's max_lag_blocks is 3 (2.5-minute blocks): behind from ~7.5 minutes after the
+    // hang, and the incident alert_after (5m) later.
+    let out_of_sync_at = opened[0].1.since_ms;
+    assert!(matches!(opened[0].1.condition, Condition::OutOfSync { .. }));
+    assert_eq!(opened[0].0 - out_of_sync_at, 5 * MIN, "{inc:#?}");
+    // Then stuck: its height unmoved for stall_timeout (30m) while the chain moved.
+    let stuck = inc
+        .iter()
+        .find(|i| matches!(i.1.condition, Condition::Stuck { .. }))
+        .expect("the incident says stuck");
+    assert_eq!(stuck.2, Change::Updated);
+    assert_eq!(stuck.0 - hung_at, 30 * MIN, "{inc:#?}");
+    // The heal: heal.restart_after (30m) after it went out of sync, through the provider.
+    let heals = f.heals();
+    assert_eq!(heals.len(), 1, "{heals:#?}");
+    assert_eq!(heals[0].1, node1());
+    assert_eq!(heals[0].2, StepOutcome::Done);
+    assert_eq!(heals[0].0 - out_of_sync_at, 30 * MIN);
+    assert_eq!(f.restarts(), 1);
+    assert!(
+        inc.iter()
+            .any(|i| matches!(i.1.care, Care::Healed { restarts: 1, .. }))
+    );
+    // Back in sync: resolved within minutes of the restart.
+    assert!(resolved[0].0 > heals[0].0 && resolved[0].0 - heals[0].0 <= 5 * MIN);
+    assert!(f.shared.status().incidents.is_empty());
+    // Journaled, for max_per_day across restarts of fleet.
+    assert_eq!(f.journal.heals("litecoin", t0).len(), 1);
+    let m = f.shared.metrics.render();
+    assert!(
+        m.contains(r#"fleet_heals_total{coin="litecoin",reason="stuck",outcome="done"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"fleet_incident_changes_total{change="opened"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"fleet_node_in_sync{coin="litecoin",zone="eu-central-1a",index="1"} 1"#),
+        "{m}"
+    );
+    println!(
+        "hang -> out of sync {} min; -> incident {} min; -> stuck {} min; -> heal {} min; -> resolved {} min",
+        (out_of_sync_at - hung_at) / MIN,
+        (opened[0].0 - hung_at) / MIN,
+        (stuck.0 - hung_at) / MIN,
+        (heals[0].0 - hung_at) / MIN,
+        (resolved[0].0 - hung_at) / MIN
+    );
+}
+
+#[tokio::test]
+async fn a_crash_looping_node_is_healed_at_most_max_per_day_then_left_for_a_person() {
+    let mut f = Fleet::new(|s| format!("{s}heal:\n  restart_after: 10m\n  max_per_day: 2\n"));
+    f.watch().await;
+    let start = f.clock.now_ms();
+    f.sim.inject(SimFault::CrashLoops {
+        key: node1(),
+        up_ms: 20 * MIN,
+    });
+    for _ in 0..(26 * 60) {
+        f.watch().await;
+    }
+    let heals = f.heals();
+    let in_first_day = heals.iter().filter(|h| h.0 < start + 24 * 60 * MIN).count();
+    assert_eq!(in_first_day, 2, "{heals:#?}");
+    // No two heals within 24 hours beyond the limit, whatever the window.
+    for (i, h) in heals.iter().enumerate() {
+        let window = heals[i..]
+            .iter()
+            .filter(|o| o.0 < h.0 + 24 * 60 * MIN)
+            .count();
+        assert!(window <= 2, "{heals:#?}");
+    }
+    let inc = f.incidents();
+    assert!(
+        inc.iter().any(
+            |i| matches!(&i.1.care, Care::LeftForPerson { why } if why.contains("max_per_day 2"))
+        ),
+        "{inc:#?}"
+    );
+    // One incident per trouble: a flap within the repeat window reopens, it does not open.
+    let opened = inc.iter().filter(|i| i.2 == Change::Opened).count();
+    assert!(opened <= 26, "{inc:#?}");
+    assert_eq!(f.restarts(), heals.len());
+}
+
+#[tokio::test]
+async fn heal_off_and_a_coin_rolling_out_are_left_alone() {
+    let mut f = Fleet::new(|s| format!("{s}heal: off\n"));
+    f.watch().await;
+    f.sim.inject(SimFault::Hangs {
+        key: node1(),
+        height: f.sim.tip("litecoin"),
+    });
+    for _ in 0..90 {
+        f.watch().await;
+    }
+    assert!(f.heals().is_empty());
+    assert_eq!(f.restarts(), 0);
+    // The incident is open, and stays open: nobody restarts it.
+    let open = f.shared.status().incidents;
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert!(matches!(open[0].condition, Condition::Stuck { .. }));
+
+    // A coin fleet is rolling out: its nodes are its gates', nothing opens.
+    let mut f = Fleet::new(|s| s.to_string());
+    f.watch().await;
+    f.shared.rolling_mut(|r| {
+        r.insert(node1().coin.clone());
+    });
+    f.sim.inject(SimFault::Hangs {
+        key: node1(),
+        height: f.sim.tip("litecoin"),
+    });
+    for _ in 0..90 {
+        f.watch().await;
+    }
+    assert!(f.incidents().is_empty(), "{:#?}", f.incidents());
+    assert!(f.heals().is_empty());
+}
+
+#[tokio::test]
+async fn an_instance_failing_its_status_checks_is_an_incident_and_left_for_a_person() {
+    let mut f = Fleet::new(|s| s.to_string());
+    for _ in 0..3 {
+        f.watch().await;
+    }
+    let broke_at = f.clock.now_ms();
+    f.sim.inject(SimFault::FailsStatusChecks {
+        key: node1(),
+        system: true,
+    });
+    for _ in 0..40 {
+        f.watch().await;
+    }
+    let inc = f.incidents();
+    assert_eq!(inc[0].2, Change::Opened, "{inc:#?}");
+    assert_eq!(inc[0].0 - broke_at, 5 * MIN, "alert_after");
+    assert!(
+        matches!(
+            inc[0].1.condition,
+            Condition::StatusChecks {
+                system: reconciler::provider::CheckState::Impaired,
+                ..
+            }
+        ),
+        "{inc:#?}"
+    );
+    // SSM cannot reach it: no restart, a person is asked, restart_after (30m) later.
+    assert!(f.heals().is_empty());
+    assert_eq!(f.restarts(), 0);
+    let left = inc
+        .iter()
+        .find(|i| matches!(&i.1.care, Care::LeftForPerson { why } if why.contains("status checks")))
+        .unwrap_or_else(|| panic!("{inc:#?}"));
+    assert_eq!(left.0 - broke_at, 30 * MIN);
+    // Mended (a person stopped and started it): resolved.
+    f.sim.clear_faults();
+    for _ in 0..5 {
+        f.watch().await;
+    }
+    assert_eq!(
+        f.incidents().last().map(|i| i.2),
+        Some(Change::Resolved),
+        "{:#?}",
+        f.incidents()
+    );
+}
