@@ -32,6 +32,8 @@ pub mod builtin {
     pub const ALERT_AFTER_SECS: u64 = 300;
     /// `health.min_synced`.
     pub const MIN_SYNCED: u32 = 1;
+    /// `snapshots.keep`.
+    pub const SNAPSHOTS_KEEP: u32 = 7;
     /// `heal.restart_after`, seconds.
     pub const HEAL_RESTART_AFTER_SECS: u64 = 1800;
     /// `heal.max_per_day`.
@@ -242,6 +244,12 @@ pub struct SnapshotSpec {
     pub before_upgrade: bool,
     /// Restore new nodes from the latest snapshot.
     pub restore_new_nodes: bool,
+    /// Snapshot an in-sync node when the newest snapshot is older than this (None: never).
+    pub every: Option<Duration>,
+    /// Scheduled snapshots kept.
+    pub keep: u32,
+    /// The plan warns when the newest snapshot is older than this.
+    pub max_age: Option<Duration>,
 }
 
 /// One node a coin should have: (coin, zone, index) and its DNS name.

@@ -269,6 +269,12 @@ yaml_struct! {
         opt before_upgrade: bool,
         /// A new node's data volume starts from the coin's latest snapshot (default true).
         opt restore_new_nodes: bool,
+        /// `fleet run` snapshots an in-sync node's data volume when the coin's newest snapshot is older than this, e.g. 24h (at least 1h; default: no schedule).
+        opt every: Spanned<Duration>,
+        /// Scheduled snapshots kept per coin (default 7): older ones are deleted, never the coin's newest snapshot and never one taken for another reason.
+        opt keep: SnapshotsKept,
+        /// The plan warns when the coin's newest snapshot is older than this, e.g. 3d.
+        opt max_age: Duration,
     }
 }
 

@@ -834,6 +834,21 @@ fn check_coin(
         &c.health.sync_timeout,
     );
     check_watch(out, path, "health", &c.health.watch_interval);
+    if let Some(e) = c.snapshots.as_ref().and_then(|s| s.every.as_ref())
+        && e.value.0 < std::time::Duration::from_secs(3600)
+    {
+        err(
+            out,
+            Code::OutOfRange,
+            path,
+            e.span,
+            format!(
+                "`snapshots.every` is {}: a snapshot of a whole chain that often costs more than it saves",
+                e.value
+            ),
+            "set it to at least 1h (24h is usual)",
+        );
+    }
     check_heal(out, path, "heal", c.heal.as_ref());
     if let Some(m) = &c.health.min_synced {
         let nodes = c.placement.zones.len() as u64 * u64::from(c.placement.nodes_per_zone.0);
@@ -1146,6 +1161,17 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                         .as_ref()
                         .and_then(|s| s.restore_new_nodes)
                         .unwrap_or(true),
+                    every: c
+                        .snapshots
+                        .as_ref()
+                        .and_then(|s| s.every.as_ref())
+                        .map(|e| e.value),
+                    keep: c
+                        .snapshots
+                        .as_ref()
+                        .and_then(|s| s.keep)
+                        .map_or(builtin::SNAPSHOTS_KEEP, |k| k.0),
+                    max_age: c.snapshots.as_ref().and_then(|s| s.max_age),
                 },
                 secrets: c.secrets.clone(),
                 host_config: c

@@ -399,6 +399,8 @@ bounded_int! {
     Percent(u32), 0 ..= 100, Code::OutOfRange, Code::OutOfRange;
     /// Nodes that must be in sync for a coin to count as served.
     MinSynced(u32), 0 ..= 10000, Code::OutOfRange, Code::OutOfRange;
+    /// Scheduled snapshots kept per coin.
+    SnapshotsKept(u32), 1 ..= 1000, Code::OutOfRange, Code::OutOfRange;
     /// Heals of a coin's nodes allowed in 24 hours.
     HealsPerDay(u32), 1 ..= 100, Code::OutOfRange, Code::OutOfRange;
 }

@@ -428,6 +428,26 @@ pub enum Event {
         /// What changed.
         change: crate::care::incident::Change,
     },
+    /// The node watch took a scheduled snapshot of a node's data volume (`snapshots.every`).
+    SnapshotTaken {
+        /// Coin.
+        coin: CoinName,
+        /// Node.
+        node: NodeKey,
+        /// The snapshot, when taken.
+        snapshot_id: Option<String>,
+        /// How it ended.
+        outcome: StepOutcome,
+    },
+    /// The node watch deleted a scheduled snapshot beyond `snapshots.keep`.
+    SnapshotDeleted {
+        /// Coin.
+        coin: CoinName,
+        /// The snapshot.
+        snapshot_id: String,
+        /// How it ended.
+        outcome: StepOutcome,
+    },
     /// The node watch restarted a node's daemon.
     Healed {
         /// Coin.
@@ -457,7 +477,9 @@ impl Event {
             | Event::ZonePassed { coin, .. }
             | Event::RolloutFinished { coin, .. }
             | Event::RolloutFailed { coin, .. }
-            | Event::Healed { coin, .. } => Some(coin),
+            | Event::Healed { coin, .. }
+            | Event::SnapshotTaken { coin, .. }
+            | Event::SnapshotDeleted { coin, .. } => Some(coin),
             Event::Incident { incident, .. } => Some(incident.subject.coin()),
             Event::RepoInvalid { .. } => None,
         }

@@ -469,7 +469,10 @@ impl Progress {
                 );
             }
             // The node watch's, which `fleet apply` does not run.
-            Event::Incident { .. } | Event::Healed { .. } => {}
+            Event::Incident { .. }
+            | Event::Healed { .. }
+            | Event::SnapshotTaken { .. }
+            | Event::SnapshotDeleted { .. } => {}
         }
         if self.live {
             let minor = matches!(

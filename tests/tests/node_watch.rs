@@ -315,3 +315,100 @@ async fn an_instance_failing_its_status_checks_is_an_incident_and_left_for_a_per
         f.incidents()
     );
 }
+
+#[tokio::test]
+async fn the_snapshot_schedule_keeps_a_fresh_copy_and_only_keep_of_its_own_over_30_days() {
+    let mut f = Fleet::new(|s| {
+        s.replace(
+            "snapshots:\n  before_upgrade: true\n",
+            "snapshots:\n  before_upgrade: true\n  every: 24h\n  keep: 3\n  max_age: 2d\n",
+        )
+    });
+    assert_eq!(f.good.desired.coins["litecoin"].snapshots.keep, 3);
+    // A fresh fleet has no snapshot: the plan says so.
+    let o = observe_now(&f).await;
+    let p = reconciler::plan::plan(&f.good.desired, &o, f.clock.now_ms());
+    assert!(
+        p.flagged
+            .iter()
+            .any(|fl| fl.what == "litecoin" && fl.reason.contains("no snapshot")),
+        "{:#?}",
+        p.flagged
+    );
+    let start = f.clock.now_ms();
+    // One watch an hour for 30 days (the schedule is judged by time, not by watches).
+    let mut most_kept = 0;
+    for _ in 0..(30 * 24) {
+        f.watch().await;
+        f.clock.advance_ms(59 * MIN);
+        most_kept = most_kept.max(litecoin_snapshots(&f).await.len());
+    }
+    let taken: Vec<_> = f
+        .events
+        .events()
+        .into_iter()
+        .filter_map(|(at, e)| match e {
+            Event::SnapshotTaken { outcome, .. } => Some((at, outcome)),
+            _ => None,
+        })
+        .collect();
+    let deleted = f
+        .events
+        .events()
+        .iter()
+        .filter(|(_, e)| {
+            matches!(
+                e,
+                Event::SnapshotDeleted {
+                    outcome: StepOutcome::Done,
+                    ..
+                }
+            )
+        })
+        .count();
+    // A snapshot a day (the first at once), each taken a day after the one before.
+    assert_eq!(taken.len(), 30, "{taken:#?}");
+    assert!(taken.iter().all(|t| t.1 == StepOutcome::Done));
+    assert_eq!(taken[0].0, start);
+    for w in taken.windows(2) {
+        assert_eq!(w[1].0 - w[0].0, 24 * 60 * MIN);
+    }
+    // Never more than keep (3) plus the one just taken, and 3 at the end: 27 deleted.
+    assert!(most_kept <= 4, "{most_kept}");
+    let left = litecoin_snapshots(&f).await;
+    assert_eq!(left.len(), 3, "{left:#?}");
+    assert_eq!(deleted, 27);
+    assert!(left.iter().all(|s| s.reason == "scheduled"));
+    // The plan is content while the newest is younger than max_age, and says it when not.
+    let o = observe_now(&f).await;
+    let p = reconciler::plan::plan(&f.good.desired, &o, f.clock.now_ms());
+    assert!(
+        !p.flagged.iter().any(|fl| fl.what == "litecoin"),
+        "{:#?}",
+        p.flagged
+    );
+    let p = reconciler::plan::plan(&f.good.desired, &o, f.clock.now_ms() + 3 * 24 * 60 * MIN);
+    assert!(
+        p.flagged.iter().any(
+            |fl| fl.what == "litecoin" && fl.reason.contains("older than snapshots.max_age 2d")
+        ),
+        "{:#?}",
+        p.flagged
+    );
+}
+
+/// The fleet as observed now.
+async fn observe_now(f: &Fleet) -> reconciler::plan::Observed {
+    reconciler::apply::view::observe(&f.sim, &f.good.desired)
+        .await
+        .expect("observe")
+}
+
+async fn litecoin_snapshots(f: &Fleet) -> Vec<reconciler::provider::SnapshotInfo> {
+    observe_now(f)
+        .await
+        .snapshots
+        .into_iter()
+        .filter(|s| s.coin == "litecoin")
+        .collect()
+}

@@ -172,6 +172,9 @@ impl Provider for RealDaemons {
     async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError> {
         self.sim.status_checks().await
     }
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<Outcome, ProviderError> {
+        self.sim.delete_snapshot(snapshot_id).await
+    }
 }
 
 /// The example fleet with litecoin only, its windows short enough for a test: lag is out of

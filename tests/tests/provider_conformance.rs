@@ -365,6 +365,26 @@ async fn retire_snapshots_first(w: &dyn TestWorld) {
     ));
 }
 
+/// The schedule's retention deletes exactly the snapshot it names; a second delete finds it
+/// gone.
+async fn delete_snapshot_removes_that_one(w: &dyn TestWorld) {
+    let a = launch(w, "iota", 0).await;
+    let old = w.provider().snapshot(&a, "scheduled").await.unwrap();
+    let new = w.provider().snapshot(&a, "scheduled").await.unwrap();
+    assert_eq!(
+        w.provider().delete_snapshot(&old).await.unwrap(),
+        Outcome::Done
+    );
+    let o = observe(w).await;
+    let ids: Vec<&str> = o.snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+    assert!(!ids.contains(&old.as_str()), "{ids:?}");
+    assert!(ids.contains(&new.as_str()), "{ids:?}");
+    assert_eq!(
+        w.provider().delete_snapshot(&old).await.unwrap(),
+        Outcome::AlreadyDone
+    );
+}
+
 /// Managed things the desired state does not account for are reported as orphans.
 async fn orphans_are_reported(w: &dyn TestWorld) {
     let d = w.desired();
@@ -1137,6 +1157,7 @@ conformance!(
     upgrade_targets_one_instance,
     restart_daemon_sends_one_command_and_records_nothing,
     status_checks_are_read_for_the_running_instances,
+    delete_snapshot_removes_that_one,
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
     the_coins_own_group_is_made_and_kept,

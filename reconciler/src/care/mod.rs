@@ -6,6 +6,7 @@
 //! - [`incident`]: when trouble becomes an incident, and its life (opened once, updated in
 //!   place, resolved once, reopened within the repeat window).
 //! - [`heal`]: which node of a coin fleet restarts, within its limits.
+//! - [`snapshots`]: the snapshot schedule, what to take and what to delete.
 //!
 //! Every node is rated by the one rating ([`crate::apply::view::rate_observed`]) with a
 //! memory of heights kept across watches (so "stuck" is seen between rollouts too), against
@@ -13,6 +14,7 @@
 
 pub mod heal;
 pub mod incident;
+pub mod snapshots;
 
 use crate::apply::view::{Readings, rate_observed};
 use crate::clock::Millis;
@@ -76,6 +78,10 @@ pub struct Watched {
     pub changes: Vec<(Incident, Change)>,
     /// Restarts to make now (at most one per coin).
     pub heals: Vec<HealOrder>,
+    /// Scheduled snapshots to take now: the node and its instance (at most one per coin).
+    pub snapshot: Vec<(NodeKey, String)>,
+    /// Scheduled snapshots to delete now, by coin.
+    pub delete_snapshots: Vec<(CoinName, String)>,
 }
 
 /// What one watch is given.
@@ -250,6 +256,43 @@ impl Watcher {
                     out.changes.push((i, Change::Updated));
                 }
             }
+            let in_use = |id: &str| {
+                nodes.iter().any(|n| {
+                    n.state == crate::provider::InstanceState::Pending
+                        && n.data_volume
+                            .as_ref()
+                            .is_some_and(|v| v.snapshot_id.as_deref() == Some(id))
+                })
+            };
+            let mine: Vec<&crate::provider::SnapshotInfo> = observed
+                .snapshots
+                .iter()
+                .filter(|s| s.coin == coin.name.as_str())
+                .collect();
+            let in_sync: Vec<NodeKey> = cw
+                .health
+                .nodes
+                .iter()
+                .filter(|(k, h)| {
+                    h.is_up() && nodes.iter().any(|n| n.key == **k && n.pending.is_none())
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            let sd = snapshots::decide(
+                &coin.snapshots,
+                rolling.contains(&coin.name),
+                &mine,
+                &in_sync,
+                &in_use,
+                now,
+            );
+            if let Some(k) = sd.take
+                && let Some(n) = nodes.iter().find(|n| n.key == k)
+            {
+                out.snapshot.push((k, n.instance_id.clone()));
+            }
+            out.delete_snapshots
+                .extend(sd.delete.into_iter().map(|id| (coin.name.clone(), id)));
             if let Some((node, reason)) = d.restart
                 && let Some(n) = nodes.iter().find(|n| n.key == node)
                 && let Some(version) = n.version.known()

@@ -104,6 +104,7 @@ pub struct Metrics {
     incidents_open: Family<Labels, Gauge>,
     incident_changes: Family<Labels, Counter>,
     heals: Family<Labels, Counter>,
+    snapshots: Family<Labels, Counter>,
     /// Serialises the rebuilds of whole families (observation gauges, the commit).
     rebuild: Mutex<()>,
 }
@@ -149,6 +150,7 @@ impl Metrics {
             incidents_open: Family::default(),
             incident_changes: Family::default(),
             heals: Family::default(),
+            snapshots: Family::default(),
             rebuild: Mutex::new(()),
         };
         for r in PASS_RESULTS {
@@ -306,6 +308,11 @@ impl Metrics {
                 "fleet_heals",
                 "Daemon restarts made by the node watch, by coin, reason and outcome",
                 m.heals.clone(),
+            );
+            r.register(
+                "fleet_scheduled_snapshots",
+                "Scheduled snapshots (snapshots.every, snapshots.keep) taken and deleted, by coin and outcome",
+                m.snapshots.clone(),
             );
             r.register(
                 "fleet_provider_api_calls",
@@ -521,6 +528,22 @@ impl Metrics {
                 ])
                 .inc();
         }
+    }
+
+    /// A scheduled snapshot was taken or deleted (`change`).
+    pub fn scheduled_snapshot(
+        &self,
+        coin: &fleet_repo_schema::values::CoinName,
+        change: &'static str,
+        outcome: &StepOutcome,
+    ) {
+        self.snapshots
+            .get_or_create(&vec![
+                ("coin", coin.to_string()),
+                ("change", change.to_string()),
+                ("outcome", outcome.label().to_string()),
+            ])
+            .inc();
     }
 
     /// A heal was made.

@@ -58,6 +58,18 @@ impl Notifier for StatusNotifier {
                 self.shared.metrics.healed(coin, *reason, outcome);
                 return;
             }
+            Event::SnapshotTaken { coin, outcome, .. } => {
+                self.shared
+                    .metrics
+                    .scheduled_snapshot(coin, "taken", outcome);
+                return;
+            }
+            Event::SnapshotDeleted { coin, outcome, .. } => {
+                self.shared
+                    .metrics
+                    .scheduled_snapshot(coin, "deleted", outcome);
+                return;
+            }
             _ => {}
         }
         self.shared.status_mut(|s| {
@@ -131,7 +143,9 @@ impl Notifier for StatusNotifier {
                 | Event::Baking { .. }
                 | Event::RepoInvalid { .. }
                 | Event::Incident { .. }
-                | Event::Healed { .. } => {}
+                | Event::Healed { .. }
+                | Event::SnapshotTaken { .. }
+                | Event::SnapshotDeleted { .. } => {}
             }
         });
         if let Event::StepFinished { outcome, .. } = e {
@@ -232,6 +246,33 @@ fn log_event(e: &Event) {
                 coin = %coin, node = %node, reason = %reason, version = %version,
                 "heal: restarted the daemon"
             ),
+        },
+        Event::SnapshotTaken {
+            coin,
+            node,
+            snapshot_id,
+            outcome,
+        } => match outcome {
+            StepOutcome::Failed { error } => tracing::error!(
+                coin = %coin, node = %node, error = %error, "scheduled snapshot failed"
+            ),
+            _ => tracing::info!(
+                coin = %coin, node = %node, snapshot = snapshot_id.as_deref().unwrap_or(""),
+                "scheduled snapshot taken"
+            ),
+        },
+        Event::SnapshotDeleted {
+            coin,
+            snapshot_id,
+            outcome,
+        } => match outcome {
+            StepOutcome::Failed { error } => tracing::warn!(
+                coin = %coin, snapshot = %snapshot_id, error = %error,
+                "old scheduled snapshot not deleted"
+            ),
+            _ => {
+                tracing::info!(coin = %coin, snapshot = %snapshot_id, "old scheduled snapshot deleted")
+            }
         },
         Event::Gate { .. } | Event::Baking { .. } | Event::RepoInvalid { .. } => {}
     }

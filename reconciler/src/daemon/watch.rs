@@ -319,6 +319,44 @@ pub async fn watch_once(
             );
         }
     }
+    for (key, instance_id) in w.snapshot {
+        let node = crate::provider::NodeRef {
+            key: key.clone(),
+            instance_id,
+        };
+        let (snapshot_id, outcome) = match b
+            .provider
+            .snapshot(&node, crate::care::snapshots::SCHEDULED)
+            .await
+        {
+            Ok(id) => (Some(id), StepOutcome::Done),
+            Err(error) => (None, StepOutcome::Failed { error }),
+        };
+        notifier.notify(
+            b.clock.now_ms(),
+            &Event::SnapshotTaken {
+                coin: key.coin.clone(),
+                node: key,
+                snapshot_id,
+                outcome,
+            },
+        );
+    }
+    for (coin, snapshot_id) in w.delete_snapshots {
+        let outcome = match b.provider.delete_snapshot(&snapshot_id).await {
+            Ok(crate::provider::Outcome::Done) => StepOutcome::Done,
+            Ok(crate::provider::Outcome::AlreadyDone) => StepOutcome::AlreadyDone,
+            Err(error) => StepOutcome::Failed { error },
+        };
+        notifier.notify(
+            b.clock.now_ms(),
+            &Event::SnapshotDeleted {
+                coin,
+                snapshot_id,
+                outcome,
+            },
+        );
+    }
     Ok(())
 }
 

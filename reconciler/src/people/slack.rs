@@ -164,6 +164,8 @@ pub fn notice_of(
         }
         Event::Gate { .. }
         | Event::Healed { .. }
+        | Event::SnapshotTaken { .. }
+        | Event::SnapshotDeleted { .. }
         | Event::StepStarted { .. }
         | Event::StepFinished { .. }
         | Event::Waiting { .. }

@@ -919,6 +919,39 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         }
     }
 
+    // New nodes restore from the coin's newest snapshot: one older than snapshots.max_age
+    // (or none at all) means a long catch-up for the next node launched. Said, not refused.
+    for coin in desired.coins.values() {
+        let Some(max) = coin.snapshots.max_age else {
+            continue;
+        };
+        let newest = observed
+            .snapshots
+            .iter()
+            .filter(|s| s.coin == coin.name.as_str() && s.state != "error")
+            .map(|s| s.started_ms)
+            .max();
+        let max_ms = max.0.as_millis() as u64;
+        let reason = match newest {
+            None => Some(format!(
+                "{} has no snapshot: a node launched now syncs from genesis (snapshots.max_age {max}; snapshots.every takes them)",
+                coin.name
+            )),
+            Some(t) if now.saturating_sub(t) > max_ms => Some(format!(
+                "the newest snapshot of {} is {} old, older than snapshots.max_age {max}: a node launched now catches up from there",
+                coin.name,
+                fleet_repo_schema::human_ms(now.saturating_sub(t))
+            )),
+            Some(_) => None,
+        };
+        if let Some(reason) = reason {
+            flagged.push(Flag {
+                what: coin.name.to_string(),
+                reason,
+            });
+        }
+    }
+
     // A root volume larger than the coin asks for stays (EBS cannot shrink one, and it holds
     // no chain): said, not refused.
     for coin in desired.coins.values() {

@@ -1615,6 +1615,23 @@ impl Provider for AwsProvider {
         InstanceRecord::write_tags(self, node, &[(tags::IMAGE_RUNS, value)]).await
     }
 
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<Outcome, ProviderError> {
+        match self
+            .ec2
+            .delete_snapshot()
+            .snapshot_id(snapshot_id)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DeleteSnapshot", None, e))
+        {
+            Ok(_) => Ok(Outcome::Done),
+            Err(ProviderError::Api { code, .. }) if code == "InvalidSnapshot.NotFound" => {
+                Ok(Outcome::AlreadyDone)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError> {
         let mut out = BTreeMap::new();
         let mut token = None;

@@ -1147,6 +1147,11 @@ pub trait Provider: Send + Sync {
         record: &DnsRecord,
     ) -> Result<Outcome, ProviderError>;
 
+    /// Delete the managed snapshot `snapshot_id` (the snapshot schedule's retention; the
+    /// caller picks only fleet's own, and the IAM policy allows no other). AlreadyDone when it
+    /// is gone.
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<Outcome, ProviderError>;
+
     /// EC2's status checks of the region's running instances, by instance id
     /// (DescribeInstanceStatus, 1,000 a page: one call per page whatever the node count; the
     /// caller picks the fleet's). The node watch's view of instances AWS itself finds broken.

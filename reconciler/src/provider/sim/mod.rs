@@ -696,6 +696,16 @@ impl Provider for SimProvider {
         InstanceRecord::write_tags(self, node, &[(tags::IMAGE_RUNS, value)]).await
     }
 
+    async fn delete_snapshot(&self, snapshot_id: &str) -> Result<Outcome, ProviderError> {
+        self.with(|w, _| {
+            w.call("DeleteSnapshot")?;
+            Ok(match w.snapshots.remove(snapshot_id) {
+                Some(_) => Outcome::Done,
+                None => Outcome::AlreadyDone,
+            })
+        })
+    }
+
     async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError> {
         self.with(|w, now| {
             let running: Vec<(String, Option<NodeKey>)> = w
