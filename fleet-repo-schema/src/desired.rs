@@ -126,6 +126,8 @@ pub struct Coin {
     pub snapshots: SnapshotSpec,
     /// What `fleet run` may do on its own for a stuck or crashed node (None: `heal: off`).
     pub heal: Option<HealSpec>,
+    /// A version required by a height or a date, if any.
+    pub deadline: Option<DeadlineSpec>,
     /// Secrets Manager secret, if any.
     pub secrets: Option<SecretName>,
     /// Host environment (/etc/sysconfig/node), without the keys fleet writes itself.
@@ -202,6 +204,25 @@ pub struct HealthSpec {
     pub alert_after: Duration,
     /// Nodes that must be in sync; fewer opens an incident.
     pub min_synced: u32,
+}
+
+/// A version every node must run by a height or a date.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadlineSpec {
+    /// The version required (or a later one).
+    pub version: Version,
+    /// By when.
+    pub by: DeadlineBy,
+}
+
+/// When a deadline falls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeadlineBy {
+    /// At this block height.
+    Height(u64),
+    /// At midnight UTC of a day, unix ms.
+    Date(u64),
 }
 
 /// Healing with defaults applied.

@@ -279,6 +279,18 @@ yaml_struct! {
 }
 
 yaml_struct! {
+    /// A version every node of the coin must run by an activation height or a date (a hard fork).
+    pub struct Deadline {
+        /// The version required (at least; a later one also meets it).
+        req version: Spanned<Version>,
+        /// The activation height; fleet turns it into a date from the observed block rate (one of height and date).
+        opt height: Spanned<BlockHeight>,
+        /// The day, YYYY-MM-DD, UTC (one of height and date).
+        opt date: Spanned<Date>,
+    }
+}
+
+yaml_struct! {
     /// coins/<coin>.yaml: one coin's nodes.
     pub struct CoinFile {
         /// The coin's name; equals the file name.
@@ -303,6 +315,8 @@ yaml_struct! {
         opt snapshots: Snapshots,
         /// What `fleet run` may do on its own for a stuck or crashed node, or `off`; overrides defaults.heal.
         opt heal: OrOff<Heal>,
+        /// A version every node must run by a height or a date; fleet escalates in Slack at 14, 7 and 1 days while any runs below it.
+        opt deadline: Spanned<Deadline>,
         /// AWS Secrets Manager secret whose keys become container environment variables.
         opt secrets: SecretName,
         /// Environment of the host's node@ unit (/etc/sysconfig/node), e.g. DATA_VOLUME.

@@ -834,6 +834,27 @@ fn check_coin(
         &c.health.sync_timeout,
     );
     check_watch(out, path, "health", &c.health.watch_interval);
+    if let Some(d) = &c.deadline {
+        match (&d.value.height, &d.value.date) {
+            (None, None) | (Some(_), Some(_)) => err(
+                out,
+                Code::OutOfRange,
+                path,
+                d.span,
+                "`deadline` needs exactly one of `height` and `date`".to_string(),
+                "write `height:` (an activation height) or `date:` (YYYY-MM-DD), not both",
+            ),
+            (None, Some(t)) if t.value.unix_ms().is_none() => err(
+                out,
+                Code::OutOfRange,
+                path,
+                t.span,
+                format!("`deadline.date` is {}: no such day", t.value),
+                "write a day of the calendar, YYYY-MM-DD, from 1970 on",
+            ),
+            _ => {}
+        }
+    }
     if let Some(e) = c.snapshots.as_ref().and_then(|s| s.every.as_ref())
         && e.value.0 < std::time::Duration::from_secs(3600)
     {
@@ -1134,6 +1155,19 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                         .as_ref()
                         .map_or(builtin::MIN_SYNCED, |m| m.value.0),
                 },
+                deadline: c.deadline.as_ref().and_then(|d| {
+                    let d = &d.value;
+                    let by = match (&d.height, &d.date) {
+                        (Some(h), None) => DeadlineBy::Height(h.value.0),
+                        (None, Some(t)) => DeadlineBy::Date(t.value.unix_ms()?),
+                        // Refused by check_coin.
+                        _ => return None,
+                    };
+                    Some(DeadlineSpec {
+                        version: d.version.value.clone(),
+                        by,
+                    })
+                }),
                 heal: heal_spec(
                     c.heal
                         .as_ref()

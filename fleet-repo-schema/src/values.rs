@@ -164,6 +164,10 @@ pattern_string! {
     SlackChannel, Code::Identifier, r"^(?:#[a-z0-9][a-z0-9._-]{0,79}|[CG][A-Z0-9]{2,20})$", max 81,
         "a Slack channel such as #node-fleet or a channel id such as C0123ABCD",
         "write the channel as #name (quoted in YAML: \"#node-fleet\") or its id";
+    /// A calendar date, `YYYY-MM-DD` (UTC): a deadline's day.
+    Date, Code::Identifier, r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", max 10,
+        "a date such as 2027-01-15 (YYYY-MM-DD, UTC)",
+        "write the day as YYYY-MM-DD, quoted or not: 2027-01-15";
     /// A GitHub repository, `owner/name`.
     GithubRepo, Code::Identifier, r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$", max 140,
         "a GitHub repository as owner/name, e.g. bitcoin/bitcoin",
@@ -399,10 +403,52 @@ bounded_int! {
     Percent(u32), 0 ..= 100, Code::OutOfRange, Code::OutOfRange;
     /// Nodes that must be in sync for a coin to count as served.
     MinSynced(u32), 0 ..= 10000, Code::OutOfRange, Code::OutOfRange;
+    /// A block height (a deadline's activation height).
+    BlockHeight(u64), 1 ..= 1000000000, Code::OutOfRange, Code::OutOfRange;
     /// Scheduled snapshots kept per coin.
     SnapshotsKept(u32), 1 ..= 1000, Code::OutOfRange, Code::OutOfRange;
     /// Heals of a coin's nodes allowed in 24 hours.
     HealsPerDay(u32), 1 ..= 100, Code::OutOfRange, Code::OutOfRange;
+}
+
+impl Date {
+    /// Midnight UTC of the day, in unix milliseconds; None when no such day exists
+    /// (2027-02-30) or it is before 1970.
+    pub fn unix_ms(&self) -> Option<u64> {
+        let t = self.as_str();
+        let (y, m, d): (i64, i64, i64) = (
+            t.get(0..4)?.parse().ok()?,
+            t.get(5..7)?.parse().ok()?,
+            t.get(8..10)?.parse().ok()?,
+        );
+        let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let days_in = [
+            31,
+            if leap { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        if !(1..=12).contains(&m) || d < 1 || d > days_in[(m - 1) as usize] {
+            return None;
+        }
+        // Days from the civil date (Howard Hinnant's days_from_civil).
+        let y2 = if m <= 2 { y - 1 } else { y };
+        let era = y2.div_euclid(400);
+        let yoe = y2 - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        u64::try_from(days).ok().map(|d| d * 86_400_000)
+    }
 }
 
 /// A section that is either written out or switched off with the word `off` (`heal: off`).
@@ -682,6 +728,24 @@ impl Decode for TagPattern {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_deadline_day_is_its_midnight_utc_and_only_real_days_are_days() {
+        let d = |s: &str| Date::parse(s).unwrap().unix_ms();
+        assert_eq!(d("1970-01-01"), Some(0));
+        assert_eq!(d("2027-01-15"), Some(1_799_971_200_000));
+        assert_eq!(d("2024-02-29"), Some(1_709_164_800_000));
+        for bad in [
+            "2023-02-29",
+            "2027-13-01",
+            "2027-04-31",
+            "2027-00-10",
+            "1969-12-31",
+        ] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+        assert!(Date::parse("2027-1-15").is_err());
+    }
 
     #[test]
     fn a_cidr_is_an_ipv4_network_address_with_its_prefix() {

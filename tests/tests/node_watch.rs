@@ -13,6 +13,7 @@ use reconciler::daemon::watch::watch_once;
 use reconciler::daemon::{Backend, Good, Shared};
 use reconciler::events::{Event, RecordingNotifier, StepOutcome};
 use reconciler::node::NodeKey;
+use reconciler::provider::Provider;
 use reconciler::provider::sim::{SimConfig, SimFault, SimProber, SimProvider};
 use reconciler::store::Journal;
 use std::sync::Arc;
@@ -411,4 +412,94 @@ async fn litecoin_snapshots(f: &Fleet) -> Vec<reconciler::provider::SnapshotInfo
         .into_iter()
         .filter(|s| s.coin == "litecoin")
         .collect()
+}
+
+#[tokio::test]
+async fn a_deadline_escalates_at_14_7_and_1_days_and_when_due_then_resolves_once_upgraded() {
+    use reconciler::care::deadline::{DAY_MS, day};
+    let start = 1_700_000_000_000u64;
+    // Midnight UTC 20 days on.
+    let due = (start / DAY_MS + 20) * DAY_MS;
+    let date = day(due);
+    let mut f = Fleet::new(|s| format!("{s}deadline:\n  version: 0.21.5\n  date: {date}\n"));
+    assert_eq!(f.clock.now_ms(), start);
+    let o = observe_now(&f).await;
+    let p = reconciler::plan::plan(&f.good.desired, &o, start);
+    let flag = p
+        .flagged
+        .iter()
+        .find(|fl| fl.what == "litecoin")
+        .unwrap_or_else(|| panic!("{:#?}", p.flagged));
+    assert!(
+        flag.reason
+            .starts_with(&format!("deadline: 0.21.5 is due {date} (in 19 days)")),
+        "{}",
+        flag.reason
+    );
+    assert!(
+        flag.reason
+            .contains("2 nodes run below it: set `version` to it"),
+        "{}",
+        flag.reason
+    );
+    // One watch an hour until a day past due.
+    while f.clock.now_ms() < due + DAY_MS {
+        f.watch().await;
+        f.clock.advance_ms(59 * MIN);
+    }
+    let said: Vec<(u64, u32, Change)> = f
+        .incidents()
+        .into_iter()
+        .filter_map(|(at, i, c)| match i.condition {
+            Condition::Deadline {
+                stage, below: 2, ..
+            } => Some((at, stage, c)),
+            _ => None,
+        })
+        .collect();
+    let h = 60 * MIN;
+    // Watches fall on the hour from the start: the first at or after `t`.
+    let first_at = |t: u64| start + (t - start).div_ceil(h) * h;
+    assert_eq!(
+        said,
+        [
+            (first_at(due - 14 * DAY_MS), 14, Change::Opened),
+            (first_at(due - 7 * DAY_MS), 7, Change::Updated),
+            (first_at(due - DAY_MS), 1, Change::Updated),
+            (first_at(due), 0, Change::Updated),
+        ],
+        "{said:#?}"
+    );
+    let status = f.shared.status();
+    let open = &status.incidents;
+    assert!(
+        open.iter().any(|i| i
+            .condition
+            .to_string()
+            .starts_with("past its deadline: 0.21.5 was due")),
+        "{open:#?}"
+    );
+    // Every node upgraded: resolved, once.
+    let o = observe_now(&f).await;
+    for n in o.nodes_of(&fleet_repo_schema::values::CoinName::parse("litecoin").unwrap()) {
+        let node = reconciler::provider::NodeRef {
+            key: n.key.clone(),
+            instance_id: n.instance_id.clone(),
+        };
+        f.sim
+            .upgrade(&node, &fleet_repo_schema::Version::parse("0.21.5").unwrap())
+            .await
+            .expect("upgrade");
+    }
+    for _ in 0..3 {
+        f.watch().await;
+    }
+    let resolved = f
+        .incidents()
+        .into_iter()
+        .filter(|(_, i, c)| {
+            *c == Change::Resolved && matches!(i.condition, Condition::Deadline { .. })
+        })
+        .count();
+    assert_eq!(resolved, 1);
 }

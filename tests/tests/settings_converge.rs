@@ -108,6 +108,11 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "health.watch_interval" => "30s",
             "health.alert_after" => "10m",
             "health.min_synced" => "2",
+            k if k.starts_with("deadline.") => {
+                return Err(
+                    "one key of a deadline alone is not a valid deadline; a deadline plans no step, it is a flag of the plan and an incident of the watch (`node_watch::a_deadline_escalates_at_14_7_and_1_days_and_when_due_then_resolves_once_upgraded`)",
+                );
+            }
             "heal.restart_after" => "1h",
             "heal.max_per_day" => "5",
             k if k.starts_with("health.http.") => {

@@ -34,6 +34,11 @@ pub enum Subject {
         /// The coin.
         coin: CoinName,
     },
+    /// A coin's deadline.
+    Deadline {
+        /// The coin.
+        coin: CoinName,
+    },
 }
 
 impl Subject {
@@ -41,7 +46,7 @@ impl Subject {
     pub fn coin(&self) -> &CoinName {
         match self {
             Subject::Node { node } => &node.coin,
-            Subject::Coin { coin } => coin,
+            Subject::Coin { coin } | Subject::Deadline { coin } => coin,
         }
     }
 }
@@ -51,6 +56,7 @@ impl fmt::Display for Subject {
         match self {
             Subject::Node { node } => write!(f, "{node}"),
             Subject::Coin { coin } => write!(f, "{coin}"),
+            Subject::Deadline { coin } => write!(f, "{coin}'s deadline"),
         }
     }
 }
@@ -92,6 +98,18 @@ pub enum Condition {
         /// The instance check (its operating system).
         instance: crate::provider::CheckState,
     },
+    /// Nodes run below the version the coin's deadline requires, with 14 days or fewer left
+    /// (`stage`: 14, 7, 1, or 0 once due).
+    Deadline {
+        /// The version required.
+        version: fleet_repo_schema::Version,
+        /// When it is due (unix ms).
+        due_ms: Millis,
+        /// The stage: 14, 7, 1 days, 0 once due.
+        stage: u32,
+        /// Nodes below it.
+        below: usize,
+    },
     /// Fewer of the coin's nodes in sync than `health.min_synced`, for `alert_after`.
     BelowMinSynced {
         /// In sync now.
@@ -111,7 +129,16 @@ impl Condition {
             Condition::Unreachable { .. } => "unreachable",
             Condition::Down { .. } => "down",
             Condition::StatusChecks { .. } => "status-checks",
+            Condition::Deadline { .. } => "deadline",
             Condition::BelowMinSynced { .. } => "below-min-synced",
+        }
+    }
+
+    /// What must change for a change to be announced: the kind, and a deadline's stage.
+    fn phase(&self) -> (&'static str, u32) {
+        match self {
+            Condition::Deadline { stage, .. } => (self.kind(), *stage),
+            _ => (self.kind(), 0),
         }
     }
 
@@ -169,6 +196,30 @@ impl fmt::Display for Condition {
                 system.as_str(),
                 instance.as_str()
             ),
+            Condition::Deadline {
+                version,
+                due_ms,
+                stage,
+                below,
+            } => {
+                let nodes = if *below == 1 {
+                    "node runs"
+                } else {
+                    "nodes run"
+                };
+                let when = crate::care::deadline::day(*due_ms);
+                match stage {
+                    0 => write!(
+                        f,
+                        "past its deadline: {version} was due {when}, and {below} {nodes} below it"
+                    ),
+                    d => write!(
+                        f,
+                        "due to run {version} by {when} (within {d} day{}): {below} {nodes} below it",
+                        if *d == 1 { "" } else { "s" }
+                    ),
+                }
+            }
             Condition::BelowMinSynced { synced, min } => write!(
                 f,
                 "below min_synced {min}: {synced} node{} in sync",
@@ -303,7 +354,7 @@ impl Incidents {
                     let since = *t.bad_since.get_or_insert(now);
                     let open = t.incident.as_mut().filter(|i| i.resolved_ms.is_none());
                     if let Some(i) = open {
-                        if i.condition.kind() != c.kind() {
+                        if i.condition.phase() != c.phase() {
                             i.condition = c.clone();
                             out.push((i.clone(), Change::Updated));
                         } else {
@@ -312,7 +363,7 @@ impl Incidents {
                         }
                         continue;
                     }
-                    let due = matches!(c, Condition::Stuck { .. })
+                    let due = matches!(c, Condition::Stuck { .. } | Condition::Deadline { .. })
                         || now.saturating_sub(since) >= s.alert_after_ms;
                     if s.fleets_own || !due {
                         continue;

@@ -7,11 +7,13 @@
 //!   place, resolved once, reopened within the repeat window).
 //! - [`heal`]: which node of a coin fleet restarts, within its limits.
 //! - [`snapshots`]: the snapshot schedule, what to take and what to delete.
+//! - [`deadline`]: when a required version is due, and the stages of its escalation.
 //!
 //! Every node is rated by the one rating ([`crate::apply::view::rate_observed`]) with a
 //! memory of heights kept across watches (so "stuck" is seen between rollouts too), against
 //! the same in-sync rule the gates use.
 
+pub mod deadline;
 pub mod heal;
 pub mod incident;
 pub mod snapshots;
@@ -54,6 +56,22 @@ pub struct CoinWatch {
     pub synced: usize,
     /// `health.min_synced`.
     pub min_synced: u32,
+    /// The coin's deadline as seen now, if it has one.
+    pub deadline: Option<DeadlineWatch>,
+}
+
+/// A deadline as the watch sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadlineWatch {
+    /// The version required.
+    pub version: Version,
+    /// When it is due (None: a height whose date is not known yet: the block rate is being
+    /// measured).
+    pub due_ms: Option<Millis>,
+    /// The activation height, for a height deadline.
+    pub height: Option<u64>,
+    /// Nodes running below the version (or whose version is not known).
+    pub below: Vec<NodeKey>,
 }
 
 /// A restart the watch asks for.
@@ -121,6 +139,8 @@ pub struct Watcher {
     probe_errors: HashMap<NodeKey, u64>,
     /// Restarts per node during its present trouble.
     restarts: HashMap<NodeKey, u32>,
+    /// Each coin's block rate, for deadlines by height.
+    rates: HashMap<CoinName, deadline::BlockRate>,
 }
 
 impl Watcher {
@@ -195,6 +215,56 @@ impl Watcher {
                     probe_errors: self.probe_errors.get(&n.key).copied().unwrap_or(0),
                 });
             }
+            if let Some(r) = health.reference {
+                self.rates.entry(coin.name.clone()).or_default().saw(r, now);
+            }
+            let dw = coin.deadline.as_ref().map(|d| {
+                let below: Vec<NodeKey> = nodes
+                    .iter()
+                    .filter(|n| {
+                        let runs = n
+                            .daemon
+                            .map(|v| v.to_string())
+                            .or_else(|| n.version.known().map(|v| v.to_string()));
+                        runs.is_none_or(|v| {
+                            fleet_repo_schema::semver::compare(&v, d.version.as_str())
+                                == std::cmp::Ordering::Less
+                        })
+                    })
+                    .map(|n| n.key.clone())
+                    .collect();
+                DeadlineWatch {
+                    version: d.version.clone(),
+                    due_ms: deadline::due_ms(
+                        d.by,
+                        health.reference,
+                        self.rates.get(&coin.name).and_then(|r| r.ms_per_block()),
+                        now,
+                    ),
+                    height: match d.by {
+                        fleet_repo_schema::desired::DeadlineBy::Height(h) => Some(h),
+                        fleet_repo_schema::desired::DeadlineBy::Date(_) => None,
+                    },
+                    below,
+                }
+            });
+            if let Some(dw) = &dw {
+                seen.push(Seen {
+                    subject: Subject::Deadline {
+                        coin: coin.name.clone(),
+                    },
+                    condition: dw.due_ms.filter(|_| !dw.below.is_empty()).and_then(|due| {
+                        Some(Condition::Deadline {
+                            version: dw.version.clone(),
+                            due_ms: due,
+                            stage: deadline::stage(due, now)?,
+                            below: dw.below.len(),
+                        })
+                    }),
+                    fleets_own: false,
+                    alert_after_ms,
+                });
+            }
             let synced = health.up_count();
             let min = coin.health.min_synced;
             seen.push(Seen {
@@ -213,6 +283,7 @@ impl Watcher {
                     nodes: watched,
                     synced,
                     min_synced: min,
+                    deadline: dw,
                 },
             );
         }
@@ -220,6 +291,8 @@ impl Watcher {
         self.last_in_sync.retain(|k, _| keep.contains(k));
         self.probe_errors.retain(|k, _| keep.contains(k));
         self.restarts.retain(|k, _| keep.contains(k));
+        self.rates
+            .retain(|c, _| desired.coins.contains_key(c.as_str()));
         out.changes = self.incidents.observe(&seen, now, repeat_ms);
 
         for coin in desired.coins.values() {

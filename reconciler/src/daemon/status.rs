@@ -113,6 +113,9 @@ pub enum CoinState {
 /// A coin.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CoinStatus {
+    /// The coin's deadline as the node watch last saw it (version, due date, nodes below).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<crate::care::DeadlineWatch>,
     /// Version the revision in force asks for.
     pub desired_version: String,
     /// What it is doing.

@@ -142,6 +142,10 @@ pub fn refresh(
     let plan_steps = p.step_count();
     shared.metrics.observed(plan_steps, &drift, &nodes_gauge);
     shared.status_mut(|s| {
+        // The node watch's view of each deadline stays until its next watch.
+        for (name, cs) in coins.iter_mut() {
+            cs.deadline = s.coins.get(name).and_then(|c| c.deadline.clone());
+        }
         s.commit = Some(good.rev.clone());
         s.commit_summary = good.summary.clone();
         s.coins = coins;
@@ -258,6 +262,7 @@ pub async fn watch_once(
             let Some(cs) = s.coins.get_mut(coin.as_str()) else {
                 continue;
             };
+            cs.deadline = cw.deadline.clone();
             for n in &cw.nodes {
                 let name = n.key.to_string();
                 let reading = readings.get(&n.key).and_then(|r| r.as_ref().ok());

@@ -919,6 +919,55 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         }
     }
 
+    // A deadline while nodes run below its version: said in every plan, with its day (a
+    // height's day needs the block rate, which only the node watch measures).
+    for coin in desired.coins.values() {
+        let Some(d) = &coin.deadline else { continue };
+        let below = observed
+            .nodes_of(&coin.name)
+            .iter()
+            .filter(|n| {
+                n.daemon
+                    .map(|v| v.to_string())
+                    .or_else(|| n.version.known().map(|v| v.to_string()))
+                    .is_none_or(|v| {
+                        fleet_repo_schema::semver::compare(&v, d.version.as_str())
+                            == std::cmp::Ordering::Less
+                    })
+            })
+            .count();
+        if below == 0 {
+            continue;
+        }
+        let when = match d.by {
+            fleet_repo_schema::desired::DeadlineBy::Date(ms) if ms <= now => {
+                format!("was due {}", crate::care::deadline::day(ms))
+            }
+            fleet_repo_schema::desired::DeadlineBy::Date(ms) => format!(
+                "is due {} (in {})",
+                crate::care::deadline::day(ms),
+                crate::care::deadline::time_left(ms, now)
+            ),
+            fleet_repo_schema::desired::DeadlineBy::Height(h) => format!("is due at height {h}"),
+        };
+        flagged.push(Flag {
+            what: coin.name.to_string(),
+            reason: format!(
+                "deadline: {} {when}; {below} node{} below it{}",
+                d.version,
+                if below == 1 { " runs" } else { "s run" },
+                if coin.version.as_str() == d.version.as_str()
+                    || fleet_repo_schema::semver::compare(coin.version.as_str(), d.version.as_str())
+                        == std::cmp::Ordering::Greater
+                {
+                    " (this revision upgrades them)"
+                } else {
+                    ": set `version` to it"
+                }
+            ),
+        });
+    }
+
     // New nodes restore from the coin's newest snapshot: one older than snapshots.max_age
     // (or none at all) means a long catch-up for the next node launched. Said, not refused.
     for coin in desired.coins.values() {
