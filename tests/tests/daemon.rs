@@ -391,6 +391,46 @@ fn a_plain_directory_runs_with_nothing_but_flags() {
 }
 
 #[test]
+fn the_node_watch_runs_in_fleet_run_and_shows_every_node_on_metrics() {
+    // The example fleet, watched every 10 s (the shortest interval allowed).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    fleet_tests::copy_dir(&workspace_root().join("examples/fleet"), &repo).expect("copy");
+    let fy = repo.join("fleet.yaml");
+    let text = std::fs::read_to_string(&fy).expect("fleet.yaml").replace(
+        "health:  { max_lag_blocks: 3, stall_timeout: 30m, sync_timeout: 12h }",
+        "health:  { max_lag_blocks: 3, stall_timeout: 30m, sync_timeout: 12h, watch_interval: 10s }",
+    );
+    assert!(text.contains("watch_interval: 10s"));
+    std::fs::write(&fy, text).expect("write");
+    let mut d = Daemon::start_args(
+        tmp.path(),
+        &["--repo", repo.to_str().expect("utf-8"), "--provider", "sim"],
+        &[],
+    );
+    let s = d.wait_for("a watch of the fleet", LONG, |s| s["watched_ms"].is_u64());
+    assert!(
+        s["incidents"].as_array().is_some_and(|i| i.is_empty()),
+        "{s}"
+    );
+    let m = d.get("/metrics").expect("metrics").body;
+    for want in [
+        "fleet_coin_synced_nodes{coin=\"bitcoin\"} 3",
+        "fleet_coin_min_synced{coin=\"bitcoin\"} 1",
+        "fleet_node_in_sync{coin=\"bitcoin\",zone=\"eu-central-1a\",index=\"1\"} 1",
+        "fleet_node_lag_blocks{coin=\"bitcoin\",zone=\"eu-central-1a\",index=\"1\"} 0",
+        "fleet_node_probe_errors_total{coin=\"bitcoin\",zone=\"eu-central-1a\",index=\"1\"} 0",
+    ] {
+        assert!(m.contains(want), "{want} missing from\n{m}");
+    }
+    assert!(
+        d.metric("fleet_watches_total").is_some_and(|w| w >= 1.0),
+        "{m}"
+    );
+    let _ = d.terminate(Duration::from_secs(20));
+}
+
+#[test]
 fn bad_configuration_is_located_and_stops_before_anything_starts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = tmp.path().join("c.yaml");

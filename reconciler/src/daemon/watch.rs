@@ -180,12 +180,20 @@ pub async fn watch_loop(
         next: notifier,
     });
     let mut watcher = crate::care::Watcher::default();
+    let mut good_rx = good_rx;
     loop {
         let every = good_rx
             .borrow()
             .as_ref()
-            .map(|g| watch_every_ms(&g.desired))
-            .unwrap_or(fleet_repo_schema::desired::builtin::WATCH_INTERVAL_SECS * 1000);
+            .map(|g| watch_every_ms(&g.desired));
+        let Some(every) = every else {
+            // No revision in force yet: its coins say how often to watch.
+            tokio::select! {
+                r = good_rx.changed() => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        };
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(every)) => {}
             _ = shutdown.cancelled() => return,
