@@ -20,6 +20,18 @@ pub const MIN_BLOCKS: u64 = 10;
 /// The days-left thresholds at which fleet speaks.
 pub const STAGES: [u32; 3] = [14, 7, 1];
 
+/// The one rule for "runs below the deadline's `version`": the version its daemon reports,
+/// else the one fleet recorded, orders before `version` (a later one meets it); a node whose
+/// version is not known counts as below.
+pub fn runs_below(node: &crate::plan::ObservedNode, version: &fleet_repo_schema::Version) -> bool {
+    node.daemon
+        .map(|v| v.to_string())
+        .or_else(|| node.version.known().map(|v| v.to_string()))
+        .is_none_or(|v| {
+            fleet_repo_schema::semver::compare(&v, version.as_str()) == std::cmp::Ordering::Less
+        })
+}
+
 /// When the deadline falls: its date, or its height at the measured `ms_per_block` from the
 /// `reference` height now (None: the rate is not known yet).
 pub fn due_ms(

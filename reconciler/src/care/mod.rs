@@ -221,16 +221,7 @@ impl Watcher {
             let dw = coin.deadline.as_ref().map(|d| {
                 let below: Vec<NodeKey> = nodes
                     .iter()
-                    .filter(|n| {
-                        let runs = n
-                            .daemon
-                            .map(|v| v.to_string())
-                            .or_else(|| n.version.known().map(|v| v.to_string()));
-                        runs.is_none_or(|v| {
-                            fleet_repo_schema::semver::compare(&v, d.version.as_str())
-                                == std::cmp::Ordering::Less
-                        })
-                    })
+                    .filter(|n| deadline::runs_below(n, &d.version))
                     .map(|n| n.key.clone())
                     .collect();
                 DeadlineWatch {

@@ -926,15 +926,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         let below = observed
             .nodes_of(&coin.name)
             .iter()
-            .filter(|n| {
-                n.daemon
-                    .map(|v| v.to_string())
-                    .or_else(|| n.version.known().map(|v| v.to_string()))
-                    .is_none_or(|v| {
-                        fleet_repo_schema::semver::compare(&v, d.version.as_str())
-                            == std::cmp::Ordering::Less
-                    })
-            })
+            .filter(|n| crate::care::deadline::runs_below(n, &d.version))
             .count();
         if below == 0 {
             continue;
