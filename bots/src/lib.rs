@@ -7,6 +7,8 @@
 //!   [`github`] (octocrab, conditional requests, rate limits), [`release`] (which release to
 //!   propose), [`yaml_edit`] (the one-value change that keeps every other byte),
 //!   [`pr_body`] (what the reviewer reads) and [`registry`] (the image digest);
+//! - the **disk pull request** ([`volume`]): a coin whose data volumes fill gets one pull
+//!   request raising `data_volume_gb`, with the node watch's figures;
 //! - the **Slack bot** ([`slack`]): rollout reports threaded per rollout, approval requests
 //!   with buttons, the signed interaction callback (slack-morphism).
 //!
@@ -19,5 +21,6 @@ pub mod pr_body;
 pub mod registry;
 pub mod release;
 pub mod slack;
+pub mod volume;
 pub mod watch;
 pub mod yaml_edit;

@@ -10,7 +10,7 @@
 //! an older bump of the same coin is open, the new pull request is opened and the old one is
 //! closed with a comment pointing at it, and its branch deleted: one open bump per coin.
 
-use crate::github::{Created, GitHub, GitHubError, Pull, StatsSnapshot};
+use crate::github::{Created, File, GitHub, GitHubError, Pull, StatsSnapshot};
 use crate::pr_body::{self, BumpInfo, ImageNote};
 use crate::registry::DigestResolver;
 use crate::release::{self, Candidate, RejectedTag};
@@ -148,7 +148,7 @@ impl CycleReport {
     }
 }
 
-fn join_path(subdir: &str, file: &str) -> String {
+pub(crate) fn join_path(subdir: &str, file: &str) -> String {
     let s = subdir.trim_matches('/');
     if s.is_empty() {
         file.to_string()
@@ -250,7 +250,7 @@ pub async fn cycle(
     report
 }
 
-fn owner(repo: &str) -> &str {
+pub(crate) fn owner(repo: &str) -> &str {
     repo.split('/').next().unwrap_or(repo)
 }
 
@@ -382,52 +382,20 @@ async fn propose(
             would_supersede: older.iter().map(|p| p.number).collect(),
         });
     }
-    let base_sha = gh
-        .branch_head(&s.fleet_repo, &s.base)
-        .await?
-        .ok_or_else(|| GitHubError::Status {
-            what: format!("GET /repos/{}/git/ref/heads/{}", s.fleet_repo, s.base),
-            status: 404,
-            message: format!("no branch {}", s.base),
-        })?;
-    let mut blob = file.sha.clone();
-    if gh.create_branch(&s.fleet_repo, &branch, &base_sha).await? == Created::Existed {
-        // Left by an interrupted cycle: reuse it if it holds the change already.
-        if let Some(f) = gh.file(&s.fleet_repo, &path, &branch).await? {
-            blob = f.sha.clone();
-            if f.text == new_text {
-                blob.clear();
-            }
-        }
-    }
-    if !blob.is_empty() {
-        gh.put_file(
-            &s.fleet_repo,
-            &path,
-            &branch,
-            &pr_body::commit_message(&info),
-            &new_text,
-            &blob,
-        )
-        .await?;
-    }
-    let pr = match gh
-        .create_pull(&s.fleet_repo, &title, &branch, &s.base, &body)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) if e.status() == Some(422) => {
-            // Opened by an interrupted cycle after our listing.
-            let again = gh
-                .pulls(&s.fleet_repo, "open", &s.base, Some(&head))
-                .await?;
-            match again.into_iter().find(|p| p.head == branch) {
-                Some(p) => p,
-                None => return Err(e),
-            }
-        }
-        Err(e) => return Err(e),
-    };
+    let pr = open_pull(
+        gh,
+        s,
+        &Change {
+            branch: &branch,
+            path: &path,
+            file: &file,
+            new_text: &new_text,
+            message: &pr_body::commit_message(&info),
+            title: &title,
+            body: &body,
+        },
+    )
+    .await?;
     tracing::info!(coin, version = %version, number = pr.number, url = %pr.url, "bump pull request opened");
     let mut superseded = Vec::new();
     for old in older {
@@ -449,10 +417,83 @@ async fn propose(
     })
 }
 
+/// One file's change proposed as a pull request.
+pub(crate) struct Change<'a> {
+    /// The branch to make (fleet's naming: it is what makes the proposal idempotent).
+    pub branch: &'a str,
+    /// The file's path in the repository.
+    pub path: &'a str,
+    /// The file on the base branch.
+    pub file: &'a File,
+    /// Its new text.
+    pub new_text: &'a str,
+    /// The commit message.
+    pub message: &'a str,
+    /// The pull request's title.
+    pub title: &'a str,
+    /// Its body.
+    pub body: &'a str,
+}
+
+/// Make the branch from the base's head, commit the change on it, open the pull request.
+/// Resumes what an interrupted cycle left: a branch that exists already is reused (and
+/// written only when it does not hold the change yet), and a pull request that exists
+/// already (GitHub's 422) is found and returned.
+pub(crate) async fn open_pull(
+    gh: &GitHub,
+    s: &WatchSettings,
+    c: &Change<'_>,
+) -> Result<Pull, GitHubError> {
+    let base_sha = gh
+        .branch_head(&s.fleet_repo, &s.base)
+        .await?
+        .ok_or_else(|| GitHubError::Status {
+            what: format!("GET /repos/{}/git/ref/heads/{}", s.fleet_repo, s.base),
+            status: 404,
+            message: format!("no branch {}", s.base),
+        })?;
+    let mut blob = c.file.sha.clone();
+    if gh.create_branch(&s.fleet_repo, c.branch, &base_sha).await? == Created::Existed {
+        // Left by an interrupted cycle: reuse it if it holds the change already.
+        if let Some(f) = gh.file(&s.fleet_repo, c.path, c.branch).await? {
+            blob = f.sha.clone();
+            if f.text == c.new_text {
+                blob.clear();
+            }
+        }
+    }
+    if !blob.is_empty() {
+        gh.put_file(
+            &s.fleet_repo,
+            c.path,
+            c.branch,
+            c.message,
+            c.new_text,
+            &blob,
+        )
+        .await?;
+    }
+    let head = format!("{}:{}", owner(&s.fleet_repo), c.branch);
+    match gh
+        .create_pull(&s.fleet_repo, c.title, c.branch, &s.base, c.body)
+        .await
+    {
+        Ok(p) => Ok(p),
+        Err(e) if e.status() == Some(422) => {
+            // Opened by an interrupted cycle after our listing.
+            let again = gh
+                .pulls(&s.fleet_repo, "open", &s.base, Some(&head))
+                .await?;
+            again.into_iter().find(|p| p.head == c.branch).ok_or(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The edited coin file must not bring an error the file did not have: both versions are
 /// checked beside the base's fleet.yaml (rules that need other files of the repository,
 /// such as metrics scripts, fail the same way for both and are not the edit's doing).
-async fn validate(
+pub(crate) async fn validate(
     gh: &GitHub,
     s: &WatchSettings,
     coin_file: &str,

@@ -19,16 +19,36 @@ use fleet_repo_schema::yaml::{self, Node, Scalar, ScalarKind, Value};
 pub struct Edit {
     /// Keys from the root, e.g. `["image", "digest"]`.
     pub path: Vec<String>,
-    /// The new value (a string).
+    /// The new value (a string, or the digits of a number).
     pub value: String,
+    /// The value is a whole number, written plain where a plain number was (a size).
+    pub number: bool,
 }
 
 impl Edit {
-    /// An edit of `path` (dotted, e.g. `image.digest`) to `value`.
+    /// An edit of `path` (dotted, e.g. `image.digest`) to the string `value`.
     pub fn new(path: &str, value: impl Into<String>) -> Edit {
         Edit {
             path: path.split('.').map(str::to_string).collect(),
             value: value.into(),
+            number: false,
+        }
+    }
+
+    /// An edit of `path`, a whole number written plain (`instance.data_volume_gb`), to `n`.
+    pub fn number(path: &str, n: u64) -> Edit {
+        Edit {
+            number: true,
+            ..Edit::new(path, n.to_string())
+        }
+    }
+
+    /// The kind the edited value must read back as.
+    fn kind(&self) -> ScalarKind {
+        if self.number {
+            ScalarKind::Int
+        } else {
+            ScalarKind::Str
         }
     }
 
@@ -130,6 +150,14 @@ pub fn set_scalars(file: &str, text: &str, edits: &[Edit]) -> Result<String, Edi
         let (end, style) = token_end(text, start, old).ok_or_else(|| {
             unsupported("written over several lines, as a block scalar, or with an anchor or tag")
         })?;
+        if e.number {
+            // A number stays a plain number: quoted, or not one now, it is not this edit's.
+            if style != Style::Plain || old.kind() != ScalarKind::Int {
+                return Err(unsupported("not a plain whole number"));
+            }
+            cuts.push((start, end, e.value.clone()));
+            continue;
+        }
         cuts.push((start, end, style.render(&e.value)));
     }
     cuts.sort_by_key(|c| std::cmp::Reverse(c.0));
@@ -300,7 +328,11 @@ fn verify(file: &str, before: &Node, after_text: &str, edits: &[Edit]) -> Result
         for k in &e.path {
             at = at.get_mut(k).ok_or_else(fail)?;
         }
-        *at = serde_json::Value::String(e.value.clone());
+        *at = if e.number {
+            serde_json::from_str(&e.value).map_err(|_| fail())?
+        } else {
+            serde_json::Value::String(e.value.clone())
+        };
     }
     if after.to_json() != expected {
         return Err(fail());
@@ -308,7 +340,7 @@ fn verify(file: &str, before: &Node, after_text: &str, edits: &[Edit]) -> Result
     for e in edits {
         let n = find(&after, &e.path).ok_or_else(fail)?;
         match n.scalar() {
-            Some(s) if s.text == e.value && s.kind() == ScalarKind::Str => {}
+            Some(s) if s.text == e.value && s.kind() == e.kind() => {}
             _ => return Err(fail()),
         }
     }
@@ -318,6 +350,22 @@ fn verify(file: &str, before: &Node, after_text: &str, edits: &[Edit]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_size_is_changed_as_a_plain_number_and_its_comment_kept() {
+        let text = "instance:\n  type: m5.xlarge\n  data_volume_gb: 1000   # grows\n";
+        let edit = [Edit::number("instance.data_volume_gb", 1250)];
+        assert_eq!(
+            set_scalars("c.yaml", text, &edit).unwrap(),
+            "instance:\n  type: m5.xlarge\n  data_volume_gb: 1250   # grows\n"
+        );
+        // A quoted size is not a number this edit may write over.
+        let quoted = "instance:\n  data_volume_gb: \"1000\"\n";
+        assert!(matches!(
+            set_scalars("c.yaml", quoted, &edit),
+            Err(EditError::Unsupported { .. })
+        ));
+    }
 
     fn bump(text: &str, v: &str) -> String {
         set_scalars("coins/x.yaml", text, &[Edit::new("version", v)]).unwrap()

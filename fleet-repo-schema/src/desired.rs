@@ -38,6 +38,12 @@ pub mod builtin {
     pub const HEAL_RESTART_AFTER_SECS: u64 = 1800;
     /// `heal.max_per_day`.
     pub const HEAL_MAX_PER_DAY: u32 = 3;
+    /// `disk.grow_at`, percent.
+    pub const DISK_GROW_AT: u32 = 85;
+    /// `disk.min_days_left`.
+    pub const DISK_MIN_DAYS_LEFT: u32 = 30;
+    /// `disk.grow_by`, percent.
+    pub const DISK_GROW_BY: u32 = 25;
     /// `limits.max_retire_percent`.
     pub const MAX_RETIRE_PERCENT: u32 = 50;
 }
@@ -126,6 +132,8 @@ pub struct Coin {
     pub snapshots: SnapshotSpec,
     /// What `fleet run` may do on its own for a stuck or crashed node (None: `heal: off`).
     pub heal: Option<HealSpec>,
+    /// When the data volume grows before it fills.
+    pub disk: DiskSpec,
     /// A version required by a height or a date, if any.
     pub deadline: Option<DeadlineSpec>,
     /// Secrets Manager secret, if any.
@@ -223,6 +231,19 @@ pub enum DeadlineBy {
     Height(u64),
     /// At midnight UTC of a day, unix ms.
     Date(u64),
+}
+
+/// Disk thresholds with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DiskSpec {
+    /// Grow at this use, percent.
+    pub grow_at: u32,
+    /// Grow when fewer days than this are left at the growth rate.
+    pub min_days_left: u32,
+    /// Grow by at least this share of the size, percent.
+    pub grow_by: u32,
+    /// Grow at once (and record it with a pull request), rather than only propose it.
+    pub auto_grow: bool,
 }
 
 /// Healing with defaults applied.

@@ -88,6 +88,20 @@ yaml_struct! {
 }
 
 yaml_struct! {
+    /// Disk: when `fleet run` grows a coin's data volume before it fills (the CloudWatch agent's `disk_used_percent` of each node's /node-data).
+    pub struct Disk {
+        /// Grow when a node's data volume is this full, in percent (50 to 99; default 85).
+        opt grow_at: GrowAt,
+        /// Grow when a node's data volume will be full within this many days at its growth rate over the last day (default 30).
+        opt min_days_left: DaysLeft,
+        /// A grown volume gains at least this share of its size, in percent (5 to 100; default 25); more when the rate asks for it.
+        opt grow_by: GrowBy,
+        /// Grow the volumes at once and open the pull request to record it (default false: only the pull request, which the rollout then applies).
+        opt auto_grow: bool,
+    }
+}
+
+yaml_struct! {
     /// Settings every coin inherits unless it sets its own.
     pub struct Defaults {
         /// Default rollout policy.
@@ -96,6 +110,8 @@ yaml_struct! {
         opt health: HealthDefaults,
         /// Default healing, or `off`.
         opt heal: OrOff<Heal>,
+        /// Default disk thresholds, field by field.
+        opt disk: Disk,
     }
 }
 
@@ -315,6 +331,8 @@ yaml_struct! {
         opt snapshots: Snapshots,
         /// What `fleet run` may do on its own for a stuck or crashed node, or `off`; overrides defaults.heal.
         opt heal: OrOff<Heal>,
+        /// When `fleet run` grows the data volume before it fills; overrides defaults.disk field by field.
+        opt disk: Disk,
         /// A version every node must run by a height or a date; fleet escalates in Slack at 14, 7 and 1 days while any runs below it.
         opt deadline: Spanned<Deadline>,
         /// AWS Secrets Manager secret whose keys become container environment variables.

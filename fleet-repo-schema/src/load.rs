@@ -1168,6 +1168,28 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                         by,
                     })
                 }),
+                disk: {
+                    let cd = c.disk.as_ref();
+                    let dd = f.defaults.as_ref().and_then(|d| d.disk.as_ref());
+                    DiskSpec {
+                        grow_at: cd
+                            .and_then(|d| d.grow_at)
+                            .or(dd.and_then(|d| d.grow_at))
+                            .map_or(builtin::DISK_GROW_AT, |v| v.0),
+                        min_days_left: cd
+                            .and_then(|d| d.min_days_left)
+                            .or(dd.and_then(|d| d.min_days_left))
+                            .map_or(builtin::DISK_MIN_DAYS_LEFT, |v| v.0),
+                        grow_by: cd
+                            .and_then(|d| d.grow_by)
+                            .or(dd.and_then(|d| d.grow_by))
+                            .map_or(builtin::DISK_GROW_BY, |v| v.0),
+                        auto_grow: cd
+                            .and_then(|d| d.auto_grow)
+                            .or(dd.and_then(|d| d.auto_grow))
+                            .unwrap_or(false),
+                    }
+                },
                 heal: heal_spec(
                     c.heal
                         .as_ref()

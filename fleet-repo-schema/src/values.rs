@@ -409,6 +409,12 @@ bounded_int! {
     SnapshotsKept(u32), 1 ..= 1000, Code::OutOfRange, Code::OutOfRange;
     /// Heals of a coin's nodes allowed in 24 hours.
     HealsPerDay(u32), 1 ..= 100, Code::OutOfRange, Code::OutOfRange;
+    /// How full a data volume may get before fleet grows it, in percent.
+    GrowAt(u32), 50 ..= 99, Code::OutOfRange, Code::OutOfRange;
+    /// How much a grown data volume gains at least, in percent of its size.
+    GrowBy(u32), 5 ..= 100, Code::OutOfRange, Code::OutOfRange;
+    /// Days a data volume must have left at its growth rate.
+    DaysLeft(u32), 1 ..= 3650, Code::OutOfRange, Code::OutOfRange;
 }
 
 impl Date {

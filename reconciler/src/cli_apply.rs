@@ -226,7 +226,9 @@ pub(crate) fn plan_cmd(
             Ok(w) => w,
             Err(code) => return Ok(code),
         };
-        let observed = w.observe().await?;
+        let mut observed = w.observe().await?;
+        // What `fleet run` grew on its own (its journal, when this machine holds it).
+        observed.auto_grown = Journal::peek(&a.world.state_dir).auto_grown_all();
         let p = plan(&w.desired, &observed, w.clock.now_ms());
         match a.format {
             Format::Human => {
@@ -359,7 +361,8 @@ pub(crate) fn apply_cmd(
             writeln!(err, "warning: {warn}")?;
         }
         let journal = Arc::new(journal);
-        let observed = w.observe().await?;
+        let mut observed = w.observe().await?;
+        observed.auto_grown = journal.auto_grown_all();
         let p = plan(&w.desired, &observed, w.clock.now_ms());
         if let Some(b) = w.sim_banner(st) {
             writeln!(out, "{b}\n")?;

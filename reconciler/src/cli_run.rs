@@ -255,6 +255,7 @@ async fn run(cfg: RunConfig, provider: ProviderChoice) -> anyhow::Result<()> {
         Arc::clone(&journal),
         Arc::clone(&notifier),
         cfg.slack_repeat_window_ms,
+        people.proposer.clone(),
         shutdown.clone(),
     ));
     let lp = tokio::spawn(reconcile_loop(
@@ -306,6 +307,8 @@ async fn run(cfg: RunConfig, provider: ProviderChoice) -> anyhow::Result<()> {
 /// Slack and the release watch, when configured (the `bots` feature).
 struct People {
     notifier: Arc<dyn Notifier>,
+    /// The node watch's disk pull requests (None: no GitHub repository configured).
+    proposer: Option<Arc<dyn crate::daemon::watch::GrowProposer>>,
     route: Option<crate::server::SlackRoute>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     #[cfg(feature = "bots")]
@@ -327,10 +330,18 @@ impl People {
         use crate::people;
         let mut p = People {
             notifier: Arc::new(NoNotifier),
+            proposer: None,
             route: None,
             tasks: Vec::new(),
             slack_task: None,
         };
+        // Disk pull requests need the repository on GitHub, not the release watch.
+        if let Some(rt) = people::watch_runtime(cfg, false)? {
+            p.proposer = Some(Arc::new(people::volume_pr::GitHubProposer {
+                gh: rt.gh,
+                settings: rt.settings,
+            }));
+        }
         let slack = people::start_slack(
             cfg,
             people::channel_of(cfg, good.clone()),
@@ -397,6 +408,7 @@ impl People {
         }
         Ok(People {
             notifier: Arc::new(NoNotifier),
+            proposer: None,
             route: None,
             tasks: Vec::new(),
         })

@@ -448,6 +448,17 @@ pub enum Event {
         /// How it ended.
         outcome: StepOutcome,
     },
+    /// The node watch found a coin's data volumes filling: what it asked for and did.
+    DiskGrow {
+        /// Coin.
+        coin: CoinName,
+        /// The figures and the size asked for.
+        order: crate::care::disk::GrowOrder,
+        /// Each node's volume grown at once (`disk.auto_grow`), and how it went.
+        grown: Vec<(NodeKey, StepOutcome)>,
+        /// The pull request that asks for (or records) the size.
+        proposal: crate::care::disk::Proposal,
+    },
     /// The node watch restarted a node's daemon.
     Healed {
         /// Coin.
@@ -479,7 +490,8 @@ impl Event {
             | Event::RolloutFailed { coin, .. }
             | Event::Healed { coin, .. }
             | Event::SnapshotTaken { coin, .. }
-            | Event::SnapshotDeleted { coin, .. } => Some(coin),
+            | Event::SnapshotDeleted { coin, .. }
+            | Event::DiskGrow { coin, .. } => Some(coin),
             Event::Incident { incident, .. } => Some(incident.subject.coin()),
             Event::RepoInvalid { .. } => None,
         }

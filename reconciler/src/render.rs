@@ -472,7 +472,8 @@ impl Progress {
             Event::Incident { .. }
             | Event::Healed { .. }
             | Event::SnapshotTaken { .. }
-            | Event::SnapshotDeleted { .. } => {}
+            | Event::SnapshotDeleted { .. }
+            | Event::DiskGrow { .. } => {}
         }
         if self.live {
             let minor = matches!(

@@ -20,6 +20,7 @@ use crate::events::Failure;
 use crate::plan::ApprovalTarget;
 use fleet_repo_schema::values::CoinName;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -180,6 +181,20 @@ pub enum Record {
         /// When.
         at_ms: Millis,
     },
+    /// The node watch grew a coin's data volumes on its own (`disk.auto_grow`), written
+    /// before the first ModifyVolume: until the repository's `data_volume_gb` says as
+    /// much, this record is what keeps the larger volumes from reading as a shrink the
+    /// repository asks for.
+    AutoGrow {
+        /// Coin.
+        coin: String,
+        /// The size grown to, GB.
+        to_gb: u32,
+        /// Why, in words (the figures).
+        reason: String,
+        /// When.
+        at_ms: Millis,
+    },
 }
 
 /// The journal. Cheap to share (`Arc`); appends are serialised.
@@ -258,6 +273,25 @@ impl Journal {
         ))
     }
 
+    /// The records of the journal in `state_dir`, read without writing anything (no
+    /// directory made, no cut line mended): for commands that change nothing, such as `fleet
+    /// plan`, beside a `fleet run` that may be writing it. A missing or unreadable file is
+    /// an empty journal; an unreadable line is skipped.
+    pub fn peek(state_dir: &Path) -> Journal {
+        let records = std::fs::read(state_dir.join(JOURNAL_FILE))
+            .map(|bytes| {
+                bytes
+                    .split(|b| *b == b'\n')
+                    .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Journal {
+            path: None,
+            records: Mutex::new(records),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Record>> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -334,6 +368,33 @@ impl Journal {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The largest size fleet grew `coin`'s data volumes to on its own, if it ever did.
+    pub fn auto_grown(&self, coin: &str) -> Option<u32> {
+        self.lock()
+            .iter()
+            .filter_map(|r| match r {
+                Record::AutoGrow { coin: c, to_gb, .. } if c == coin => Some(*to_gb),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// Every coin fleet grew on its own, at its largest size: what the plan takes as the
+    /// coin's data volume size until the repository says as much ([`crate::plan::Observed`]'s
+    /// `auto_grown`).
+    pub fn auto_grown_all(&self) -> BTreeMap<CoinName, u32> {
+        let mut out: BTreeMap<CoinName, u32> = BTreeMap::new();
+        for r in self.lock().iter() {
+            if let Record::AutoGrow { coin, to_gb, .. } = r
+                && let Ok(c) = CoinName::parse(coin)
+            {
+                let e = out.entry(c).or_default();
+                *e = (*e).max(*to_gb);
+            }
+        }
+        out
     }
 
     /// Every record, oldest first.

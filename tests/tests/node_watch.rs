@@ -79,6 +79,7 @@ impl Fleet {
             &notifier,
             &mut self.watcher,
             3_600_000,
+            None,
         )
         .await
         .expect("a watch");

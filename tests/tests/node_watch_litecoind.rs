@@ -175,6 +175,13 @@ impl Provider for RealDaemons {
     async fn delete_snapshot(&self, snapshot_id: &str) -> Result<Outcome, ProviderError> {
         self.sim.delete_snapshot(snapshot_id).await
     }
+    async fn disk_usage(
+        &self,
+        instance_ids: &[String],
+        since_ms: u64,
+    ) -> Result<BTreeMap<String, Vec<reconciler::provider::DiskPoint>>, ProviderError> {
+        self.sim.disk_usage(instance_ids, since_ms).await
+    }
 }
 
 /// The example fleet with litecoin only, its windows short enough for a test: lag is out of
@@ -299,6 +306,7 @@ async fn a_cut_off_litecoind_is_an_incident_once_healed_by_a_restart_and_resolve
             &notifier,
             &mut watcher,
             3_600_000,
+            None,
         )
         .await
         .expect("a watch");
@@ -323,6 +331,7 @@ async fn a_cut_off_litecoind_is_an_incident_once_healed_by_a_restart_and_resolve
             &notifier,
             &mut watcher,
             3_600_000,
+            None,
         )
         .await
         .expect("a watch");

@@ -713,6 +713,7 @@ impl Worker {
             }
             Notice::BumpOpened { .. }
             | Notice::ReleaseRejected { .. }
+            | Notice::DiskGrow { .. }
             | Notice::RepoInvalid { .. } => {
                 self.post(None, false, &m).await;
             }

@@ -164,6 +164,29 @@ pub enum Notice {
         /// Now (unix ms).
         at_ms: u64,
     },
+    /// The node watch found a coin's data volumes filling.
+    DiskGrow {
+        /// Coin.
+        coin: String,
+        /// The fullest node.
+        node: String,
+        /// Why, with the figures.
+        reason: String,
+        /// The size in force, GB.
+        from_gb: u32,
+        /// The size asked for, GB.
+        to_gb: u32,
+        /// Days until the fullest is full, if measured.
+        days_left: Option<f64>,
+        /// fleet grew the volumes itself (`disk.auto_grow`); the nodes whose grow failed.
+        grown: bool,
+        /// Nodes whose volume did not grow, with why.
+        failed: Vec<String>,
+        /// The pull request, when there is one: number and page.
+        pull: Option<(u64, String)>,
+        /// What else became of the pull request (declined, could not be opened, no GitHub).
+        note: Option<String>,
+    },
     /// A commit of the fleet repository is invalid.
     RepoInvalid {
         /// The commit.
@@ -191,7 +214,10 @@ impl Notice {
     pub fn is_alert(&self) -> bool {
         matches!(
             self,
-            Notice::GateFailed { .. } | Notice::RepoInvalid { .. } | Notice::ReleaseRejected { .. }
+            Notice::GateFailed { .. }
+                | Notice::RepoInvalid { .. }
+                | Notice::ReleaseRejected { .. }
+                | Notice::DiskGrow { .. }
         )
     }
 }
@@ -504,6 +530,56 @@ pub fn render(n: &Notice) -> Message {
                 text,
                 blocks: vec![section(md)],
             }
+        }
+        Notice::DiskGrow {
+            coin,
+            node,
+            reason,
+            from_gb,
+            to_gb,
+            days_left,
+            grown,
+            failed,
+            pull,
+            note,
+        } => {
+            let text = format!("{coin}: data volumes filling, {from_gb} → {to_gb} GB");
+            let mut md = format!(
+                ":floppy_disk: *{}*'s data volumes are filling: {} on `{}`",
+                esc(coin),
+                esc(reason),
+                esc(node)
+            );
+            if let Some(d) = days_left {
+                md.push_str(&format!(", full in {d:.1} days"));
+            }
+            md.push('.');
+            let pr = pull
+                .as_ref()
+                .map(|(n, url)| format!("<{}|Pull request #{n}>", esc(url)));
+            match (grown, &pr) {
+                (true, Some(pr)) => md.push_str(&format!(
+                    "\nfleet grew them to *{to_gb} GB* (disk.auto_grow); {pr} records it."
+                )),
+                (true, None) => md.push_str(&format!(
+                    "\nfleet grew them to *{to_gb} GB* (disk.auto_grow)."
+                )),
+                (false, Some(pr)) => md.push_str(&format!(
+                    "\n{pr} raises data_volume_gb {from_gb} → *{to_gb} GB*; merging grows them online."
+                )),
+                (false, None) => {}
+            }
+            let mut blocks = vec![section(md)];
+            if !failed.is_empty() {
+                blocks.push(section(format!(
+                    ":x: Not grown: {}",
+                    failed.iter().map(|f| esc(f)).collect::<Vec<_>>().join("; ")
+                )));
+            }
+            if let Some(n) = note {
+                blocks.push(context(esc(n)));
+            }
+            Message { text, blocks }
         }
         Notice::ReleaseRejected { coin, tag, reason } => {
             let text = format!("Release {tag} of {coin} not proposed");

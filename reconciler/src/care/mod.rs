@@ -8,12 +8,14 @@
 //! - [`heal`]: which node of a coin fleet restarts, within its limits.
 //! - [`snapshots`]: the snapshot schedule, what to take and what to delete.
 //! - [`deadline`]: when a required version is due, and the stages of its escalation.
+//! - [`disk`]: how full each data volume is, how fast it fills, and when to grow it.
 //!
 //! Every node is rated by the one rating ([`crate::apply::view::rate_observed`]) with a
 //! memory of heights kept across watches (so "stuck" is seen between rollouts too), against
 //! the same in-sync rule the gates use.
 
 pub mod deadline;
+pub mod disk;
 pub mod heal;
 pub mod incident;
 pub mod snapshots;
@@ -43,6 +45,8 @@ pub struct NodeWatch {
     pub unmoved_ms: Option<u64>,
     /// Probe errors since the watch started.
     pub probe_errors: u64,
+    /// Its data volume as the CloudWatch agent reported it (None: no report).
+    pub disk: Option<disk::DiskUse>,
 }
 
 /// One coin as the watch saw it.
@@ -100,6 +104,8 @@ pub struct Watched {
     pub snapshot: Vec<(NodeKey, String)>,
     /// Scheduled snapshots to delete now, by coin.
     pub delete_snapshots: Vec<(CoinName, String)>,
+    /// Coins whose data volumes must grow (only on a watch that read the disks).
+    pub grow: Vec<disk::GrowOrder>,
 }
 
 /// What one watch is given.
@@ -120,6 +126,9 @@ pub struct Look<'a> {
     pub now: Millis,
     /// Within this of its resolution an incident that comes back is reopened.
     pub repeat_ms: u64,
+    /// The size fleet itself grew a coin's data volumes to (`disk.auto_grow`, from the
+    /// journal), if any.
+    pub grown: &'a dyn Fn(&CoinName) -> Option<u32>,
 }
 
 impl std::fmt::Debug for Look<'_> {
@@ -141,9 +150,50 @@ pub struct Watcher {
     restarts: HashMap<NodeKey, u32>,
     /// Each coin's block rate, for deadlines by height.
     rates: HashMap<CoinName, deadline::BlockRate>,
+    /// The data volumes' reports by instance id, and when they were read.
+    disks: BTreeMap<String, Vec<crate::provider::DiskPoint>>,
+    disks_at: Option<Millis>,
+    /// The disks were read since the last watch.
+    disks_fresh: bool,
+    /// Each coin's last word on its disk pull request.
+    proposals: HashMap<CoinName, disk::Proposal>,
+    /// Each data volume's size by instance id, and since when the watch has seen it so:
+    /// the agent's figures from before a grow are percent of the old size, not of this one.
+    volume_sizes: HashMap<String, (u32, Millis)>,
 }
 
+/// How often the node watch reads the data volumes' use: the agent reports every minute,
+/// a chain fills in days, and every read is charged per series.
+pub const DISK_EVERY_MS: u64 = 15 * 60_000;
+
+/// How far back the growth rate is read.
+pub const DISK_WINDOW_MS: u64 = 24 * 3_600_000;
+
 impl Watcher {
+    /// Whether the disks are due to be read at `now`.
+    pub fn disks_due(&self, now: Millis) -> bool {
+        self.disks_at
+            .is_none_or(|t| now >= t.saturating_add(DISK_EVERY_MS))
+    }
+
+    /// The disks were read at `now`: the next watch judges them.
+    pub fn saw_disks(
+        &mut self,
+        disks: BTreeMap<String, Vec<crate::provider::DiskPoint>>,
+        now: Millis,
+    ) {
+        self.disks = disks;
+        self.disks_at = Some(now);
+        self.disks_fresh = true;
+    }
+
+    /// Whether a coin's grow is worth telling: volumes grown now, or a proposal that is news
+    /// ([`disk::Proposal::is_news`]) and not the one told last.
+    pub fn disk_news(&mut self, coin: &CoinName, p: &disk::Proposal, grown: bool) -> bool {
+        let last = self.proposals.insert(coin.clone(), p.clone());
+        grown || (p.is_news() && last.as_ref() != Some(p))
+    }
+
     /// Take one watch.
     pub fn watch(&mut self, look: Look<'_>) -> Watched {
         let Look {
@@ -155,8 +205,10 @@ impl Watcher {
             past,
             now,
             repeat_ms,
+            grown,
         } = look;
         let mut out = Watched::default();
+        let judge_disks = std::mem::take(&mut self.disks_fresh);
         let mut seen = Vec::new();
         let mut keep: BTreeSet<NodeKey> = BTreeSet::new();
         for coin in desired.coins.values() {
@@ -213,7 +265,35 @@ impl Watcher {
                         .unmoved_since(&n.key)
                         .map(|s| now.saturating_sub(s)),
                     probe_errors: self.probe_errors.get(&n.key).copied().unwrap_or(0),
+                    disk: n.data_volume.as_ref().and_then(|v| {
+                        let since = match self.volume_sizes.get(&n.instance_id) {
+                            Some((size, since)) if *size == v.size_gb => *since,
+                            // Grown since the last watch: only figures from now on.
+                            Some(_) => now,
+                            // First seen: whatever the agent has.
+                            None => 0,
+                        };
+                        self.volume_sizes
+                            .insert(n.instance_id.clone(), (v.size_gb, since));
+                        let points: Vec<crate::provider::DiskPoint> = self
+                            .disks
+                            .get(&n.instance_id)?
+                            .iter()
+                            .filter(|p| p.at_ms >= since)
+                            .copied()
+                            .collect();
+                        disk::DiskUse::read(&points, v.size_gb)
+                    }),
                 });
+            }
+            if judge_disks {
+                let uses: Vec<(NodeKey, disk::DiskUse)> = watched
+                    .iter()
+                    .filter_map(|w: &NodeWatch| Some((w.key.clone(), w.disk?)))
+                    .collect();
+                let asked = coin.data_volume_gb.max(grown(&coin.name).unwrap_or(0));
+                out.grow
+                    .extend(disk::decide(&coin.name, &coin.disk, asked, &uses));
             }
             if let Some(r) = health.reference {
                 self.rates.entry(coin.name.clone()).or_default().saw(r, now);
@@ -282,6 +362,13 @@ impl Watcher {
         self.last_in_sync.retain(|k, _| keep.contains(k));
         self.probe_errors.retain(|k, _| keep.contains(k));
         self.restarts.retain(|k, _| keep.contains(k));
+        let instances: BTreeSet<&str> = observed
+            .nodes
+            .iter()
+            .map(|n| n.instance_id.as_str())
+            .collect();
+        self.volume_sizes
+            .retain(|id, _| instances.contains(id.as_str()));
         self.rates
             .retain(|c, _| desired.coins.contains_key(c.as_str()));
         out.changes = self.incidents.observe(&seen, now, repeat_ms);

@@ -97,6 +97,9 @@ pub struct Metrics {
     node_in_sync: Family<Labels, Gauge>,
     node_unmoved: F64Family,
     node_probe_errors: Family<Labels, Counter>,
+    node_disk_used: F64Family,
+    node_disk_days_left: F64Family,
+    disk_grows: Family<Labels, Counter>,
     coin_synced: Family<Labels, Gauge>,
     coin_min_synced: Family<Labels, Gauge>,
     watched_at: F64Gauge,
@@ -143,6 +146,9 @@ impl Metrics {
             node_in_sync: Family::default(),
             node_unmoved: Family::default(),
             node_probe_errors: Family::default(),
+            node_disk_used: Family::default(),
+            node_disk_days_left: Family::default(),
+            disk_grows: Family::default(),
             coin_synced: Family::default(),
             coin_min_synced: Family::default(),
             watched_at: F64Gauge::default(),
@@ -272,6 +278,21 @@ impl Metrics {
                 "fleet_node_probe_errors",
                 "Probes of each node that got no reading, since fleet started",
                 m.node_probe_errors.clone(),
+            );
+            r.register(
+                "fleet_node_disk_used_percent",
+                "Each node's data volume use as its CloudWatch agent reported it (disk_used_percent of /node-data, read every 15 minutes)",
+                m.node_disk_used.clone(),
+            );
+            r.register(
+                "fleet_node_disk_days_left",
+                "Days until each node's data volume is full at its growth over the last day (absent: not growing, or not measured yet)",
+                m.node_disk_days_left.clone(),
+            );
+            r.register(
+                "fleet_disk_grows",
+                "Grows of a coin's data volumes asked by the node watch, by coin, whether fleet grew them itself (disk.auto_grow) and what became of the pull request",
+                m.disk_grows.clone(),
             );
             r.register(
                 "fleet_coin_synced_nodes",
@@ -469,6 +490,8 @@ impl Metrics {
         self.coin_min_synced.clear();
         // Rebuilt from the watch's running totals: the same values, and none for a node gone.
         self.node_probe_errors.clear();
+        self.node_disk_used.clear();
+        self.node_disk_days_left.clear();
         for (coin, cw) in coins {
             let c = label("coin", coin.as_str());
             self.coin_synced.get_or_create(&c).set(cw.synced as i64);
@@ -496,6 +519,12 @@ impl Metrics {
                 self.node_probe_errors
                     .get_or_create(&l)
                     .inc_by(n.probe_errors);
+                if let Some(d) = n.disk {
+                    self.node_disk_used.get_or_create(&l).set(d.used_percent);
+                    if let Some(days) = d.days_left() {
+                        self.node_disk_days_left.get_or_create(&l).set(days);
+                    }
+                }
             }
         }
         self.watched_at.set(wall_s());
@@ -528,6 +557,31 @@ impl Metrics {
                 ])
                 .inc();
         }
+    }
+
+    /// The node watch asked for a coin's data volumes to grow.
+    pub fn disk_grow(
+        &self,
+        coin: &fleet_repo_schema::values::CoinName,
+        grown: bool,
+        proposal: &crate::care::disk::Proposal,
+    ) {
+        use crate::care::disk::Proposal;
+        let p = match proposal {
+            Proposal::Opened { .. } => "opened",
+            Proposal::AlreadyOpen { .. } => "already-open",
+            Proposal::Declined { .. } => "declined",
+            Proposal::UpToDate { .. } => "up-to-date",
+            Proposal::Failed { .. } => "failed",
+            Proposal::NoGitHub => "no-github",
+        };
+        self.disk_grows
+            .get_or_create(&vec![
+                ("coin", coin.to_string()),
+                ("auto", grown.to_string()),
+                ("pull_request", p.to_string()),
+            ])
+            .inc();
     }
 
     /// A scheduled snapshot was taken or deleted (`change`).

@@ -315,6 +315,8 @@ impl Loop {
             o = crate::apply::view::observe_and_probe(provider.as_ref(), &prober, &desired) => o?,
             _ = shutdown.cancelled() => return Ok(PassLabel::Cancelled),
         };
+        let mut observed = observed;
+        observed.auto_grown = self.journal.auto_grown_all();
         let mut p = plan(&desired, &observed, clock.now_ms());
         watch::refresh(&self.shared, good, &observed, &p, &readings, &self.held);
         self.shared.ready.store(true, Ordering::SeqCst);

@@ -70,6 +70,26 @@ impl Notifier for StatusNotifier {
                     .scheduled_snapshot(coin, "deleted", outcome);
                 return;
             }
+            Event::DiskGrow {
+                coin,
+                order,
+                grown,
+                proposal,
+            } => {
+                self.shared
+                    .metrics
+                    .disk_grow(coin, !grown.is_empty(), proposal);
+                self.shared.status_mut(|s| {
+                    s.coins.entry(coin.to_string()).or_default().disk =
+                        Some(super::status::DiskGrowStatus {
+                            order: order.clone(),
+                            grown: !grown.is_empty(),
+                            proposal: proposal.clone(),
+                            at_ms,
+                        });
+                });
+                return;
+            }
             _ => {}
         }
         self.shared.status_mut(|s| {
@@ -145,7 +165,8 @@ impl Notifier for StatusNotifier {
                 | Event::Incident { .. }
                 | Event::Healed { .. }
                 | Event::SnapshotTaken { .. }
-                | Event::SnapshotDeleted { .. } => {}
+                | Event::SnapshotDeleted { .. }
+                | Event::DiskGrow { .. } => {}
             }
         });
         if let Event::StepFinished { outcome, .. } = e {
@@ -274,6 +295,30 @@ fn log_event(e: &Event) {
                 tracing::info!(coin = %coin, snapshot = %snapshot_id, "old scheduled snapshot deleted")
             }
         },
+        Event::DiskGrow {
+            coin,
+            order,
+            grown,
+            proposal,
+        } => {
+            for (node, outcome) in grown {
+                match outcome {
+                    StepOutcome::Failed { error } => tracing::error!(
+                        coin = %coin, node = %node, to_gb = order.to_gb, error = %error,
+                        "auto-grow: the data volume did not grow"
+                    ),
+                    _ => tracing::warn!(
+                        coin = %coin, node = %node, to_gb = order.to_gb,
+                        "auto-grow: data volume grown"
+                    ),
+                }
+            }
+            tracing::warn!(
+                coin = %coin, node = %order.node, from_gb = order.from_gb, to_gb = order.to_gb,
+                reason = %order.reason, proposal = ?proposal,
+                "data volumes filling: grow asked"
+            );
+        }
         Event::Gate { .. } | Event::Baking { .. } | Event::RepoInvalid { .. } => {}
     }
 }

@@ -64,6 +64,24 @@ pub struct NodeStatus {
     pub health: Option<NodeHealth>,
     /// The gate's last word during a rollout.
     pub gate: Option<String>,
+    /// Its data volume's use, percent, as the CloudWatch agent last reported it.
+    pub disk_used_percent: Option<f64>,
+    /// Days until its data volume is full at the last day's rate (None: not growing, or
+    /// not measured yet).
+    pub disk_days_left: Option<f64>,
+}
+
+/// A grow of a coin's data volumes the node watch asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskGrowStatus {
+    /// The figures and the size asked for.
+    pub order: crate::care::disk::GrowOrder,
+    /// fleet grew the volumes itself (`disk.auto_grow`).
+    pub grown: bool,
+    /// The pull request.
+    pub proposal: crate::care::disk::Proposal,
+    /// When.
+    pub at_ms: Millis,
 }
 
 /// Where a node's version on `/status` comes from.
@@ -116,6 +134,9 @@ pub struct CoinStatus {
     /// The coin's deadline as the node watch last saw it (version, due date, nodes below).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<crate::care::DeadlineWatch>,
+    /// The coin's last grow of its data volumes asked by the node watch, if any: the
+    /// figures, the size and the pull request.
+    pub disk: Option<DiskGrowStatus>,
     /// Version the revision in force asks for.
     pub desired_version: String,
     /// What it is doing.

@@ -123,6 +123,8 @@ pub fn refresh(
                     in_sync: h.map(NodeHealth::is_up),
                     health: h.cloned(),
                     gate: None,
+                    disk_used_percent: None,
+                    disk_days_left: None,
                 });
         }
         // A zone with nothing planned whose nodes are all in sync has passed: it is as the
@@ -144,13 +146,43 @@ pub fn refresh(
     shared.status_mut(|s| {
         // The node watch's view of each deadline stays until its next watch.
         for (name, cs) in coins.iter_mut() {
-            cs.deadline = s.coins.get(name).and_then(|c| c.deadline.clone());
+            let Some(old) = s.coins.get(name) else {
+                continue;
+            };
+            cs.deadline = old.deadline.clone();
+            cs.disk = old.disk.clone();
+            // And each node's disk figures (read every DISK_EVERY_MS).
+            for (zone, zs) in cs.zones.iter_mut() {
+                let Some(oz) = old.zones.get(zone) else {
+                    continue;
+                };
+                for n in zs.nodes.iter_mut() {
+                    if let Some(o) = oz.nodes.iter().find(|o| o.node == n.node) {
+                        n.disk_used_percent = o.disk_used_percent;
+                        n.disk_days_left = o.disk_days_left;
+                    }
+                }
+            }
         }
         s.commit = Some(good.rev.clone());
         s.commit_summary = good.summary.clone();
         s.coins = coins;
         s.pass.last_plan_steps = plan_steps;
     });
+}
+
+/// Opens the pull request that asks for (or records) a coin's larger data volumes: the
+/// bots' GitHub side in `fleet run`, behind this seam so that the engine needs no GitHub.
+#[async_trait::async_trait]
+pub trait GrowProposer: Send + Sync {
+    /// Make sure one pull request raises the coin's `data_volume_gb` to `order.to_gb`
+    /// (`grown`: fleet grew the volumes already, the pull request records it).
+    async fn propose(
+        &self,
+        desired: &fleet_repo_schema::Desired,
+        order: &crate::care::disk::GrowOrder,
+        grown: bool,
+    ) -> crate::care::disk::Proposal;
 }
 
 /// When the watch runs: the shortest `health.watch_interval` of the revision's coins (the
@@ -173,6 +205,7 @@ pub async fn watch_loop(
     journal: Arc<crate::store::Journal>,
     notifier: Arc<dyn crate::events::Notifier>,
     repeat_ms: u64,
+    proposer: Option<Arc<dyn GrowProposer>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let notifier: Arc<dyn crate::events::Notifier> = Arc::new(super::report::StatusNotifier {
@@ -212,6 +245,7 @@ pub async fn watch_loop(
             notifier.as_ref(),
             &mut watcher,
             repeat_ms,
+            proposer.as_deref(),
         );
         tokio::select! {
             r = once => {
@@ -227,6 +261,7 @@ pub async fn watch_loop(
 
 /// One watch: observe and probe the fleet, rate it, tell of the incidents that changed, make
 /// the heals asked for (each journaled first: a heal that cannot be recorded is not made).
+#[allow(clippy::too_many_arguments)]
 pub async fn watch_once(
     shared: &Arc<Shared>,
     good: &Good,
@@ -235,6 +270,7 @@ pub async fn watch_once(
     notifier: &dyn crate::events::Notifier,
     watcher: &mut crate::care::Watcher,
     repeat_ms: u64,
+    proposer: Option<&dyn GrowProposer>,
 ) -> Result<(), crate::provider::ProviderError> {
     use crate::events::{Event, StepOutcome};
     let desired = &good.desired;
@@ -250,6 +286,25 @@ pub async fn watch_once(
         }
     };
     let now = b.clock.now_ms();
+    // The data volumes' use, every DISK_EVERY_MS (a failed read is tried at the next watch).
+    if watcher.disks_due(now) {
+        let ids: Vec<String> = observed
+            .nodes
+            .iter()
+            .map(|n| n.instance_id.clone())
+            .collect();
+        match b
+            .provider
+            .disk_usage(&ids, now.saturating_sub(crate::care::DISK_WINDOW_MS))
+            .await
+        {
+            Ok(d) => watcher.saw_disks(d, now),
+            Err(e) => {
+                tracing::warn!(error = %e, "node watch: the data volumes' use (CloudWatch) unreadable this time");
+                shared.metrics.error(super::metrics::ErrorKind::Watch);
+            }
+        }
+    }
     let rolling = shared.rolling_mut(|r| r.clone());
     let since = now.saturating_sub(crate::care::heal::DAY_MS);
     let w = watcher.watch(crate::care::Look {
@@ -261,6 +316,7 @@ pub async fn watch_once(
         past: &|c| journal.heals(c.as_str(), since),
         now,
         repeat_ms,
+        grown: &|c| journal.auto_grown(c.as_str()),
     });
     shared.metrics.watched(&w.coins);
     shared.metrics.api_calls(b.provider.api_calls());
@@ -283,6 +339,8 @@ pub async fn watch_once(
                     ns.headers = reading.map(|r| r.headers);
                     ns.in_sync = Some(n.health.is_up());
                     ns.health = Some(n.health.clone());
+                    ns.disk_used_percent = n.disk.map(|d| d.used_percent);
+                    ns.disk_days_left = n.disk.and_then(|d| d.days_left());
                 }
             }
         }
@@ -355,6 +413,13 @@ pub async fn watch_once(
             },
         );
     }
+    for order in w.grow {
+        grow(
+            shared, desired, &observed, b, journal, notifier, watcher, proposer, &rolling, order,
+            now,
+        )
+        .await;
+    }
     for (coin, snapshot_id) in w.delete_snapshots {
         let outcome = match b.provider.delete_snapshot(&snapshot_id).await {
             Ok(crate::provider::Outcome::Done) => StepOutcome::Done,
@@ -371,6 +436,79 @@ pub async fn watch_once(
         );
     }
     Ok(())
+}
+
+/// A coin's data volumes must grow: with `disk.auto_grow` (and the coin not rolling out),
+/// the journal's record first, then every node's volume at once; then the pull request that
+/// asks for the size (or records it). Told when it is news.
+#[allow(clippy::too_many_arguments)]
+async fn grow(
+    shared: &Arc<Shared>,
+    desired: &fleet_repo_schema::Desired,
+    observed: &Observed,
+    b: &super::Backend,
+    journal: &crate::store::Journal,
+    notifier: &dyn crate::events::Notifier,
+    watcher: &mut crate::care::Watcher,
+    proposer: Option<&dyn GrowProposer>,
+    rolling: &std::collections::BTreeSet<fleet_repo_schema::values::CoinName>,
+    order: crate::care::disk::GrowOrder,
+    now: crate::clock::Millis,
+) {
+    use crate::care::disk::Proposal;
+    use crate::events::{Event, StepOutcome};
+    let coin = order.coin.clone();
+    let mut grown = Vec::new();
+    let auto = order.auto && !rolling.contains(&coin);
+    if auto {
+        let recorded = journal.append(crate::store::Record::AutoGrow {
+            coin: coin.to_string(),
+            to_gb: order.to_gb,
+            reason: order.reason.to_string(),
+            at_ms: now,
+        });
+        match recorded {
+            Err(e) => {
+                tracing::error!(error = %e, coin = %coin, "auto-grow not made: the journal cannot record it");
+                shared.metrics.error(super::metrics::ErrorKind::Watch);
+            }
+            Ok(()) => {
+                for n in observed.nodes_of(&coin) {
+                    if n.data_volume
+                        .as_ref()
+                        .is_none_or(|v| v.size_gb >= order.to_gb)
+                    {
+                        continue;
+                    }
+                    let node = crate::provider::NodeRef {
+                        key: n.key.clone(),
+                        instance_id: n.instance_id.clone(),
+                    };
+                    let outcome = match b.provider.grow_volume(&node, order.to_gb).await {
+                        Ok(crate::provider::Outcome::Done) => StepOutcome::Done,
+                        Ok(crate::provider::Outcome::AlreadyDone) => StepOutcome::AlreadyDone,
+                        Err(error) => StepOutcome::Failed { error },
+                    };
+                    grown.push((n.key.clone(), outcome));
+                }
+            }
+        }
+    }
+    let proposal = match proposer {
+        Some(p) => p.propose(desired, &order, auto).await,
+        None => Proposal::NoGitHub,
+    };
+    if watcher.disk_news(&coin, &proposal, !grown.is_empty()) {
+        notifier.notify(
+            b.clock.now_ms(),
+            &Event::DiskGrow {
+                coin,
+                order,
+                grown,
+                proposal,
+            },
+        );
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,11 @@
 //!   check the clicker is an approver, record the decision once in the journal, wake the loop.
 //! - [`release_watch`]: the release watch every interval (and on a `release` webhook)
 //!   against the revision in force, and its metrics.
+//! - [`volume_pr`]: the node watch's disk pull requests (a coin's data volumes filling).
 
 pub mod release_watch;
 pub mod slack;
+pub mod volume_pr;
 
 pub use release_watch::{
     WatchCounters, WatchRuntime, release_watch_loop, render_report, watch_runtime,

@@ -162,6 +162,70 @@ pub fn notice_of(
                 at_ms: incident.resolved_ms.unwrap_or(at_ms),
             }
         }
+        Event::DiskGrow {
+            coin,
+            order,
+            grown,
+            proposal,
+        } => {
+            use crate::care::disk::Proposal;
+            let (pull, note) = match proposal {
+                Proposal::Opened { number, url } => (Some((*number, url.clone())), None),
+                Proposal::AlreadyOpen { number } => (
+                    None,
+                    Some(format!(
+                        "Pull request #{number} asks for a larger volume already."
+                    )),
+                ),
+                Proposal::Declined { number } => (
+                    None,
+                    Some(format!(
+                        "Pull request #{number}, from this size, was closed: not proposed again. Raise instance.data_volume_gb by hand before the volume fills."
+                    )),
+                ),
+                Proposal::UpToDate { current_gb } => (
+                    None,
+                    Some(format!(
+                        "The repository asks {current_gb} GB already: the next rollout grows the volumes."
+                    )),
+                ),
+                Proposal::Failed { message } => (
+                    None,
+                    Some(format!(
+                        "The pull request could not be opened ({message}); tried again at the next disk read."
+                    )),
+                ),
+                Proposal::NoGitHub => (
+                    None,
+                    Some(format!(
+                        "No GitHub repository is configured: raise instance.data_volume_gb to {} by hand.",
+                        order.to_gb
+                    )),
+                ),
+            };
+            Notice::DiskGrow {
+                coin: coin.to_string(),
+                node: order.node.to_string(),
+                reason: order.reason.to_string(),
+                from_gb: order.from_gb,
+                to_gb: order.to_gb,
+                days_left: order.days_left,
+                grown: grown
+                    .iter()
+                    .any(|(_, o)| !matches!(o, crate::events::StepOutcome::Failed { .. })),
+                failed: grown
+                    .iter()
+                    .filter_map(|(n, o)| match o {
+                        crate::events::StepOutcome::Failed { error } => {
+                            Some(format!("{n}: {error}"))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+                pull,
+                note,
+            }
+        }
         Event::Gate { .. }
         | Event::Healed { .. }
         | Event::SnapshotTaken { .. }

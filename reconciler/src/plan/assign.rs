@@ -214,6 +214,10 @@ pub struct Observed {
     pub secrets: Option<BTreeMap<String, crate::provider::SecretState>>,
     /// API calls the observation made.
     pub api_calls: u64,
+    /// The size fleet grew each coin's data volumes to on its own (`disk.auto_grow`, from
+    /// the journal): until the repository says as much, the coin's data volume size.
+    #[serde(default)]
+    pub auto_grown: BTreeMap<CoinName, u32>,
 }
 
 impl Observed {
@@ -340,6 +344,7 @@ impl Observed {
             }
         }
         Observed {
+            auto_grown: BTreeMap::new(),
             nodes: kept,
             orphans,
             snapshots,

@@ -26,6 +26,11 @@ pub(super) fn plan_coin(
     let mut zones: Vec<(Zone, Vec<Vec<Step>>, Vec<Step>)> = Vec::new();
     let mut repairs: Vec<(Zone, Vec<Step>)> = Vec::new();
     let coin_nodes = observed.nodes_of(&coin.name);
+    // The size of the coin's data volumes: the repository's, or what fleet grew them to on
+    // its own (`disk.auto_grow`) until the repository catches up.
+    let data_gb = coin
+        .data_volume_gb
+        .max(observed.auto_grown.get(&coin.name).copied().unwrap_or(0));
     // A coin's nodes mostly run one or two versions: classify each once.
     let mut classes: BTreeMap<String, Class> = BTreeMap::new();
     // The coin's own security group: Some(None) when groups were read and it has none.
@@ -33,7 +38,7 @@ pub(super) fn plan_coin(
     let coin_group = observed.groups.as_deref().map(|gs| net.find(gs));
     let newest_snapshot = snapshots
         .iter()
-        .filter(|s| s.state != "error" && s.size_gb <= coin.data_volume_gb)
+        .filter(|s| s.state != "error" && s.size_gb <= data_gb)
         .max_by_key(|s| s.started_ms);
     for zone in &coin.zones {
         let mut disruptive: Vec<Vec<Step>> = Vec::new();
@@ -63,7 +68,7 @@ pub(super) fn plan_coin(
                     action: Action::Launch {
                         version: coin.version.clone(),
                         instance_type: coin.instance_type.clone(),
-                        data_volume_gb: coin.data_volume_gb,
+                        data_volume_gb: data_gb,
                         full_sync_ms: snapshot_id
                             .is_none()
                             .then_some(coin.health.full_sync_estimate)
@@ -171,7 +176,7 @@ pub(super) fn plan_coin(
                     });
                     continue;
                 }
-                Some(v) if v.size_gb > coin.data_volume_gb => {
+                Some(v) if v.size_gb > data_gb => {
                     refusals.push(Refusal {
                         node: Some(key.clone()),
                         reason: format!(
@@ -181,13 +186,19 @@ pub(super) fn plan_coin(
                     });
                     continue;
                 }
-                Some(v) if v.size_gb < coin.data_volume_gb => steps.push(step(
+                Some(v) if v.size_gb < data_gb => steps.push(step(
                     Action::GrowVolume {
                         volume_id: v.volume_id.clone(),
                         from_gb: v.size_gb,
-                        to_gb: coin.data_volume_gb,
+                        to_gb: data_gb,
                     },
-                    format!("data_volume_gb is {}", coin.data_volume_gb),
+                    if data_gb > coin.data_volume_gb {
+                        format!(
+                            "fleet grew the coin's data volumes to {data_gb} GB (disk.auto_grow)"
+                        )
+                    } else {
+                        format!("data_volume_gb is {}", coin.data_volume_gb)
+                    },
                 )),
                 Some(_) => {}
             }

@@ -993,6 +993,25 @@ pub fn plan(desired: &Desired, observed: &Observed, now: u64) -> Plan {
         }
     }
 
+    // Data volumes fleet grew on its own (`disk.auto_grow`, the journal's record) are the
+    // coin's size until the repository says as much: said, so that the pull request that
+    // records it is merged.
+    for coin in desired.coins.values() {
+        if let Some(gb) = observed
+            .auto_grown
+            .get(&coin.name)
+            .filter(|gb| **gb > coin.data_volume_gb)
+        {
+            flagged.push(Flag {
+                what: coin.name.to_string(),
+                reason: format!(
+                    "fleet grew {}'s data volumes to {gb} GB on its own (disk.auto_grow); {} still says data_volume_gb {}: merge the pull request that raises it",
+                    coin.name, coin.file, coin.data_volume_gb
+                ),
+            });
+        }
+    }
+
     // A root volume larger than the coin asks for stays (EBS cannot shrink one, and it holds
     // no chain): said, not refused.
     for coin in desired.coins.values() {

@@ -185,6 +185,7 @@ pub struct AwsProvider {
     ssm: aws_sdk_ssm::Client,
     r53: aws_sdk_route53::Client,
     sm: aws_sdk_secretsmanager::Client,
+    cw: aws_sdk_cloudwatch::Client,
     stats: Arc<CallStats>,
     opts: AwsOptions,
 }
@@ -230,6 +231,9 @@ impl AwsProvider {
             .retry_config(retry.clone())
             .timeout_config(t.clone());
         let mut sm = aws_sdk_secretsmanager::config::Builder::from(sdk)
+            .retry_config(retry.clone())
+            .timeout_config(t.clone());
+        let mut cw = aws_sdk_cloudwatch::config::Builder::from(sdk)
             .retry_config(retry)
             .timeout_config(t);
         for i in std::iter::once(&counter).chain(opts.interceptors.iter()) {
@@ -237,12 +241,14 @@ impl AwsProvider {
             ssm.push_interceptor(i.clone());
             r53.push_interceptor(i.clone());
             sm.push_interceptor(i.clone());
+            cw.push_interceptor(i.clone());
         }
         AwsProvider {
             ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
             ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
             r53: aws_sdk_route53::Client::from_conf(r53.build()),
             sm: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
+            cw: aws_sdk_cloudwatch::Client::from_conf(cw.build()),
             stats,
             opts,
         }
@@ -1668,6 +1674,143 @@ impl Provider for AwsProvider {
                 return Ok(out);
             }
         }
+    }
+
+    async fn disk_usage(
+        &self,
+        instance_ids: &[String],
+        since_ms: crate::clock::Millis,
+    ) -> Result<BTreeMap<String, Vec<DiskPoint>>, ProviderError> {
+        use aws_sdk_cloudwatch::primitives::DateTime as CwTime;
+        use aws_sdk_cloudwatch::types::{
+            DimensionFilter, MetricDataQuery, MetricStat, RecentlyActive, ScanBy,
+        };
+        let wanted: std::collections::BTreeSet<&str> =
+            instance_ids.iter().map(String::as_str).collect();
+        // The series: every data volume the agents reported within three hours, named by
+        // its full dimension set (the agent adds device and fstype), of our instances.
+        let mut series: Vec<(String, aws_sdk_cloudwatch::types::Metric)> = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .cw
+                .list_metrics()
+                .namespace(disk_metric::NAMESPACE)
+                .metric_name(disk_metric::NAME)
+                .dimensions(
+                    DimensionFilter::builder()
+                        .name(disk_metric::PATH.0)
+                        .value(disk_metric::PATH.1)
+                        .build(),
+                )
+                .recently_active(RecentlyActive::Pt3H)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| self.err("cloudwatch:ListMetrics", None, e))?;
+            for m in page.metrics() {
+                let id = m
+                    .dimensions()
+                    .iter()
+                    .find(|d| d.name() == Some(disk_metric::INSTANCE))
+                    .and_then(|d| d.value());
+                if let Some(id) = id.filter(|id| wanted.contains(id)) {
+                    series.push((id.to_string(), m.clone()));
+                }
+            }
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut out: BTreeMap<String, Vec<DiskPoint>> = BTreeMap::new();
+        // GetMetricData takes 500 queries a call; each query's id names its series.
+        for chunk in series.chunks(500).enumerate() {
+            let (n, chunk) = chunk;
+            let queries: Vec<MetricDataQuery> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (_, m))| {
+                    MetricDataQuery::builder()
+                        .id(format!("d{}", n * 500 + i))
+                        .metric_stat(
+                            MetricStat::builder()
+                                .metric(m.clone())
+                                .period(disk_metric::PERIOD_SECS)
+                                .stat("Maximum")
+                                .build(),
+                        )
+                        .return_data(true)
+                        .build()
+                })
+                .collect();
+            let mut token = None;
+            loop {
+                let page = self
+                    .cw
+                    .get_metric_data()
+                    .set_metric_data_queries(Some(queries.clone()))
+                    .start_time(CwTime::from_millis(since_ms as i64))
+                    .end_time(CwTime::from_millis(now))
+                    .scan_by(ScanBy::TimestampAscending)
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("cloudwatch:GetMetricData", None, e))?;
+                for r in page.metric_data_results() {
+                    let Some(i) = r
+                        .id()
+                        .and_then(|id| id.strip_prefix('d'))
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .and_then(|i| i.checked_sub(n * 500))
+                    else {
+                        continue;
+                    };
+                    let Some((instance, _)) = chunk.get(i) else {
+                        continue;
+                    };
+                    let points = out.entry(instance.clone()).or_default();
+                    for (t, v) in r.timestamps().iter().zip(r.values()) {
+                        if let Ok(ms) = t.to_millis()
+                            && ms >= 0
+                        {
+                            points.push(DiskPoint {
+                                at_ms: ms as u64,
+                                used_percent: *v,
+                            });
+                        }
+                    }
+                }
+                token = page
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        // An instance with two series (a volume's device renamed) reads as one; the order
+        // is the time's.
+        for points in out.values_mut() {
+            points.sort_by_key(|p| p.at_ms);
+            points.dedup_by(|a, b| {
+                if a.at_ms == b.at_ms {
+                    b.used_percent = b.used_percent.max(a.used_percent);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        out.retain(|_, p| !p.is_empty());
+        Ok(out)
     }
 
     async fn restart_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {

@@ -84,6 +84,33 @@ pub struct StatusChecks {
     pub instance: CheckState,
 }
 
+/// A data volume's use at one time, as the node's CloudWatch agent reported it (the hour's
+/// highest `disk_used_percent`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DiskPoint {
+    /// The hour the figure is of (its start), unix milliseconds.
+    pub at_ms: crate::clock::Millis,
+    /// Percent of the file system used.
+    pub used_percent: f64,
+}
+
+/// What the CloudWatch agent on every node reports its data volume as: the namespace,
+/// metric and mount point fleet reads ([`Provider::disk_usage`]). The agent must append the
+/// `InstanceId` dimension (`append_dimensions`), as the operators' AMI does.
+pub mod disk_metric {
+    /// The agent's namespace.
+    pub const NAMESPACE: &str = "CWAgent";
+    /// Its disk metric.
+    pub const NAME: &str = "disk_used_percent";
+    /// The dimension naming the mount point, and the data volume's (`fleet-node bootstrap`
+    /// mounts it there).
+    pub const PATH: (&str, &str) = ("path", "/node-data");
+    /// The dimension naming the instance.
+    pub const INSTANCE: &str = "InstanceId";
+    /// One figure per hour.
+    pub const PERIOD_SECS: i32 = 3600;
+}
+
 impl StatusChecks {
     /// Either check failed.
     pub fn failing(&self) -> bool {
@@ -1156,6 +1183,17 @@ pub trait Provider: Send + Sync {
     /// (DescribeInstanceStatus, 1,000 a page: one call per page whatever the node count; the
     /// caller picks the fleet's). The node watch's view of instances AWS itself finds broken.
     async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError>;
+
+    /// The data volume use of `instance_ids` as each node's CloudWatch agent reports it
+    /// ([`disk_metric`]): per instance, the hourly highest since `since_ms`, oldest first; an
+    /// instance the agent has not reported for is absent. AWS: ListMetrics (500 a page) for
+    /// the series, then GetMetricData (500 series a call): one call per page whatever the
+    /// node count.
+    async fn disk_usage(
+        &self,
+        instance_ids: &[String],
+        since_ms: crate::clock::Millis,
+    ) -> Result<BTreeMap<String, Vec<DiskPoint>>, ProviderError>;
 }
 
 #[cfg(test)]

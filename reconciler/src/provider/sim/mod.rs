@@ -749,6 +749,60 @@ impl Provider for SimProvider {
         })
     }
 
+    async fn disk_usage(
+        &self,
+        instance_ids: &[String],
+        since_ms: Millis,
+    ) -> Result<BTreeMap<String, Vec<DiskPoint>>, ProviderError> {
+        const HOUR: u64 = disk_metric::PERIOD_SECS as u64 * 1000;
+        self.with(|w, now| {
+            // The agent reports from running instances whose host answers; a volume's
+            // series is what it reported while attached to one of them.
+            let reporting: Vec<(&String, &world::Volume, f64)> = instance_ids
+                .iter()
+                .filter_map(|id| {
+                    let i = w.instances.get(id)?;
+                    if w.state(i, now) != InstanceState::Running {
+                        return None;
+                    }
+                    let key = tags::node_key(&i.tags).ok();
+                    let dark = w.faults.iter().any(|f| {
+                        matches!(f, SimFault::FailsStatusChecks { key: k, .. } if Some(k) == key.as_ref())
+                    });
+                    if dark {
+                        return None;
+                    }
+                    let v = w.volumes.get(i.data_volume.as_ref()?)?;
+                    let coin = key.map(|k| k.coin.to_string()).unwrap_or_default();
+                    Some((id, v, w.params(&coin).disk_gb_per_day))
+                })
+                .collect();
+            let series: BTreeMap<String, Vec<DiskPoint>> = reporting
+                .into_iter()
+                .filter_map(|(id, v, rate)| {
+                    let first = since_ms.div_ceil(HOUR) * HOUR;
+                    let points: Vec<DiskPoint> = (first..=now)
+                        .step_by(HOUR as usize)
+                        .filter_map(|t| {
+                            Some(DiskPoint {
+                                at_ms: t,
+                                used_percent: v.used_percent_at(t, rate)?,
+                            })
+                        })
+                        .collect();
+                    (!points.is_empty()).then(|| (id.clone(), points))
+                })
+                .collect();
+            for _ in 0..pages(series.len(), 500) {
+                w.call("ListMetrics")?;
+            }
+            for _ in 0..pages(series.len(), 500) {
+                w.call("GetMetricData")?;
+            }
+            Ok(series)
+        })
+    }
+
     async fn restart_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
         let command = restart_command(version)?;
         self.with(|w, now| {

@@ -45,19 +45,23 @@ pub struct ChainParams {
     pub block_rate: f64,
     /// How long a (re)started daemon is unreachable.
     pub start_delay_ms: u64,
+    /// How fast the chain's data grows on a node's data volume, GB a day (worlds saved
+    /// before disks were modelled: 0, a chain that does not grow).
+    #[serde(default)]
+    pub disk_gb_per_day: f64,
 }
 
 impl ChainParams {
     /// Plausible figures for well-known coins, a generic chain otherwise.
     pub fn for_coin(name: &str) -> ChainParams {
-        let (block_ms, base_height) = match name {
-            "bitcoin" => (600_000, 870_000),
-            "litecoin" => (150_000, 2_800_000),
-            "dogecoin" => (60_000, 5_400_000),
-            "ethereum" => (12_000, 21_000_000),
-            "monero" => (120_000, 3_250_000),
-            "iota" => (10_000, 9_000_000),
-            _ => (60_000, 1_000_000),
+        let (block_ms, base_height, disk_gb_per_day) = match name {
+            "bitcoin" => (600_000, 870_000, 0.3),
+            "litecoin" => (150_000, 2_800_000, 0.05),
+            "dogecoin" => (60_000, 5_400_000, 0.1),
+            "ethereum" => (12_000, 21_000_000, 1.5),
+            "monero" => (120_000, 3_250_000, 0.08),
+            "iota" => (10_000, 9_000_000, 0.2),
+            _ => (60_000, 1_000_000, 0.1),
         };
         ChainParams {
             block_ms,
@@ -65,6 +69,7 @@ impl ChainParams {
             header_rate: 20_000.0,
             block_rate: 50.0,
             start_delay_ms: 30_000,
+            disk_gb_per_day,
         }
     }
 }
@@ -248,6 +253,48 @@ pub(super) struct Volume {
     pub(super) size_gb: u32,
     pub(super) snapshot_id: Option<String>,
     pub(super) zone: String,
+    /// The chain's data on it: GB used at a time, growing at the coin's
+    /// [`ChainParams::disk_gb_per_day`] from then (None: worlds saved before disks were
+    /// modelled, whose volumes report nothing).
+    #[serde(default)]
+    pub(super) used: Option<(Millis, f64)>,
+    /// Its size from each time on (the creation's first; a grow adds one).
+    #[serde(default)]
+    pub(super) sizes: Vec<(Millis, u32)>,
+}
+
+/// A new volume without a snapshot is this full once its node has synced (the simulator
+/// does not model the sync's own growth).
+pub(super) const NEW_VOLUME_FILL: f64 = 0.6;
+
+const DAY_MS: f64 = 86_400_000.0;
+
+impl Volume {
+    /// Its size at `t`.
+    fn size_at(&self, t: Millis) -> u32 {
+        self.sizes
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= t)
+            .map_or(self.size_gb, |(_, s)| *s)
+    }
+
+    /// GB used at `t` (None before it held data), at most its size then: a full file
+    /// system stays full.
+    pub(super) fn used_gb_at(&self, t: Millis, gb_per_day: f64) -> Option<f64> {
+        let (at, gb) = self.used?;
+        if t < at {
+            return None;
+        }
+        let grown = gb + gb_per_day * (t - at) as f64 / DAY_MS;
+        Some(grown.min(self.size_at(t) as f64))
+    }
+
+    /// Percent used at `t`.
+    pub(super) fn used_percent_at(&self, t: Millis, gb_per_day: f64) -> Option<f64> {
+        let size = self.size_at(t).max(1) as f64;
+        self.used_gb_at(t, gb_per_day).map(|u| u / size * 100.0)
+    }
 }
 
 /// A security group fleet made for a coin (the only kind the simulated account has).
@@ -265,6 +312,9 @@ pub(super) struct Snapshot {
     pub(super) info: SnapshotInfo,
     /// Chain height captured.
     pub(super) height: u64,
+    /// GB of data captured (None: saved before disks were modelled).
+    #[serde(default)]
+    pub(super) used_gb: Option<f64>,
 }
 
 /// A command the simulated SSM ran, in order (what tests check zone order against).
@@ -555,6 +605,7 @@ impl World {
             Disk::Data => {
                 if let Some(v) = self.volumes.get_mut(&vol) {
                     v.size_gb = size_gb;
+                    v.sizes.push((now, size_gb));
                 }
             }
             Disk::Root => self.live_mut(node)?.root = Some((vol, size_gb)),
@@ -813,6 +864,14 @@ impl World {
         let id = self.new_id("i");
         let vol = self.new_id("vol");
         let root = self.new_id("vol");
+        let restored = spec
+            .snapshot_id
+            .as_ref()
+            .and_then(|id| self.snapshots.get(id))
+            .and_then(|s| s.used_gb);
+        let used = restored
+            .unwrap_or(spec.data_volume_gb as f64 * NEW_VOLUME_FILL)
+            .min(spec.data_volume_gb as f64);
         self.volumes.insert(
             vol.clone(),
             Volume {
@@ -820,6 +879,8 @@ impl World {
                 size_gb: spec.data_volume_gb,
                 snapshot_id: spec.snapshot_id.clone(),
                 zone: spec.slot.zone.to_string(),
+                used: Some((now, used)),
+                sizes: vec![(now, spec.data_volume_gb)],
             },
         );
         let n = self.next_id;
@@ -1027,6 +1088,7 @@ impl World {
                     reason: reason.to_string(),
                 },
                 height,
+                used_gb: vol.used_gb_at(now, self.params(node.key.coin.as_str()).disk_gb_per_day),
             },
         );
         Ok(Some(id))
