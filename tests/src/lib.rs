@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod cloudwatch;
 pub mod daemon;
 pub mod github_mock;
 pub mod mock_http;

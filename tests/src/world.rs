@@ -93,6 +93,10 @@ pub trait TestWorld: Send + Sync {
     async fn pass_time(&self, d: Duration);
     /// An AMI of the world's region other than the example fleet's `node_ami`.
     async fn another_ami(&self) -> String;
+    /// `hours` of the CloudWatch agent on `instance_id` reporting its data volume, one
+    /// figure an hour, rising (moto: PutMetricData as the agent sends it, with a series of
+    /// the root file system beside it; the simulator: the time passes and its chain grows).
+    async fn agent_reports(&self, instance_id: &str, hours: u32);
 }
 
 /// The example fleet repository as a memory tree.
@@ -206,6 +210,9 @@ impl TestWorld for SimWorld {
     async fn pass_time(&self, d: Duration) {
         self.clock.advance_ms(d.as_millis() as u64);
     }
+    async fn agent_reports(&self, _instance_id: &str, hours: u32) {
+        self.clock.advance_ms(u64::from(hours) * 3_600_000);
+    }
 }
 
 /// The moto endpoint the test command started (`FLEET_TEST_MOTO`), or a clear failure.
@@ -262,6 +269,9 @@ impl aws_smithy_types::config_bag::Storable for Answer {
 pub struct TestInterceptor {
     account: String,
     state: Arc<Mutex<FaultState>>,
+    /// Where CloudWatch's requests go instead of moto, which does not speak its protocol
+    /// (RPC v2 CBOR): the loopback stand-in ([`crate::cloudwatch`]).
+    cloudwatch: Option<String>,
 }
 
 fn op_name(cfg: &ConfigBag) -> String {
@@ -311,6 +321,12 @@ impl Intercept for TestInterceptor {
         let req = ctx.request_mut();
         req.headers_mut()
             .insert("x-moto-account-id", self.account.clone());
+        if let Some(cw) = &self.cloudwatch {
+            let uri = req.uri().to_string();
+            if let Some(i) = uri.find("/service/GraniteServiceVersion20100801/") {
+                req.set_uri(format!("{cw}{}", &uri[i..]))?;
+            }
+        }
         if op_name(cfg) == "GetCommandInvocation"
             && let Some(body) = req.body().bytes()
         {
@@ -522,6 +538,8 @@ pub struct AwsWorld {
     pub r53: aws_sdk_route53::Client,
     /// Secrets Manager client.
     pub sm: aws_sdk_secretsmanager::Client,
+    /// CloudWatch's stand-in (what the nodes' agents send).
+    pub cloudwatch: crate::cloudwatch::CloudWatchFake,
     desired: Desired,
 }
 
@@ -571,7 +589,9 @@ impl AwsWorld {
 
     /// A fresh world, choosing the retry mode.
     pub async fn with_retry(test: &str, adaptive: bool) -> AwsWorld {
+        let cloudwatch = crate::cloudwatch::CloudWatchFake::start();
         let interceptor = TestInterceptor {
+            cloudwatch: Some(cloudwatch.url()),
             account: account_for(test),
             state: Arc::default(),
         };
@@ -617,6 +637,7 @@ impl AwsWorld {
             ec2,
             r53,
             sm,
+            cloudwatch,
             desired,
         }
     }
@@ -778,4 +799,32 @@ impl TestWorld for AwsWorld {
         public_ami(&self.ec2, Some(self.desired.fleet.node_ami.as_str())).await
     }
     async fn pass_time(&self, _d: Duration) {}
+    async fn agent_reports(&self, instance_id: &str, hours: u32) {
+        use crate::cloudwatch::Datum;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // As the agent sends them: InstanceId appended, device and fstype beside the path,
+        // the root file system's series beside the data volume's.
+        let datum = |path: &str, device: &str, at_s: i64, value: f64| Datum {
+            namespace: "CWAgent".into(),
+            name: "disk_used_percent".into(),
+            dimensions: vec![
+                ("InstanceId".into(), instance_id.into()),
+                ("path".into(), path.into()),
+                ("device".into(), device.into()),
+                ("fstype".into(), "xfs".into()),
+            ],
+            at_s,
+            value,
+        };
+        self.cloudwatch.put((0..=hours).flat_map(|h| {
+            let at = now - i64::from(hours - h) * 3600 - 60;
+            [
+                datum("/node-data", "nvme1n1", at, 50.0 + f64::from(h) * 0.5),
+                datum("/", "nvme0n1p1", at, 97.0),
+            ]
+        }));
+    }
 }

@@ -48,6 +48,10 @@ fn star_only(action: &str) -> bool {
     action.starts_with("ec2:Describe")
         || action == "ssm:GetCommandInvocation"
         || action == "secretsmanager:ListSecrets"
+        // CloudWatch's reads name no resource (the Service Authorization Reference lists
+        // none for either).
+        || action == "cloudwatch:GetMetricData"
+        || action == "cloudwatch:ListMetrics"
 }
 
 /// The source without `//` comments (whole-line and trailing), so prose never counts as a call.

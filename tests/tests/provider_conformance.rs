@@ -196,6 +196,50 @@ async fn status_checks_are_read_for_the_running_instances(w: &dyn TestWorld) {
     assert!(checks.get(&b.instance_id).is_none_or(|c| !c.failing()));
 }
 
+/// The data volumes' use is read per instance as its CloudWatch agent reported it (the data
+/// volume's series only, oldest first, rising as the chain grows), in one ListMetrics and
+/// one GetMetricData call for the page; an instance without reports is absent.
+async fn disk_use_is_read_per_instance_from_the_agents_figures(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    w.pass_time(std::time::Duration::from_secs(180)).await;
+    w.agent_reports(&a.instance_id, 4).await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 24 * 3_600_000;
+    // The simulator's clock is its own: it reads since its own day before.
+    let since = if w.name() == "sim" { 0 } else { since };
+    let silent = "i-0123456789abcdef0".to_string();
+    let calls = w.provider().api_calls();
+    let d = w
+        .provider()
+        .disk_usage(&[a.instance_id.clone(), silent.clone()], since)
+        .await
+        .unwrap();
+    assert_eq!(w.provider().api_calls() - calls, 2, "one page of each");
+    assert!(!d.contains_key(&silent), "{d:?}");
+    let points = d.get(&a.instance_id).unwrap_or_else(|| panic!("{d:?}"));
+    assert!(points.len() >= 4, "{points:?}");
+    assert!(
+        points.windows(2).all(|p| p[0].at_ms < p[1].at_ms),
+        "{points:?}"
+    );
+    assert!(
+        points
+            .windows(2)
+            .all(|p| p[0].used_percent <= p[1].used_percent),
+        "{points:?}"
+    );
+    // The root file system's 97 % (beside it on AWS) is not the data volume's.
+    assert!(
+        points
+            .iter()
+            .all(|p| p.used_percent > 0.0 && p.used_percent < 90.0),
+        "{points:?}"
+    );
+}
+
 /// A failed command surfaces its stderr and leaves the node's version unknown, not guessed;
 /// a retry converges.
 async fn failed_command_leaves_version_unknown(w: &dyn TestWorld) {
@@ -1157,6 +1201,7 @@ conformance!(
     upgrade_targets_one_instance,
     restart_daemon_sends_one_command_and_records_nothing,
     status_checks_are_read_for_the_running_instances,
+    disk_use_is_read_per_instance_from_the_agents_figures,
     delete_snapshot_removes_that_one,
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
