@@ -113,6 +113,11 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
                     "one key of a deadline alone is not a valid deadline; a deadline plans no step, it is a flag of the plan and an incident of the watch (`node_watch::a_deadline_escalates_at_14_7_and_1_days_and_when_due_then_resolves_once_upgraded`)",
                 );
             }
+            k if k.starts_with("disk.") => {
+                return Err(
+                    "a disk threshold plans no step: the node watch judges it against the agents' figures (`disk_watch::a_filling_coin_gets_one_pull_request_with_the_size_and_its_figures`, and `disk_watch::auto_grow_grows_every_volume_once_journals_it_and_the_plan_keeps_the_size` for the plan's part)",
+                );
+            }
             "heal.restart_after" => "1h",
             "heal.max_per_day" => "5",
             k if k.starts_with("health.http.") => {

@@ -209,7 +209,10 @@ pub fn notice_of(
                 reason: order.reason.to_string(),
                 from_gb: order.from_gb,
                 to_gb: order.to_gb,
-                days_left: order.days_left,
+                // A volume filling soon says its days in its reason already.
+                days_left: order
+                    .days_left
+                    .filter(|_| matches!(order.reason, crate::care::disk::GrowReason::Full { .. })),
                 grown: grown
                     .iter()
                     .any(|(_, o)| !matches!(o, crate::events::StepOutcome::Failed { .. })),
