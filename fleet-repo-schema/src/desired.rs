@@ -38,6 +38,11 @@ pub mod builtin {
     pub const HEAL_RESTART_AFTER_SECS: u64 = 1800;
     /// `heal.max_per_day`.
     pub const HEAL_MAX_PER_DAY: u32 = 3;
+    /// `heal.replace_after`, seconds.
+    pub const HEAL_REPLACE_AFTER_SECS: u64 = 3600;
+    /// The shortest `heal.replace_after`, seconds: EC2 marks checks impaired after a few
+    /// minutes, and a brief host event clears itself.
+    pub const HEAL_REPLACE_AFTER_MIN_SECS: u64 = 600;
     /// `disk.grow_at`, percent.
     pub const DISK_GROW_AT: u32 = 85;
     /// `disk.min_days_left`.
@@ -253,6 +258,8 @@ pub struct HealSpec {
     pub restart_after: Duration,
     /// At most this many heals of the coin's nodes in any 24 hours.
     pub max_per_day: u32,
+    /// A node whose instance fails EC2's status checks this long is replaced (None: `off`).
+    pub replace_after: Option<Duration>,
 }
 
 /// http probe settings.

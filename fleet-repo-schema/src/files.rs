@@ -84,6 +84,8 @@ yaml_struct! {
         opt restart_after: Spanned<Duration>,
         /// At most this many heals of the coin's nodes in any 24 hours (at least 1); beyond, nodes are left for a person.
         opt max_per_day: HealsPerDay,
+        /// Replace the instance of a node failing EC2's status checks this long by a new one that takes over its data volume, e.g. 1h (at least 10m), or `off`.
+        opt replace_after: OrOff<Spanned<Duration>>,
     }
 }
 

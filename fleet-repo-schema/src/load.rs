@@ -942,6 +942,26 @@ fn check_heal(out: &mut Vec<Diagnostic>, path: &str, section: &str, heal: Option
             ),
         );
     }
+    if let Some(OrOff::On(d)) = heal
+        .and_then(OrOff::on)
+        .and_then(|h| h.replace_after.as_ref())
+        && d.value.0.as_secs() < builtin::HEAL_REPLACE_AFTER_MIN_SECS
+    {
+        err(
+            out,
+            Code::OutOfRange,
+            path,
+            d.span,
+            format!(
+                "`{section}.replace_after` is {}: a host event that clears itself in minutes would cost a new instance",
+                d.value
+            ),
+            &format!(
+                "set it to at least {}m (1h is the default), or `off`",
+                builtin::HEAL_REPLACE_AFTER_MIN_SECS / 60
+            ),
+        );
+    }
 }
 
 /// A gate that fails before a node can even restart is a mistake, not a policy.
@@ -1008,6 +1028,13 @@ fn heal_spec(h: Option<&OrOff<Heal>>) -> Option<HealSpec> {
         max_per_day: h
             .and_then(|h| h.max_per_day)
             .map_or(builtin::HEAL_MAX_PER_DAY, |m| m.0),
+        replace_after: match h.and_then(|h| h.replace_after.as_ref()) {
+            Some(OrOff::Off) => None,
+            Some(OrOff::On(d)) => Some(d.value),
+            None => Some(Duration(std::time::Duration::from_secs(
+                builtin::HEAL_REPLACE_AFTER_SECS,
+            ))),
+        },
     })
 }
 

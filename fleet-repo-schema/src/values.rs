@@ -480,6 +480,10 @@ impl<T: Decode> Decode for OrOff<T> {
     fn decode(node: &Node, cx: &mut Cx) -> Option<Self> {
         match node.scalar() {
             Some(s) if s.kind() == ScalarKind::Str && s.text == "off" => Some(OrOff::Off),
+            // A setting that is a value itself (`replace_after: 1h`) reads it.
+            Some(_) if T::schema().get("type").and_then(Json::as_str) != Some("object") => {
+                T::decode(node, cx).map(OrOff::On)
+            }
             Some(s) => {
                 let p = cx.path();
                 let shown = show(&s.text);

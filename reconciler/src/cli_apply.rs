@@ -228,7 +228,9 @@ pub(crate) fn plan_cmd(
         };
         let mut observed = w.observe().await?;
         // What `fleet run` grew on its own (its journal, when this machine holds it).
-        observed.auto_grown = Journal::peek(&a.world.state_dir).auto_grown_all();
+        let journal = Journal::peek(&a.world.state_dir);
+        observed.auto_grown = journal.auto_grown_all();
+        observed.replace_requested = journal.replacements_asked();
         let p = plan(&w.desired, &observed, w.clock.now_ms());
         match a.format {
             Format::Human => {
@@ -363,6 +365,7 @@ pub(crate) fn apply_cmd(
         let journal = Arc::new(journal);
         let mut observed = w.observe().await?;
         observed.auto_grown = journal.auto_grown_all();
+        observed.replace_requested = journal.replacements_asked();
         let p = plan(&w.desired, &observed, w.clock.now_ms());
         if let Some(b) = w.sim_banner(st) {
             writeln!(out, "{b}\n")?;

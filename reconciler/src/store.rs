@@ -180,6 +180,11 @@ pub enum Record {
         version: String,
         /// When.
         at_ms: Millis,
+        /// The instance, for a replacement (`reason` fails-status-checks): the plan replaces
+        /// the node while this instance holds its slot (None in records of restarts, and in
+        /// records written before replacements were).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance_id: Option<String>,
     },
     /// The node watch grew a coin's data volumes on its own (`disk.auto_grow`), written
     /// before the first ModifyVolume: until the repository's `data_volume_gb` says as
@@ -365,6 +370,23 @@ impl Journal {
                     node: crate::node::NodeKey::from_display(node)?,
                     at_ms: *at_ms,
                 }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The instances the node watch asked to be replaced (their node's heal, for failing EC2's
+    /// status checks): what the plan reads as [`crate::plan::Observed`]'s
+    /// `replace_requested`. An instance gone (replaced) asks nothing any more.
+    pub fn replacements_asked(&self) -> std::collections::BTreeSet<String> {
+        self.lock()
+            .iter()
+            .filter_map(|r| match r {
+                Record::Heal {
+                    reason: crate::care::heal::HealReason::FailsStatusChecks,
+                    instance_id: Some(id),
+                    ..
+                } => Some(id.clone()),
                 _ => None,
             })
             .collect()

@@ -183,9 +183,11 @@ impl TestWorld for SimWorld {
                 stderr,
             },
             Fault::AgentNotReady { times } => SimFault::AgentNotReady { times },
-            Fault::FailsStatusChecks { key, .. } => {
-                SimFault::FailsStatusChecks { key, system: false }
-            }
+            Fault::FailsStatusChecks { key, .. } => SimFault::FailsStatusChecks {
+                key,
+                system: false,
+                instance_id: None,
+            },
         });
     }
     fn clear_faults(&self) {

@@ -18,7 +18,7 @@ use reconciler::node::NodeKey;
 use reconciler::plan::{Orphan, Plan, plan};
 use reconciler::provider::commands;
 use reconciler::provider::sim::{ChainParams, SimConfig, SimFault, SimProber, SimProvider};
-use reconciler::provider::{InstanceState, ObservedVersion};
+use reconciler::provider::{InstanceState, ObservedVersion, Provider};
 use reconciler::store::{Decision, Journal, Record};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -1244,4 +1244,50 @@ async fn an_image_that_runs_another_version_than_its_tag_holds_the_coin_at_its_f
             .all(|c| c.outcome == CoinOutcome::Completed),
         "{report:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_instance_fails_its_status_checks_is_replaced_when_the_watch_asks() {
+    // The node watch asked (the journal's heal record) for node 1's instance, which fails
+    // EC2's status checks, to be replaced: the plan replaces that node only, the executor
+    // launches a new instance on another host that takes over the data volume, gates it
+    // and hands the name over; the broken instance is gone, and the request with it.
+    let base = desired_of(&example_tree());
+    let rig = Rig::seeded(&base, base.clone());
+    let key = NodeKey::parse("litecoin", "eu-central-1a", 1).unwrap();
+    let broken = rig.sim.instance_of(&key).expect("node 1");
+    rig.sim.inject(SimFault::FailsStatusChecks {
+        key: key.clone(),
+        system: true,
+        instance_id: None,
+    });
+    let asked: std::collections::BTreeSet<String> = [broken.clone()].into();
+    let before = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    let mut o = before.clone();
+    o.replace_requested = asked.clone();
+    let p = plan(&rig.desired, &o, rig.clock.now_ms());
+    assert_eq!(p.step_count(), 2, "a replace and a hand-over: {p:#?}");
+    rig.approve_all(&p);
+    let report = rig
+        .executor()
+        .apply(&rig.desired, &p, &CancellationToken::new())
+        .await;
+    assert!(report.all_completed(), "{report:#?}");
+    let after = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    let (b, a) = (before.node(&key).unwrap(), after.node(&key).unwrap());
+    assert_ne!(a.instance_id, broken, "a new instance");
+    assert_eq!(
+        a.data_volume.as_ref().map(|v| &v.volume_id),
+        b.data_volume.as_ref().map(|v| &v.volume_id),
+        "the same chain"
+    );
+    assert_eq!(a.dns_names, b.dns_names);
+    assert!(after.orphans.is_empty(), "{:#?}", after.orphans);
+    let checks = rig.sim.status_checks().await.unwrap();
+    assert!(!checks[&a.instance_id].failing(), "the new host is healthy");
+    assert!(!checks.contains_key(&broken), "the broken instance is gone");
+    // The request stays in the journal, but asks nothing of an instance that is gone.
+    let mut again = after.clone();
+    again.replace_requested = asked;
+    assert!(plan(&rig.desired, &again, rig.clock.now_ms()).is_empty());
 }

@@ -271,8 +271,9 @@ async fn heal_off_and_a_coin_rolling_out_are_left_alone() {
 }
 
 #[tokio::test]
-async fn an_instance_failing_its_status_checks_is_an_incident_and_left_for_a_person() {
-    let mut f = Fleet::new(|s| s.to_string());
+async fn an_instance_failing_its_status_checks_is_an_incident_and_with_replace_after_off_left_for_a_person()
+ {
+    let mut f = Fleet::new(|s| format!("{s}heal:\n  replace_after: off\n"));
     for _ in 0..3 {
         f.watch().await;
     }
@@ -280,6 +281,7 @@ async fn an_instance_failing_its_status_checks_is_an_incident_and_left_for_a_per
     f.sim.inject(SimFault::FailsStatusChecks {
         key: node1(),
         system: true,
+        instance_id: None,
     });
     for _ in 0..40 {
         f.watch().await;
@@ -297,7 +299,8 @@ async fn an_instance_failing_its_status_checks_is_an_incident_and_left_for_a_per
         ),
         "{inc:#?}"
     );
-    // SSM cannot reach it: no restart, a person is asked, restart_after (30m) later.
+    // SSM cannot reach it: no restart; replacing is off, so a person is asked,
+    // restart_after (30m) later.
     assert!(f.heals().is_empty());
     assert_eq!(f.restarts(), 0);
     let left = inc
@@ -503,4 +506,87 @@ async fn a_deadline_escalates_at_14_7_and_1_days_and_when_due_then_resolves_once
         })
         .count();
     assert_eq!(resolved, 1);
+}
+
+#[tokio::test]
+async fn an_instance_failing_its_status_checks_is_replaced_after_replace_after_through_the_plan() {
+    let mut f = Fleet::new(|s| s.to_string());
+    for _ in 0..3 {
+        f.watch().await;
+    }
+    let broke_at = f.clock.now_ms();
+    let broken = f.sim.instance_of(&node1()).expect("node 1's instance");
+    f.sim.inject(SimFault::FailsStatusChecks {
+        key: node1(),
+        system: false,
+        instance_id: None,
+    });
+    for _ in 0..130 {
+        f.watch().await;
+    }
+    // Never restarted (SSM cannot reach it); one replacement asked, heal.replace_after (the
+    // default 1h) after the trouble began, journaled with the instance.
+    assert_eq!(f.restarts(), 0);
+    let heals = f.heals();
+    assert_eq!(heals.len(), 1, "{heals:#?}");
+    assert_eq!(heals[0].0 - broke_at, 60 * MIN);
+    assert_eq!(heals[0].1, node1());
+    assert_eq!(
+        f.journal
+            .replacements_asked()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![broken.clone()]
+    );
+    assert!(
+        f.incidents()
+            .iter()
+            .any(|i| matches!(i.1.care, Care::ReplaceAsked { .. })),
+        "{:#?}",
+        f.incidents()
+    );
+    // No pass ran here, so nothing replaced it: not asked twice within replace_after, and
+    // left for a person once that passed.
+    let left = f
+        .incidents()
+        .into_iter()
+        .find(|i| matches!(&i.1.care, Care::LeftForPerson { why } if why.contains("a replacement did not mend it")))
+        .unwrap_or_else(|| panic!("{:#?}", f.incidents()));
+    assert_eq!(left.0 - broke_at, 120 * MIN);
+    // The plan made from the observation and the journal replaces that node, and only it.
+    let mut o = fleet_tests::observe(&f.sim, &f.good.desired).await;
+    assert!(
+        !reconciler::plan::plan(&f.good.desired, &o, 0)
+            .coins
+            .iter()
+            .any(|c| c.coin.as_str() == "litecoin"),
+        "without the request nothing is planned"
+    );
+    o.replace_requested = f.journal.replacements_asked();
+    let p = reconciler::plan::plan(&f.good.desired, &o, 0);
+    let lite = p
+        .coins
+        .iter()
+        .find(|c| c.coin.as_str() == "litecoin")
+        .unwrap();
+    let steps: Vec<_> = lite
+        .waves
+        .iter()
+        .flat_map(|w| w.steps.iter())
+        .map(|s| (s.node.clone(), s.action.clone()))
+        .collect();
+    assert!(
+        steps.iter().any(|(n, a)| n.as_ref() == Some(&node1())
+            && matches!(
+                a,
+                reconciler::plan::Action::Replace {
+                    cause: reconciler::plan::ReplaceCause::Heal
+                }
+            )),
+        "{steps:#?}"
+    );
+    assert!(
+        steps.iter().all(|(n, _)| n.as_ref() == Some(&node1())),
+        "{steps:#?}"
+    );
 }

@@ -120,6 +120,11 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             }
             "heal.restart_after" => "1h",
             "heal.max_per_day" => "5",
+            "heal.replace_after" => {
+                return Err(
+                    "judged by the node watch against EC2's status checks, not the plan: `node_watch::an_instance_failing_its_status_checks_is_replaced_after_replace_after_through_the_plan` and `executor::a_node_whose_instance_fails_its_status_checks_is_replaced_when_the_watch_asks`",
+                );
+            }
             k if k.starts_with("health.http.") => {
                 return Err("only with `probe: http`, which the example's bitcoin does not use");
             }

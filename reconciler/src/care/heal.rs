@@ -15,8 +15,11 @@
 //!   sync since is not restarted again: it is left for a person, loudly.
 //! - **Not during a rollout.** A coin fleet is rolling out is the executor's; its gate
 //!   decides.
-//! - **Not what SSM cannot reach.** A node whose instance fails EC2's status checks is left
-//!   for a person: a restart over SSM cannot reach it (replacing it is not built yet).
+//! - **A broken instance is replaced, not restarted.** A node whose instance fails EC2's
+//!   status checks cannot be reached over SSM; after `heal.replace_after` it is replaced (a
+//!   new instance takes over its data volume: the plan's Replace step, gated like any, asked
+//!   for through the journal), under the same limits (one heal of the coin at a time,
+//!   `max_per_day`, once per trouble). With `replace_after: off` it is left for a person.
 
 use crate::clock::Millis;
 use crate::health::{CoinHealth, NodeHealth};
@@ -36,6 +39,8 @@ pub enum HealReason {
     Stuck,
     /// Its instance runs but its daemon does not answer.
     NotAnswering,
+    /// Its instance fails EC2's status checks: it is replaced, not restarted.
+    FailsStatusChecks,
 }
 
 impl HealReason {
@@ -44,7 +49,13 @@ impl HealReason {
         match self {
             HealReason::Stuck => "stuck",
             HealReason::NotAnswering => "not-answering",
+            HealReason::FailsStatusChecks => "fails-status-checks",
         }
+    }
+
+    /// Whether the remedy is a new instance (else a restart of the daemon).
+    pub fn replaces(self) -> bool {
+        self == HealReason::FailsStatusChecks
     }
 }
 
@@ -53,6 +64,7 @@ impl fmt::Display for HealReason {
         f.write_str(match self {
             HealReason::Stuck => "stuck",
             HealReason::NotAnswering => "not answering",
+            HealReason::FailsStatusChecks => "failing EC2's status checks",
         })
     }
 }
@@ -82,8 +94,10 @@ pub struct Candidate<'a> {
 /// What to do about the coin now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealDecision {
-    /// The node to restart now, and why (at most one per coin).
+    /// The node to restart now, and why (at most one heal per coin: this or `replace`).
     pub restart: Option<(NodeKey, HealReason)>,
+    /// The node whose instance to replace now (it fails EC2's status checks).
+    pub replace: Option<NodeKey>,
     /// Nodes a restart could mend that fleet may not restart: a person must look.
     pub left: Vec<(NodeKey, String)>,
 }
@@ -134,13 +148,61 @@ pub fn decide(
         .iter()
         .filter(|h| now.saturating_sub(h.at_ms) < DAY_MS)
         .count();
+    // Broken instances first: a restart cannot reach them, a new instance can.
+    let mut broken: Vec<(&Candidate, Millis)> = nodes
+        .iter()
+        .filter(|c| c.failing_checks)
+        .filter_map(|c| Some((c, c.bad_since?)))
+        .collect();
+    broken.sort_by_key(|(c, since)| (*since, c.key.clone()));
+    for (c, since) in broken {
+        let node = c.key.clone();
+        let Some(after) = spec.replace_after.map(|d| d.0.as_millis() as u64) else {
+            if now.saturating_sub(since) >= wait {
+                d.left.push((
+                    node,
+                    "its instance fails EC2's status checks, so a restart over SSM cannot reach it, and heal.replace_after is off: stop and start the instance (a new host) or replace it".into(),
+                ));
+            }
+            continue;
+        };
+        if now.saturating_sub(since) < after {
+            continue;
+        }
+        let asked = past
+            .iter()
+            .filter(|h| h.node == node && h.at_ms >= since)
+            .map(|h| h.at_ms)
+            .max();
+        if let Some(at) = asked {
+            if now.saturating_sub(at) >= after {
+                d.left.push((
+                    node,
+                    format!(
+                        "a replacement did not mend it: its instance still fails EC2's status checks {} after it was asked",
+                        fleet_repo_schema::human_ms(now.saturating_sub(at))
+                    ),
+                ));
+            }
+            continue;
+        }
+        if today >= spec.max_per_day as usize {
+            d.left.push((
+                node,
+                format!(
+                    "its instance fails EC2's status checks, and the coin's nodes were healed {today} times in 24 hours (heal.max_per_day {})",
+                    spec.max_per_day
+                ),
+            ));
+            continue;
+        }
+        if d.replace.is_none() && !busy {
+            d.replace = Some(node);
+        }
+    }
     for (c, why, since) in due {
         let node = c.key.clone();
         if c.failing_checks {
-            d.left.push((
-                node,
-                "its instance fails EC2's status checks, so a restart over SSM cannot reach it: stop and start the instance (a new host) or replace it".into(),
-            ));
             continue;
         }
         let last_heal = past
@@ -172,7 +234,7 @@ pub fn decide(
             ));
             continue;
         }
-        if d.restart.is_none() && !busy {
+        if d.restart.is_none() && d.replace.is_none() && !busy {
             d.restart = Some((node, why));
         }
     }
@@ -193,6 +255,7 @@ mod tests {
         HealSpec {
             restart_after: Duration(std::time::Duration::from_secs(1800)),
             max_per_day: 2,
+            replace_after: Some(Duration(std::time::Duration::from_secs(3600))),
         }
     }
 
@@ -286,11 +349,82 @@ mod tests {
             decide(Some(&spec()), true, &h, &nodes, &[], |_| None, 90 * MIN),
             nothing()
         );
-        // An instance failing EC2's status checks is beyond SSM: left for a person.
+        // An instance failing EC2's status checks is beyond SSM: never restarted; replaced
+        // after replace_after (1h), or with replace_after off left for a person.
         nodes[0].failing_checks = true;
-        let d = decide(Some(&spec()), false, &h, &nodes, &[], |_| None, 90 * MIN);
-        assert_eq!(d.restart, None);
-        assert!(d.left[0].1.contains("status checks"), "{:?}", d.left);
+        let d = decide(Some(&spec()), false, &h, &nodes, &[], |_| None, 50 * MIN);
+        assert_eq!(d, nothing(), "not yet: under replace_after");
+        let d = decide(Some(&spec()), false, &h, &nodes, &[], |_| None, 60 * MIN);
+        assert_eq!((d.restart, d.replace), (None, Some(key(2))));
+        let off = HealSpec {
+            replace_after: None,
+            ..spec()
+        };
+        let d = decide(Some(&off), false, &h, &nodes, &[], |_| None, 90 * MIN);
+        assert_eq!((d.restart, d.replace), (None, None));
+        assert!(d.left[0].1.contains("replace_after is off"), "{:?}", d.left);
+    }
+
+    #[test]
+    fn a_broken_instance_is_replaced_once_per_trouble_and_within_max_per_day() {
+        let h = coin(&[(key(1), stuck()), (key(2), stuck())]);
+        let (k1, k2, st) = (key(1), key(2), stuck());
+        let nodes = [
+            Candidate {
+                key: &k1,
+                health: &st,
+                bad_since: Some(0),
+                failing_checks: true,
+            },
+            Candidate {
+                key: &k2,
+                health: &st,
+                bad_since: Some(0),
+                failing_checks: false,
+            },
+        ];
+        // Node 1 is replaced first; node 2's restart waits (one heal of the coin at a time).
+        let d = decide(Some(&spec()), false, &h, &nodes, &[], |_| None, 60 * MIN);
+        assert_eq!((d.replace, d.restart), (Some(key(1)), None));
+        // Asked at 60m and not mended 30m later: not asked again, the restart of node 2
+        // still waits for the unanswered heal (within restart_after of it).
+        let past = [PastHeal {
+            node: key(1),
+            at_ms: 60 * MIN,
+        }];
+        let d = decide(Some(&spec()), false, &h, &nodes, &past, |_| None, 80 * MIN);
+        assert_eq!(d, nothing());
+        // replace_after after it: left for a person, loudly; node 2 has its turn.
+        let d = decide(Some(&spec()), false, &h, &nodes, &past, |_| None, 120 * MIN);
+        assert_eq!(d.replace, None);
+        assert_eq!(d.restart, Some((key(2), HealReason::Stuck)));
+        assert!(
+            d.left[0].1.contains("a replacement did not mend it"),
+            "{:?}",
+            d.left
+        );
+        // max_per_day (2) reached: left, with the count.
+        let two = [
+            PastHeal {
+                node: key(2),
+                at_ms: 10 * MIN,
+            },
+            PastHeal {
+                node: key(2),
+                at_ms: 20 * MIN,
+            },
+        ];
+        let d = decide(
+            Some(&spec()),
+            false,
+            &h,
+            &nodes[..1],
+            &two,
+            |_| None,
+            120 * MIN,
+        );
+        assert_eq!(d.replace, None);
+        assert!(d.left[0].1.contains("heal.max_per_day 2"), "{:?}", d.left);
     }
 
     #[test]

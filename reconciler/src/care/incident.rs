@@ -242,6 +242,11 @@ pub enum Care {
         /// The last one.
         at_ms: Millis,
     },
+    /// fleet asked for a new instance (it fails EC2's status checks); the rollout makes it.
+    ReplaceAsked {
+        /// When.
+        at_ms: Millis,
+    },
     /// fleet will not heal it: a person must look.
     LeftForPerson {
         /// Why not.

@@ -98,7 +98,8 @@ pub struct Watched {
     pub coins: BTreeMap<CoinName, CoinWatch>,
     /// Incidents that changed.
     pub changes: Vec<(Incident, Change)>,
-    /// Restarts to make now (at most one per coin).
+    /// Heals to make now (at most one per coin): a restart, or for an instance failing EC2's
+    /// status checks ([`HealReason::replaces`]) a replacement, asked of the reconcile loop.
     pub heals: Vec<HealOrder>,
     /// Scheduled snapshots to take now: the node and its instance (at most one per coin).
     pub snapshot: Vec<(NodeKey, String)>,
@@ -455,13 +456,38 @@ impl Watcher {
                     reason,
                 });
             }
+            if let Some(node) = d.replace
+                && let Some(n) = nodes.iter().find(|n| n.key == node)
+            {
+                out.heals.push(HealOrder {
+                    node,
+                    instance_id: n.instance_id.clone(),
+                    version: n
+                        .version
+                        .known()
+                        .cloned()
+                        .unwrap_or_else(|| coin.version.clone()),
+                    reason: HealReason::FailsStatusChecks,
+                });
+            }
         }
         out
     }
 
-    /// A heal was made on `node` at `at_ms`: the incident's record of it, to announce when
-    /// the node has one open.
-    pub fn healed(&mut self, node: &NodeKey, at_ms: Millis) -> Option<Incident> {
+    /// A heal was made on `node` at `at_ms` (`reason`'s remedy): the incident's record of
+    /// it, to announce when the node has one open.
+    pub fn healed(
+        &mut self,
+        node: &NodeKey,
+        reason: HealReason,
+        at_ms: Millis,
+    ) -> Option<Incident> {
+        if reason.replaces() {
+            return self.incidents.cared(
+                &Subject::Node { node: node.clone() },
+                Care::ReplaceAsked { at_ms },
+            );
+        }
         let restarts = self.restarts.entry(node.clone()).or_default();
         *restarts += 1;
         let restarts = *restarts;

@@ -317,6 +317,7 @@ impl Loop {
         };
         let mut observed = observed;
         observed.auto_grown = self.journal.auto_grown_all();
+        observed.replace_requested = self.journal.replacements_asked();
         let mut p = plan(&desired, &observed, clock.now_ms());
         watch::refresh(&self.shared, good, &observed, &p, &readings, &self.held);
         self.shared.ready.store(true, Ordering::SeqCst);

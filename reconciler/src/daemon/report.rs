@@ -263,6 +263,10 @@ fn log_event(e: &Event) {
                 coin = %coin, node = %node, reason = %reason, version = %version, error = %error,
                 "heal: the restart failed"
             ),
+            _ if reason.replaces() => tracing::warn!(
+                coin = %coin, node = %node, reason = %reason,
+                "heal: replacement of the instance asked; the next pass replaces it"
+            ),
             _ => tracing::warn!(
                 coin = %coin, node = %node, reason = %reason, version = %version,
                 "heal: restarted the daemon"

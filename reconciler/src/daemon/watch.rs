@@ -356,6 +356,7 @@ pub async fn watch_once(
             reason: h.reason,
             version: h.version.to_string(),
             at_ms: now,
+            instance_id: h.reason.replaces().then(|| h.instance_id.clone()),
         }) {
             tracing::error!(error = %e, node = %h.node, "heal not made: the journal cannot record it");
             shared.metrics.error(super::metrics::ErrorKind::Watch);
@@ -365,9 +366,16 @@ pub async fn watch_once(
             key: h.node.clone(),
             instance_id: h.instance_id.clone(),
         };
-        let outcome = match b.provider.restart_daemon(&node, &h.version).await {
-            Ok(()) => StepOutcome::Done,
-            Err(error) => StepOutcome::Failed { error },
+        let outcome = if h.reason.replaces() {
+            // The journal's record is the request: the next pass plans the Replace step
+            // (budget, gate and hand-over as any replacement), and it is woken for it.
+            shared.kick.notify_one();
+            StepOutcome::Done
+        } else {
+            match b.provider.restart_daemon(&node, &h.version).await {
+                Ok(()) => StepOutcome::Done,
+                Err(error) => StepOutcome::Failed { error },
+            }
         };
         let at = b.clock.now_ms();
         notifier.notify(
@@ -380,7 +388,7 @@ pub async fn watch_once(
                 outcome,
             },
         );
-        if let Some(incident) = watcher.healed(&h.node, now) {
+        if let Some(incident) = watcher.healed(&h.node, h.reason, now) {
             notifier.notify(
                 at,
                 &Event::Incident {

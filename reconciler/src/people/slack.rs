@@ -153,6 +153,9 @@ pub fn notice_of(
                         "fleet restarted its daemon ({restarts} time{} in this incident)",
                         if *restarts == 1 { "" } else { "s" }
                     )),
+                    Care::ReplaceAsked { .. } => Some(
+                        "its instance fails EC2's status checks: fleet is replacing it (a new instance takes over its data volume)".into(),
+                    ),
                     Care::LeftForPerson { why } => Some(format!(
                         "fleet will not heal it: {why}. A person must look."
                     )),

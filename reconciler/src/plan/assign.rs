@@ -218,6 +218,10 @@ pub struct Observed {
     /// the journal): until the repository says as much, the coin's data volume size.
     #[serde(default)]
     pub auto_grown: BTreeMap<CoinName, u32>,
+    /// Instances the node watch asked to be replaced (`heal.replace_after`: they fail EC2's
+    /// status checks; from the journal): each is replaced while it holds its slot.
+    #[serde(default)]
+    pub replace_requested: BTreeSet<String>,
 }
 
 impl Observed {
@@ -345,6 +349,7 @@ impl Observed {
         }
         Observed {
             auto_grown: BTreeMap::new(),
+            replace_requested: BTreeSet::new(),
             nodes: kept,
             orphans,
             snapshots,

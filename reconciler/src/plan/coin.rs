@@ -552,11 +552,21 @@ pub(super) fn plan_coin(
             // A new AMI needs a new instance, launched as the coin says now: the one step the
             // node gets (what else differs comes with it; a larger data volume is grown by
             // the next plan).
-            if let Some(cause) = replace_cause(desired, zone, n) {
+            let cause = replace_cause(desired, zone, n).or_else(|| {
+                observed
+                    .replace_requested
+                    .contains(&n.instance_id)
+                    .then_some(ReplaceCause::Heal)
+            });
+            if let Some(cause) = cause {
                 let reason = match &cause {
                     ReplaceCause::Subnet { to, .. } => {
                         format!("network.subnets gives {zone} the subnet {to}")
                     }
+                    ReplaceCause::Heal => format!(
+                        "instance {} fails EC2's status checks: the node watch asked for a new one (heal.replace_after)",
+                        n.instance_id
+                    ),
                     _ => format!("node_ami is {}", desired.fleet.node_ami),
                 };
                 steps = vec![

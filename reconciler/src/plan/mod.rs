@@ -728,6 +728,9 @@ pub enum ReplaceCause {
     },
     /// A replacement was cut off (the instance carries `fleet:pending=replace:…`).
     Resume,
+    /// The node watch asked for it (`heal.replace_after`): the instance fails EC2's status
+    /// checks, beyond what SSM can reach.
+    Heal,
 }
 
 impl fmt::Display for ReplaceCause {
@@ -736,6 +739,7 @@ impl fmt::Display for ReplaceCause {
             ReplaceCause::Ami { from, to } => write!(f, "AMI {from} → {to}"),
             ReplaceCause::Subnet { from, to } => write!(f, "subnet {from} → {to}"),
             ReplaceCause::Resume => write!(f, "finishing a replacement"),
+            ReplaceCause::Heal => write!(f, "heal: the instance fails EC2's status checks"),
         }
     }
 }

@@ -167,6 +167,18 @@ impl SimProvider {
     /// Inject a fault.
     pub fn inject(&self, fault: SimFault) {
         let mut w = self.lock();
+        let fault = match fault {
+            SimFault::FailsStatusChecks {
+                key,
+                system,
+                instance_id: None,
+            } => SimFault::FailsStatusChecks {
+                instance_id: w.holder(&key),
+                key,
+                system,
+            },
+            f => f,
+        };
         w.faults.push(fault);
         let _ = self.save(&w);
     }
@@ -192,6 +204,11 @@ impl SimProvider {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The instance holding `key`'s slot now (not a replacement in the making).
+    pub fn instance_of(&self, key: &NodeKey) -> Option<String> {
+        self.lock().holder(key)
     }
 
     /// The tip of `coin`'s chain now.
@@ -724,14 +741,8 @@ impl Provider for SimProvider {
             Ok(running
                 .into_iter()
                 .map(|(id, key)| {
-                    let failing = w.faults.iter().find_map(|f| match f {
-                        SimFault::FailsStatusChecks { key: k, system }
-                            if Some(k) == key.as_ref() =>
-                        {
-                            Some(*system)
-                        }
-                        _ => None,
-                    });
+                    let _ = &key;
+                    let failing = w.fails_checks(&id);
                     let checks = match failing {
                         None => ok,
                         Some(true) => StatusChecks {
@@ -766,10 +777,7 @@ impl Provider for SimProvider {
                         return None;
                     }
                     let key = tags::node_key(&i.tags).ok();
-                    let dark = w.faults.iter().any(|f| {
-                        matches!(f, SimFault::FailsStatusChecks { key: k, .. } if Some(k) == key.as_ref())
-                    });
-                    if dark {
+                    if w.fails_checks(id).is_some() {
                         return None;
                     }
                     let v = w.volumes.get(i.data_volume.as_ref()?)?;
@@ -821,10 +829,7 @@ impl Provider for SimProvider {
                         .flatten(),
                 )
             };
-            let unreachable = w
-                .faults
-                .iter()
-                .any(|f| matches!(f, SimFault::FailsStatusChecks { key, .. } if *key == node.key));
+            let unreachable = w.fails_checks(&node.instance_id).is_some();
             if !running || unreachable {
                 // SSM reaches no stopped or terminated instance's agent, nor one of an
                 // instance that fails its status checks.

@@ -126,12 +126,17 @@ pub enum SimFault {
         up_ms: u64,
     },
     /// The node's instance fails EC2's status checks (`system`: the host's, else the
-    /// instance's own): nothing on it answers, SSM included, until the fault is cleared.
+    /// instance's own): nothing on it answers, SSM included, until the fault is cleared. It
+    /// is the instance's, not the slot's: a new instance in the slot (a replacement) runs
+    /// on another host.
     FailsStatusChecks {
         /// Node.
         key: NodeKey,
         /// The system check fails (else the instance check).
         system: bool,
+        /// The instance (filled in by `inject` with the one holding the slot then).
+        #[serde(default)]
+        instance_id: Option<String>,
     },
     /// The next `times` SSM commands (on `key`, or on any node) fail with `stderr`.
     FailCommand {
@@ -369,6 +374,31 @@ impl World {
         p.base_height + now.saturating_sub(self.epoch_ms) / p.block_ms.max(1)
     }
 
+    /// Whether the instance fails EC2's status checks, and which: Some(true) the system's.
+    pub(super) fn fails_checks(&self, instance_id: &str) -> Option<bool> {
+        let key = self
+            .instances
+            .get(instance_id)
+            .and_then(|i| tags::node_key(&i.tags).ok())?;
+        self.faults.iter().find_map(|f| match f {
+            SimFault::FailsStatusChecks {
+                key: k,
+                system,
+                instance_id: id,
+            } if *k == key && id.as_deref().is_none_or(|id| id == instance_id) => Some(*system),
+            _ => None,
+        })
+    }
+
+    /// The instance holding `key`'s slot now (not terminated, not a replacement).
+    pub(super) fn holder(&self, key: &NodeKey) -> Option<String> {
+        self.instances
+            .values()
+            .filter(|i| !i.terminated && !i.tags.contains_key(tags::REPLACES))
+            .find(|i| tags::node_key(&i.tags).ok().as_ref() == Some(key))
+            .map(|i| i.id.clone())
+    }
+
     pub(super) fn fault_for(&self, key: &NodeKey) -> (bool, Option<u64>) {
         let mut never = false;
         let mut stall = None;
@@ -430,7 +460,9 @@ impl World {
                         blocks = blocks.min(h);
                         headers = headers.min(h);
                     }
-                    SimFault::FailsStatusChecks { key: k, .. } if k == key => {
+                    SimFault::FailsStatusChecks { .. }
+                        if self.fails_checks(instance_id).is_some() =>
+                    {
                         return Err(format!(
                             "{instance_id}: no route to host (the instance fails its status checks)"
                         ));
