@@ -299,6 +299,8 @@ pub struct SnapshotSpec {
     pub keep: u32,
     /// The plan warns when the newest snapshot is older than this.
     pub max_age: Option<Duration>,
+    /// Scheduled snapshots are taken with the daemon stopped (a consistent copy).
+    pub stop_daemon: bool,
 }
 
 /// One node a coin should have: (coin, zone, index) and its DNS name.

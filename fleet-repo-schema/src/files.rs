@@ -293,6 +293,8 @@ yaml_struct! {
         opt keep: SnapshotsKept,
         /// The plan warns when the coin's newest snapshot is older than this, e.g. 3d.
         opt max_age: Duration,
+        /// Take the scheduled snapshot with the node's daemon stopped, for a consistent copy (default false); the stopped node counts against rollout.max_unavailable.
+        opt stop_daemon: bool,
     }
 }
 

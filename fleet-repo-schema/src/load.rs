@@ -1255,6 +1255,11 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                         .and_then(|s| s.keep)
                         .map_or(builtin::SNAPSHOTS_KEEP, |k| k.0),
                     max_age: c.snapshots.as_ref().and_then(|s| s.max_age),
+                    stop_daemon: c
+                        .snapshots
+                        .as_ref()
+                        .and_then(|s| s.stop_daemon)
+                        .unwrap_or(false),
                 },
                 secrets: c.secrets.clone(),
                 host_config: c

@@ -240,6 +240,27 @@ cmd_restart() {
   systemctl restart "node@$version.service"
 }
 
+# A consistent snapshot (snapshots.stop_daemon): stop the daemon of node@VERSION, the enabled
+# unit, and flush the data file system, so that the snapshot fleet takes next holds a
+# database closed cleanly. `fleet-node start VERSION` brings it back. Changes no file.
+cmd_stop() {
+  local version="$1"
+  check_version "$version"
+  systemctl is-enabled --quiet "node@$version.service" \
+    || die "node@$version is not the enabled unit; not stopping it"
+  systemctl stop "node@$version.service"
+  sync -f "$ROOT/node-data"
+}
+
+# After a consistent snapshot: start node@VERSION again, which must be the enabled unit.
+cmd_start() {
+  local version="$1"
+  check_version "$version"
+  systemctl is-enabled --quiet "node@$version.service" \
+    || die "node@$version is not the enabled unit; not starting it"
+  systemctl start "node@$version.service"
+}
+
 # The container's environment: fleet's part, then the secret's keys, fetched by the instance
 # role from Secrets Manager (they never pass through fleet or its logs).
 write_node_config() {
@@ -426,13 +447,15 @@ case "${1:-}" in
     cmd_upgrade "$2" "${3:-}"
     ;;
   restart) [ $# = 2 ] || die "usage: fleet-node restart VERSION"; cmd_restart "$2" ;;
+  stop) [ $# = 2 ] || die "usage: fleet-node stop VERSION"; cmd_stop "$2" ;;
+  start) [ $# = 2 ] || die "usage: fleet-node start VERSION"; cmd_start "$2" ;;
   metrics) cmd_metrics ;;
   grow-root) cmd_grow_root ;;
   apply-config)
     [ $# = 4 ] || die "usage: fleet-node apply-config DIR VERSION restart|no-restart"
     cmd_apply_config "$2" "$3" "$4"
     ;;
-  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|restart VERSION|metrics|grow-root|apply-config DIR VERSION MODE" ;;
+  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|restart VERSION|stop VERSION|start VERSION|metrics|grow-root|apply-config DIR VERSION MODE" ;;
 esac
 FLEET_NODE_HELPER
 chmod 0755 "$ROOT/usr/local/sbin/fleet-node"

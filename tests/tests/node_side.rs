@@ -245,6 +245,7 @@ const TOOLS: &[&str] = &[
     "findmnt",
     "lsblk",
     "growpart",
+    "sync",
 ];
 
 /// A sandbox: a root directory the node side writes into, a data device, stand-ins.
@@ -518,6 +519,52 @@ fn a_heal_restarts_only_the_enabled_unit_and_changes_no_file() {
     ] {
         assert!(!s.fleet_node(&bad).status.success(), "{bad:?}");
         assert!(s.take_calls().is_empty(), "{bad:?}");
+    }
+}
+
+#[test]
+fn a_consistent_snapshot_stops_and_starts_only_the_enabled_unit() {
+    let s = Sandbox::new();
+    ok(&s.first_boot(&bitcoin_user_data()));
+    let version_file = s.read("etc/fleet-node/version");
+    s.take_calls();
+    ok(&s.fleet_node(&["stop", "28.1"]));
+    let root = s.path().join("root").display().to_string();
+    assert_eq!(
+        s.take_calls(),
+        [
+            "systemctl is-enabled --quiet node@28.1.service".to_string(),
+            "systemctl stop node@28.1.service".to_string(),
+            format!("sync -f {root}/node-data"),
+        ]
+    );
+    ok(&s.fleet_node(&["start", "28.1"]));
+    assert_eq!(
+        s.take_calls(),
+        [
+            "systemctl is-enabled --quiet node@28.1.service",
+            "systemctl start node@28.1.service"
+        ]
+    );
+    assert_eq!(s.read("etc/fleet-node/version"), version_file);
+    // Another version's unit is not the enabled one: neither stopped nor started.
+    for cmd in ["stop", "start"] {
+        let out = s.fleet_node(&[cmd, "29.0"]);
+        assert!(!out.status.success(), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("node@29.0 is not the enabled unit"),
+            "{out:?}"
+        );
+        assert!(
+            !s.take_calls()
+                .iter()
+                .any(|c| c.contains(&format!("systemctl {cmd}"))),
+            "{cmd}: a unit that is not enabled was touched"
+        );
+        for bad in [vec![cmd, "1;reboot"], vec![cmd, "-x"], vec![cmd]] {
+            assert!(!s.fleet_node(&bad).status.success(), "{bad:?}");
+            assert!(s.take_calls().is_empty(), "{bad:?}");
+        }
     }
 }
 

@@ -590,3 +590,68 @@ async fn an_instance_failing_its_status_checks_is_replaced_after_replace_after_t
         "{steps:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_consistent_snapshot_stops_the_daemon_only_when_the_coin_can_spare_a_node() {
+    let mut f = Fleet::new(|s| {
+        s.replace(
+            "snapshots:\n  before_upgrade: true\n",
+            "snapshots:\n  before_upgrade: true\n  every: 24h\n  stop_daemon: true\n",
+        )
+    });
+    assert!(f.good.desired.coins["litecoin"].snapshots.stop_daemon);
+    let other = NodeKey::parse("litecoin", "eu-central-1b", 1).unwrap();
+    // litecoin's other node is down (its daemon crash-loops): with max_unavailable 1 the
+    // coin cannot spare another, so no snapshot is taken however long it is due.
+    f.sim.inject(SimFault::CrashLoops {
+        key: other.clone(),
+        up_ms: 0,
+    });
+    for _ in 0..10 {
+        f.watch().await;
+    }
+    let lite_cmds = |f: &Fleet| -> Vec<String> {
+        f.sim
+            .commands()
+            .into_iter()
+            .filter(|c| c.key.coin.as_str() == "litecoin")
+            .map(|c| c.command)
+            .filter(|c| c.contains(" stop ") || c.contains(" start "))
+            .collect()
+    };
+    assert!(lite_cmds(&f).is_empty(), "{:?}", lite_cmds(&f));
+    assert!(litecoin_snapshots(&f).await.is_empty());
+    // Mended: the next watch stops node 1's daemon, snapshots its volume, starts it again.
+    f.sim.clear_faults();
+    for _ in 0..3 {
+        f.watch().await;
+    }
+    let v = f.good.desired.coins["litecoin"].version.to_string();
+    assert_eq!(
+        lite_cmds(&f),
+        vec![
+            format!("/usr/local/sbin/fleet-node stop '{v}'"),
+            format!("/usr/local/sbin/fleet-node start '{v}'"),
+        ]
+    );
+    let snaps = litecoin_snapshots(&f).await;
+    assert_eq!(snaps.len(), 1, "{snaps:#?}");
+    assert!(f.events.events().iter().any(|(_, e)| matches!(
+        e,
+        Event::SnapshotTaken {
+            outcome: StepOutcome::Done,
+            ..
+        }
+    )));
+    // Its daemon back, the node catches up and the coin is whole again.
+    for _ in 0..5 {
+        f.watch().await;
+    }
+    let metrics = f.shared.metrics.render();
+    let in_sync: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("fleet_node_in_sync{") && l.contains("coin=\"litecoin\""))
+        .collect();
+    assert_eq!(in_sync.len(), 2, "{metrics}");
+    assert!(in_sync.iter().all(|l| l.ends_with(" 1")), "{in_sync:?}");
+}

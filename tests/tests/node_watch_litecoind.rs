@@ -169,6 +169,12 @@ impl Provider for RealDaemons {
     ) -> Result<Outcome, ProviderError> {
         self.sim.delete_dns(hosted_zone_id, record).await
     }
+    async fn stop_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        self.sim.stop_daemon(node, version).await
+    }
+    async fn start_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        self.sim.start_daemon(node, version).await
+    }
     async fn status_checks(&self) -> Result<BTreeMap<String, StatusChecks>, ProviderError> {
         self.sim.status_checks().await
     }

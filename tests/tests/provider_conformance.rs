@@ -429,6 +429,36 @@ async fn delete_snapshot_removes_that_one(w: &dyn TestWorld) {
     );
 }
 
+/// A consistent snapshot: the daemon of the enabled unit stopped, the data volume
+/// snapshotted, the daemon started again, in that order over SSM.
+async fn a_consistent_snapshot_stops_snapshots_and_starts(w: &dyn TestWorld) {
+    let a = launch(w, "iota", 1).await;
+    w.pass_time(std::time::Duration::from_secs(180)).await;
+    let v = w.desired().coins["iota"].version.clone();
+    let before = w.commands().len();
+    let id = reconciler::provider::snapshot_consistent(w.provider(), &a, &v, "scheduled")
+        .await
+        .unwrap();
+    let cmds: Vec<String> = w.commands()[before..]
+        .iter()
+        .filter(|(i, _)| *i == a.instance_id)
+        .map(|(_, c)| c.clone())
+        .collect();
+    assert_eq!(
+        cmds,
+        [
+            reconciler::provider::commands::stop_command(&v).unwrap(),
+            reconciler::provider::commands::start_command(&v).unwrap()
+        ]
+    );
+    let o = observe(w).await;
+    assert!(
+        o.snapshots.iter().any(|s| s.snapshot_id == id),
+        "{:#?}",
+        o.snapshots
+    );
+}
+
 /// Managed things the desired state does not account for are reported as orphans.
 async fn orphans_are_reported(w: &dyn TestWorld) {
     let d = w.desired();
@@ -1203,6 +1233,7 @@ conformance!(
     status_checks_are_read_for_the_running_instances,
     disk_use_is_read_per_instance_from_the_agents_figures,
     delete_snapshot_removes_that_one,
+    a_consistent_snapshot_stops_snapshots_and_starts,
     reconfigure_records_the_fingerprint,
     p2p_nodes_get_a_public_address,
     the_coins_own_group_is_made_and_kept,

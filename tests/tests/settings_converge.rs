@@ -90,6 +90,11 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "snapshots.every" => "24h",
             "snapshots.keep" => "3",
             "snapshots.max_age" => "3d",
+            "snapshots.stop_daemon" => {
+                return Err(
+                    "how the node watch takes its scheduled snapshots, no step of the plan: `node_watch::a_consistent_snapshot_stops_the_daemon_only_when_the_coin_can_spare_a_node`",
+                );
+            }
             "upstream.github" => "bitcoin-core/bitcoin",
             "upstream.tag_pattern" => "'^v(?P<version>\\d+\\.\\d+)$'",
             "upstream.prereleases" => "true",

@@ -91,6 +91,18 @@ pub struct HealOrder {
     pub reason: HealReason,
 }
 
+/// A scheduled snapshot to take now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledSnapshot {
+    /// The node.
+    pub node: NodeKey,
+    /// Its instance.
+    pub instance_id: String,
+    /// `snapshots.stop_daemon`: the version of its enabled unit, stopped for the snapshot and
+    /// started after it (None: taken with the daemon running).
+    pub stop: Option<Version>,
+}
+
 /// What one watch found and asks for.
 #[derive(Debug, Clone, Default)]
 pub struct Watched {
@@ -101,8 +113,8 @@ pub struct Watched {
     /// Heals to make now (at most one per coin): a restart, or for an instance failing EC2's
     /// status checks ([`HealReason::replaces`]) a replacement, asked of the reconcile loop.
     pub heals: Vec<HealOrder>,
-    /// Scheduled snapshots to take now: the node and its instance (at most one per coin).
-    pub snapshot: Vec<(NodeKey, String)>,
+    /// Scheduled snapshots to take now (at most one per coin).
+    pub snapshot: Vec<ScheduledSnapshot>,
     /// Scheduled snapshots to delete now, by coin.
     pub delete_snapshots: Vec<(CoinName, String)>,
     /// Coins whose data volumes must grow (only on a watch that read the disks).
@@ -441,7 +453,26 @@ impl Watcher {
             if let Some(k) = sd.take
                 && let Some(n) = nodes.iter().find(|n| n.key == k)
             {
-                out.snapshot.push((k, n.instance_id.clone()));
+                if !coin.snapshots.stop_daemon {
+                    out.snapshot.push(ScheduledSnapshot {
+                        node: k,
+                        instance_id: n.instance_id.clone(),
+                        stop: None,
+                    });
+                } else if let Some(v) = n.version.known()
+                    && snapshots::may_stop(
+                        coin.rollout.max_unavailable,
+                        nodes.len(),
+                        cw.synced,
+                        coin.health.min_synced,
+                    )
+                {
+                    out.snapshot.push(ScheduledSnapshot {
+                        node: k,
+                        instance_id: n.instance_id.clone(),
+                        stop: Some(v.clone()),
+                    });
+                }
             }
             out.delete_snapshots
                 .extend(sd.delete.into_iter().map(|id| (coin.name.clone(), id)));

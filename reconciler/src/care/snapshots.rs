@@ -10,6 +10,9 @@
 //!   newest snapshot, never one still being taken, never one taken for another reason (before
 //!   an upgrade, at a retirement: those are a person's way back), and never one a volume is
 //!   still being made from (a launch in progress).
+//! - **A consistent copy costs a node.** With `snapshots.stop_daemon` the node's daemon is
+//!   stopped for the snapshot ([`crate::provider::snapshot_consistent`]): it counts as down,
+//!   so it is taken only when [`may_stop`] says the coin can spare it.
 
 use crate::clock::Millis;
 use crate::node::NodeKey;
@@ -70,6 +73,14 @@ pub fn decide(
     d
 }
 
+/// Whether one more of a coin's `total` nodes may go down now (for a snapshot with its
+/// daemon stopped): `synced` of them serve, so `total - synced` are down already; one more
+/// must stay within `max_unavailable` and leave at least `min_synced` serving.
+pub fn may_stop(max_unavailable: u32, total: usize, synced: usize, min_synced: u32) -> bool {
+    let down = total.saturating_sub(synced);
+    down < max_unavailable as usize && synced > min_synced as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,7 +107,20 @@ mod tests {
             every: Some(Duration(std::time::Duration::from_secs(24 * 3600))),
             keep,
             max_age: None,
+            stop_daemon: false,
         }
+    }
+
+    #[test]
+    fn a_daemon_is_stopped_for_a_snapshot_only_when_the_coin_can_spare_it() {
+        // Two nodes, both serving, max_unavailable 1, min_synced 1: one may stop.
+        assert!(may_stop(1, 2, 2, 1));
+        // One is down already: the budget is spent.
+        assert!(!may_stop(1, 2, 1, 1));
+        assert!(may_stop(2, 3, 2, 1));
+        // Stopping would leave fewer than min_synced serving.
+        assert!(!may_stop(3, 2, 2, 2));
+        assert!(!may_stop(1, 1, 1, 1));
     }
 
     #[test]

@@ -398,16 +398,20 @@ pub async fn watch_once(
             );
         }
     }
-    for (key, instance_id) in w.snapshot {
+    for snap in w.snapshot {
+        let key = snap.node.clone();
         let node = crate::provider::NodeRef {
             key: key.clone(),
-            instance_id,
+            instance_id: snap.instance_id.clone(),
         };
-        let (snapshot_id, outcome) = match b
-            .provider
-            .snapshot(&node, crate::care::snapshots::SCHEDULED)
-            .await
-        {
+        let reason = crate::care::snapshots::SCHEDULED;
+        let taken = match &snap.stop {
+            None => b.provider.snapshot(&node, reason).await,
+            Some(v) => {
+                crate::provider::snapshot_consistent(b.provider.as_ref(), &node, v, reason).await
+            }
+        };
+        let (snapshot_id, outcome) = match taken {
             Ok(id) => (Some(id), StepOutcome::Done),
             Err(error) => (None, StepOutcome::Failed { error }),
         };

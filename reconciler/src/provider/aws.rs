@@ -12,7 +12,8 @@
 //!   back with GetCommandInvocation (never ListCommandInvocations).
 
 use super::commands::{
-    BOOTSTRAP_COMMAND, is_active_command, reconfigure_command, restart_command, upgrade_command,
+    BOOTSTRAP_COMMAND, is_active_command, reconfigure_command, restart_command, start_command,
+    stop_command, upgrade_command,
 };
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
@@ -1818,6 +1819,28 @@ impl Provider for AwsProvider {
         self.run_command(node, &command, &format!("fleet: heal {}", node.key))
             .await
             .map(drop)
+    }
+
+    async fn stop_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        let command = stop_command(version)?;
+        self.run_command(
+            node,
+            &command,
+            &format!("fleet: stop {} to snapshot", node.key),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn start_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        let command = start_command(version)?;
+        self.run_command(
+            node,
+            &command,
+            &format!("fleet: start {} after its snapshot", node.key),
+        )
+        .await
+        .map(drop)
     }
 
     async fn confirm_version(

@@ -130,6 +130,19 @@ pub fn restart_command(version: &Version) -> Result<String, ProviderError> {
     Ok(format!("{NODE_PROGRAM} restart '{v}'"))
 }
 
+/// The command that stops the node's daemon for a consistent snapshot: `fleet-node stop`,
+/// which refuses unless `node@<version>` is the enabled unit, and flushes the data volume.
+pub fn stop_command(version: &Version) -> Result<String, ProviderError> {
+    let v = shell_safe(version)?;
+    Ok(format!("{NODE_PROGRAM} stop '{v}'"))
+}
+
+/// The command that starts it again (`fleet-node start`, the enabled unit only).
+pub fn start_command(version: &Version) -> Result<String, ProviderError> {
+    let v = shell_safe(version)?;
+    Ok(format!("{NODE_PROGRAM} start '{v}'"))
+}
+
 /// The command that grows the data file system after its volume grew (xfs, mounted at
 /// /node-data by the node's user data).
 pub const GROW_FS_COMMAND: &str = "xfs_growfs -d /node-data";

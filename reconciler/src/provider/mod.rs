@@ -1026,6 +1026,14 @@ pub trait Provider: Send + Sync {
     /// restart.
     async fn restart_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError>;
 
+    /// Stop the node's daemon, the enabled `node@<version>` unit, and flush its data volume
+    /// (`fleet-node stop <version>` over SSM), for a consistent snapshot
+    /// ([`snapshot_consistent`]). Refused on the node when that unit is not the enabled one.
+    async fn stop_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError>;
+
+    /// Start it again (`fleet-node start <version>`, the enabled unit only).
+    async fn start_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError>;
+
     /// Write `version` as the node's recorded version (`fleet:version`) and nothing else:
     /// what its daemon reports when that is not what the tag says (a change by hand), before
     /// the upgrade that fixes it.
@@ -1194,6 +1202,24 @@ pub trait Provider: Send + Sync {
         instance_ids: &[String],
         since_ms: crate::clock::Millis,
     ) -> Result<BTreeMap<String, Vec<DiskPoint>>, ProviderError>;
+}
+
+/// A consistent snapshot of the node's data volume (`snapshots.stop_daemon`): stop its
+/// daemon (the enabled `node@<version>`), snapshot the volume (an EBS snapshot is of the
+/// moment CreateSnapshot is called, so the daemon need not wait for it to complete), start
+/// the daemon again. The start is sent whatever the snapshot's outcome, and a failed stop
+/// takes no snapshot. Returns the snapshot id, or the first failure.
+pub async fn snapshot_consistent(
+    p: &dyn Provider,
+    node: &NodeRef,
+    version: &Version,
+    reason: &str,
+) -> Result<String, ProviderError> {
+    p.stop_daemon(node, version).await?;
+    let taken = p.snapshot(node, reason).await;
+    let started = p.start_daemon(node, version).await;
+    let id = taken?;
+    started.map(|()| id)
 }
 
 #[cfg(test)]

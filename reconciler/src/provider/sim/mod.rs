@@ -10,7 +10,10 @@
 //! The simulator must never be kinder than AWS: each primitive is one simulated API call,
 //! throttled and failed by injected faults exactly where AWS would.
 
-use super::commands::{is_active_command, reconfigure_command, restart_command, upgrade_command};
+use super::commands::{
+    is_active_command, reconfigure_command, restart_command, start_command, stop_command,
+    upgrade_command,
+};
 use super::protocol::{InstanceFacts, InstanceRecord, confirm_marked, run_marked};
 use super::*;
 use crate::network::{CoinNetwork, ObservedGroup};
@@ -814,52 +817,8 @@ impl Provider for SimProvider {
     async fn restart_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
         let command = restart_command(version)?;
         self.with(|w, now| {
-            let (running, enabled) = {
-                let i = w.live(node)?;
-                let d = &i.daemon;
-                (
-                    // Booting counts as reachable, as for every simulated command (the AWS
-                    // provider waits for a booting instance's agent, `agent_wait`).
-                    matches!(
-                        w.state(i, now),
-                        InstanceState::Running | InstanceState::Pending
-                    ),
-                    d.enabled
-                        .then(|| d.enabled_version.clone().or_else(|| d.version.clone()))
-                        .flatten(),
-                )
-            };
-            let unreachable = w.fails_checks(&node.instance_id).is_some();
-            if !running || unreachable {
-                // SSM reaches no stopped or terminated instance's agent, nor one of an
-                // instance that fails its status checks.
-                w.call("SendCommand")?;
-                return Err(ProviderError::Api {
-                    op: "ssm:SendCommand".into(),
-                    code: "InvalidInstanceId".into(),
-                    message: "Instances not in a valid state for account".into(),
-                    instance: Some(node.instance_id.clone()),
-                });
-            }
-            if enabled.as_deref() != Some(version.as_str()) {
-                w.call("SendCommand")?;
-                w.call("GetCommandInvocation")?;
-                w.commands.push(CommandRecord {
-                    at_ms: now,
-                    instance_id: node.instance_id.clone(),
-                    key: node.key.clone(),
-                    command: command.clone(),
-                    ok: false,
-                });
-                return Err(ProviderError::CommandFailed {
-                    instance: node.instance_id.clone(),
-                    status: "Failed".into(),
-                    exit_code: 1,
-                    stderr: format!("fleet-node: node@{version} is not the enabled unit"),
-                });
-            }
             let height = w.blocks_now(&node.instance_id, now);
-            w.run_command(node, &command, now)?;
+            w.unit_command(node, version, &command, now)?;
             // `systemctl restart`: the daemon starts over where its chain is, and whatever
             // had hung it (lost peers) is gone; a daemon that crashes at start crashes again.
             let d = &mut w.live_mut(node)?.daemon;
@@ -871,6 +830,33 @@ impl Provider for SimProvider {
             let key = node.key.clone();
             w.faults
                 .retain(|f| !matches!(f, SimFault::Hangs { key: k, .. } if *k == key));
+            Ok(())
+        })
+    }
+
+    async fn stop_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        let command = stop_command(version)?;
+        self.with(|w, now| {
+            let height = w.blocks_now(&node.instance_id, now);
+            w.unit_command(node, version, &command, now)?;
+            // Its chain stays where it stopped; nothing answers until it is started.
+            let d = &mut w.live_mut(node)?.daemon;
+            d.start_height = height;
+            d.stopped = true;
+            Ok(())
+        })
+    }
+
+    async fn start_daemon(&self, node: &NodeRef, version: &Version) -> Result<(), ProviderError> {
+        let command = start_command(version)?;
+        self.with(|w, now| {
+            w.unit_command(node, version, &command, now)?;
+            let d = &mut w.live_mut(node)?.daemon;
+            if d.stopped {
+                // It starts where it stopped and catches up from there.
+                d.started_ms = now;
+                d.stopped = false;
+            }
             Ok(())
         })
     }

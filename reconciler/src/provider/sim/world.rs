@@ -399,6 +399,65 @@ impl World {
             .map(|i| i.id.clone())
     }
 
+    /// `command` on the node's enabled `node@<version>` unit over SSM (`fleet-node restart`,
+    /// `stop`, `start`), as the AWS provider sends it: refused by SSM when the instance does
+    /// not run or fails its status checks, refused by the node when `version` is not the
+    /// enabled unit; else run (injected command failures included). The caller then changes
+    /// the daemon as the command does.
+    pub(super) fn unit_command(
+        &mut self,
+        node: &NodeRef,
+        version: &fleet_repo_schema::values::Version,
+        command: &str,
+        now: Millis,
+    ) -> Result<(), ProviderError> {
+        let (running, enabled) = {
+            let i = self.live(node)?;
+            let d = &i.daemon;
+            (
+                // Booting counts as reachable, as for every simulated command (the AWS
+                // provider waits for a booting instance's agent, `agent_wait`).
+                matches!(
+                    self.state(i, now),
+                    InstanceState::Running | InstanceState::Pending
+                ),
+                d.enabled
+                    .then(|| d.enabled_version.clone().or_else(|| d.version.clone()))
+                    .flatten(),
+            )
+        };
+        let unreachable = self.fails_checks(&node.instance_id).is_some();
+        if !running || unreachable {
+            // SSM reaches no stopped or terminated instance's agent, nor one of an instance
+            // that fails its status checks.
+            self.call("SendCommand")?;
+            return Err(ProviderError::Api {
+                op: "ssm:SendCommand".into(),
+                code: "InvalidInstanceId".into(),
+                message: "Instances not in a valid state for account".into(),
+                instance: Some(node.instance_id.clone()),
+            });
+        }
+        if enabled.as_deref() != Some(version.as_str()) {
+            self.call("SendCommand")?;
+            self.call("GetCommandInvocation")?;
+            self.commands.push(CommandRecord {
+                at_ms: now,
+                instance_id: node.instance_id.clone(),
+                key: node.key.clone(),
+                command: command.to_string(),
+                ok: false,
+            });
+            return Err(ProviderError::CommandFailed {
+                instance: node.instance_id.clone(),
+                status: "Failed".into(),
+                exit_code: 1,
+                stderr: format!("fleet-node: node@{version} is not the enabled unit"),
+            });
+        }
+        self.run_command(node, command, now)
+    }
+
     pub(super) fn fault_for(&self, key: &NodeKey) -> (bool, Option<u64>) {
         let mut never = false;
         let mut stall = None;
