@@ -306,3 +306,33 @@ fn an_upgrade_to_the_version_a_daemon_runs_by_hand_restarts_nothing_and_enables_
         .expect("back after the boot");
     assert_eq!(s.client.map(|c| c.to_string()).as_deref(), Some("29.0"));
 }
+
+#[test]
+fn a_data_volume_is_modified_at_most_once_in_six_hours_as_on_ebs() {
+    let w = SimWorld::new();
+    w.sim.seed(w.desired(), &BTreeMap::new()).unwrap();
+    let n = first_node(&w, "litecoin");
+    let size = |w: &SimWorld| {
+        let o = futures_lite(fleet_tests::observe(w.provider(), w.desired()));
+        o.node(&n.key)
+            .unwrap()
+            .data_volume
+            .as_ref()
+            .unwrap()
+            .size_gb
+    };
+    let first = size(&w);
+    futures_lite(w.sim.grow_volume(&n, first + 100)).expect("the first grow");
+    // Again within 6 hours: EBS refuses, and the volume keeps its size.
+    w.clock.advance_ms(5 * 60 * MIN);
+    match futures_lite(w.sim.grow_volume(&n, first + 200)) {
+        Err(ProviderError::Api { code, .. }) => assert_eq!(code, "VolumeModificationRateExceeded"),
+        other => panic!("a second modification within 6 h must be refused, got {other:?}"),
+    }
+    assert_eq!(size(&w), first + 100);
+    // A grow to the size it has is no modification at all.
+    assert!(futures_lite(w.sim.grow_volume(&n, first + 100)).is_ok());
+    w.clock.advance_ms(60 * MIN);
+    futures_lite(w.sim.grow_volume(&n, first + 200)).expect("6 hours later");
+    assert_eq!(size(&w), first + 200);
+}

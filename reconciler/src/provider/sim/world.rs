@@ -274,6 +274,9 @@ pub(super) const NEW_VOLUME_FILL: f64 = 0.6;
 
 const DAY_MS: f64 = 86_400_000.0;
 
+/// EBS modifies a volume at most once per 6 hours.
+pub(super) const MODIFY_COOLDOWN_MS: u64 = 6 * 3_600_000;
+
 impl Volume {
     /// Its size at `t`.
     fn size_at(&self, t: Millis) -> u32 {
@@ -690,6 +693,24 @@ impl World {
         }
         if size_gb == current {
             return Ok(Outcome::AlreadyDone);
+        }
+        // EBS takes one modification of a volume per 6 hours; the creation is not one.
+        if disk == Disk::Data
+            && let Some(last) = self
+                .volumes
+                .get(&vol)
+                .and_then(|v| v.sizes.iter().skip(1).map(|(at, _)| *at).max())
+            && now.saturating_sub(last) < MODIFY_COOLDOWN_MS
+        {
+            self.call("ModifyVolume")?;
+            return Err(ProviderError::Api {
+                op: "ec2:ModifyVolume".into(),
+                code: "VolumeModificationRateExceeded".into(),
+                message: format!(
+                    "You've reached the maximum modification rate per volume limit. Wait at least 6 hours between modifications per EBS volume ({vol})."
+                ),
+                instance: Some(node.instance_id.clone()),
+            });
         }
         self.call("ModifyVolume")?;
         match disk {
