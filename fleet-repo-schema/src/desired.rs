@@ -1,7 +1,7 @@
 //! The desired fleet: every coin with its settings resolved (defaults applied, image
 //! repository filled in) and the list of node slots the coin should have.
 
-use crate::files::{Approval, Probe};
+use crate::files::{Approval, OnFailure, Probe};
 use crate::values::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -284,6 +284,8 @@ pub struct RolloutSpec {
     pub bake: Duration,
     /// Which changes need approval.
     pub approval: Approval,
+    /// What a failed gate after an upgrade leads to.
+    pub on_failure: OnFailure,
 }
 
 /// Snapshot behaviour with defaults applied.

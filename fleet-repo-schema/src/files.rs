@@ -36,6 +36,16 @@ impl Approval {
 }
 
 yaml_enum! {
+    /// What a rollout does when a node fails its gate after its upgrade.
+    pub enum OnFailure {
+        /// Stop the coin's rollout and leave every node as it is for a person (the default).
+        Hold = "hold",
+        /// Stop the coin's rollout and restart each node that failed its gate after an upgrade at the version it ran before (from the plan, journaled), gated like any step; the coin is then held as with `hold`.
+        Rollback = "rollback",
+    }
+}
+
+yaml_enum! {
     /// How a node's health and sync state is read.
     pub enum Probe {
         /// Bitcoin Core style JSON-RPC `getblockchaininfo` (bitcoind, litecoind, dogecoind…).
@@ -58,6 +68,8 @@ yaml_struct! {
         opt bake: Duration,
         /// Which version changes need a Slack approval: none, major, minor or always.
         opt approval: Spanned<Approval>,
+        /// When a node fails its gate after an upgrade: hold (default: stop and leave it) or rollback (restart it at its previous version, gated).
+        opt on_failure: OnFailure,
     }
 }
 

@@ -32,7 +32,7 @@ pub mod yaml;
 
 pub use desired::{Coin, Desired, Fleet, HealthSpec, NodeSlot};
 pub use diag::{Code, Color, Diagnostic, Severity, render_human};
-pub use files::{Approval, CoinFile, FleetFile, Probe};
+pub use files::{Approval, CoinFile, FleetFile, OnFailure, Probe};
 pub use human::human_ms;
 pub use load::{Loaded, load};
 pub use tree::{DirTree, FileTree, MemTree, ReadError};

@@ -1232,6 +1232,10 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                         .or(dr.and_then(|d| d.bake))
                         .unwrap_or(Duration(std::time::Duration::from_secs(builtin::BAKE_SECS))),
                     approval: effective_approval(Some(f), c),
+                    on_failure: cr
+                        .and_then(|r| r.on_failure)
+                        .or(dr.and_then(|d| d.on_failure))
+                        .unwrap_or(OnFailure::Hold),
                 },
                 snapshots: SnapshotSpec {
                     before_upgrade: c

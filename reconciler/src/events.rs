@@ -107,6 +107,63 @@ pub enum GatePhase {
     EarlierZone,
 }
 
+/// A rollback after a failed gate (`rollout.on_failure: rollback`): the nodes of the failed
+/// wave that were upgraded and not in sync, each restarted at the version it ran before and
+/// gated again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// The failed wave's zone.
+    pub zone: Zone,
+    /// Each node rolled back, and the version it went back to.
+    pub nodes: Vec<RolledBack>,
+    /// How it ended.
+    pub outcome: RollbackOutcome,
+}
+
+/// One node of a [`Rollback`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// Node.
+    pub node: NodeKey,
+    /// The version whose gate failed.
+    pub from: Version,
+    /// The version it ran before, restarted.
+    pub to: Version,
+}
+
+/// How a [`Rollback`] ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum RollbackOutcome {
+    /// Every node rolled back is in sync at its previous version.
+    InSync,
+    /// A node's restart or its gate failed: it is left for a person.
+    Failed {
+        /// Why (boxed: a failure carries its readings).
+        failure: Box<Failure>,
+    },
+    /// Stopped between steps on request (the next pass plans from what it finds).
+    Cancelled,
+}
+
+impl fmt::Display for Rollback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{} {} → {}", n.node, n.from, n.to))
+            .collect();
+        write!(f, "rolled back {}: ", nodes.join(", "))?;
+        match &self.outcome {
+            RollbackOutcome::InSync => f.write_str("in sync again at the previous version"),
+            RollbackOutcome::Failed { failure } => {
+                write!(f, "the rollback failed too, left for a person: {failure}")
+            }
+            RollbackOutcome::Cancelled => f.write_str("cancelled before it was done"),
+        }
+    }
+}
+
 /// Why a coin's rollout stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -420,6 +477,14 @@ pub enum Event {
         /// Why.
         failure: Failure,
     },
+    /// After a failed gate, the failed wave's upgraded nodes were rolled back
+    /// (`rollout.on_failure: rollback`; sent after the coin's [`Event::RolloutFailed`]).
+    RolledBack {
+        /// Coin.
+        coin: CoinName,
+        /// Which nodes, to what, and how it ended.
+        rollback: Rollback,
+    },
     /// The node watch opened, updated or resolved an incident (sent by `fleet run`'s node
     /// watch, not the executor).
     Incident {
@@ -488,6 +553,7 @@ impl Event {
             | Event::ZonePassed { coin, .. }
             | Event::RolloutFinished { coin, .. }
             | Event::RolloutFailed { coin, .. }
+            | Event::RolledBack { coin, .. }
             | Event::Healed { coin, .. }
             | Event::SnapshotTaken { coin, .. }
             | Event::SnapshotDeleted { coin, .. }

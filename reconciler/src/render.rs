@@ -460,6 +460,23 @@ impl Progress {
                         .unwrap_or_default()
                 );
             }
+            Event::RolledBack { coin, rollback } => {
+                let ok = rollback.outcome == crate::events::RollbackOutcome::InSync;
+                if let Some(l) = self.coins.get_mut(coin.as_str()) {
+                    l.status = format!("{}; {rollback}", l.status);
+                }
+                log = format!(
+                    "{} {} {} in {}: {rollback}",
+                    stamp.clone(),
+                    st.bold(coin.as_str()),
+                    if ok {
+                        st.yellow("rolled back")
+                    } else {
+                        st.red("rollback failed")
+                    },
+                    rollback.zone
+                );
+            }
             Event::RepoInvalid { commit, errors, .. } => {
                 log = format!(
                     "{} {} {commit}: {} errors; the last good commit stays in force",
@@ -597,7 +614,13 @@ pub fn summary(report: &ApplyReport, st: Style) -> String {
     for c in &report.coins {
         let (mark, what) = match &c.outcome {
             CoinOutcome::Completed => (st.green("✓"), "completed".to_string()),
-            CoinOutcome::Failed { failure } => (st.red("✗"), format!("stopped: {failure}")),
+            CoinOutcome::Failed { failure, rollback } => (
+                st.red("✗"),
+                match rollback {
+                    None => format!("stopped: {failure}"),
+                    Some(r) => format!("stopped: {failure}; {r}"),
+                },
+            ),
             CoinOutcome::AwaitingApproval => (st.yellow("…"), "waits for approval".into()),
             CoinOutcome::Rejected { by } => (st.red("✗"), format!("rejected by {by}")),
             CoinOutcome::Refused { refusals } => (

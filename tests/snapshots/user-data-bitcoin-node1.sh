@@ -28,6 +28,8 @@ cat > "$ROOT/usr/local/sbin/fleet-node" <<'FLEET_NODE_HELPER'
 #   fleet-node run VERSION               run the daemon's container (node@.service's ExecStart)
 #   fleet-node upgrade VERSION [DIGEST]  pull first; only when the pull succeeded, stop and
 #                                        disable the running version, enable and start VERSION
+#   fleet-node rollback VERSION          as upgrade, back to VERSION on the image digest this
+#                                        node pinned for it when it last ran it
 #   fleet-node metrics                   run the coin's custom metrics scripts (a timer)
 #   fleet-node grow-root                 grow the root partition and file system after fleet
 #                                        grew the root volume
@@ -207,13 +209,17 @@ node_units() {
   } | grep -E '^node@[A-Za-z0-9._+-]+\.service$' | sort -u || true
 }
 
+# DIGEST "keep" (from `fleet-node rollback`): the digest this node pinned for VERSION when
+# it last ran it stays as it is (the repository pins only its current version).
 cmd_upgrade() {
   local version="$1" digest="${2:-}" unit
   check_version "$version"
-  [ -z "$digest" ] || check_digest "$digest"
+  [ -z "$digest" ] || [ "$digest" = keep ] || check_digest "$digest"
   load_host_env
   install -d -m 0755 "$CONF/digests"
-  if [ -n "$digest" ]; then
+  if [ "$digest" = keep ]; then
+    :
+  elif [ -n "$digest" ]; then
     printf '%s\n' "$digest" | write_file "$CONF/digests/$version"
   else
     rm -f "$CONF/digests/$version"
@@ -444,8 +450,10 @@ case "${1:-}" in
   run) [ $# = 2 ] || die "usage: fleet-node run VERSION"; cmd_run "$2" ;;
   upgrade)
     [ $# = 2 ] || [ $# = 3 ] || die "usage: fleet-node upgrade VERSION [DIGEST]"
+    [ "${3:-}" != keep ] || die "not an image digest: 'keep'"
     cmd_upgrade "$2" "${3:-}"
     ;;
+  rollback) [ $# = 2 ] || die "usage: fleet-node rollback VERSION"; cmd_upgrade "$2" keep ;;
   restart) [ $# = 2 ] || die "usage: fleet-node restart VERSION"; cmd_restart "$2" ;;
   stop) [ $# = 2 ] || die "usage: fleet-node stop VERSION"; cmd_stop "$2" ;;
   start) [ $# = 2 ] || die "usage: fleet-node start VERSION"; cmd_start "$2" ;;
@@ -455,7 +463,7 @@ case "${1:-}" in
     [ $# = 4 ] || die "usage: fleet-node apply-config DIR VERSION restart|no-restart"
     cmd_apply_config "$2" "$3" "$4"
     ;;
-  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|restart VERSION|stop VERSION|start VERSION|metrics|grow-root|apply-config DIR VERSION MODE" ;;
+  *) die "usage: fleet-node bootstrap|login|pull VERSION|run VERSION|upgrade VERSION [DIGEST]|rollback VERSION|restart VERSION|stop VERSION|start VERSION|metrics|grow-root|apply-config DIR VERSION MODE" ;;
 esac
 FLEET_NODE_HELPER
 chmod 0755 "$ROOT/usr/local/sbin/fleet-node"

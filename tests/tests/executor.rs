@@ -325,7 +325,7 @@ async fn a_node_that_never_syncs_fails_its_gate_and_stops_only_its_coin() {
     };
     let (report, worst, ()) = rig.apply_during(inject).await;
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
-    let CoinOutcome::Failed { failure } = &eth.outcome else {
+    let CoinOutcome::Failed { failure, .. } = &eth.outcome else {
         panic!("{:?}", eth.outcome)
     };
     let reason = failure.to_string();
@@ -389,7 +389,7 @@ async fn a_node_that_stalls_below_the_reference_fails_and_later_zones_are_untouc
     let (report, _) = rig.apply().await;
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
     assert!(
-        matches!(&eth.outcome, CoinOutcome::Failed { failure } if failure.to_string().contains(&format!("stuck at {tip}"))),
+        matches!(&eth.outcome, CoinOutcome::Failed { failure, .. } if failure.to_string().contains(&format!("stuck at {tip}"))),
         "{:?}",
         eth.outcome
     );
@@ -413,7 +413,7 @@ async fn a_failed_command_stops_the_coin_and_a_new_run_converges() {
     });
     let (report, _) = rig.apply().await;
     let doge = report.coins.iter().find(|c| c.coin == "dogecoin").unwrap();
-    let CoinOutcome::Failed { failure } = &doge.outcome else {
+    let CoinOutcome::Failed { failure, .. } = &doge.outcome else {
         panic!("{:?}", doge.outcome)
     };
     let reason = failure.to_string();
@@ -453,7 +453,7 @@ async fn max_unavailable_counts_nodes_down_for_other_reasons() {
     let (report, _) = rig.apply().await;
     let xmr = report.coins.iter().find(|c| c.coin == "monero").unwrap();
     assert!(
-        matches!(&xmr.outcome, CoinOutcome::Failed { failure } if failure.to_string().contains("max_unavailable")),
+        matches!(&xmr.outcome, CoinOutcome::Failed { failure, .. } if failure.to_string().contains("max_unavailable")),
         "{:?}",
         xmr.outcome
     );
@@ -719,6 +719,7 @@ async fn journal_failures_stop_the_coin() {
         match &c.outcome {
             CoinOutcome::Failed {
                 failure: reconciler::events::Failure::Journal { error },
+                ..
             } => {
                 assert!(error.contains("No space left"), "{error}");
                 stopped += 1;
@@ -813,7 +814,7 @@ async fn a_reconfiguration_the_daemon_refuses_stops_at_its_first_node() {
     assert_eq!(p.coins.len(), 1, "only litecoin changes: {p:#?}");
     let (report, worst) = rig.apply().await;
     let ltc = report.coins.iter().find(|c| c.coin == "litecoin").unwrap();
-    let CoinOutcome::Failed { failure } = &ltc.outcome else {
+    let CoinOutcome::Failed { failure, .. } = &ltc.outcome else {
         panic!("{:?}", ltc.outcome)
     };
     let first = &rig.desired.coins["litecoin"].nodes[0];
@@ -921,7 +922,7 @@ async fn fail_first_replacement(rig: &Rig, coin: &str) -> (NodeKey, reconciler::
     };
     let (report, _, ()) = rig.apply_during(trouble).await;
     let c = report.coins.iter().find(|c| c.coin == coin).unwrap();
-    let CoinOutcome::Failed { failure } = &c.outcome else {
+    let CoinOutcome::Failed { failure, .. } = &c.outcome else {
         panic!("{:?}", c.outcome)
     };
     (first, failure.clone())
@@ -1058,7 +1059,7 @@ async fn a_replacement_step_that_fails_does_not_keep_its_neighbour_from_its_gate
     let (report, worst) = rig.apply().await;
     assert!(worst["monero"] <= 2, "{worst:?}");
     let c = report.coins.iter().find(|c| c.coin == "monero").unwrap();
-    let CoinOutcome::Failed { failure } = &c.outcome else {
+    let CoinOutcome::Failed { failure, .. } = &c.outcome else {
         panic!("{:?}", c.outcome)
     };
     assert!(
@@ -1200,7 +1201,7 @@ async fn an_image_that_runs_another_version_than_its_tag_holds_the_coin_at_its_f
     });
     let (report, _) = rig.apply().await;
     let ltc = report.coins.iter().find(|c| c.coin == "litecoin").unwrap();
-    let CoinOutcome::Failed { failure } = &ltc.outcome else {
+    let CoinOutcome::Failed { failure, .. } = &ltc.outcome else {
         panic!("{:?}", ltc.outcome)
     };
     let first = NodeKey::of(&rig.desired.coins["litecoin"].nodes[0]);
@@ -1290,4 +1291,172 @@ async fn a_node_whose_instance_fails_its_status_checks_is_replaced_when_the_watc
     let mut again = after.clone();
     again.replace_requested = asked;
     assert!(plan(&rig.desired, &again, rig.clock.now_ms()).is_empty());
+}
+
+/// The example fleet seeded at older versions, ethereum's rollout policy `on_failure:
+/// rollback`, and its new version a bad release (no daemon at it gets past its start).
+fn bad_release_rig() -> (Rig, Version, Version) {
+    let mut desired = desired_of(&example_tree());
+    let eth = desired.coins.get_mut("ethereum").unwrap();
+    eth.rollout.on_failure = fleet_repo_schema::OnFailure::Rollback;
+    let new = eth.version.clone();
+    let rig = Rig::of(desired);
+    rig.sim.inject(SimFault::BadRelease {
+        coin: "ethereum".into(),
+        version: new.to_string(),
+    });
+    (rig, new, older()["ethereum"].clone())
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_restarts_the_failed_node_at_its_previous_version_and_gates_it() {
+    let (rig, new, old) = bad_release_rig();
+    let (report, worst) = rig.apply().await;
+    let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
+    let CoinOutcome::Failed {
+        failure,
+        rollback: Some(rollback),
+    } = &eth.outcome
+    else {
+        panic!("{:?}", eth.outcome)
+    };
+    // The gate failed on the first node of the first zone; it alone went back.
+    let victim = failure.node().unwrap().clone();
+    assert_eq!(victim.zone.as_str(), "eu-central-1a");
+    assert!(failure.to_string().contains("stall_timeout"), "{failure}");
+    assert_eq!(
+        rollback.outcome,
+        reconciler::events::RollbackOutcome::InSync,
+        "{rollback}"
+    );
+    assert_eq!(rollback.nodes.len(), 1);
+    assert_eq!(
+        (
+            &rollback.nodes[0].node,
+            &rollback.nodes[0].from,
+            &rollback.nodes[0].to
+        ),
+        (&victim, &new, &old)
+    );
+    // Its commands: the upgrade, then the rollback on the image it ran before; no other
+    // node of the coin was touched, and never more than max_unavailable were down.
+    let sent: Vec<String> = rig
+        .sim
+        .commands()
+        .into_iter()
+        .filter(|c| c.key.coin == "ethereum" && commands::upgrade_target(&c.command).is_some())
+        .map(|c| format!("{} {}", c.key, c.command))
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert!(
+        sent[0].starts_with(&format!(
+            "{victim} /usr/local/sbin/fleet-node upgrade '{new}' 'sha256:"
+        )),
+        "{sent:#?}"
+    );
+    assert_eq!(
+        sent[1],
+        format!("{victim} /usr/local/sbin/fleet-node rollback '{old}'")
+    );
+    assert!(
+        worst["ethereum"] <= rig.desired.coins["ethereum"].rollout.max_unavailable as usize,
+        "{worst:?}"
+    );
+    // It runs (and reports) the old version again and is in sync: the next plan would
+    // upgrade it again, so the coin stays held at this revision (the loop's business).
+    let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    assert_eq!(o.node(&victim).unwrap().version.known(), Some(&old));
+    // Told after the failure, and journaled as a step.
+    let events = rig.rec.events();
+    let failed_at = events
+        .iter()
+        .position(|(_, e)| matches!(e, Event::RolloutFailed { coin, .. } if coin == "ethereum"))
+        .unwrap();
+    let rolled_at = events
+        .iter()
+        .position(|(_, e)| matches!(e, Event::RolledBack { coin, .. } if coin == "ethereum"))
+        .unwrap();
+    assert!(failed_at < rolled_at);
+    assert!(
+        rig.journal.records().iter().any(|r| matches!(r,
+        Record::Step { node, action, .. } if *node == victim.to_string() && action == "roll-back"))
+    );
+    // The other coins rolled out as usual.
+    assert!(
+        report
+            .coins
+            .iter()
+            .filter(|c| c.coin != "ethereum")
+            .all(|c| c.outcome == CoinOutcome::Completed),
+        "{:?}",
+        report.coins
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_that_does_not_sync_either_is_left_for_a_person() {
+    let (rig, _, old) = bad_release_rig();
+    // The previous version is no cure: the node's chain is stuck whatever it runs.
+    rig.sim.inject(SimFault::BadRelease {
+        coin: "ethereum".into(),
+        version: old.to_string(),
+    });
+    let (report, _) = rig.apply().await;
+    let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
+    let CoinOutcome::Failed {
+        rollback: Some(rollback),
+        ..
+    } = &eth.outcome
+    else {
+        panic!("{:?}", eth.outcome)
+    };
+    let reconciler::events::RollbackOutcome::Failed { failure } = &rollback.outcome else {
+        panic!("{rollback}")
+    };
+    assert_eq!(failure.node(), Some(&rollback.nodes[0].node));
+    assert!(
+        rollback.to_string().contains("left for a person"),
+        "{rollback}"
+    );
+    // One upgrade, one rollback: fleet tries nothing more on its own.
+    let sent = rig
+        .sim
+        .commands()
+        .into_iter()
+        .filter(|c| c.key.coin == "ethereum" && commands::upgrade_target(&c.command).is_some())
+        .count();
+    assert_eq!(sent, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_failure_hold_leaves_the_failed_node_at_the_new_version() {
+    let (rig, new, _) = bad_release_rig();
+    let mut desired = (*rig.desired).clone();
+    desired
+        .coins
+        .get_mut("ethereum")
+        .unwrap()
+        .rollout
+        .on_failure = fleet_repo_schema::OnFailure::Hold;
+    let rig = rig.towards(desired);
+    let (report, _) = rig.apply().await;
+    let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
+    let CoinOutcome::Failed {
+        failure,
+        rollback: None,
+    } = &eth.outcome
+    else {
+        panic!("{:?}", eth.outcome)
+    };
+    let o = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    assert_eq!(
+        o.node(failure.node().unwrap()).unwrap().version.known(),
+        Some(&new)
+    );
+    assert!(
+        !rig.rec
+            .events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::RolledBack { .. }))
+    );
 }

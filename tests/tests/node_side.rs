@@ -484,6 +484,49 @@ fn an_upgrade_pulls_first_and_a_failed_pull_never_stops_the_running_unit() {
 }
 
 #[test]
+fn a_rollback_returns_to_the_image_the_node_pinned_for_its_previous_version() {
+    let s = Sandbox::new();
+    ok(&s.first_boot(&bitcoin_user_data()));
+    let repo = "123456789012.dkr.ecr.eu-central-1.amazonaws.com/coin-daemons/bitcoin";
+    let old = format!("sha256:{}", "0a".repeat(32));
+    let new = format!("sha256:{}", "0b".repeat(32));
+    ok(&s.fleet_node(&["upgrade", "28.1", &old]));
+    ok(&s.fleet_node(&["upgrade", "29.0", &new]));
+    s.take_calls();
+
+    // Back to 28.1 on the digest it ran, which the repository (now pinning 29.0's) lacks.
+    ok(&s.fleet_node(&["rollback", "28.1"]));
+    let calls = s.take_calls();
+    let at = |needle: &str| {
+        calls
+            .iter()
+            .position(|c| c.starts_with(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in {calls:#?}"))
+    };
+    assert!(
+        at(&format!("docker pull {repo}@{old}")) < at("systemctl disable --now node@29.0.service")
+    );
+    assert!(at("systemctl enable node@28.1.service") < at("systemctl start node@28.1.service"));
+    assert_eq!(s.read("etc/fleet-node/version").trim(), "28.1");
+    assert_eq!(s.read("etc/fleet-node/digests/28.1").trim(), old);
+    assert!(s.enabled().contains(&"node@28.1.service".to_string()));
+    assert!(!s.enabled().contains(&"node@29.0.service".to_string()));
+
+    // `keep` is the rollback's own word, not a digest an upgrade takes; bad versions reach
+    // no tool.
+    for bad in [
+        vec!["upgrade", "29.0", "keep"],
+        vec!["rollback", "1;reboot"],
+        vec!["rollback", "28.1", &old],
+    ] {
+        let out = s.fleet_node(&bad);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(s.take_calls().is_empty(), "{bad:?}");
+    }
+    assert_eq!(s.read("etc/fleet-node/digests/28.1").trim(), old);
+}
+
+#[test]
 fn a_heal_restarts_only_the_enabled_unit_and_changes_no_file() {
     let s = Sandbox::new();
     ok(&s.first_boot(&bitcoin_user_data()));

@@ -11,7 +11,7 @@
 
 use async_trait::async_trait;
 use fleet_repo_schema::MemTree;
-use fleet_repo_schema::values::{Digest, InstanceType, Version};
+use fleet_repo_schema::values::{InstanceType, Version};
 use fleet_tests::nodes::{Litecoind, now_ms};
 use fleet_tests::workspace_root;
 use fleet_tests::world::desired_of;
@@ -25,8 +25,8 @@ use reconciler::health::probe::{RpcCredentials, RpcProber, StaticResolver};
 use reconciler::node::NodeKey;
 use reconciler::provider::sim::{SimConfig, SimProvider};
 use reconciler::provider::{
-    DnsRecord, DnsTarget, LaunchSpec, NodeRef, Observation, Outcome, Provider, ProviderError,
-    Scope, StatusChecks, TagChange,
+    DnsRecord, DnsTarget, ImagePin, LaunchSpec, NodeRef, Observation, Outcome, Provider,
+    ProviderError, Scope, StatusChecks, TagChange,
 };
 use reconciler::store::Journal;
 use serde_json::json;
@@ -67,9 +67,9 @@ impl Provider for RealDaemons {
         &self,
         node: &NodeRef,
         version: &Version,
-        digest: Option<&Digest>,
+        pin: ImagePin<'_>,
     ) -> Result<Outcome, ProviderError> {
-        self.sim.upgrade_pinned(node, version, digest).await
+        self.sim.upgrade_pinned(node, version, pin).await
     }
     async fn reconfigure(
         &self,

@@ -8,8 +8,8 @@ use reconciler::network::{IngressRule, Protocol, Source};
 use reconciler::node::NodeKey;
 use reconciler::plan::{Observed, ObservedNode, Orphan, OrphanReason};
 use reconciler::provider::{
-    CheckState, DnsRecord, InstanceState, LaunchSpec, NodeRef, Outcome, PendingStep, ProviderError,
-    Scope,
+    CheckState, DnsRecord, ImagePin, InstanceState, LaunchSpec, NodeRef, Outcome, PendingStep,
+    ProviderError, Scope,
 };
 
 fn v(s: &str) -> Version {
@@ -138,6 +138,38 @@ async fn upgrade_targets_one_instance(w: &dyn TestWorld) {
         Outcome::AlreadyDone
     );
     assert_eq!(w.commands().len(), 1, "no second restart");
+}
+
+/// A rollback is the upgrade protocol with the node's own pin: one `fleet-node rollback`
+/// command to that instance, then the version recorded; repeating it sends nothing.
+async fn a_rollback_sends_one_command_and_records_the_old_version(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    w.provider().upgrade(&a, &v("1.14.10")).await.unwrap();
+    let back = w
+        .provider()
+        .upgrade_pinned(&a, &v("1.14.9"), ImagePin::AsBefore)
+        .await
+        .unwrap();
+    assert_eq!(back, Outcome::Done);
+    assert_eq!(
+        w.commands().last().cloned(),
+        Some((
+            a.instance_id.clone(),
+            "/usr/local/sbin/fleet-node rollback '1.14.9'".to_string()
+        ))
+    );
+    assert_eq!(
+        node(&observe(w).await, &a).version.known(),
+        Some(&v("1.14.9"))
+    );
+    assert_eq!(
+        w.provider()
+            .upgrade_pinned(&a, &v("1.14.9"), ImagePin::AsBefore)
+            .await
+            .unwrap(),
+        Outcome::AlreadyDone
+    );
+    assert_eq!(w.commands().len(), 2, "no second restart");
 }
 
 /// A heal's restart is one command to one instance, changes no record, and a failed one says
@@ -1229,6 +1261,7 @@ conformance!(
     launch_is_idempotent,
     launch_restores_from_snapshot,
     upgrade_targets_one_instance,
+    a_rollback_sends_one_command_and_records_the_old_version,
     restart_daemon_sends_one_command_and_records_nothing,
     status_checks_are_read_for_the_running_instances,
     disk_use_is_read_per_instance_from_the_agents_figures,

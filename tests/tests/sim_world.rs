@@ -6,7 +6,7 @@ use fleet_tests::world::{SimWorld, TestWorld};
 use reconciler::clock::ManualClock;
 use reconciler::node::NodeKey;
 use reconciler::provider::sim::{ChainParams, SimConfig, SimFault, SimProvider};
-use reconciler::provider::{LaunchSpec, NodeRef, Provider, ProviderError};
+use reconciler::provider::{ImagePin, LaunchSpec, NodeRef, Provider, ProviderError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -294,7 +294,7 @@ fn an_upgrade_to_the_version_a_daemon_runs_by_hand_restarts_nothing_and_enables_
     w.clock.advance_ms(10 * MIN);
     let before = w.sim.chain_status(&n.instance_id).expect("answers");
     let v = Version::parse("29.0").unwrap();
-    futures_lite(w.sim.upgrade_pinned(&n, &v, None)).unwrap();
+    futures_lite(w.sim.upgrade_pinned(&n, &v, ImagePin::Tag)).unwrap();
     // Still answering at once: a restart is unreachable for start_delay_ms.
     let after = w.sim.chain_status(&n.instance_id).expect("not restarted");
     assert!(after.blocks >= before.blocks);

@@ -714,6 +714,7 @@ impl Worker {
             Notice::BumpOpened { .. }
             | Notice::ReleaseRejected { .. }
             | Notice::DiskGrow { .. }
+            | Notice::RolledBack { .. }
             | Notice::RepoInvalid { .. } => {
                 self.post(None, false, &m).await;
             }

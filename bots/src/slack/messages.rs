@@ -139,6 +139,20 @@ pub enum Notice {
         /// Height it had to reach.
         target: Option<u64>,
     },
+    /// After a failed gate, the failed wave's upgraded nodes were rolled back to the versions
+    /// they ran before (`rollout.on_failure: rollback`).
+    RolledBack {
+        /// Coin.
+        coin: String,
+        /// Zone.
+        zone: String,
+        /// Per node, `node from → to`.
+        nodes: Vec<String>,
+        /// Whether every node is in sync again.
+        in_sync: bool,
+        /// Why not, when not.
+        reason: Option<String>,
+    },
     /// The node watch's incident: opened, updated, resolved or reopened. One Slack message
     /// per incident (keyed by `key`), updated in place; its resolution is also said in its
     /// thread, and so is a node left for a person (shown in the channel too).
@@ -215,6 +229,7 @@ impl Notice {
         matches!(
             self,
             Notice::GateFailed { .. }
+                | Notice::RolledBack { .. }
                 | Notice::RepoInvalid { .. }
                 | Notice::ReleaseRejected { .. }
                 | Notice::DiskGrow { .. }
@@ -682,6 +697,43 @@ pub fn render(n: &Notice) -> Message {
                 ],
             }
         }
+        Notice::RolledBack {
+            coin,
+            zone,
+            nodes,
+            in_sync,
+            reason,
+        } => {
+            let list: Vec<String> = nodes.iter().map(|n| format!("• `{}`", esc(n))).collect();
+            let (text, md, after) = if *in_sync {
+                (
+                    format!("Rolled back: {coin} in {zone}, in sync again"),
+                    format!(
+                        ":leftwards_arrow_with_hook: *Rolled back:* *{}* in {}, in sync again at the previous version\n{}",
+                        esc(coin),
+                        esc(zone),
+                        list.join("\n")
+                    ),
+                    "The coin stays held at this revision: fix the release or push a new commit.",
+                )
+            } else {
+                (
+                    format!("Rollback failed: {coin} in {zone}, left for a person"),
+                    format!(
+                        ":red_circle: *Rollback failed:* *{}* in {}: {}\n{}",
+                        esc(coin),
+                        esc(zone),
+                        esc(reason.as_deref().unwrap_or("not in sync")),
+                        list.join("\n")
+                    ),
+                    "These nodes are left for a person; fleet does nothing more to them at this revision.",
+                )
+            };
+            Message {
+                text,
+                blocks: vec![section(md), context(after.into())],
+            }
+        }
         Notice::RepoInvalid {
             commit,
             in_force,
@@ -735,6 +787,49 @@ mod tests {
         );
         assert!(j.contains("&lt;!channel&gt;"), "{j}");
         assert!(j.contains("Height 5 of 9 (4 behind)"), "{j}");
+    }
+
+    #[test]
+    fn a_rollback_says_whether_it_holds_and_escapes_the_failure() {
+        let nodes = vec!["ethereum/eu-central-1a/1 1.14.12 → 1.14.11".to_string()];
+        let ok = render(&Notice::RolledBack {
+            coin: "ethereum".into(),
+            zone: "eu-central-1a".into(),
+            nodes: nodes.clone(),
+            in_sync: true,
+            reason: None,
+        });
+        assert_eq!(
+            ok.text,
+            "Rolled back: ethereum in eu-central-1a, in sync again"
+        );
+        let j = ok.blocks_json().to_string();
+        assert!(j.contains("1.14.12 → 1.14.11"), "{j}");
+        assert!(j.contains("stays held"), "{j}");
+        let failed = render(&Notice::RolledBack {
+            coin: "ethereum".into(),
+            zone: "eu-central-1a".into(),
+            nodes,
+            in_sync: false,
+            reason: Some("<!here> stuck".into()),
+        });
+        assert!(failed.text.contains("left for a person"), "{}", failed.text);
+        let j = failed.blocks_json().to_string();
+        assert!(
+            !j.contains("<!here>") && j.contains("&lt;!here&gt; stuck"),
+            "{j}"
+        );
+        assert!(
+            failed.blocks.len() == 2
+                && Notice::RolledBack {
+                    coin: String::new(),
+                    zone: String::new(),
+                    nodes: vec![],
+                    in_sync: true,
+                    reason: None,
+                }
+                .is_alert()
+        );
     }
 
     #[test]

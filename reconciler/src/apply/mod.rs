@@ -33,12 +33,13 @@
 //! calls; [`waits`] holds everything that waits on the chain (budget, gates, bakes, earlier
 //! zones).
 
+mod rollback;
 mod steps;
 pub mod view;
 mod waits;
 
 use crate::clock::{Clock, Millis};
-use crate::events::{Event, Failure, Notifier};
+use crate::events::{Event, Failure, Notifier, Rollback};
 use crate::health::Prober;
 use crate::plan::{CoinPlan, Plan, Refusal, Unjudged, WaveKind};
 use crate::provider::Provider;
@@ -83,6 +84,9 @@ pub enum CoinOutcome {
     Failed {
         /// Why.
         failure: Failure,
+        /// The rollback that followed (`rollout.on_failure: rollback`), if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollback: Option<Box<Rollback>>,
     },
     /// Not started: waits for an approval.
     AwaitingApproval,
@@ -380,7 +384,17 @@ impl Executor {
                     coin: cp.coin.clone(),
                     failure: failure.clone(),
                 });
-                report.outcome = CoinOutcome::Failed { failure };
+                // `rollout.on_failure: rollback`: after the failure is journaled and told.
+                let pending = run
+                    .coin()
+                    .ok()
+                    .and_then(|coin| rollback::pending(coin, cp, &failure));
+                let rollback = match pending {
+                    Some(p) => self.roll_back(run, p, &mut report).await.map(Box::new),
+                    None => None,
+                };
+                report.finished_ms = self.now();
+                report.outcome = CoinOutcome::Failed { failure, rollback };
             }
         }
         report

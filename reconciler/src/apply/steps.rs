@@ -8,7 +8,7 @@ use crate::network::CoinNetwork;
 use crate::node::NodeKey;
 use crate::node_config::NodeFiles;
 use crate::plan::{Action, Step, Wave};
-use crate::provider::{DnsTarget, LaunchSpec, NodeRef, Outcome, ProviderError};
+use crate::provider::{DnsTarget, ImagePin, LaunchSpec, NodeRef, Outcome, ProviderError};
 use crate::store::{Record, StepRecord};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -237,8 +237,13 @@ impl Executor {
                     .ok()
                     .filter(|c| c.version == *to)
                     .and_then(|c| c.image.digest.as_ref());
-                Ok((None, p.upgrade_pinned(&n, to, digest).await?))
+                let pin = digest.map_or(ImagePin::Tag, ImagePin::Digest);
+                Ok((None, p.upgrade_pinned(&n, to, pin).await?))
             }
+            Action::RollBack { to, .. } => Ok((
+                None,
+                p.upgrade_pinned(&node()?, to, ImagePin::AsBefore).await?,
+            )),
             Action::Reconfigure {
                 restart, version, ..
             } => {

@@ -108,7 +108,11 @@ impl Executor {
     }
 
     /// Probe the running ones of `nodes` and rate them all.
-    async fn rate_now(&self, coin: &Coin, nodes: &[ObservedNode]) -> (CoinHealth, Readings) {
+    pub(super) async fn rate_now(
+        &self,
+        coin: &Coin,
+        nodes: &[ObservedNode],
+    ) -> (CoinHealth, Readings) {
         let running: Vec<(NodeKey, String)> = nodes
             .iter()
             .filter(|n| n.running())
@@ -157,7 +161,11 @@ impl Executor {
     }
 
     /// The coin's nodes, from the shared view.
-    async fn nodes_of(&self, run: &CoinRun<'_>, coin: &Coin) -> StepResult<Vec<ObservedNode>> {
+    pub(super) async fn nodes_of(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+    ) -> StepResult<Vec<ObservedNode>> {
         let observed = run.view.for_coin(&coin.name).await?;
         Ok(observed.nodes_of(&coin.name).to_vec())
     }
@@ -262,7 +270,9 @@ impl Executor {
             .iter()
             .filter(|_| coin.health.daemon_version)
             .filter_map(|s| match &s.action {
-                Action::Upgrade { to, .. } => Some((s.node.clone()?, to.clone())),
+                Action::Upgrade { to, .. } | Action::RollBack { to, .. } => {
+                    Some((s.node.clone()?, to.clone()))
+                }
                 Action::Launch { version, .. } => Some((s.node.clone()?, version.clone())),
                 // A replacement is launched at the coin's version. A resumed one runs what it
                 // was launched with, which a bump since may have left behind: nothing is
@@ -462,14 +472,25 @@ impl Executor {
 
     /// Hold every node of `zone` in sync for `bake`, resuming a journaled bake.
     pub(super) async fn bake(&self, run: &CoinRun<'_>, coin: &Coin, zone: &Zone) -> StepResult<()> {
-        let version = coin.version.as_str();
+        self.bake_as(run, coin, zone, coin.version.as_str()).await
+    }
+
+    /// [`Executor::bake`], journaled under `version` (the rollout's target; a rollback's
+    /// bake has a key of its own, so that it never reads as the zone's bake at a version).
+    pub(super) async fn bake_as(
+        &self,
+        run: &CoinRun<'_>,
+        coin: &Coin,
+        zone: &Zone,
+        version: &str,
+    ) -> StepResult<()> {
         let bake_ms = coin.rollout.bake.0.as_millis() as u64;
         let mut start = match self
             .journal
             .bake_started(coin.name.as_str(), zone.as_str(), version)
         {
             Some(t) if t <= self.now() => t,
-            _ => self.begin_bake(coin, zone)?,
+            _ => self.begin_bake(coin, zone, version)?,
         };
         let cfg = GateConfig::of(&coin.health);
         let mut gates: BTreeMap<NodeKey, Gate> = BTreeMap::new();
@@ -516,7 +537,7 @@ impl Executor {
             } else if broken {
                 // Back in sync: the bake starts over (journaled once, not at every reading).
                 broken = false;
-                start = self.begin_bake(coin, zone)?;
+                start = self.begin_bake(coin, zone, version)?;
             } else if now - start >= bake_ms {
                 // Unrecorded, a passed bake would be waited again after a restart, which is
                 // safe; going on to the next zone without the record is not what the journal
@@ -548,13 +569,13 @@ impl Executor {
         }
     }
 
-    fn begin_bake(&self, coin: &Coin, zone: &Zone) -> StepResult<Millis> {
+    fn begin_bake(&self, coin: &Coin, zone: &Zone, version: &str) -> StepResult<Millis> {
         let now = self.now();
         self.journal
             .append(Record::BakeStarted {
                 coin: coin.name.to_string(),
                 zone: zone.to_string(),
-                version: coin.version.to_string(),
+                version: version.to_string(),
                 at_ms: now,
             })
             .map_err(|e| {

@@ -377,7 +377,7 @@ impl Loop {
         // would loop without pause.
         let progress = self.shared.steps_done.load(Ordering::SeqCst) > done_before;
         for c in &report.coins {
-            if let CoinOutcome::Failed { failure } = &c.outcome {
+            if let CoinOutcome::Failed { failure, .. } = &c.outcome {
                 self.held.insert(
                     c.coin.clone(),
                     Held {

@@ -158,6 +158,13 @@ impl Notifier for StatusNotifier {
                     c.state = CoinState::Failed;
                     c.reason = Some(failure.to_string());
                     c.failure = Some(failure.clone());
+                    c.rollback = None;
+                }
+                Event::RolledBack { rollback, .. } => {
+                    if let Some(f) = &c.failure {
+                        c.reason = Some(format!("{f}; {rollback}"));
+                    }
+                    c.rollback = Some(rollback.clone());
                 }
                 Event::Waiting { .. }
                 | Event::Baking { .. }
@@ -226,6 +233,12 @@ fn log_event(e: &Event) {
         Event::RolloutFinished { coin, took_ms } => {
             tracing::info!(coin = %coin, took_ms, "rollout finished")
         }
+        Event::RolledBack { coin, rollback } => match &rollback.outcome {
+            crate::events::RollbackOutcome::InSync => {
+                tracing::warn!(coin = %coin, zone = %rollback.zone, "{rollback}")
+            }
+            _ => tracing::error!(coin = %coin, zone = %rollback.zone, "{rollback}"),
+        },
         Event::RolloutFailed { coin, failure } => tracing::error!(
             coin = %coin,
             zone = failure.zone().map(|z| z.to_string()).unwrap_or_default(),

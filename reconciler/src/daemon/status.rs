@@ -151,6 +151,9 @@ pub struct CoinStatus {
     pub reason: Option<String>,
     /// The failure, as data, when it failed or is held.
     pub failure: Option<Failure>,
+    /// The rollback that followed the failure (`rollout.on_failure: rollback`), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<crate::events::Rollback>,
     /// The refusals, when refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refusals: Vec<Refusal>,

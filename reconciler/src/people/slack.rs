@@ -124,6 +124,24 @@ pub fn notice_of(
                 target,
             }
         }
+        Event::RolledBack { coin, rollback } => {
+            use crate::events::RollbackOutcome;
+            Notice::RolledBack {
+                coin: coin.to_string(),
+                zone: rollback.zone.to_string(),
+                nodes: rollback
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} {} → {}", n.node, n.from, n.to))
+                    .collect(),
+                in_sync: rollback.outcome == RollbackOutcome::InSync,
+                reason: match &rollback.outcome {
+                    RollbackOutcome::InSync => None,
+                    RollbackOutcome::Failed { failure } => Some(failure.to_string()),
+                    RollbackOutcome::Cancelled => Some("cancelled before it was done".into()),
+                },
+            }
+        }
         Event::RepoInvalid {
             commit,
             in_force,

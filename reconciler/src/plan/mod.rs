@@ -360,6 +360,15 @@ pub enum Action {
         #[serde(default)]
         reported: bool,
     },
+    /// Restart the daemon at the version it ran before a failed upgrade, on the image the
+    /// node pinned for it (`rollout.on_failure: rollback`). Never planned: the executor makes
+    /// it when a node fails its gate after an [`Action::Upgrade`], from that step's `from`.
+    RollBack {
+        /// The version whose gate failed.
+        from: Version,
+        /// The version it ran before.
+        to: Version,
+    },
     /// Rewrite the node's configuration files (`fleet-node apply-config` over SSM) and, when
     /// `restart`, restart its daemon to take them in (gated like an upgrade).
     Reconfigure {
@@ -484,6 +493,7 @@ impl Action {
                 | Action::Replace { .. }
                 | Action::UndoReplace { .. }
                 | Action::Upgrade { .. }
+                | Action::RollBack { .. }
                 | Action::ChangeType { .. }
                 | Action::Start { .. }
                 | Action::Retire { .. }
@@ -499,7 +509,7 @@ impl Action {
                 ..
             } => estimate::LAUNCH_MS.max(*ms),
             Action::Launch { .. } | Action::Replace { .. } => estimate::LAUNCH_MS,
-            Action::Upgrade { .. } => estimate::UPGRADE_MS,
+            Action::Upgrade { .. } | Action::RollBack { .. } => estimate::UPGRADE_MS,
             Action::ChangeType { .. } => estimate::CHANGE_TYPE_MS,
             Action::Start { .. } | Action::UndoReplace { .. } => estimate::START_MS,
             Action::Retire { .. } => estimate::RETIRE_MS,
@@ -529,6 +539,7 @@ impl Action {
             Action::HandOver { .. } => "hand-over",
             Action::UndoReplace { .. } => "undo-replace",
             Action::Upgrade { .. } => "upgrade",
+            Action::RollBack { .. } => "roll-back",
             Action::Reconfigure { .. } => "reconfigure",
             Action::SetTags { .. } => "set-tags",
             Action::SetCoinNetwork { .. } => "set-coin-network",
@@ -589,6 +600,10 @@ impl fmt::Display for Action {
             Action::UndoReplace { ami } => write!(
                 f,
                 "undo the replacement by an instance of {ami}: the data volume back to this instance, which starts again; the replacement is terminated"
+            ),
+            Action::RollBack { from, to } => write!(
+                f,
+                "roll back {from} → {to} (its gate failed; the image the node ran {to} on)"
             ),
             Action::Upgrade {
                 from,

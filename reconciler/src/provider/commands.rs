@@ -6,7 +6,7 @@
 //! user data) does the work: an upgrade pulls the new image first and only then stops and
 //! disables the running version and enables and starts the new one.
 
-use super::{ProviderError, userdata};
+use super::{ImagePin, ProviderError, userdata};
 use crate::node_config::NodeFiles;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -15,20 +15,19 @@ use fleet_repo_schema::values::{Digest, Version};
 /// The node side's program, as installed by the user data.
 pub const NODE_PROGRAM: &str = "/usr/local/sbin/fleet-node";
 
-/// The shell command that upgrades a node to `version` (pinned to `digest` when the coin
-/// pins one): pull, then switch the enabled `node@` unit. A failed pull fails the command
-/// with the registry's message and leaves the running daemon alone.
-pub fn upgrade_command(
-    version: &Version,
-    digest: Option<&Digest>,
-) -> Result<String, ProviderError> {
+/// The shell command that upgrades a node to `version`, its image as `pin` says (`fleet-node
+/// rollback` keeps the digest the node pinned for it): pull, then switch the enabled `node@`
+/// unit. A failed pull fails the command with the registry's message and leaves the running
+/// daemon alone.
+pub fn upgrade_command(version: &Version, pin: ImagePin<'_>) -> Result<String, ProviderError> {
     let v = shell_safe(version)?;
-    match digest {
-        None => Ok(format!("{NODE_PROGRAM} upgrade '{v}'")),
-        Some(d) => Ok(format!(
+    match pin {
+        ImagePin::Tag => Ok(format!("{NODE_PROGRAM} upgrade '{v}'")),
+        ImagePin::Digest(d) => Ok(format!(
             "{NODE_PROGRAM} upgrade '{v}' '{}'",
             digest_safe(d)?
         )),
+        ImagePin::AsBefore => Ok(format!("{NODE_PROGRAM} rollback '{v}'")),
     }
 }
 
@@ -93,9 +92,10 @@ pub fn reconfigure_command(
 /// The version an [`upgrade_command`] upgrades to, if `command` is one (what tests and
 /// the simulator's records are read back with).
 pub fn upgrade_target(command: &str) -> Option<&str> {
-    let rest = command
-        .strip_prefix(NODE_PROGRAM)?
-        .strip_prefix(" upgrade '")?;
+    let rest = command.strip_prefix(NODE_PROGRAM)?;
+    let rest = rest
+        .strip_prefix(" upgrade '")
+        .or_else(|| rest.strip_prefix(" rollback '"))?;
     rest.split('\'').next()
 }
 
@@ -180,12 +180,20 @@ mod tests {
     fn commands_quote_and_check_the_version() {
         let v = Version::parse("28.1").unwrap();
         assert_eq!(
-            upgrade_command(&v, None).unwrap(),
+            upgrade_command(&v, ImagePin::Tag).unwrap(),
             "/usr/local/sbin/fleet-node upgrade '28.1'"
+        );
+        assert_eq!(
+            upgrade_command(&v, ImagePin::AsBefore).unwrap(),
+            "/usr/local/sbin/fleet-node rollback '28.1'"
+        );
+        assert_eq!(
+            upgrade_target(&upgrade_command(&v, ImagePin::AsBefore).unwrap()),
+            Some("28.1")
         );
         let d = Digest::parse(&format!("sha256:{}", "0f".repeat(32))).unwrap();
         assert_eq!(
-            upgrade_command(&v, Some(&d)).unwrap(),
+            upgrade_command(&v, ImagePin::Digest(&d)).unwrap(),
             format!(
                 "/usr/local/sbin/fleet-node upgrade '28.1' 'sha256:{}'",
                 "0f".repeat(32)
@@ -200,7 +208,7 @@ mod tests {
             "systemctl is-active --quiet 'node@28.1'"
         );
         assert_eq!(
-            upgrade_target(&upgrade_command(&v, Some(&d)).unwrap()),
+            upgrade_target(&upgrade_command(&v, ImagePin::Digest(&d)).unwrap()),
             Some("28.1")
         );
         assert_eq!(upgrade_target("systemctl start 'node@28.1'"), None);

@@ -596,6 +596,20 @@ pub fn needs_public_ip(coin: &fleet_repo_schema::Coin) -> bool {
     !coin.p2p_ports.is_empty()
 }
 
+/// Which image of a version a node's daemon is restarted on ([`Provider::upgrade_pinned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImagePin<'a> {
+    /// The version's tag, unpinned (the coin pins no digest for it); a digest the node kept
+    /// for the version is dropped.
+    Tag,
+    /// The coin's digest for the version.
+    Digest(&'a Digest),
+    /// A rollback: whatever the node pinned for the version when it last ran it (the digest
+    /// it kept, else the tag). The repository pins only its current version, so this is the
+    /// only way back to the exact image a node ran before.
+    AsBefore,
+}
+
 /// Which instance an action is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRef {
@@ -961,15 +975,16 @@ pub trait Provider: Send + Sync {
     /// the DNS record is ensured. Returns the instance id.
     async fn launch(&self, spec: &LaunchSpec) -> Result<(String, Outcome), ProviderError>;
 
-    /// Restart the node's daemon at `version`, its image pinned to `digest` when given
-    /// (`fleet-node upgrade <version> [<digest>]` via SSM: pull first, then switch the
-    /// enabled `node@` unit), then record the version. No-op when it already runs it. A
-    /// failed pull fails the step and leaves the running daemon alone.
+    /// Restart the node's daemon at `version`, its image as `pin` says (`fleet-node upgrade
+    /// <version> [<digest>]`, or `fleet-node rollback <version>` for [`ImagePin::AsBefore`],
+    /// via SSM: pull first, then switch the enabled `node@` unit), then record the version.
+    /// No-op when it already runs it. A failed pull fails the step and leaves the running
+    /// daemon alone.
     async fn upgrade_pinned(
         &self,
         node: &NodeRef,
         version: &Version,
-        digest: Option<&Digest>,
+        pin: ImagePin<'_>,
     ) -> Result<Outcome, ProviderError>;
 
     /// Rewrite the node's configuration to `files` over SSM (`fleet-node apply-config`) and,
@@ -1016,7 +1031,7 @@ pub trait Provider: Send + Sync {
 
     /// [`Provider::upgrade_pinned`] without a digest pin.
     async fn upgrade(&self, node: &NodeRef, version: &Version) -> Result<Outcome, ProviderError> {
-        self.upgrade_pinned(node, version, None).await
+        self.upgrade_pinned(node, version, ImagePin::Tag).await
     }
 
     /// Restart the node's daemon, the enabled `node@<version>` unit (`fleet-node restart

@@ -580,9 +580,9 @@ impl Provider for SimProvider {
         &self,
         node: &NodeRef,
         version: &Version,
-        digest: Option<&Digest>,
+        pin: ImagePin<'_>,
     ) -> Result<Outcome, ProviderError> {
-        let command = upgrade_command(version, digest)?;
+        let command = upgrade_command(version, pin)?;
         let step = PendingStep::Upgrade {
             to: version.to_string(),
         };

@@ -101,6 +101,15 @@ pub enum SimFault {
         /// Node.
         key: NodeKey,
     },
+    /// A bad release: every daemon of `coin` started at `version` never gets past the height
+    /// it started at (whichever node, for as long as it runs that version); the same node
+    /// restarted at another version syncs again. What a rollback is for.
+    BadRelease {
+        /// Coin.
+        coin: String,
+        /// The version that does not sync.
+        version: String,
+    },
     /// The node's blocks stop at `height`.
     StallAt {
         /// Node.
@@ -505,6 +514,13 @@ impl World {
         let mut headers = ((start as f64 + p.header_rate * secs) as u64).min(tip);
         let mut blocks = ((start as f64 + p.block_rate * secs) as u64).min(headers);
         let key = tags::node_key(&i.tags).ok();
+        let bad_release = self.faults.iter().any(|f| {
+            matches!(f, SimFault::BadRelease { coin: c, version }
+                if *c == coin && i.daemon.version.as_deref() == Some(version.as_str()))
+        });
+        if bad_release {
+            blocks = start;
+        }
         if let Some(key) = &key {
             let (never, stall) = self.fault_for(key);
             if never {
