@@ -43,8 +43,20 @@ pub struct BumpInfo<'a> {
     pub image: ImageNote,
     /// An older bump pull request this one replaces: (number, version).
     pub supersedes: Option<(u64, String)>,
+    /// The other bump proposed beside this one, when a major and the current line's newest
+    /// are proposed apart ([`crate::release::Selection::line`]).
+    pub beside: Option<Beside>,
     /// Path of the coin file in the repository.
     pub file: &'a str,
+}
+
+/// The other bump of a coin whose major and current line are proposed apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Beside {
+    /// This is the current line's bump; this major is proposed in its own pull request.
+    Major(String),
+    /// This is the major bump; the current line's newest is proposed in its own, first.
+    Line(String),
 }
 
 /// `fleet/bump-<coin>-<version>`.
@@ -197,6 +209,35 @@ pub fn body(b: &BumpInfo<'_>) -> String {
     }
     if let Some((n, old)) = &b.supersedes {
         let _ = writeln!(o, "- **Supersedes** #{n} ({old})");
+    }
+    if !b.candidate.skips.is_empty() {
+        let skipped: Vec<String> = b
+            .candidate
+            .skips
+            .iter()
+            .map(|s| format!("[{}]({})", s.version, s.url))
+            .collect();
+        let _ = writeln!(
+            o,
+            "- **Skips:** {} (released after {}; this bump includes them)",
+            skipped.join(", "),
+            b.current
+        );
+    }
+    match &b.beside {
+        Some(Beside::Major(m)) => {
+            let _ = writeln!(
+                o,
+                "- **Stays on its line:** the major {m} is proposed in a pull request of its own; this one can merge without it"
+            );
+        }
+        Some(Beside::Line(l)) => {
+            let _ = writeln!(
+                o,
+                "- **A major change:** {l}, the newest of the current line, is proposed in a pull request of its own, to merge first"
+            );
+        }
+        None => {}
     }
 
     let _ = writeln!(o, "\n### What the merge will touch\n");

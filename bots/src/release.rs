@@ -8,9 +8,15 @@
 //! flag, or a prerelease suffix such as `rc1` or `-rc.8`), it is newer than the current
 //! version (ordered by [`fleet_repo_schema::semver`]) and at least `min_release_age` old.
 //! The newest candidate wins; a newer release still too young is reported as waiting.
+//!
+//! Like Renovate's `separateMajorMinor`: when the newest candidate is a major change and the
+//! current line (the same major, by [`fleet_repo_schema::semver::classify`]) has a newer
+//! release too, that one is proposed as well ([`Selection::line`]), first: an operator who is
+//! not ready for the major still gets the patch. Each candidate lists the candidates it
+//! skips (newer than the current version, older than it).
 
 use fleet_repo_schema::desired::UpstreamSpec;
-use fleet_repo_schema::semver::{self, VersionKey};
+use fleet_repo_schema::semver::{self, Class, VersionKey};
 use fleet_repo_schema::values::Version;
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -41,6 +47,19 @@ pub struct Candidate {
     pub version: Version,
     /// The release.
     pub release: ReleaseInfo,
+    /// The other candidates between the current version and this one, oldest first: what
+    /// the bump skips.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skips: Vec<Skipped>,
+}
+
+/// A release a bump skips.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// Its version.
+    pub version: Version,
+    /// Its release page.
+    pub url: String,
 }
 
 /// A tag that matched the pattern but whose version fails the version rule.
@@ -59,6 +78,9 @@ pub struct RejectedTag {
 pub struct Selection {
     /// The newest release to propose now, if any.
     pub candidate: Option<Candidate>,
+    /// When `candidate` is a major change: the newest release of the current line (same
+    /// major) to propose as well, first.
+    pub line: Option<Candidate>,
     /// A newer release that is not old enough yet: (version, unix ms when it will be).
     pub waiting: Option<(String, i64)>,
     /// Tags refused by the version rule (never proposed; to be logged and notified).
@@ -74,6 +96,7 @@ pub fn select(
 ) -> Selection {
     let min_age_ms = i64::try_from(spec.min_release_age.0.as_millis()).unwrap_or(i64::MAX);
     let mut sel = Selection::default();
+    let mut ready: Vec<Candidate> = Vec::new();
     for r in releases {
         if r.draft {
             continue;
@@ -116,15 +139,38 @@ pub fn select(
             }
             continue;
         }
-        let better = sel.candidate.as_ref().is_none_or(|c| {
-            semver::compare(version.as_str(), c.version.as_str()) == Ordering::Greater
+        ready.push(Candidate {
+            version,
+            release: r.clone(),
+            skips: Vec::new(),
         });
-        if better {
-            sel.candidate = Some(Candidate {
-                version,
-                release: r.clone(),
-            });
-        }
+    }
+    ready.sort_by(|a, b| semver::compare(a.version.as_str(), b.version.as_str()));
+    ready.dedup_by(|a, b| a.version == b.version);
+    let with_skips = |c: &Candidate| Candidate {
+        skips: ready
+            .iter()
+            .filter(|o| semver::compare(o.version.as_str(), c.version.as_str()) == Ordering::Less)
+            .map(|o| Skipped {
+                version: o.version.clone(),
+                url: o.release.url.clone(),
+            })
+            .collect(),
+        ..c.clone()
+    };
+    sel.candidate = ready.last().map(with_skips);
+    let major = |v: &Version| {
+        matches!(
+            semver::classify(current, v.as_str()),
+            Class::Major | Class::Unknown
+        )
+    };
+    if sel.candidate.as_ref().is_some_and(|c| major(&c.version)) {
+        sel.line = ready
+            .iter()
+            .rev()
+            .find(|c| !major(&c.version))
+            .map(with_skips);
     }
     // A waiting release older than the candidate is no news.
     if let (Some(c), Some((w, _))) = (&sel.candidate, &sel.waiting)
@@ -219,6 +265,46 @@ mod tests {
         );
         let s = spec(TagPattern::DEFAULT, false, 0);
         assert_eq!(picked(&select(&rs[..2], &s, "1.2.9", 5 * DAY)), None);
+    }
+
+    /// bitcoin at 27.1 with 27.2 and 28.0, 28.1 out: the 27 line gets 27.2 of its own, and the
+    /// major bump lists what it skips.
+    #[test]
+    fn a_newer_major_and_a_newer_patch_are_proposed_apart() {
+        let rs = vec![
+            rel("v28.1", 9),
+            rel("v28.0", 8),
+            rel("v27.2", 7),
+            rel("v27.1", 1),
+        ];
+        let s = spec(TagPattern::DEFAULT, false, 0);
+        let sel = select(&rs, &s, "27.1", 20 * DAY);
+        assert_eq!(picked(&sel), Some("28.1"));
+        let line = sel.line.as_ref().map(|c| c.version.as_str());
+        assert_eq!(line, Some("27.2"));
+        let skips = |c: &Candidate| -> Vec<String> {
+            c.skips.iter().map(|s| s.version.to_string()).collect()
+        };
+        assert_eq!(skips(sel.candidate.as_ref().unwrap()), ["27.2", "28.0"]);
+        assert!(sel.line.as_ref().unwrap().skips.is_empty());
+        assert_eq!(
+            sel.candidate.as_ref().unwrap().skips[0].url,
+            "https://github.com/x/y/releases/tag/v27.2"
+        );
+        // Already on the line's newest: only the major.
+        let sel = select(&rs, &s, "27.2", 20 * DAY);
+        assert_eq!((picked(&sel), sel.line.is_none()), (Some("28.1"), true));
+        // Within one major: one proposal, no line of its own.
+        let sel = select(&rs, &s, "28.0", 20 * DAY);
+        assert_eq!((picked(&sel), sel.line.is_none()), (Some("28.1"), true));
+        // Below 1.0 the second part is the major: 0.21.3 → 0.21.4 beside 0.22.0.
+        let rs = vec![rel("v0.22.0", 3), rel("v0.21.4", 2)];
+        let sel = select(&rs, &s, "0.21.3", 20 * DAY);
+        assert_eq!(picked(&sel), Some("0.22.0"));
+        assert_eq!(
+            sel.line.map(|c| c.version.to_string()).as_deref(),
+            Some("0.21.4")
+        );
     }
 
     #[test]

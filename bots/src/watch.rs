@@ -8,10 +8,14 @@
 //! the branch, committing and opening the pull request is resumed by the next cycle (the
 //! branch is reused when it already holds the change). When a newer release appears while
 //! an older bump of the same coin is open, the new pull request is opened and the old one is
-//! closed with a comment pointing at it, and its branch deleted: one open bump per coin.
+//! closed with a comment pointing at it, and its branch deleted: one open bump per coin and
+//! line. A coin whose newest release is a new major while its current line (same major) has a
+//! newer release too gets two pull requests, the line's first (Renovate's
+//! `separateMajorMinor`): superseding happens within a line only, so the line's bump neither
+//! closes nor is closed by the major's. Each body lists the releases it skips.
 
 use crate::github::{Created, File, GitHub, GitHubError, Pull, StatsSnapshot};
-use crate::pr_body::{self, BumpInfo, ImageNote};
+use crate::pr_body::{self, Beside, BumpInfo, ImageNote};
 use crate::registry::DigestResolver;
 use crate::release::{self, Candidate, RejectedTag};
 use crate::slack::messages::Notice;
@@ -101,8 +105,12 @@ pub enum CoinOutcome {
 /// A whole cycle.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CycleReport {
-    /// Per coin with an upstream.
+    /// Per coin with an upstream: its newest release's bump.
     pub coins: BTreeMap<String, CoinOutcome>,
+    /// Per coin whose newest release is a new major and whose current line has a newer
+    /// release too: that line's bump, proposed apart (and first).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lines: BTreeMap<String, CoinOutcome>,
     /// Tags refused by the version rule, per coin.
     pub rejected: BTreeMap<String, Vec<RejectedTag>>,
     /// GitHub requests of this cycle.
@@ -110,10 +118,22 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
+    /// Every outcome, the lines' first: (coin, whether it is its line's bump, outcome).
+    pub fn outcomes(&self) -> impl Iterator<Item = (&str, bool, &CoinOutcome)> {
+        let lines = self.lines.iter().map(|(c, o)| (c.as_str(), true, o));
+        lines.chain(self.coins.iter().map(|(c, o)| (c.as_str(), false, o)))
+    }
+
+    /// Whether a coin could not be checked or proposed.
+    pub fn has_errors(&self) -> bool {
+        self.outcomes()
+            .any(|(_, _, o)| matches!(o, CoinOutcome::Error { .. }))
+    }
+
     /// What the channel should hear of this cycle.
     pub fn notices(&self, desired: &Desired) -> Vec<Notice> {
         let mut out = Vec::new();
-        for (coin, o) in &self.coins {
+        for (coin, o) in self.lines.iter().chain(&self.coins) {
             if let CoinOutcome::Opened {
                 version,
                 number,
@@ -167,7 +187,8 @@ pub async fn cycle(
 ) -> CycleReport {
     let before = gh.stats();
     let mut report = CycleReport::default();
-    let mut candidates: Vec<(String, Candidate)> = Vec::new();
+    // (coin, candidate, the bump beside it, whether it is the line's): a line's bump first.
+    let mut candidates: Vec<(String, Candidate, Option<Beside>, bool)> = Vec::new();
     for coin in desired.coins.values() {
         let Some(up) = &coin.upstream else { continue };
         let name = coin.name.to_string();
@@ -192,7 +213,18 @@ pub async fn cycle(
             report.rejected.insert(name.clone(), sel.rejected.clone());
         }
         match (sel.candidate, sel.waiting) {
-            (Some(c), _) => candidates.push((name, c)),
+            (Some(c), _) => {
+                let beside = match sel.line {
+                    Some(line) => {
+                        let v = line.version.to_string();
+                        let major = Beside::Major(c.version.to_string());
+                        candidates.push((name.clone(), line, Some(major), true));
+                        Some(Beside::Line(v))
+                    }
+                    None => None,
+                };
+                candidates.push((name, c, beside, false));
+            }
             (None, Some((v, at))) => {
                 report.coins.insert(
                     name,
@@ -219,10 +251,13 @@ pub async fn cycle(
             .await
         {
             Ok(open) => {
-                for (name, cand) in candidates {
-                    let o = match propose(gh, desired, settings, resolver, &open, &name, &cand)
-                        .await
-                    {
+                for (name, cand, beside, line) in candidates {
+                    let bump = Bump {
+                        coin: &name,
+                        cand: &cand,
+                        beside,
+                    };
+                    let o = match propose(gh, desired, settings, resolver, &open, &bump).await {
                         Ok(o) => o,
                         Err(e) => {
                             tracing::warn!(coin = %name, version = %cand.version, error = %e, "release watch: could not propose the bump");
@@ -231,17 +266,23 @@ pub async fn cycle(
                             }
                         }
                     };
-                    report.coins.insert(name, o);
+                    if line {
+                        report.lines.insert(name, o);
+                    } else {
+                        report.coins.insert(name, o);
+                    }
                 }
             }
             Err(e) => {
-                for (name, _) in candidates {
-                    report.coins.insert(
-                        name,
-                        CoinOutcome::Error {
-                            message: e.to_string(),
-                        },
-                    );
+                for (name, _, _, line) in candidates {
+                    let o = CoinOutcome::Error {
+                        message: e.to_string(),
+                    };
+                    if line {
+                        report.lines.insert(name, o);
+                    } else {
+                        report.coins.insert(name, o);
+                    }
                 }
             }
         }
@@ -254,16 +295,33 @@ pub(crate) fn owner(repo: &str) -> &str {
     repo.split('/').next().unwrap_or(repo)
 }
 
-/// Make sure one pull request proposes `cand` for `coin`.
+/// One bump to propose.
+struct Bump<'a> {
+    coin: &'a str,
+    cand: &'a Candidate,
+    /// The coin's other bump, when its major and its line are proposed apart.
+    beside: Option<Beside>,
+}
+
+/// Whether versions `a` and `b` are of one line (no major change between them): bumps of one
+/// line supersede each other, bumps of two lines stand side by side.
+fn same_line(a: &str, b: &str) -> bool {
+    !matches!(
+        semver::classify(a, b),
+        semver::Class::Major | semver::Class::Unknown
+    )
+}
+
+/// Make sure one pull request proposes `bump`.
 async fn propose(
     gh: &GitHub,
     desired: &Desired,
     s: &WatchSettings,
     resolver: Option<&dyn DigestResolver>,
     open: &[Pull],
-    coin: &str,
-    cand: &Candidate,
+    bump: &Bump<'_>,
 ) -> Result<CoinOutcome, GitHubError> {
+    let (coin, cand) = (bump.coin, bump.cand);
     let version = cand.version.to_string();
     let branch = pr_body::branch_name(coin, &version);
     let prefix = pr_body::branch_prefix(coin);
@@ -274,10 +332,14 @@ async fn propose(
         });
     }
     // Open bumps of this coin: older ones are superseded; a newer one stays (someone may
-    // have proposed it by hand with fleet's naming).
+    // have proposed it by hand with fleet's naming). When the coin's major and line are
+    // proposed apart, only the bumps of this bump's own line count.
     let mut older: Vec<&Pull> = Vec::new();
     for p in open.iter().filter(|p| p.head.starts_with(&prefix)) {
         let v = &p.head[prefix.len()..];
+        if bump.beside.is_some() && !same_line(v, &version) {
+            continue;
+        }
         match semver::compare(v, &version) {
             Ordering::Less => older.push(p),
             _ => {
@@ -361,6 +423,7 @@ async fn propose(
         approvers: &approvers,
         image,
         supersedes,
+        beside: bump.beside.clone(),
         file: &path,
     };
     let title = pr_body::title(coin, &current, &version);

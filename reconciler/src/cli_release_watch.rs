@@ -4,7 +4,7 @@
 use crate::config::RunConfig;
 use crate::people::{SlackParts, env_secret, render_report, start_slack, wall_ms, watch_runtime};
 use bots::registry::DigestResolver;
-use bots::watch::{self, CoinOutcome};
+use bots::watch;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +80,7 @@ pub fn release_watch_cmd(
                     s.handle.notify(n);
                 }
             }
-            if report.coins.values().any(|o| matches!(o, CoinOutcome::Error { .. })) {
+            if report.has_errors() {
                 code = crate::cli::EXIT_INVALID;
             }
             if once {

@@ -3,7 +3,7 @@
 //! Snapshots live in `tests/snapshots/`; `FLEET_UPDATE_SNAPSHOTS=1` rewrites them.
 
 use bots::pr_body::{self, BumpInfo, ImageNote};
-use bots::release::{Candidate, ReleaseInfo};
+use bots::release::{Candidate, ReleaseInfo, Skipped};
 use bots::slack::messages::{self, ApprovalKey, Notice, Verdict};
 use fleet_repo_schema::values::Version;
 use fleet_tests::check_snapshot;
@@ -23,6 +23,10 @@ fn candidate(notes: &str) -> Candidate {
             url: "https://github.com/bitcoin/bitcoin/releases/tag/v29.0".into(),
             body: Some(notes.into()),
         },
+        skips: vec![Skipped {
+            version: Version::parse("28.2").unwrap(),
+            url: "https://github.com/bitcoin/bitcoin/releases/tag/v28.2".into(),
+        }],
     }
 }
 
@@ -40,7 +44,8 @@ fn the_bump_pull_request_body() {
         candidate: &cand,
         approvers: &approvers,
         image: ImageNote::Pinned(format!("sha256:{}", "2c".repeat(32))),
-        supersedes: Some((41, "28.2".into())),
+        supersedes: None,
+        beside: Some(pr_body::Beside::Line("28.2".into())),
         file: "coins/bitcoin.yaml",
     };
     let mut out = format!("title: {}\n", pr_body::title("bitcoin", "28.1", "29.0"));
@@ -66,6 +71,7 @@ fn the_bump_pull_request_body() {
             body: None,
             ..candidate("").release
         },
+        skips: Vec::new(),
     };
     let info = BumpInfo {
         coin: e,
@@ -76,6 +82,7 @@ fn the_bump_pull_request_body() {
             reason: "the registry has no tag 1.14.10 yet".into(),
         },
         supersedes: None,
+        beside: Some(pr_body::Beside::Major("2.0.0".into())),
         file: "coins/dogecoin.yaml",
     };
     check_snapshot("pr-body-dogecoin.md", &pr_body::body(&info));

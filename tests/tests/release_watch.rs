@@ -479,6 +479,119 @@ async fn a_newer_release_supersedes_the_open_bump_and_a_closed_one_is_not_reopen
     assert_eq!(rig.gh.pulls().len(), 2);
 }
 
+/// bitcoin at 28.1 while 28.2 and 29.0 are out: two pull requests, the 28 line's first, each
+/// saying what it is beside the other; a newer 28.3 supersedes only the line's.
+#[tokio::test]
+async fn a_newer_major_and_a_newer_patch_get_a_pull_request_each() {
+    let rig = Rig::new(|_, t| t);
+    let r = "bitcoin/bitcoin";
+    let with = |extra: &[(u64, &str)]| {
+        let mut v = bitcoin_releases(false);
+        for (id, tag) in extra {
+            v.push(release(r, *id, tag, Some(now_s() - 3 * DAY), false, "line"));
+        }
+        v
+    };
+    rig.gh.set_releases(r, with(&[(2500, "v28.2")]));
+    let report = rig.cycle(false).await;
+    let opened = |o: &CoinOutcome| match o {
+        CoinOutcome::Opened {
+            version,
+            number,
+            superseded,
+            ..
+        } => Some((version.clone(), *number, superseded.clone())),
+        _ => None,
+    };
+    assert_eq!(
+        opened(&report.lines["bitcoin"]),
+        Some(("28.2".into(), 1, vec![])),
+        "{:?}",
+        report.lines
+    );
+    assert_eq!(
+        opened(&report.coins["bitcoin"]),
+        Some(("29.0".into(), 2, vec![])),
+        "{:?}",
+        report.coins["bitcoin"]
+    );
+    let pulls = rig.gh.pulls();
+    assert_eq!(pulls[0].head, "fleet/bump-bitcoin-28.2");
+    assert!(
+        pulls[0]
+            .body
+            .contains("the major 29.0 is proposed in a pull request of its own"),
+        "{}",
+        pulls[0].body
+    );
+    assert!(!pulls[0].body.contains("**Skips:**"), "{}", pulls[0].body);
+    assert!(
+        pulls[1].body.contains(
+            "**Skips:** [28.2](https://github.com/bitcoin/bitcoin/releases/tag/v28.2) (released after 28.1"
+        ),
+        "{}",
+        pulls[1].body
+    );
+    assert!(
+        pulls[1]
+            .body
+            .contains("28.2, the newest of the current line"),
+        "{}",
+        pulls[1].body
+    );
+    // Both are told in Slack, the line's first.
+    let told: Vec<String> = report
+        .notices(&rig.desired)
+        .into_iter()
+        .filter_map(|n| match n {
+            bots::slack::messages::Notice::BumpOpened { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, ["28.2", "29.0"]);
+
+    // Nothing new: both already open, nothing written.
+    let report = rig.cycle(false).await;
+    assert!(matches!(
+        report.lines["bitcoin"],
+        CoinOutcome::AlreadyOpen { number: 1, .. }
+    ));
+    assert!(matches!(
+        report.coins["bitcoin"],
+        CoinOutcome::AlreadyOpen { number: 2, .. }
+    ));
+    assert_eq!(rig.gh.pulls().len(), 2);
+
+    // 28.3: it supersedes the line's bump only; the major's stays open.
+    rig.gh
+        .set_releases(r, with(&[(2500, "v28.2"), (2501, "v28.3")]));
+    let report = rig.cycle(false).await;
+    assert_eq!(
+        opened(&report.lines["bitcoin"]),
+        Some(("28.3".into(), 3, vec![1])),
+        "{:?}",
+        report.lines
+    );
+    assert!(matches!(
+        report.coins["bitcoin"],
+        CoinOutcome::AlreadyOpen { number: 2, .. }
+    ));
+    let states: Vec<(String, String)> = rig
+        .gh
+        .pulls()
+        .iter()
+        .map(|p| (p.head.clone(), p.state.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("fleet/bump-bitcoin-28.2".to_string(), "closed".to_string()),
+            ("fleet/bump-bitcoin-29.0".into(), "open".into()),
+            ("fleet/bump-bitcoin-28.3".into(), "open".into()),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn rate_limits_are_waited_out_or_reported() {
     let rig = Rig::new(|_, t| t);

@@ -89,11 +89,7 @@ pub struct WatchCounters {
 
 impl WatchCounters {
     fn add(&self, r: &CycleReport) {
-        let errors = r
-            .coins
-            .values()
-            .any(|o| matches!(o, CoinOutcome::Error { .. }));
-        if errors {
+        if r.has_errors() {
             self.cycles_error.fetch_add(1, Ordering::SeqCst);
         } else {
             self.cycles_ok.fetch_add(1, Ordering::SeqCst);
@@ -105,9 +101,8 @@ impl WatchCounters {
         self.rate_limited
             .fetch_add(s.rate_limited, Ordering::SeqCst);
         let opened = r
-            .coins
-            .values()
-            .filter(|o| matches!(o, CoinOutcome::Opened { .. }))
+            .outcomes()
+            .filter(|(_, _, o)| matches!(o, CoinOutcome::Opened { .. }))
             .count();
         self.opened.fetch_add(opened as u64, Ordering::SeqCst);
     }
@@ -213,7 +208,13 @@ pub async fn release_watch_loop(
 
 /// Human output of a cycle.
 pub fn render_report(r: &CycleReport, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    for (coin, o) in &r.coins {
+    for (name, line, o) in r.outcomes() {
+        // A line's bump, proposed apart from the coin's newest (a major).
+        let coin = if line {
+            format!("{name} (its own line)")
+        } else {
+            name.to_string()
+        };
         match o {
             CoinOutcome::UpToDate { current } => writeln!(out, "{coin}: up to date ({current})")?,
             CoinOutcome::Waiting { version, ready_at } => writeln!(
