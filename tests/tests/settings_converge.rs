@@ -136,7 +136,7 @@ fn change(file: &str, key: &str) -> Result<&'static str, &'static str> {
             "rollout.max_unavailable" => "2",
             "rollout.bake" => "1h",
             "rollout.approval" => "none",
-            "rollout.on_failure" => "rollback",
+            "rollout.on_failure" => "hold",
             "logging.driver" => "awslogs",
             "logging.options" => {
                 return Err(
