@@ -87,6 +87,13 @@ pub struct Selection {
     pub rejected: Vec<RejectedTag>,
 }
 
+/// Whether versions `a` and `b` are of one line: no major change between them (by
+/// [`semver::classify`]; a version that is not number-led is of no line). Bumps of one line
+/// supersede each other; a major and the current line are proposed apart.
+pub fn same_line(a: &str, b: &str) -> bool {
+    !matches!(semver::classify(a, b), Class::Major | Class::Unknown)
+}
+
 /// Decide for one coin: `releases` of its upstream, its `spec`, the `current` version, `now_ms`.
 pub fn select(
     releases: &[ReleaseInfo],
@@ -159,18 +166,9 @@ pub fn select(
         ..c.clone()
     };
     sel.candidate = ready.last().map(with_skips);
-    let major = |v: &Version| {
-        matches!(
-            semver::classify(current, v.as_str()),
-            Class::Major | Class::Unknown
-        )
-    };
-    if sel.candidate.as_ref().is_some_and(|c| major(&c.version)) {
-        sel.line = ready
-            .iter()
-            .rev()
-            .find(|c| !major(&c.version))
-            .map(with_skips);
+    let of_line = |c: &Candidate| same_line(current, c.version.as_str());
+    if sel.candidate.as_ref().is_some_and(|c| !of_line(c)) {
+        sel.line = ready.iter().rev().find(|c| of_line(c)).map(with_skips);
     }
     // A waiting release older than the candidate is no news.
     if let (Some(c), Some((w, _))) = (&sel.candidate, &sel.waiting)

@@ -303,15 +303,6 @@ struct Bump<'a> {
     beside: Option<Beside>,
 }
 
-/// Whether versions `a` and `b` are of one line (no major change between them): bumps of one
-/// line supersede each other, bumps of two lines stand side by side.
-fn same_line(a: &str, b: &str) -> bool {
-    !matches!(
-        semver::classify(a, b),
-        semver::Class::Major | semver::Class::Unknown
-    )
-}
-
 /// Make sure one pull request proposes `bump`.
 async fn propose(
     gh: &GitHub,
@@ -337,7 +328,7 @@ async fn propose(
     let mut older: Vec<&Pull> = Vec::new();
     for p in open.iter().filter(|p| p.head.starts_with(&prefix)) {
         let v = &p.head[prefix.len()..];
-        if bump.beside.is_some() && !same_line(v, &version) {
+        if bump.beside.is_some() && !release::same_line(v, &version) {
             continue;
         }
         match semver::compare(v, &version) {

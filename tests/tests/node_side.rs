@@ -410,6 +410,14 @@ fn first_boot_formats_and_enables_a_second_boot_formats_nothing_and_changes_noth
     );
 }
 
+/// The index of the first recorded call that starts with `needle` (a test fails without one).
+fn first_call(calls: &[String], needle: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.starts_with(needle))
+        .unwrap_or_else(|| panic!("no `{needle}` in {calls:#?}"))
+}
+
 #[test]
 fn an_upgrade_pulls_first_and_a_failed_pull_never_stops_the_running_unit() {
     let s = Sandbox::new();
@@ -448,12 +456,7 @@ fn an_upgrade_pulls_first_and_a_failed_pull_never_stops_the_running_unit() {
     let digest = format!("sha256:{}", "ab".repeat(32));
     ok(&s.fleet_node(&["upgrade", "29.0", &digest]));
     let calls = s.take_calls();
-    let at = |needle: &str| {
-        calls
-            .iter()
-            .position(|c| c.starts_with(needle))
-            .unwrap_or_else(|| panic!("no `{needle}` in {calls:#?}"))
-    };
+    let at = |needle: &str| first_call(&calls, needle);
     let pull = at(&format!("docker pull {repo}@{digest}"));
     assert!(at("aws ecr get-login-password --region eu-central-1") < pull);
     assert!(pull < at("systemctl disable --now node@28.1.service"));
@@ -497,12 +500,7 @@ fn a_rollback_returns_to_the_image_the_node_pinned_for_its_previous_version() {
     // Back to 28.1 on the digest it ran, which the repository (now pinning 29.0's) lacks.
     ok(&s.fleet_node(&["rollback", "28.1"]));
     let calls = s.take_calls();
-    let at = |needle: &str| {
-        calls
-            .iter()
-            .position(|c| c.starts_with(needle))
-            .unwrap_or_else(|| panic!("no `{needle}` in {calls:#?}"))
-    };
+    let at = |needle: &str| first_call(&calls, needle);
     assert!(
         at(&format!("docker pull {repo}@{old}")) < at("systemctl disable --now node@29.0.service")
     );
@@ -907,12 +905,7 @@ fn before_an_upgrade_the_running_versions_pin_stays_and_a_new_image_is_pulled_be
     std::fs::remove_file(s.path().join("missing-images")).unwrap();
     ok(&reconfigure(&s, &moved, "28.1", true));
     let calls = s.take_calls();
-    let at = |needle: &str| {
-        calls
-            .iter()
-            .position(|c| c.starts_with(needle))
-            .unwrap_or_else(|| panic!("no `{needle}` in {calls:#?}"))
-    };
+    let at = |needle: &str| first_call(&calls, needle);
     assert!(
         at(&format!("docker pull {other}@{}", pinned.as_str()))
             < at("systemctl restart node@28.1.service")

@@ -148,10 +148,8 @@ pub enum Notice {
         zone: String,
         /// Per node, `node from → to`.
         nodes: Vec<String>,
-        /// Whether every node is in sync again.
-        in_sync: bool,
-        /// Why not, when not.
-        reason: Option<String>,
+        /// How it ended.
+        outcome: RollbackResult,
     },
     /// The node watch's incident: opened, updated, resolved or reopened. One Slack message
     /// per incident (keyed by `key`), updated in place; its resolution is also said in its
@@ -235,6 +233,19 @@ impl Notice {
                 | Notice::DiskGrow { .. }
         )
     }
+}
+
+/// How a rollback ended, as Slack hears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum RollbackResult {
+    /// Every node rolled back is in sync again.
+    InSync,
+    /// It did not get there: the nodes are left for a person.
+    LeftForPerson {
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// How an incident changed.
@@ -701,12 +712,11 @@ pub fn render(n: &Notice) -> Message {
             coin,
             zone,
             nodes,
-            in_sync,
-            reason,
+            outcome,
         } => {
             let list: Vec<String> = nodes.iter().map(|n| format!("• `{}`", esc(n))).collect();
-            let (text, md, after) = if *in_sync {
-                (
+            let (text, md, after) = match outcome {
+                RollbackResult::InSync => (
                     format!("Rolled back: {coin} in {zone}, in sync again"),
                     format!(
                         ":leftwards_arrow_with_hook: *Rolled back:* *{}* in {}, in sync again at the previous version\n{}",
@@ -715,19 +725,18 @@ pub fn render(n: &Notice) -> Message {
                         list.join("\n")
                     ),
                     "The coin stays held at this revision: fix the release or push a new commit.",
-                )
-            } else {
-                (
+                ),
+                RollbackResult::LeftForPerson { reason } => (
                     format!("Rollback failed: {coin} in {zone}, left for a person"),
                     format!(
                         ":red_circle: *Rollback failed:* *{}* in {}: {}\n{}",
                         esc(coin),
                         esc(zone),
-                        esc(reason.as_deref().unwrap_or("not in sync")),
+                        esc(reason),
                         list.join("\n")
                     ),
                     "These nodes are left for a person; fleet does nothing more to them at this revision.",
-                )
+                ),
             };
             Message {
                 text,
@@ -796,8 +805,7 @@ mod tests {
             coin: "ethereum".into(),
             zone: "eu-central-1a".into(),
             nodes: nodes.clone(),
-            in_sync: true,
-            reason: None,
+            outcome: RollbackResult::InSync,
         });
         assert_eq!(
             ok.text,
@@ -810,8 +818,9 @@ mod tests {
             coin: "ethereum".into(),
             zone: "eu-central-1a".into(),
             nodes,
-            in_sync: false,
-            reason: Some("<!here> stuck".into()),
+            outcome: RollbackResult::LeftForPerson {
+                reason: "<!here> stuck".into(),
+            },
         });
         assert!(failed.text.contains("left for a person"), "{}", failed.text);
         let j = failed.blocks_json().to_string();
@@ -825,8 +834,7 @@ mod tests {
                     coin: String::new(),
                     zone: String::new(),
                     nodes: vec![],
-                    in_sync: true,
-                    reason: None,
+                    outcome: RollbackResult::InSync,
                 }
                 .is_alert()
         );

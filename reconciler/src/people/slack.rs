@@ -126,6 +126,7 @@ pub fn notice_of(
         }
         Event::RolledBack { coin, rollback } => {
             use crate::events::RollbackOutcome;
+            use bots::slack::messages::RollbackResult;
             Notice::RolledBack {
                 coin: coin.to_string(),
                 zone: rollback.zone.to_string(),
@@ -134,11 +135,14 @@ pub fn notice_of(
                     .iter()
                     .map(|n| format!("{} {} → {}", n.node, n.from, n.to))
                     .collect(),
-                in_sync: rollback.outcome == RollbackOutcome::InSync,
-                reason: match &rollback.outcome {
-                    RollbackOutcome::InSync => None,
-                    RollbackOutcome::Failed { failure } => Some(failure.to_string()),
-                    RollbackOutcome::Cancelled => Some("cancelled before it was done".into()),
+                outcome: match &rollback.outcome {
+                    RollbackOutcome::InSync => RollbackResult::InSync,
+                    RollbackOutcome::Failed { failure } => RollbackResult::LeftForPerson {
+                        reason: failure.to_string(),
+                    },
+                    RollbackOutcome::Cancelled => RollbackResult::LeftForPerson {
+                        reason: "cancelled before it was done".into(),
+                    },
                 },
             }
         }
