@@ -193,6 +193,9 @@ struct Resp {
 pub struct GitHub {
     octo: Octocrab,
     api: String,
+    /// The GraphQL endpoint (`/graphql` on github.com, `/api/graphql` on GitHub Enterprise):
+    /// the REST API cannot mark a draft pull request ready.
+    graphql: String,
     max_wait: Duration,
     pacer: Arc<dyn Pacer>,
     cache: Mutex<HashMap<String, Cached>>,
@@ -223,6 +226,12 @@ pub struct Pull {
     pub open: bool,
     /// Merged.
     pub merged: bool,
+    /// A draft (cannot be merged until it is marked ready).
+    pub draft: bool,
+    /// Its GraphQL id (to mark it ready).
+    pub node_id: String,
+    /// Its body.
+    pub body: String,
 }
 
 /// A file of a repository at a ref.
@@ -265,6 +274,14 @@ pub fn next_link(link: &str) -> Option<String> {
     })
 }
 
+/// The GraphQL endpoint beside a REST API base.
+pub fn graphql_url(api: &str) -> String {
+    match api.strip_suffix("/api/v3") {
+        Some(host) => format!("{host}/api/graphql"),
+        None => format!("{api}/graphql"),
+    }
+}
+
 fn header_i64(h: &HeaderMap, name: &str) -> Option<i64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
@@ -291,6 +308,7 @@ impl GitHub {
         let octo = b.build().map_err(|e| GitHubError::Config(e.to_string()))?;
         Ok(GitHub {
             octo,
+            graphql: graphql_url(&api),
             api,
             max_wait: cfg.max_wait,
             pacer,
@@ -372,7 +390,7 @@ impl GitHub {
     ) -> Result<Resp, GitHubError> {
         let path = url.strip_prefix(&self.api).unwrap_or(url);
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
-        if !url.starts_with(&self.api) {
+        if !url.starts_with(&self.api) && url != self.graphql {
             return Err(GitHubError::Config(format!(
                 "{what}: refusing to send the token outside {}",
                 self.api
@@ -737,6 +755,9 @@ impl GitHub {
             url: p.html_url.map(|u| u.to_string()).unwrap_or(p.url),
             open: matches!(p.state, Some(octocrab::models::IssueState::Open)),
             merged: p.merged_at.is_some(),
+            draft: p.draft.unwrap_or(false),
+            node_id: p.node_id.unwrap_or_default(),
+            body: p.body.unwrap_or_default(),
         }
     }
 
@@ -761,7 +782,7 @@ impl GitHub {
         Ok(list.into_iter().map(Self::pull).collect())
     }
 
-    /// Open a pull request.
+    /// Open a pull request (a draft when `draft`).
     pub async fn create_pull(
         &self,
         repo: &str,
@@ -769,9 +790,10 @@ impl GitHub {
         head: &str,
         base: &str,
         body: &str,
+        draft: bool,
     ) -> Result<Pull, GitHubError> {
         let url = self.url(&format!("/repos/{repo}/pulls"));
-        let b = json!({"title": title, "head": head, "base": base, "body": body, "maintainer_can_modify": true});
+        let b = json!({"title": title, "head": head, "base": base, "body": body, "maintainer_can_modify": true, "draft": draft});
         let r = self.send(Method::POST, &url, Some(&b)).await?;
         let p: octocrab::models::pulls::PullRequest = Self::decode("POST pulls", &r)?;
         Ok(Self::pull(p))
@@ -783,6 +805,51 @@ impl GitHub {
         self.send(Method::PATCH, &url, Some(&json!({"state": "closed"})))
             .await
             .map(|_| ())
+    }
+
+    /// Replace a pull request's body.
+    pub async fn edit_pull_body(
+        &self,
+        repo: &str,
+        number: u64,
+        body: &str,
+    ) -> Result<(), GitHubError> {
+        let url = self.url(&format!("/repos/{repo}/pulls/{number}"));
+        self.send(Method::PATCH, &url, Some(&json!({"body": body})))
+            .await
+            .map(|_| ())
+    }
+
+    /// Mark a draft pull request ready for review (GraphQL's
+    /// `markPullRequestReadyForReview`; REST has no such call). GraphQL answers `200` with an
+    /// `errors` list when it fails.
+    pub async fn mark_ready(&self, node_id: &str) -> Result<(), GitHubError> {
+        let what = "POST graphql markPullRequestReadyForReview";
+        let q = json!({
+            "query": "mutation($id: ID!) { markPullRequestReadyForReview(input: {pullRequestId: $id}) { pullRequest { isDraft } } }",
+            "variables": {"id": node_id},
+        });
+        let r = self.send(Method::POST, &self.graphql, Some(&q)).await?;
+        let v: Value = Self::decode(what, &r)?;
+        if let Some(errs) = v.get("errors").and_then(|e| e.as_array())
+            && !errs.is_empty()
+        {
+            let m: Vec<&str> = errs
+                .iter()
+                .filter_map(|e| e.get("message").and_then(|m| m.as_str()))
+                .collect();
+            return Err(GitHubError::Decode {
+                what: what.into(),
+                message: m.join("; "),
+            });
+        }
+        match v.pointer("/data/markPullRequestReadyForReview/pullRequest/isDraft") {
+            Some(Value::Bool(false)) => Ok(()),
+            _ => Err(GitHubError::Decode {
+                what: what.into(),
+                message: format!("the pull request is still a draft: {v}"),
+            }),
+        }
     }
 
     /// Comment on a pull request (an issue comment).
@@ -810,6 +877,18 @@ mod tests {
         let l = r#"<https://api.github.com/x?page=1>; rel="prev", <https://api.github.com/x?page=1>; rel="first""#;
         assert_eq!(next_link(l), None);
         assert_eq!(next_link(""), None);
+    }
+
+    #[test]
+    fn graphql_sits_beside_the_rest_api() {
+        assert_eq!(
+            graphql_url("https://api.github.com"),
+            "https://api.github.com/graphql"
+        );
+        assert_eq!(
+            graphql_url("https://ghe.example.com/api/v3"),
+            "https://ghe.example.com/api/graphql"
+        );
     }
 
     #[test]

@@ -21,11 +21,31 @@ pub enum ImageNote {
     NotPinned,
     /// The digest of the new tag was resolved and written.
     Pinned(String),
-    /// The coin pins a digest but the new tag's could not be resolved: the pin is stale.
+    /// The coin pins a digest and the new tag's is not known yet (the tag is not in the
+    /// registry, or the registry could not be read): the pull request is a draft, and the
+    /// watch tries again each cycle; when the tag is there it writes the digest, rewrites the
+    /// image lines of the body and marks the pull request ready.
+    Awaiting {
+        /// Why it is not known yet.
+        reason: String,
+    },
+    /// The coin pins a digest and no registry access is configured: a draft whose pin a
+    /// person must write.
     Unresolved {
         /// Why.
         reason: String,
     },
+}
+
+impl ImageNote {
+    /// Whether the pull request must stay a draft: the version is bumped but the pin still
+    /// names the old image.
+    pub fn stale_pin(&self) -> bool {
+        matches!(
+            self,
+            ImageNote::Awaiting { .. } | ImageNote::Unresolved { .. }
+        )
+    }
 }
 
 /// Everything the body says.
@@ -129,6 +149,89 @@ fn human_secs(s: u64) -> String {
     }
 }
 
+/// The first line of a bump that should have been a draft, in a repository that does not
+/// allow drafts.
+pub const NO_DRAFTS: &str = "> ⚠️ **Do not merge this yet.** This repository does not allow draft pull requests, and `image.digest` still pins the image of the old version: write the new tag's digest first (fleet does that only for drafts).";
+
+const IMAGE_LINE: &str = "- **Image:** ";
+const STEPS_LINE: &str = "On each node: ";
+const FOOTER_LINE: &str = "Opened by fleet release-watch from the upstream release above. ";
+
+/// The body's line about the image.
+fn image_line(b: &BumpInfo<'_>) -> String {
+    let (repo, v) = (&b.coin.image.repository, &b.candidate.version);
+    let rest = match &b.image {
+        ImageNote::NotPinned => format!("`{repo}:{v}` (no digest pin)"),
+        ImageNote::Pinned(d) => format!("`{repo}:{v}` pinned to `{d}`"),
+        ImageNote::Awaiting { reason } => format!(
+            "`{repo}:{v}`, not pinned yet: {}. This pull request is a draft until the tag is in the registry: fleet release-watch checks every cycle, then writes its digest to `image.digest` in `{}` (which still pins the image of {}) and marks the pull request ready.",
+            one_line(reason),
+            b.file,
+            b.current
+        ),
+        ImageNote::Unresolved { reason } => format!(
+            "`{repo}:{v}`. ⚠️ The digest of this tag could not be resolved ({}): `image.digest` in `{}` still pins the image of {}. This pull request is a draft: write the digest, then mark it ready.",
+            one_line(reason),
+            b.file,
+            b.current
+        ),
+    };
+    format!("{IMAGE_LINE}{rest}")
+}
+
+/// The body's line about what happens on each node.
+fn steps_line(b: &BumpInfo<'_>) -> String {
+    let v = &b.candidate.version;
+    let snap = if b.coin.snapshots.before_upgrade {
+        "a snapshot of its data volume, then "
+    } else {
+        ""
+    };
+    let pin = match &b.image {
+        ImageNote::Pinned(d) => format!(" {d}"),
+        _ => String::new(),
+    };
+    format!(
+        "{STEPS_LINE}{snap}`fleet-node upgrade {v}{pin}` over SSM (the image is pulled first; only then is `node@{v}` enabled and started in place of the old version); the chain data on the EBS volume is kept."
+    )
+}
+
+/// The body's last line: what the pull request changes.
+fn footer_line(b: &BumpInfo<'_>) -> String {
+    format!(
+        "{FOOTER_LINE}This pull request changes only `version`{} in `{}`. Merge it to roll the version out; close it to decline (this version is not proposed again).",
+        if matches!(b.image, ImageNote::Pinned(_)) {
+            " and `image.digest`"
+        } else {
+            ""
+        },
+        b.file
+    )
+}
+
+/// `old` (a body this module wrote) with its image lines rewritten for `b.image`: when a
+/// draft's image is pushed, the body says so and keeps everything else (a superseded pull
+/// request, a person's edits elsewhere).
+pub fn with_image(old: &str, b: &BumpInfo<'_>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for line in old.lines() {
+        if line.starts_with(IMAGE_LINE) {
+            out.push(image_line(b));
+        } else if line.starts_with(STEPS_LINE) {
+            out.push(steps_line(b));
+        } else if line.starts_with(FOOTER_LINE) {
+            out.push(footer_line(b));
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    let mut s = out.join("\n");
+    if old.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
 /// The body.
 pub fn body(b: &BumpInfo<'_>) -> String {
     let c = b.coin;
@@ -181,32 +284,7 @@ pub fn body(b: &BumpInfo<'_>) -> String {
             "- **Approval:** not needed (`rollout.approval: {policy}`): the rollout starts when this is merged"
         );
     }
-    match &b.image {
-        ImageNote::NotPinned => {
-            let _ = writeln!(
-                o,
-                "- **Image:** `{}:{v}` (no digest pin)",
-                c.image.repository
-            );
-        }
-        ImageNote::Pinned(d) => {
-            let _ = writeln!(
-                o,
-                "- **Image:** `{}:{v}` pinned to `{d}`",
-                c.image.repository
-            );
-        }
-        ImageNote::Unresolved { reason } => {
-            let _ = writeln!(
-                o,
-                "- **Image:** `{}:{v}`. ⚠️ The digest of this tag could not be resolved ({}): `image.digest` in `{}` still pins the image of {}. Update it before merging.",
-                c.image.repository,
-                one_line(reason),
-                b.file,
-                b.current
-            );
-        }
-    }
+    let _ = writeln!(o, "{}", image_line(b));
     if let Some((n, old)) = &b.supersedes {
         let _ = writeln!(o, "- **Supersedes** #{n} ({old})");
     }
@@ -261,20 +339,7 @@ pub fn body(b: &BumpInfo<'_>) -> String {
             .collect();
         let _ = writeln!(o, "| {} | {z} | {} |", i + 1, names.join(", "));
     }
-    let snap = if c.snapshots.before_upgrade {
-        "a snapshot of its data volume, then "
-    } else {
-        ""
-    };
-    let pin = match &b.image {
-        ImageNote::Pinned(d) => format!(" {d}"),
-        ImageNote::NotPinned | ImageNote::Unresolved { .. } => String::new(),
-    };
-    let _ = writeln!(
-        o,
-        "\nOn each node: {snap}`fleet-node upgrade {v}{pin}` over SSM (the image is pulled first; only then is `node@{v}` enabled and started in place of the old version); the chain data on the EBS volume is kept."
-    );
-
+    let _ = writeln!(o, "\n{}", steps_line(b));
     let _ = writeln!(o, "\n### Release notes\n");
     match r.body.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => {
@@ -303,16 +368,7 @@ pub fn body(b: &BumpInfo<'_>) -> String {
             let _ = writeln!(o, "\n</details>");
         }
     }
-    let _ = writeln!(
-        o,
-        "\n---\nOpened by fleet release-watch from the upstream release above. This pull request changes only `version`{} in `{}`. Merge it to roll the version out; close it to decline (this version is not proposed again).",
-        if matches!(b.image, ImageNote::Pinned(_)) {
-            " and `image.digest`"
-        } else {
-            ""
-        },
-        b.file
-    );
+    let _ = writeln!(o, "\n---\n{}", footer_line(b));
     o
 }
 

@@ -77,6 +77,38 @@ pub fn split_repository(repo: &str) -> (String, String) {
     }
 }
 
+/// An image repository in Amazon ECR, from its host `<account>.dkr.ecr.<region>.amazonaws.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcrRepository {
+    /// The registry's account id (12 digits).
+    pub account: String,
+    /// Its region.
+    pub region: String,
+    /// The repository's name inside the registry (`coin-daemons/bitcoin`).
+    pub name: String,
+}
+
+/// The ECR repository `repo` names, or None when it is not in ECR (any other registry is
+/// read through the OCI distribution API).
+pub fn ecr_repository(repo: &str) -> Option<EcrRepository> {
+    let (host, name) = repo.split_once('/')?;
+    let rest = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let (account, region) = rest.split_once(".dkr.ecr.")?;
+    let region_ok = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && region.contains('-');
+    let account_ok = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
+    (region_ok && account_ok && !name.is_empty()).then(|| EcrRepository {
+        account: account.to_string(),
+        region: region.to_string(),
+        name: name.to_string(),
+    })
+}
+
 /// `key="value"` pairs of a `WWW-Authenticate` challenge.
 fn challenge_params(h: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -274,6 +306,34 @@ mod tests {
             split_repository("alpine"),
             ("registry-1.docker.io".into(), "library/alpine".into())
         );
+    }
+
+    #[test]
+    fn ecr_repositories_are_recognised_by_their_host() {
+        assert_eq!(
+            ecr_repository("123456789012.dkr.ecr.eu-central-1.amazonaws.com/coin-daemons/bitcoin"),
+            Some(EcrRepository {
+                account: "123456789012".into(),
+                region: "eu-central-1".into(),
+                name: "coin-daemons/bitcoin".into(),
+            })
+        );
+        assert_eq!(
+            ecr_repository("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/x").map(|r| r.region),
+            Some("cn-north-1".into())
+        );
+        for other in [
+            "ethereum/client-go",
+            "alpine",
+            "public.ecr.aws/bitnami/geth",
+            "12345.dkr.ecr.eu-central-1.amazonaws.com/x",
+            "123456789012.dkr.ecr..amazonaws.com/x",
+            "123456789012.dkr.ecr.eu-central-1.amazonaws.com/",
+            "123456789012.dkr.ecr.eu-central-1.amazonaws.com.evil.example/x",
+            "127.0.0.1:5000/x/y",
+        ] {
+            assert_eq!(ecr_repository(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -201,6 +201,7 @@ pub async fn propose(
             message: &message,
             title: &title,
             body: &body,
+            draft: false,
         },
     )
     .await?;

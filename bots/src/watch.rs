@@ -65,6 +65,29 @@ pub enum CoinOutcome {
         url: String,
         /// Older bump pull requests closed in its favour.
         superseded: Vec<u64>,
+        /// Opened as a draft: the coin pins a digest and the new tag's is not known yet.
+        draft: bool,
+    },
+    /// A draft bump's image tag is in the registry now: its digest was written to the
+    /// branch and the pull request marked ready.
+    MarkedReady {
+        /// Version.
+        version: String,
+        /// Number.
+        number: u64,
+        /// Page.
+        url: String,
+        /// The digest written.
+        digest: String,
+    },
+    /// A draft bump still waits for its image.
+    AwaitingImage {
+        /// Version.
+        version: String,
+        /// Number.
+        number: u64,
+        /// Why the digest is not known yet.
+        reason: String,
     },
     /// `--dry-run`: what would be opened.
     WouldOpen {
@@ -134,25 +157,42 @@ impl CycleReport {
     pub fn notices(&self, desired: &Desired) -> Vec<Notice> {
         let mut out = Vec::new();
         for (coin, o) in self.lines.iter().chain(&self.coins) {
-            if let CoinOutcome::Opened {
-                version,
-                number,
-                url,
-                superseded,
-            } = o
-                && let Some(c) = desired.coins.get(coin)
-            {
-                let class = semver::classify(c.version.as_str(), version);
-                out.push(Notice::BumpOpened {
+            match o {
+                CoinOutcome::Opened {
+                    version,
+                    number,
+                    url,
+                    superseded,
+                    draft,
+                } => {
+                    if let Some(c) = desired.coins.get(coin) {
+                        let class = semver::classify(c.version.as_str(), version);
+                        out.push(Notice::BumpOpened {
+                            coin: coin.clone(),
+                            from: c.version.to_string(),
+                            to: version.clone(),
+                            number: *number,
+                            url: url.clone(),
+                            class: class.as_str().to_string(),
+                            approval_needed: c.rollout.approval.requires(class),
+                            supersedes: superseded.first().copied(),
+                            waiting_for_image: *draft,
+                        });
+                    }
+                }
+                CoinOutcome::MarkedReady {
+                    version,
+                    number,
+                    url,
+                    digest,
+                } => out.push(Notice::BumpReady {
                     coin: coin.clone(),
-                    from: c.version.to_string(),
                     to: version.clone(),
                     number: *number,
                     url: url.clone(),
-                    class: class.as_str().to_string(),
-                    approval_needed: c.rollout.approval.requires(class),
-                    supersedes: superseded.first().copied(),
-                });
+                    digest: digest.clone(),
+                }),
+                _ => {}
             }
         }
         for (coin, tags) in &self.rejected {
@@ -317,6 +357,11 @@ async fn propose(
     let branch = pr_body::branch_name(coin, &version);
     let prefix = pr_body::branch_prefix(coin);
     if let Some(p) = open.iter().find(|p| p.head == branch) {
+        if p.draft
+            && let Some(r) = resolver
+        {
+            return complete_draft(gh, desired, s, r, p, bump).await;
+        }
         return Ok(CoinOutcome::AlreadyOpen {
             version,
             number: p.number,
@@ -389,10 +434,10 @@ async fn propose(
                     edits.push(Edit::new("image.digest", d.clone()));
                     ImageNote::Pinned(d)
                 }
-                Ok(None) => ImageNote::Unresolved {
+                Ok(None) => ImageNote::Awaiting {
                     reason: format!("the registry has no tag {version} yet"),
                 },
-                Err(e) => ImageNote::Unresolved { reason: e },
+                Err(e) => ImageNote::Awaiting { reason: e },
             },
         }
     };
@@ -407,6 +452,7 @@ async fn propose(
     let supersedes = older
         .first()
         .map(|p| (p.number, p.head[prefix.len()..].to_string()));
+    let draft = image.stale_pin();
     let info = BumpInfo {
         coin: c,
         current: &current,
@@ -447,10 +493,11 @@ async fn propose(
             message: &pr_body::commit_message(&info),
             title: &title,
             body: &body,
+            draft,
         },
     )
     .await?;
-    tracing::info!(coin, version = %version, number = pr.number, url = %pr.url, "bump pull request opened");
+    tracing::info!(coin, version = %version, number = pr.number, url = %pr.url, draft = pr.draft, "bump pull request opened");
     let mut superseded = Vec::new();
     for old in older {
         let note = format!(
@@ -468,6 +515,114 @@ async fn propose(
         number: pr.number,
         url: pr.url,
         superseded,
+        draft: pr.draft,
+    })
+}
+
+/// A draft bump (opened while its image tag was not in the registry): when the tag is there
+/// now, write its digest to the branch, rewrite the body's image lines and mark the pull
+/// request ready. Each step is idempotent, so an interrupted cycle is finished by the next.
+/// A branch whose version or pin a person changed is left alone.
+async fn complete_draft(
+    gh: &GitHub,
+    desired: &Desired,
+    s: &WatchSettings,
+    resolver: &dyn DigestResolver,
+    p: &Pull,
+    bump: &Bump<'_>,
+) -> Result<CoinOutcome, GitHubError> {
+    let (coin, cand) = (bump.coin, bump.cand);
+    let version = cand.version.to_string();
+    let already = CoinOutcome::AlreadyOpen {
+        version: version.clone(),
+        number: p.number,
+    };
+    let Some(c) = desired.coins.get(coin) else {
+        return Err(GitHubError::Config(format!("{coin} is not in the fleet")));
+    };
+    let waiting = |reason: String| CoinOutcome::AwaitingImage {
+        version: version.clone(),
+        number: p.number,
+        reason,
+    };
+    let digest = match resolver
+        .resolve(c.image.repository.as_str(), &version)
+        .await
+    {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(waiting(format!("the registry has no tag {version} yet"))),
+        Err(e) => return Ok(waiting(e)),
+    };
+    let path = join_path(&s.subdir, &c.file);
+    let Some(file) = gh.file(&s.fleet_repo, &path, &p.head).await? else {
+        return Ok(already);
+    };
+    let edit_err = |e: yaml_edit::EditError| GitHubError::Decode {
+        what: path.clone(),
+        message: e.to_string(),
+    };
+    let on_branch = yaml_edit::get_scalar(&path, &file.text, "version").map_err(edit_err)?;
+    let pin = yaml_edit::get_scalar(&path, &file.text, "image.digest").map_err(edit_err)?;
+    if on_branch.as_deref() != Some(version.as_str()) || pin.is_none() {
+        tracing::info!(
+            coin,
+            number = p.number,
+            "draft bump changed by a person: left alone"
+        );
+        return Ok(already);
+    }
+    if pin.as_deref() != Some(digest.as_str()) {
+        let edits = [Edit::new("image.digest", digest.clone())];
+        let new_text = yaml_edit::set_scalars(&path, &file.text, &edits).map_err(edit_err)?;
+        validate(gh, s, &c.file, &file.text, &new_text).await?;
+        let message = format!(
+            "{coin} {version}: pin the image digest\n\n{}:{version} is {digest}.",
+            c.image.repository
+        );
+        gh.put_file(
+            &s.fleet_repo,
+            &path,
+            &p.head,
+            &message,
+            &new_text,
+            &file.sha,
+        )
+        .await?;
+    }
+    let base = gh.file(&s.fleet_repo, &path, &s.base).await?;
+    let current = match &base {
+        Some(f) => yaml_edit::get_scalar(&path, &f.text, "version")
+            .map_err(edit_err)?
+            .unwrap_or_else(|| c.version.to_string()),
+        None => c.version.to_string(),
+    };
+    let approvers: Vec<String> = desired
+        .fleet
+        .approvers
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let info = BumpInfo {
+        coin: c,
+        current: &current,
+        candidate: cand,
+        approvers: &approvers,
+        image: ImageNote::Pinned(digest.clone()),
+        supersedes: None,
+        beside: bump.beside.clone(),
+        file: &path,
+    };
+    let body = pr_body::with_image(&p.body, &info);
+    if body != p.body {
+        gh.edit_pull_body(&s.fleet_repo, p.number, &body).await?;
+    }
+    gh.mark_ready(&p.node_id).await?;
+    tracing::info!(coin, version = %version, number = p.number, digest = %digest, "draft bump pinned and marked ready");
+    Ok(CoinOutcome::MarkedReady {
+        version,
+        number: p.number,
+        url: p.url.clone(),
+        digest,
     })
 }
 
@@ -487,6 +642,8 @@ pub(crate) struct Change<'a> {
     pub title: &'a str,
     /// Its body.
     pub body: &'a str,
+    /// Open it as a draft.
+    pub draft: bool,
 }
 
 /// Make the branch from the base's head, commit the change on it, open the pull request.
@@ -529,7 +686,7 @@ pub(crate) async fn open_pull(
     }
     let head = format!("{}:{}", owner(&s.fleet_repo), c.branch);
     match gh
-        .create_pull(&s.fleet_repo, c.title, c.branch, &s.base, c.body)
+        .create_pull(&s.fleet_repo, c.title, c.branch, &s.base, c.body, c.draft)
         .await
     {
         Ok(p) => Ok(p),
@@ -538,7 +695,19 @@ pub(crate) async fn open_pull(
             let again = gh
                 .pulls(&s.fleet_repo, "open", &s.base, Some(&head))
                 .await?;
-            again.into_iter().find(|p| p.head == c.branch).ok_or(e)
+            if let Some(p) = again.into_iter().find(|p| p.head == c.branch) {
+                return Ok(p);
+            }
+            if !c.draft {
+                return Err(e);
+            }
+            // Draft pull requests are not available on every plan (private repositories
+            // on GitHub Free): open it ready, its body saying why it must not be merged yet.
+            // It is then not completed by the watch: only drafts are.
+            tracing::warn!(branch = c.branch, error = %e, "a draft pull request was refused: opened as a ready one that says not to merge it");
+            let body = format!("{}\n\n{}", pr_body::NO_DRAFTS, c.body);
+            gh.create_pull(&s.fleet_repo, c.title, c.branch, &s.base, &body, false)
+                .await
         }
         Err(e) => Err(e),
     }

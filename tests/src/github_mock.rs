@@ -9,7 +9,10 @@
 //!   made through the API (`git/ref(s)`, `contents`) are real git objects written with git2,
 //!   so `fleet run` following that repository (file://) sees the bump commit exactly as it
 //!   would see one made on GitHub, and a test can merge the pull request with `git`.
-//! - Pull requests and issue comments are kept in memory.
+//! - Pull requests (drafts too) and issue comments are kept in memory. The GraphQL endpoint
+//!   (`POST /graphql`, `/api/graphql` under GitHub Enterprise's `/api/v3`) answers
+//!   `markPullRequestReadyForReview` by the pull request's node id, with GraphQL's shapes:
+//!   `200` and `data`, or `200` and an `errors` list.
 //! - Scripted failures (rate limits, errors) are served before the normal answer.
 //! - Every request is recorded (method, path, query, `If-None-Match`, body).
 //! - Requests without the expected `Authorization: Bearer <token>` get `401 Bad credentials`.
@@ -55,6 +58,8 @@ pub struct PullRec {
     pub state: String,
     /// Merged.
     pub merged: bool,
+    /// A draft.
+    pub draft: bool,
 }
 
 /// A scripted answer for the next request whose path contains `path`.
@@ -87,6 +92,8 @@ pub struct GhState {
     pub remaining: i64,
     /// When the window resets (unix seconds).
     pub reset: i64,
+    /// Draft pull requests refused, as on private repositories of GitHub Free.
+    pub no_drafts: bool,
 }
 
 /// The mock server.
@@ -232,7 +239,7 @@ fn pull_obj(repo: &str, p: &PullRec, head_sha: &str, base_sha: &str) -> Value {
             "commits": {"href": format!("{api}/pulls/{}/commits", p.number)},
             "statuses": {"href": format!("{api}/statuses/{head_sha}")}
         },
-        "author_association": "CONTRIBUTOR", "auto_merge": null, "draft": false
+        "author_association": "CONTRIBUTOR", "auto_merge": null, "draft": p.draft
     })
 }
 
@@ -641,8 +648,16 @@ fn handle(s: &mut GhState, req: &Req, path: &str) -> Resp {
                     &json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "code": "custom", "message": format!("A pull request already exists for {owner}:{head}.")}], "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request", "status": "422"}),
                 );
             }
+            let draft = b["draft"].as_bool().unwrap_or(false);
+            if draft && s.no_drafts {
+                return Resp::json(
+                    422,
+                    &json!({"message": "Validation Failed", "errors": [{"resource": "PullRequest", "code": "custom", "message": "Draft pull requests are not supported in this repository."}], "documentation_url": "https://docs.github.com/rest/pulls/pulls#create-a-pull-request", "status": "422"}),
+                );
+            }
             let number = s.pulls.len() as u64 + 1;
             let p = PullRec {
+                draft,
                 number,
                 head: head.into(),
                 base: base.into(),
@@ -673,6 +688,34 @@ fn handle(s: &mut GhState, req: &Req, path: &str) -> Resp {
             let p = p.clone();
             let z = "0".repeat(40);
             Resp::json(200, &pull_obj(&full, &p, &z, &z))
+        }
+        ("POST", ["graphql"] | ["api", "graphql"]) => {
+            let b = req.json();
+            let q = b["query"].as_str().unwrap_or("");
+            let id = b["variables"]["id"].as_str().unwrap_or("");
+            if !q.contains("markPullRequestReadyForReview") {
+                return Resp::json(
+                    200,
+                    &json!({"errors": [{"message": "this mock answers markPullRequestReadyForReview only"}]}),
+                );
+            }
+            match s
+                .pulls
+                .iter_mut()
+                .find(|p| format!("PR_kwDO{}", p.number) == id)
+            {
+                Some(p) => {
+                    p.draft = false;
+                    Resp::json(
+                        200,
+                        &json!({"data": {"markPullRequestReadyForReview": {"pullRequest": {"isDraft": false}}}}),
+                    )
+                }
+                None => Resp::json(
+                    200,
+                    &json!({"data": {"markPullRequestReadyForReview": null}, "errors": [{"type": "NOT_FOUND", "path": ["markPullRequestReadyForReview"], "locations": [{"line": 1, "column": 22}], "message": format!("Could not resolve to a node with the global id of '{id}'.")}]}),
+                ),
+            }
         }
         ("POST", ["repos", o, r, "issues", n, "comments"]) => {
             let Ok(n) = n.parse::<u64>() else {

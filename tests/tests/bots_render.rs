@@ -79,13 +79,67 @@ fn the_bump_pull_request_body() {
         candidate: &doge,
         approvers: &approvers,
         image: ImageNote::Unresolved {
-            reason: "the registry has no tag 1.14.10 yet".into(),
+            reason: "no registry access configured".into(),
         },
         supersedes: None,
         beside: Some(pr_body::Beside::Major("2.0.0".into())),
         file: "coins/dogecoin.yaml",
     };
     check_snapshot("pr-body-dogecoin.md", &pr_body::body(&info));
+
+    // bitcoin 29.0 waiting for its image, then pinned: the draft's body, and the body once
+    // the image is there, which differs from it in the image lines only.
+    let waiting = BumpInfo {
+        image: ImageNote::Awaiting {
+            reason: "the registry has no tag 29.0 yet".into(),
+        },
+        supersedes: Some((41, "28.2".into())),
+        ..info_of(c, &cand, &approvers)
+    };
+    let draft = pr_body::body(&waiting);
+    check_snapshot("pr-body-bitcoin-draft.md", &draft);
+    let digest = format!("sha256:{}", "2c".repeat(32));
+    let pinned = BumpInfo {
+        image: ImageNote::Pinned(digest.clone()),
+        ..waiting.clone()
+    };
+    let ready = pr_body::with_image(&draft, &pinned);
+    assert_eq!(
+        ready,
+        pr_body::body(&pinned),
+        "rewriting the image lines of the draft gives the body of a pinned bump:\n{ready}"
+    );
+    let changed: Vec<(&str, &str)> = draft
+        .lines()
+        .zip(ready.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(
+        changed.len(),
+        3,
+        "the image, the steps and the footer: {changed:#?}"
+    );
+    assert!(ready.contains("- **Supersedes** #41 (28.2)"));
+    // A person's edit elsewhere in the body stays.
+    let edited = draft.replace("### Release notes", "### Release notes (reviewed: ok)");
+    assert!(pr_body::with_image(&edited, &pinned).contains("(reviewed: ok)"));
+}
+
+fn info_of<'a>(
+    c: &'a fleet_repo_schema::Coin,
+    cand: &'a Candidate,
+    approvers: &'a [String],
+) -> BumpInfo<'a> {
+    BumpInfo {
+        coin: c,
+        current: "28.1",
+        candidate: cand,
+        approvers,
+        image: ImageNote::NotPinned,
+        supersedes: None,
+        beside: None,
+        file: "coins/bitcoin.yaml",
+    }
 }
 
 #[test]
@@ -105,6 +159,7 @@ fn every_slack_message() {
             class: "major".into(),
             approval_needed: true,
             supersedes: Some(41),
+            waiting_for_image: false,
         },
         Notice::ReleaseRejected {
             coin: "litecoin".into(),
@@ -202,6 +257,24 @@ fn every_slack_message() {
             commit: "fedcba9876543210fedcba9876543210fedcba98".into(),
             in_force: Some(key.commit.clone()),
             errors: vec!["coins/bitcoin.yaml:9:10: E303 `version` is \"28.1; curl x | sh\": expected a version".into()],
+        },
+        Notice::BumpOpened {
+            coin: "bitcoin".into(),
+            from: "28.1".into(),
+            to: "29.0".into(),
+            number: 43,
+            url: "https://github.com/acme/fleet/pull/43".into(),
+            class: "major".into(),
+            approval_needed: true,
+            supersedes: None,
+            waiting_for_image: true,
+        },
+        Notice::BumpReady {
+            coin: "bitcoin".into(),
+            to: "29.0".into(),
+            number: 43,
+            url: "https://github.com/acme/fleet/pull/43".into(),
+            digest: format!("sha256:{}", "2c".repeat(32)),
         },
     ];
     let mut all = Vec::new();

@@ -27,6 +27,7 @@ use std::time::Duration;
 const TOKEN: &str = "ghp_test_token_0123456789";
 const FLEET: &str = "acme/fleet";
 const DAY: i64 = 86_400;
+const DIGEST_28_2: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const DIGEST_29: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
 
 fn now_s() -> i64 {
@@ -94,7 +95,7 @@ fn desired_of(files: &[(String, String)]) -> Desired {
 
 /// An OCI registry on loopback: `HEAD /v2/<name>/manifests/<tag>` answers 401 with a
 /// bearer challenge until a token from `/token` is presented.
-fn registry(tags: Vec<(&'static str, &'static str)>) -> MockServer {
+fn registry(tags: Tags) -> MockServer {
     let realm = Arc::new(Mutex::new(String::new()));
     let r2 = Arc::clone(&realm);
     let srv = MockServer::start(Arc::new(move |req: Req| {
@@ -116,7 +117,7 @@ fn registry(tags: Vec<(&'static str, &'static str)>) -> MockServer {
             );
         }
         let tag = req.path.rsplit('/').next().unwrap_or("");
-        match tags.iter().find(|(t, _)| *t == tag) {
+        match tags.lock().unwrap().iter().find(|(t, _)| *t == tag) {
             Some((_, d)) => Resp::empty(200)
                 .header("docker-content-digest", *d)
                 .header("content-type", "application/vnd.oci.image.index.v1+json"),
@@ -127,8 +128,12 @@ fn registry(tags: Vec<(&'static str, &'static str)>) -> MockServer {
     srv
 }
 
+/// The tags a registry knows, and their digests (a test pushes one by adding it).
+type Tags = Arc<Mutex<Vec<(&'static str, &'static str)>>>;
+
 struct Rig {
     _tmp: tempfile::TempDir,
+    tags: Tags,
     remote: Remote,
     gh: GitHubMock,
     _registry: MockServer,
@@ -144,7 +149,8 @@ impl Rig {
     /// registry (which knows 29.0), bitcoin/bitcoin with 250 releases over 3 pages.
     fn new(edit: impl Fn(&str, String) -> String) -> Rig {
         let tmp = tempfile::tempdir().unwrap();
-        let reg = registry(vec![("29.0", DIGEST_29)]);
+        let tags: Tags = Arc::new(Mutex::new(vec![("29.0", DIGEST_29)]));
+        let reg = registry(Arc::clone(&tags));
         let host = reg.addr.to_string();
         let files = example_files(|p, t| {
             let t = if p == "coins/bitcoin.yaml" {
@@ -164,6 +170,7 @@ impl Rig {
         let pacer = Arc::new(TestPacer::default());
         let client = client(&gh, TOKEN, &pacer);
         Rig {
+            tags,
             desired: desired_of(&files),
             files,
             remote,
@@ -270,11 +277,13 @@ async fn a_release_becomes_one_pull_request_changing_only_the_version_and_digest
         number,
         url,
         superseded,
+        draft,
     } = &report.coins["bitcoin"]
     else {
         panic!("{:#?}", report.coins);
     };
     assert_eq!((version.as_str(), *number), ("29.0", 1));
+    assert!(!*draft, "the image is in the registry: ready at once");
     assert!(superseded.is_empty());
     assert_eq!(url, "https://github.com/acme/fleet/pull/1");
     // Every other coin's upstream has no release here: up to date, no pull request.
@@ -453,9 +462,10 @@ async fn a_newer_release_supersedes_the_open_bump_and_a_closed_one_is_not_reopen
         github_mock::git::resolve(&rig.remote.origin, "fleet/bump-bitcoin-29.0").is_none(),
         "old branch deleted"
     );
-    // 29.1 is not in the registry: the digest pin cannot follow, and the body says so.
+    // 29.1 is not in the registry: the digest pin cannot follow yet, so it is a draft and
+    // the body says so.
     assert!(
-        pulls[1].body.contains("could not be resolved"),
+        pulls[1].draft && pulls[1].body.contains("not pinned yet"),
         "{}",
         pulls[1].body
     );
@@ -479,11 +489,170 @@ async fn a_newer_release_supersedes_the_open_bump_and_a_closed_one_is_not_reopen
     assert_eq!(rig.gh.pulls().len(), 2);
 }
 
+/// bitcoin pins its image by digest and 29.0's image is not pushed yet: the bump is a draft
+/// (which GitHub will not merge) saying why; cycles while the tag is missing write nothing;
+/// once the tag is pushed, the next cycle writes its digest to the branch, rewrites the
+/// body's image lines and marks the pull request ready (GraphQL), and the channel hears it.
+/// A cycle cut off before the GraphQL call is finished by the next without a second commit.
+#[tokio::test]
+async fn a_bump_is_a_draft_until_its_image_is_pushed_then_pinned_and_marked_ready() {
+    let rig = Rig::new(|_, t| t);
+    rig.tags.lock().unwrap().clear();
+    let report = rig.cycle(false).await;
+    let CoinOutcome::Opened {
+        number: 1, draft, ..
+    } = &report.coins["bitcoin"]
+    else {
+        panic!("{:?}", report.coins["bitcoin"]);
+    };
+    assert!(*draft);
+    let p = &rig.gh.pulls()[0];
+    assert!(p.draft, "opened as a draft");
+    assert!(
+        p.body.contains("a draft until the tag is in the registry")
+            && p.body.contains("the registry has no tag 29.0 yet"),
+        "{}",
+        p.body
+    );
+    let old_digest = "sha256:fed9369828c2e48f88cfbe36ef0e2d25a14d0c48d6287e9eb59bde270e54c265";
+    let branch = "fleet/bump-bitcoin-29.0";
+    let on_branch = rig.file_on(branch, "coins/bitcoin.yaml");
+    assert!(on_branch.contains("version: \"29.0\"") || on_branch.contains("version: 29.0"));
+    assert!(
+        on_branch.contains(old_digest),
+        "the pin is still the old image's"
+    );
+    let notices = report.notices(&rig.desired);
+    assert!(
+        notices.iter().any(|n| matches!(
+            n,
+            bots::slack::messages::Notice::BumpOpened {
+                waiting_for_image: true,
+                ..
+            }
+        )),
+        "{notices:?}"
+    );
+
+    // Still no tag: the draft waits and nothing is written.
+    rig.gh.take_requests();
+    let report = rig.cycle(false).await;
+    assert!(
+        matches!(
+            &report.coins["bitcoin"],
+            CoinOutcome::AwaitingImage { number: 1, reason, .. } if reason.contains("no tag 29.0")
+        ),
+        "{:?}",
+        report.coins["bitcoin"]
+    );
+    assert_eq!(writes(&rig.gh.take_requests()), Vec::<String>::new());
+
+    // The image is pushed; the GraphQL call fails once (GraphQL's 200 with `errors`).
+    rig.tags.lock().unwrap().push(("29.0", DIGEST_29));
+    rig.gh.script(
+        "graphql",
+        Resp::json(
+            200,
+            &json!({"errors": [{"message": "Something went wrong while executing your query."}]}),
+        ),
+    );
+    let report = rig.cycle(false).await;
+    assert!(
+        matches!(&report.coins["bitcoin"], CoinOutcome::Error { message } if message.contains("Something went wrong")),
+        "{:?}",
+        report.coins["bitcoin"]
+    );
+    let pinned = rig.file_on(branch, "coins/bitcoin.yaml");
+    assert_eq!(
+        pinned,
+        on_branch.replace(old_digest, DIGEST_29),
+        "only the digest changes on the branch"
+    );
+    assert!(rig.gh.pulls()[0].draft, "still a draft: the call failed");
+
+    // The next cycle finishes: no second commit, the pull request marked ready.
+    rig.gh.take_requests();
+    let report = rig.cycle(false).await;
+    let CoinOutcome::MarkedReady {
+        number: 1, digest, ..
+    } = &report.coins["bitcoin"]
+    else {
+        panic!("{:?}", report.coins["bitcoin"]);
+    };
+    assert_eq!(digest, DIGEST_29);
+    let w = writes(&rig.gh.take_requests());
+    assert_eq!(
+        w,
+        vec!["POST /api/graphql".to_string()],
+        "the body was rewritten by the cut-off cycle; only the GraphQL call is left"
+    );
+    let p = &rig.gh.pulls()[0];
+    assert!(!p.draft);
+    assert!(
+        p.body.contains(&format!("pinned to `{DIGEST_29}`"))
+            && p.body
+                .contains(&format!("`fleet-node upgrade 29.0 {DIGEST_29}`"))
+            && !p.body.contains("not pinned yet"),
+        "{}",
+        p.body
+    );
+    let notices = report.notices(&rig.desired);
+    assert!(
+        notices.iter().any(|n| matches!(
+            n,
+            bots::slack::messages::Notice::BumpReady { number: 1, .. }
+        )),
+        "{notices:?}"
+    );
+
+    // Ready: later cycles leave it be.
+    let report = rig.cycle(false).await;
+    assert!(
+        matches!(
+            report.coins["bitcoin"],
+            CoinOutcome::AlreadyOpen { number: 1, .. }
+        ),
+        "{:?}",
+        report.coins["bitcoin"]
+    );
+    assert_eq!(writes(&rig.gh.take_requests()), Vec::<String>::new());
+}
+
+/// A repository that refuses drafts (private repositories on GitHub Free): the bump is
+/// opened ready, its first line saying not to merge it before the digest is written.
+#[tokio::test]
+async fn without_drafts_the_waiting_bump_says_not_to_merge_it() {
+    let rig = Rig::new(|_, t| t);
+    rig.tags.lock().unwrap().clear();
+    rig.gh.st().no_drafts = true;
+    let report = rig.cycle(false).await;
+    assert!(
+        matches!(
+            report.coins["bitcoin"],
+            CoinOutcome::Opened {
+                number: 1,
+                draft: false,
+                ..
+            }
+        ),
+        "{:?}",
+        report.coins["bitcoin"]
+    );
+    let pulls = rig.gh.pulls();
+    assert_eq!(pulls.len(), 1);
+    assert!(
+        pulls[0].body.starts_with(bots::pr_body::NO_DRAFTS),
+        "{}",
+        pulls[0].body
+    );
+}
+
 /// bitcoin at 28.1 while 28.2 and 29.0 are out: two pull requests, the 28 line's first, each
 /// saying what it is beside the other; a newer 28.3 supersedes only the line's.
 #[tokio::test]
 async fn a_newer_major_and_a_newer_patch_get_a_pull_request_each() {
     let rig = Rig::new(|_, t| t);
+    rig.tags.lock().unwrap().push(("28.2", DIGEST_28_2));
     let r = "bitcoin/bitcoin";
     let with = |extra: &[(u64, &str)]| {
         let mut v = bitcoin_releases(false);

@@ -712,6 +712,7 @@ impl Worker {
                 }
             }
             Notice::BumpOpened { .. }
+            | Notice::BumpReady { .. }
             | Notice::ReleaseRejected { .. }
             | Notice::DiskGrow { .. }
             | Notice::RolledBack { .. }

@@ -57,6 +57,22 @@ pub enum Notice {
         approval_needed: bool,
         /// Pull request it replaces.
         supersedes: Option<u64>,
+        /// A draft until the new tag is in the registry (the coin pins a digest).
+        waiting_for_image: bool,
+    },
+    /// A draft bump's image is in the registry: its digest is pinned and the pull request
+    /// is ready for review.
+    BumpReady {
+        /// Coin.
+        coin: String,
+        /// Proposed version.
+        to: String,
+        /// Pull request number.
+        number: u64,
+        /// Its page.
+        url: String,
+        /// The digest pinned.
+        digest: String,
     },
     /// A release tag failed the version rule and was not proposed.
     ReleaseRejected {
@@ -534,6 +550,7 @@ pub fn render(n: &Notice) -> Message {
             class,
             approval_needed,
             supersedes,
+            waiting_for_image,
         } => {
             let text = format!("Bump PR #{number}: {coin} {from} → {to}");
             let mut md = format!(
@@ -552,11 +569,33 @@ pub fn render(n: &Notice) -> Message {
             } else {
                 ".\nThe rollout starts when it is merged."
             });
+            if *waiting_for_image {
+                md.push_str(&format!(
+                    "\nIt is a draft until the image tag `{}` is in the registry; fleet then pins its digest and marks it ready.",
+                    esc(to)
+                ));
+            }
             Message {
                 text,
                 blocks: vec![section(md)],
             }
         }
+        Notice::BumpReady {
+            coin,
+            to,
+            number,
+            url,
+            digest,
+        } => Message {
+            text: format!("Bump PR #{number} ready: {coin} {to}"),
+            blocks: vec![section(format!(
+                ":white_check_mark: The image of *{}* *{}* is in the registry: <{}|pull request #{number}> now pins `{}` and is ready for review.",
+                esc(coin),
+                esc(to),
+                esc(url),
+                esc(digest)
+            ))],
+        },
         Notice::DiskGrow {
             coin,
             node,

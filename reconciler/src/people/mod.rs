@@ -7,8 +7,11 @@
 //!   check the clicker is an approver, record the decision once in the journal, wake the loop.
 //! - [`release_watch`]: the release watch every interval (and on a `release` webhook)
 //!   against the revision in force, and its metrics.
+//! - [`registry`]: the digest of a new image tag, from ECR through the AWS SDK or from any
+//!   other registry through the OCI distribution API.
 //! - [`volume_pr`]: the node watch's disk pull requests (a coin's data volumes filling).
 
+pub mod registry;
 pub mod release_watch;
 pub mod slack;
 pub mod volume_pr;

@@ -1,6 +1,7 @@
 //! The release watch in `fleet run`: a cycle against the revision in force every interval and
 //! on a `release` webhook, its counters for `/metrics`, and the human report of a cycle.
 
+use super::registry::Registries;
 use super::{SetupError, env_secret, wall_ms};
 use crate::config::RunConfig;
 use crate::daemon::{Good, Shared};
@@ -26,7 +27,7 @@ pub struct WatchRuntime {
     /// Where pull requests go.
     pub settings: WatchSettings,
     /// Digests.
-    pub resolver: Option<OciResolver>,
+    pub resolver: Option<Registries>,
     /// Period.
     pub interval: Duration,
 }
@@ -59,7 +60,8 @@ pub fn watch_runtime(cfg: &RunConfig, dry_run: bool) -> Result<Option<WatchRunti
             (Some(username), Some(password)) => Some(RegistryAuth { username, password }),
             _ => None,
         };
-        Some(OciResolver::new(auth).map_err(|e| SetupError::Registry(e.to_string()))?)
+        let oci = OciResolver::new(auth).map_err(|e| SetupError::Registry(e.to_string()))?;
+        Some(Registries::new(oci, cfg.aws_endpoint.clone()))
     } else {
         None
     };
@@ -226,8 +228,13 @@ pub fn render_report(r: &CycleReport, out: &mut dyn std::io::Write) -> std::io::
                 number,
                 url,
                 superseded,
+                draft,
             } => {
-                write!(out, "{coin}: opened #{number} for {version}: {url}")?;
+                let what = if *draft { "opened draft" } else { "opened" };
+                write!(out, "{coin}: {what} #{number} for {version}: {url}")?;
+                if *draft {
+                    write!(out, " (until its image tag is in the registry)")?;
+                }
                 if !superseded.is_empty() {
                     write!(out, " (closed {:?} in its favour)", superseded)?;
                 }
@@ -259,6 +266,23 @@ pub fn render_report(r: &CycleReport, out: &mut dyn std::io::Write) -> std::io::
             CoinOutcome::AlreadyOpen { version, number } => {
                 writeln!(out, "{coin}: {version} already proposed in #{number}")?
             }
+            CoinOutcome::MarkedReady {
+                version,
+                number,
+                url,
+                digest,
+            } => writeln!(
+                out,
+                "{coin}: the image of {version} is in the registry: #{number} pins {digest} and is ready: {url}"
+            )?,
+            CoinOutcome::AwaitingImage {
+                version,
+                number,
+                reason,
+            } => writeln!(
+                out,
+                "{coin}: #{number} ({version}) is a draft until its image is in the registry: {reason}"
+            )?,
             CoinOutcome::Declined { version, number } => writeln!(
                 out,
                 "{coin}: {version} was proposed in #{number}, which was closed: not proposed again"

@@ -187,6 +187,7 @@ pub struct AwsProvider {
     r53: aws_sdk_route53::Client,
     sm: aws_sdk_secretsmanager::Client,
     cw: aws_sdk_cloudwatch::Client,
+    ecr: aws_sdk_ecr::Client,
     stats: Arc<CallStats>,
     opts: AwsOptions,
 }
@@ -235,6 +236,9 @@ impl AwsProvider {
             .retry_config(retry.clone())
             .timeout_config(t.clone());
         let mut cw = aws_sdk_cloudwatch::config::Builder::from(sdk)
+            .retry_config(retry.clone())
+            .timeout_config(t.clone());
+        let mut ecr = aws_sdk_ecr::config::Builder::from(sdk)
             .retry_config(retry)
             .timeout_config(t);
         for i in std::iter::once(&counter).chain(opts.interceptors.iter()) {
@@ -243,6 +247,7 @@ impl AwsProvider {
             r53.push_interceptor(i.clone());
             sm.push_interceptor(i.clone());
             cw.push_interceptor(i.clone());
+            ecr.push_interceptor(i.clone());
         }
         AwsProvider {
             ec2: aws_sdk_ec2::Client::from_conf(ec2.build()),
@@ -250,6 +255,7 @@ impl AwsProvider {
             r53: aws_sdk_route53::Client::from_conf(r53.build()),
             sm: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
             cw: aws_sdk_cloudwatch::Client::from_conf(cw.build()),
+            ecr: aws_sdk_ecr::Client::from_conf(ecr.build()),
             stats,
             opts,
         }
@@ -301,6 +307,49 @@ impl AwsProvider {
                 message: DisplayErrorContext(&e).to_string(),
                 instance: instance.map(str::to_string),
             },
+        }
+    }
+
+    /// The digest of the image `name:tag` in the ECR registry of `account` in `region`
+    /// (DescribeImages: no registry password, the caller's IAM identity), or None when the
+    /// repository has no such tag yet. For the release watch, which opens a bump of a coin
+    /// pinned by digest as a draft until its image is pushed.
+    pub async fn ecr_image_digest(
+        &self,
+        account: &str,
+        region: &str,
+        name: &str,
+        tag: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        use aws_sdk_ecr::operation::describe_images::DescribeImagesError;
+        use aws_sdk_ecr::types::ImageIdentifier;
+        let r = self
+            .ecr
+            .describe_images()
+            .registry_id(account)
+            .repository_name(name)
+            .image_ids(ImageIdentifier::builder().image_tag(tag).build())
+            .customize()
+            .config_override(
+                aws_sdk_ecr::config::Builder::default()
+                    .region(aws_config::Region::new(region.to_string())),
+            )
+            .send()
+            .await;
+        match r {
+            Ok(out) => Ok(out
+                .image_details()
+                .iter()
+                .find(|d| d.image_tags().iter().any(|t| t == tag))
+                .or(out.image_details().first())
+                .and_then(|d| d.image_digest())
+                .map(str::to_string)),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), DescribeImagesError::ImageNotFoundException(_)) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(self.err("ecr:DescribeImages", None, e)),
         }
     }
 
