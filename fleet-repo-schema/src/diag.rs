@@ -167,6 +167,8 @@ codes! {
         "health.probe: http needs health.http with `path` and `height_pointer` (a JSON pointer to the block height in the response); health.http is only used with probe: http.";
     TooManyTags = "E325", Error, "more tags than AWS allows on a resource",
         "AWS allows 50 tags per resource, and fleet writes up to 10 of its own on every node (Name and the fleet: tags), so a coin may set at most 40. Over the limit, launching the node would fail; the repository is refused instead.";
+    RestoreWithoutSnapshot = "E326", Error, "a rollback that restores needs before-upgrade snapshots",
+        "`rollout.on_failure: restore` rolls a failed node back onto the snapshot of its data volume taken just before its upgrade; with `snapshots.before_upgrade: false` there is none. Turn the snapshots on, or use `on_failure: rollback` (the old version on the new data).";
     NotCoinFile = "W101", Warning, "a file under coins/ is not read",
         "Only coins/<coin>.yaml (or .yml) files are coin files. A sub-directory, a file with another extension or an upper-case one (`BITCOIN.YAML`) is not read, which may mean a coin you meant to define is missing. Rename or move the file; files starting with `.` are not reported.";
     Credential = "W100", Warning, "looks like a credential in clear text",

@@ -42,6 +42,8 @@ yaml_enum! {
         Hold = "hold",
         /// Stop the coin's rollout and restart each node that failed its gate after an upgrade at the version it ran before (from the plan, journaled), gated like any step; the coin is then held as with `hold`.
         Rollback = "rollback",
+        /// As `rollback`, and each such node's data volume is first replaced by one made from its before-upgrade snapshot (for a version that changed the database on its first start, which the version before cannot read). Needs `snapshots.before_upgrade`.
+        Restore = "restore",
     }
 }
 
@@ -68,8 +70,8 @@ yaml_struct! {
         opt bake: Duration,
         /// Which version changes need a Slack approval: none, major, minor or always.
         opt approval: Spanned<Approval>,
-        /// When a node fails its gate after an upgrade: hold (default: stop and leave it) or rollback (restart it at its previous version, gated).
-        opt on_failure: OnFailure,
+        /// When a node fails its gate after an upgrade: hold (default: stop and leave it), rollback (restart it at its previous version, gated) or restore (the same on its before-upgrade snapshot).
+        opt on_failure: Spanned<OnFailure>,
     }
 }
 
@@ -296,7 +298,7 @@ yaml_struct! {
     /// EBS snapshots taken and used by fleet.
     pub struct Snapshots {
         /// Snapshot the data volume before each version change (default true).
-        opt before_upgrade: bool,
+        opt before_upgrade: Spanned<bool>,
         /// A new node's data volume starts from the coin's latest snapshot (default true).
         opt restore_new_nodes: bool,
         /// `fleet run` snapshots an in-sync node's data volume when the coin's newest snapshot is older than this, e.g. 24h (at least 1h; default: no schedule).

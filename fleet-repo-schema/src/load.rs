@@ -681,6 +681,37 @@ fn check_coin(
         _ => {}
     }
 
+    // A restoring rollback needs the snapshot it restores.
+    let on_failure = c
+        .rollout
+        .as_ref()
+        .and_then(|r| r.on_failure.as_ref())
+        .or_else(|| {
+            f.and_then(|f| f.defaults.as_ref())
+                .and_then(|d| d.rollout.as_ref())
+                .and_then(|r| r.on_failure.as_ref())
+        });
+    let snapshots_off = c
+        .snapshots
+        .as_ref()
+        .and_then(|s| s.before_upgrade.as_ref())
+        .filter(|b| !b.value);
+    if let (Some(of), Some(off)) = (on_failure, snapshots_off)
+        && of.value == OnFailure::Restore
+    {
+        err(
+            out,
+            Code::RestoreWithoutSnapshot,
+            path,
+            off.span,
+            format!(
+                "`{}` rolls back with `on_failure: restore`, which restores the before-upgrade snapshot, but `snapshots.before_upgrade` is false",
+                c.coin.value
+            ),
+            "set `snapshots.before_upgrade: true`, or `rollout.on_failure: rollback`",
+        );
+    }
+
     // Approvals need approvers.
     if let Some(f) = f {
         let approval = effective_approval(Some(f), c);
@@ -1233,16 +1264,17 @@ fn resolve(f: &FleetFile, coins: &[(String, CoinFile)], tree: &dyn FileTree) -> 
                         .unwrap_or(Duration(std::time::Duration::from_secs(builtin::BAKE_SECS))),
                     approval: effective_approval(Some(f), c),
                     on_failure: cr
-                        .and_then(|r| r.on_failure)
-                        .or(dr.and_then(|d| d.on_failure))
+                        .and_then(|r| r.on_failure.as_ref())
+                        .or(dr.and_then(|d| d.on_failure.as_ref()))
+                        .map(|s| s.value)
                         .unwrap_or(OnFailure::Hold),
                 },
                 snapshots: SnapshotSpec {
                     before_upgrade: c
                         .snapshots
                         .as_ref()
-                        .and_then(|s| s.before_upgrade)
-                        .unwrap_or(true),
+                        .and_then(|s| s.before_upgrade.as_ref())
+                        .is_none_or(|b| b.value),
                     restore_new_nodes: c
                         .snapshots
                         .as_ref()

@@ -129,6 +129,19 @@ pub struct RolledBack {
     pub from: Version,
     /// The version it ran before, restarted.
     pub to: Version,
+    /// Its data volume put back as its before-upgrade snapshot had it.
+    #[serde(default)]
+    pub restored: bool,
+}
+
+impl fmt::Display for RolledBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} → {}", self.node, self.from, self.to)?;
+        if self.restored {
+            write!(f, " on its before-upgrade snapshot")?;
+        }
+        Ok(())
+    }
 }
 
 /// How a [`Rollback`] ended.
@@ -148,11 +161,7 @@ pub enum RollbackOutcome {
 
 impl fmt::Display for Rollback {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nodes: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("{} {} → {}", n.node, n.from, n.to))
-            .collect();
+        let nodes: Vec<String> = self.nodes.iter().map(RolledBack::to_string).collect();
         write!(f, "rolled back {}: ", nodes.join(", "))?;
         match &self.outcome {
             RollbackOutcome::InSync => f.write_str("in sync again at the previous version"),

@@ -9,7 +9,7 @@
 //! - after a failure the coin stops: no command reaches a later zone.
 
 use fleet_repo_schema::values::Version;
-use fleet_repo_schema::{Desired, Probe};
+use fleet_repo_schema::{Desired, OnFailure, Probe};
 use fleet_tests::world::{desired_of, example_tree};
 use reconciler::apply::{CoinOutcome, ExecOptions, Executor};
 use reconciler::clock::{Clock, TokioClock};
@@ -1294,11 +1294,11 @@ async fn a_node_whose_instance_fails_its_status_checks_is_replaced_when_the_watc
 }
 
 /// The example fleet seeded at older versions, ethereum's rollout policy `on_failure:
-/// rollback`, and its new version a bad release (no daemon at it gets past its start).
-fn bad_release_rig() -> (Rig, Version, Version) {
+/// <policy>`, and its new version a bad release (no daemon at it gets past its start).
+fn bad_release_rig(policy: OnFailure) -> (Rig, Version, Version) {
     let mut desired = desired_of(&example_tree());
     let eth = desired.coins.get_mut("ethereum").unwrap();
-    eth.rollout.on_failure = fleet_repo_schema::OnFailure::Rollback;
+    eth.rollout.on_failure = policy;
     let new = eth.version.clone();
     let rig = Rig::of(desired);
     rig.sim.inject(SimFault::BadRelease {
@@ -1310,7 +1310,7 @@ fn bad_release_rig() -> (Rig, Version, Version) {
 
 #[tokio::test(start_paused = true)]
 async fn rollback_restarts_the_failed_node_at_its_previous_version_and_gates_it() {
-    let (rig, new, old) = bad_release_rig();
+    let (rig, new, old) = bad_release_rig(OnFailure::Rollback);
     let (report, worst) = rig.apply().await;
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
     let CoinOutcome::Failed {
@@ -1395,7 +1395,7 @@ async fn rollback_restarts_the_failed_node_at_its_previous_version_and_gates_it(
 
 #[tokio::test(start_paused = true)]
 async fn a_rollback_that_does_not_sync_either_is_left_for_a_person() {
-    let (rig, _, old) = bad_release_rig();
+    let (rig, _, old) = bad_release_rig(OnFailure::Rollback);
     // The previous version is no cure: the node's chain is stuck whatever it runs.
     rig.sim.inject(SimFault::BadRelease {
         coin: "ethereum".into(),
@@ -1428,17 +1428,96 @@ async fn a_rollback_that_does_not_sync_either_is_left_for_a_person() {
     assert_eq!(sent, 2);
 }
 
+/// A bad release that also rewrites the database on its first start: rolled back in place,
+/// the old version cannot read what the new one wrote and the rollback fails too; with
+/// `on_failure: restore` the node's data volume is first put back from its before-upgrade
+/// snapshot (a new volume from it, attached in place of the one the failed version wrote),
+/// and the old version syncs from the snapshot's height.
+#[tokio::test(start_paused = true)]
+async fn a_restoring_rollback_puts_the_data_back_when_the_release_changed_the_database() {
+    let changes = |rig: &Rig, new: &Version| {
+        rig.sim.inject(SimFault::ChangesDatabase {
+            coin: "ethereum".into(),
+            version: new.to_string(),
+        })
+    };
+    let rollback_of = |report: &reconciler::apply::ApplyReport| {
+        let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
+        let CoinOutcome::Failed {
+            rollback: Some(rollback),
+            ..
+        } = &eth.outcome
+        else {
+            panic!("{:?}", eth.outcome)
+        };
+        (**rollback).clone()
+    };
+
+    // In place: the old daemon exits at start on the new database.
+    let (rig, new, _) = bad_release_rig(OnFailure::Rollback);
+    changes(&rig, &new);
+    let (report, _) = rig.apply().await;
+    let rb = rollback_of(&report);
+    let reconciler::events::RollbackOutcome::Failed { failure } = &rb.outcome else {
+        panic!("{rb}")
+    };
+    assert!(!rb.nodes[0].restored);
+    assert!(failure.to_string().contains("newer than"), "{failure}");
+
+    // Restoring: back in sync at the old version, on a volume made from the snapshot.
+    let (rig, new, old) = bad_release_rig(OnFailure::Restore);
+    changes(&rig, &new);
+    let before = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    let (report, worst) = rig.apply().await;
+    let rb = rollback_of(&report);
+    assert_eq!(
+        rb.outcome,
+        reconciler::events::RollbackOutcome::InSync,
+        "{rb}"
+    );
+    assert_eq!(rb.nodes.len(), 1);
+    let victim = rb.nodes[0].node.clone();
+    assert!(rb.nodes[0].restored);
+    assert!(
+        rb.to_string().contains("on its before-upgrade snapshot"),
+        "{rb}"
+    );
+    let after = fleet_tests::observe(&rig.sim, &rig.desired).await;
+    let (b, a) = (before.node(&victim).unwrap(), after.node(&victim).unwrap());
+    assert_eq!(a.version.known(), Some(&old));
+    assert_eq!(a.instance_id, b.instance_id, "restored in place");
+    let vol = a.data_volume.as_ref().unwrap();
+    assert_ne!(
+        Some(&vol.volume_id),
+        b.data_volume.as_ref().map(|v| &v.volume_id),
+        "a new volume"
+    );
+    let snap = after
+        .snapshots
+        .iter()
+        .find(|s| s.reason == format!("before-upgrade:{new}") && s.zone == victim.zone.as_str())
+        .expect("the before-upgrade snapshot");
+    assert_eq!(vol.snapshot_id.as_deref(), Some(snap.snapshot_id.as_str()));
+    // The other nodes of the coin were never touched: the rollout stopped at the first.
+    for n in before.nodes_of(&rig.desired.coins["ethereum"].name) {
+        if n.key != victim {
+            let now = after.node(&n.key).unwrap();
+            assert_eq!(now.data_volume, n.data_volume, "{}", n.key);
+        }
+    }
+    assert!(
+        worst["ethereum"] <= rig.desired.coins["ethereum"].rollout.max_unavailable as usize,
+        "{worst:?}"
+    );
+    assert!(
+        rig.journal.records().iter().any(|r| matches!(r,
+        Record::Step { node, action, .. } if *node == victim.to_string() && action == "roll-back"))
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn on_failure_hold_leaves_the_failed_node_at_the_new_version() {
-    let (rig, new, _) = bad_release_rig();
-    let mut desired = (*rig.desired).clone();
-    desired
-        .coins
-        .get_mut("ethereum")
-        .unwrap()
-        .rollout
-        .on_failure = fleet_repo_schema::OnFailure::Hold;
-    let rig = rig.towards(desired);
+    let (rig, new, _) = bad_release_rig(OnFailure::Hold);
     let (report, _) = rig.apply().await;
     let eth = report.coins.iter().find(|c| c.coin == "ethereum").unwrap();
     let CoinOutcome::Failed {

@@ -151,6 +151,9 @@ impl Provider for RealDaemons {
     async fn snapshot(&self, node: &NodeRef, reason: &str) -> Result<String, ProviderError> {
         self.sim.snapshot(node, reason).await
     }
+    async fn restore_data(&self, node: &NodeRef, reason: &str) -> Result<Outcome, ProviderError> {
+        self.sim.restore_data(node, reason).await
+    }
     async fn retire(
         &self,
         node: &NodeRef,

@@ -172,6 +172,79 @@ async fn a_rollback_sends_one_command_and_records_the_old_version(w: &dyn TestWo
     assert_eq!(w.commands().len(), 2, "no second restart");
 }
 
+/// A restore (`on_failure: restore`) puts the node's data volume back as its newest snapshot
+/// for the reason had it: same instance, a new volume from that snapshot at the data device,
+/// recorded (`fleet:restored`) and unmarked; a repeat changes nothing; a cut-off attempt is
+/// finished by the next without a second volume; no such snapshot is a refusal.
+async fn a_restore_puts_the_data_volume_back_from_its_snapshot(w: &dyn TestWorld) {
+    let a = launch(w, "dogecoin", 0).await;
+    let before = node(&observe(w).await, &a).clone();
+    let old_vol = before.data_volume.clone().unwrap().volume_id;
+    let snap = w
+        .provider()
+        .snapshot(&a, "before-upgrade:1.14.10")
+        .await
+        .unwrap();
+    // Cut off after the new volume is made and the old one detached.
+    w.inject(Fault::FailOp {
+        op: "AttachVolume",
+        times: 1,
+    });
+    assert!(
+        w.provider()
+            .restore_data(&a, "before-upgrade:1.14.10")
+            .await
+            .is_err()
+    );
+    let cut = node(&observe(w).await, &a).clone();
+    assert_eq!(
+        cut.pending,
+        Some(PendingStep::Restore {
+            snapshot: snap.clone()
+        })
+    );
+    assert_eq!(
+        w.provider()
+            .restore_data(&a, "before-upgrade:1.14.10")
+            .await
+            .unwrap(),
+        Outcome::Done
+    );
+    let after = node(&observe(w).await, &a).clone();
+    assert_eq!(after.instance_id, a.instance_id, "in place");
+    let vol = after.data_volume.clone().expect("a data volume again");
+    assert_ne!(vol.volume_id, old_vol);
+    assert_eq!(vol.snapshot_id.as_deref(), Some(snap.as_str()));
+    assert_eq!(after.pending, None);
+    assert_eq!(
+        after
+            .tags
+            .get(reconciler::provider::tags::RESTORED)
+            .map(String::as_str),
+        Some(snap.as_str())
+    );
+    assert!(
+        matches!(after.state, InstanceState::Running | InstanceState::Pending),
+        "{:?}",
+        after.state
+    );
+    // Done: a repeat makes nothing.
+    assert_eq!(
+        w.provider()
+            .restore_data(&a, "before-upgrade:1.14.10")
+            .await
+            .unwrap(),
+        Outcome::AlreadyDone
+    );
+    assert_eq!(node(&observe(w).await, &a).data_volume, Some(vol));
+    let e = w
+        .provider()
+        .restore_data(&a, "before-upgrade:9.9.9")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { .. }), "{e}");
+}
+
 /// A heal's restart is one command to one instance, changes no record, and a failed one says
 /// why.
 async fn restart_daemon_sends_one_command_and_records_nothing(w: &dyn TestWorld) {
@@ -1212,6 +1285,49 @@ async fn data_volume_deleted_on_termination(w: &AwsWorld, instance: &str) -> Opt
         .and_then(|m| m.ebs()?.delete_on_termination())
 }
 
+/// On EC2 the volume a restore took off is kept, detached and tagged with its instance (it
+/// holds what the failed version wrote: never deleted without a person), and the new one is
+/// deleted with the instance, as a launched node's is.
+#[tokio::test]
+async fn aws_a_restore_keeps_the_old_volume_detached() {
+    let w = AwsWorld::new("conformance::restore_keeps_the_old_volume").await;
+    let a = launch(&w, "dogecoin", 0).await;
+    let old = node(&observe(&w).await, &a)
+        .data_volume
+        .clone()
+        .unwrap()
+        .volume_id;
+    w.provider()
+        .snapshot(&a, "before-upgrade:2.0")
+        .await
+        .unwrap();
+    w.provider()
+        .restore_data(&a, "before-upgrade:2.0")
+        .await
+        .unwrap();
+    let out = w
+        .ec2
+        .describe_volumes()
+        .volume_ids(&old)
+        .send()
+        .await
+        .unwrap();
+    let v = &out.volumes()[0];
+    assert_eq!(v.state().map(|s| s.as_str()), Some("available"));
+    assert!(
+        v.tags().iter().any(
+            |t| t.key() == Some(reconciler::provider::tags::RESTORED_AWAY)
+                && t.value() == Some(a.instance_id.as_str())
+        ),
+        "{:?}",
+        v.tags()
+    );
+    assert_eq!(
+        data_volume_deleted_on_termination(&w, &a.instance_id).await,
+        Some(true)
+    );
+}
+
 /// Until the hand-over, the moved volume is not deleted with the replacement (a failed one
 /// terminated by hand must not take the chain with it); from the hand-over on, it is, as at
 /// launch.
@@ -1262,6 +1378,7 @@ conformance!(
     launch_restores_from_snapshot,
     upgrade_targets_one_instance,
     a_rollback_sends_one_command_and_records_the_old_version,
+    a_restore_puts_the_data_volume_back_from_its_snapshot,
     restart_daemon_sends_one_command_and_records_nothing,
     status_checks_are_read_for_the_running_instances,
     disk_use_is_read_per_instance_from_the_agents_figures,

@@ -19,6 +19,12 @@
 //!   the rollback is journaled step by step and told after the failure, with its own outcome;
 //!   a rollback whose gate fails too leaves the node for a person.
 //! - A gate failure of an earlier zone's check, a step's or the budget's rolls nothing back.
+//! - `on_failure: restore` (a version that changed the database): each rollback step first
+//!   rolls the version back, then puts the data volume back from the node's newest
+//!   `before-upgrade:<failed version>` snapshot ([`crate::provider::Provider::restore_data`]),
+//!   so the boot that ends the swap starts the old version on the old data. The volume the
+//!   failed version wrote is kept (detached, tagged): never deleted by fleet. The node is out
+//!   of sync already, so stopping its instance for the swap takes nothing down.
 
 use super::steps::Side;
 use super::{CoinReport, CoinRun, Executor, StepResult, Stop};
@@ -40,9 +46,11 @@ pub(super) struct Pending {
 /// the policy is `hold`, the failure is not a node's gate after its step or during the bake,
 /// or the zone has no such upgrade.
 pub(super) fn pending(coin: &Coin, cp: &CoinPlan, failure: &Failure) -> Option<Pending> {
-    if coin.rollout.on_failure != OnFailure::Rollback {
-        return None;
-    }
+    let restore = match coin.rollout.on_failure {
+        OnFailure::Hold => return None,
+        OnFailure::Rollback => false,
+        OnFailure::Restore => true,
+    };
     let Failure::Gate {
         zone,
         phase: GatePhase::AfterStep | GatePhase::Bake,
@@ -72,6 +80,7 @@ pub(super) fn pending(coin: &Coin, cp: &CoinPlan, failure: &Failure) -> Option<P
                 action: Action::RollBack {
                     from: to.clone(),
                     to: before,
+                    restore,
                 },
                 reason: "not in sync after its upgrade (rollout.on_failure: rollback)".into(),
             })
@@ -130,10 +139,11 @@ impl Executor {
         let nodes = steps
             .iter()
             .filter_map(|s| match (&s.node, &s.action) {
-                (Some(node), Action::RollBack { from, to }) => Some(RolledBack {
+                (Some(node), Action::RollBack { from, to, restore }) => Some(RolledBack {
                     node: node.clone(),
                     from: from.clone(),
                     to: to.clone(),
+                    restored: *restore,
                 }),
                 _ => None,
             })

@@ -240,10 +240,18 @@ impl Executor {
                 let pin = digest.map_or(ImagePin::Tag, ImagePin::Digest);
                 Ok((None, p.upgrade_pinned(&n, to, pin).await?))
             }
-            Action::RollBack { to, .. } => Ok((
-                None,
-                p.upgrade_pinned(&node()?, to, ImagePin::AsBefore).await?,
-            )),
+            Action::RollBack { from, to, restore } => {
+                let n = node()?;
+                // The version first: the restored volume's boot starts the enabled unit.
+                let o = p.upgrade_pinned(&n, to, ImagePin::AsBefore).await?;
+                if !*restore {
+                    return Ok((None, o));
+                }
+                let r = p
+                    .restore_data(&n, &format!("before-upgrade:{from}"))
+                    .await?;
+                Ok((None, o.and(r)))
+            }
             Action::Reconfigure {
                 restart, version, ..
             } => {

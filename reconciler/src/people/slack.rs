@@ -130,11 +130,7 @@ pub fn notice_of(
             Notice::RolledBack {
                 coin: coin.to_string(),
                 zone: rollback.zone.to_string(),
-                nodes: rollback
-                    .nodes
-                    .iter()
-                    .map(|n| format!("{} {} → {}", n.node, n.from, n.to))
-                    .collect(),
+                nodes: rollback.nodes.iter().map(|n| n.to_string()).collect(),
                 outcome: match &rollback.outcome {
                     RollbackOutcome::InSync => RollbackResult::InSync,
                     RollbackOutcome::Failed { failure } => RollbackResult::LeftForPerson {

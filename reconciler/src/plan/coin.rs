@@ -269,7 +269,8 @@ pub(super) fn plan_coin(
                             Some(
                                 PendingStep::ChangeType { .. }
                                 | PendingStep::Reconfigure { .. }
-                                | PendingStep::Replace { .. },
+                                | PendingStep::Replace { .. }
+                                | PendingStep::Restore { .. },
                             ),
                         ) => (n.recorded_version.as_ref(), false),
                         (

@@ -368,6 +368,10 @@ pub enum Action {
         from: Version,
         /// The version it ran before.
         to: Version,
+        /// Then put the data volume back as its before-upgrade snapshot had it
+        /// (`rollout.on_failure: restore`: the new version changed the database).
+        #[serde(default)]
+        restore: bool,
     },
     /// Rewrite the node's configuration files (`fleet-node apply-config` over SSM) and, when
     /// `restart`, restart its daemon to take them in (gated like an upgrade).
@@ -601,9 +605,21 @@ impl fmt::Display for Action {
                 f,
                 "undo the replacement by an instance of {ami}: the data volume back to this instance, which starts again; the replacement is terminated"
             ),
-            Action::RollBack { from, to } => write!(
+            Action::RollBack {
+                from,
+                to,
+                restore: false,
+            } => write!(
                 f,
                 "roll back {from} → {to} (its gate failed; the image the node ran {to} on)"
+            ),
+            Action::RollBack {
+                from,
+                to,
+                restore: true,
+            } => write!(
+                f,
+                "roll back {from} → {to} (its gate failed; the image the node ran {to} on) and restore the data volume from its before-upgrade:{from} snapshot"
             ),
             Action::Upgrade {
                 from,

@@ -353,6 +353,162 @@ impl AwsProvider {
         }
     }
 
+    /// The act of [`Provider::restore_data`] from `snapshot` (its marker written): each part
+    /// looks first whether an earlier attempt did it, so a repeat after a crash anywhere
+    /// finishes the job without a second volume.
+    async fn restore_act(&self, node: &NodeRef, snapshot: &str) -> Result<(), ProviderError> {
+        let id = node.instance_id.as_str();
+        let inst = self.instance(node).await?;
+        let index = node.key.index.to_string();
+        let attached = data_volume_id(&inst);
+        // The volume an earlier attempt made from this snapshot for this node.
+        let out = self
+            .ec2
+            .describe_volumes()
+            .filters(Self::tag_filter(tags::MANAGED, &["true"]))
+            .filters(Self::tag_filter(tags::COIN, &[node.key.coin.as_str()]))
+            .filters(Self::tag_filter(tags::ZONE, &[node.key.zone.as_str()]))
+            .filters(Self::tag_filter(tags::INDEX, &[&index]))
+            .filters(Self::filter("snapshot-id", &[snapshot]))
+            .filters(Self::filter("tag-key", &[tags::RESTORES]))
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeVolumes", Some(id), e))?;
+        let made = out
+            .volumes()
+            .iter()
+            .filter(|v| {
+                !matches!(
+                    v.state(),
+                    Some(
+                        aws_sdk_ec2::types::VolumeState::Deleting
+                            | aws_sdk_ec2::types::VolumeState::Deleted
+                            | aws_sdk_ec2::types::VolumeState::Error
+                    )
+                )
+            })
+            .filter_map(|v| v.volume_id())
+            .min()
+            .map(str::to_string);
+        let new = match made {
+            Some(v) => v,
+            None => {
+                let old = attached
+                    .clone()
+                    .ok_or_else(|| ProviderError::no_data_volume(node))?;
+                let d = self
+                    .ec2
+                    .describe_volumes()
+                    .volume_ids(&old)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:DescribeVolumes", Some(id), e))?;
+                let v = d
+                    .volumes()
+                    .first()
+                    .ok_or_else(|| ProviderError::no_data_volume(node))?;
+                let zone = v
+                    .availability_zone()
+                    .unwrap_or(node.key.zone.as_str())
+                    .to_string();
+                let mut spec = TagSpecification::builder().resource_type(ResourceType::Volume);
+                for (k, val) in [
+                    (tags::MANAGED, "true"),
+                    (tags::COIN, node.key.coin.as_str()),
+                    (tags::ZONE, node.key.zone.as_str()),
+                    (tags::INDEX, index.as_str()),
+                    (tags::RESTORES, old.as_str()),
+                ] {
+                    spec = spec.tags(Tag::builder().key(k).value(val).build());
+                }
+                let c = self
+                    .ec2
+                    .create_volume()
+                    .snapshot_id(snapshot)
+                    .availability_zone(zone)
+                    .set_size(v.size())
+                    .set_volume_type(v.volume_type().cloned())
+                    .set_iops(v.iops())
+                    .set_throughput(v.throughput())
+                    .encrypted(true)
+                    .tag_specifications(spec.build())
+                    .send()
+                    .await
+                    .map_err(|e| self.err("ec2:CreateVolume", Some(id), e))?;
+                c.volume_id().unwrap_or("").to_string()
+            }
+        };
+        // Stopped for the swap: nothing writes to the volume it leaves.
+        if state_of(&inst) == InstanceState::Pending {
+            self.wait_state(node, "running").await?;
+        }
+        if state_of(&inst) != InstanceState::Stopped {
+            self.stop_and_wait(node).await?;
+        }
+        if let Some(old) = attached.as_ref().filter(|o| **o != new) {
+            self.detach_data_volume(old, node).await?;
+            // Kept, not deleted: it holds what the failed version wrote.
+            self.ec2
+                .create_tags()
+                .resources(old)
+                .tags(Tag::builder().key(tags::RESTORED_AWAY).value(id).build())
+                .send()
+                .await
+                .map_err(|e| self.err("ec2:CreateTags", Some(id), e))?;
+        }
+        if attached.as_deref() != Some(new.as_str()) {
+            self.attach_data_volume(&new, node).await?;
+            self.own_data_volume(id).await?;
+        }
+        self.start(id).await?;
+        Ok(())
+    }
+
+    /// Stop the node's instance and wait until it is stopped.
+    async fn stop_and_wait(&self, node: &NodeRef) -> Result<(), ProviderError> {
+        let id = node.instance_id.as_str();
+        self.ec2
+            .stop_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:StopInstances", Some(id), e))?;
+        self.wait_state(node, "stopped").await
+    }
+
+    /// Start the instance `id` (not waiting: its boot runs the node's set-up).
+    async fn start(&self, id: &str) -> Result<(), ProviderError> {
+        self.ec2
+            .start_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:StartInstances", Some(id), e))
+            .map(|_| ())
+    }
+
+    /// From now on the data volume at [`DATA_DEVICE`] of instance `id` is deleted with it, as
+    /// a launched node's is (retire snapshots it first).
+    async fn own_data_volume(&self, id: &str) -> Result<(), ProviderError> {
+        self.ec2
+            .modify_instance_attribute()
+            .instance_id(id)
+            .block_device_mappings(
+                aws_sdk_ec2::types::InstanceBlockDeviceMappingSpecification::builder()
+                    .device_name(DATA_DEVICE)
+                    .ebs(
+                        aws_sdk_ec2::types::EbsInstanceBlockDeviceSpecification::builder()
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(id), e))
+            .map(|_| ())
+    }
+
     /// A filter on the tag `key`.
     fn tag_filter(key: &str, values: &[&str]) -> Filter {
         Self::filter(&format!("tag:{key}"), values)
@@ -1987,13 +2143,7 @@ impl Provider for AwsProvider {
         // The old daemon stops here: from now on the node is down until the replacement
         // is in sync (the step is disruptive, and gated).
         if state_of(&old) != InstanceState::Stopped {
-            self.ec2
-                .stop_instances()
-                .instance_ids(&node.instance_id)
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:StopInstances", Some(&node.instance_id), e))?;
-            self.wait_state(node, "stopped").await?;
+            self.stop_and_wait(node).await?;
         }
         if data_volume_id(&old).as_deref() == Some(vol.as_str()) {
             self.detach_data_volume(&vol, node).await?;
@@ -2043,22 +2193,7 @@ impl Provider for AwsProvider {
             Ok(_) => {
                 // From now on the volume is the replacement's for good: as at launch, retire
                 // snapshots it, then terminating deletes it.
-                self.ec2
-                    .modify_instance_attribute()
-                    .instance_id(&new_id)
-                    .block_device_mappings(
-                        aws_sdk_ec2::types::InstanceBlockDeviceMappingSpecification::builder()
-                            .device_name(DATA_DEVICE)
-                            .ebs(
-                                aws_sdk_ec2::types::EbsInstanceBlockDeviceSpecification::builder()
-                                    .delete_on_termination(true)
-                                    .build(),
-                            )
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(&new_id), e))?;
+                self.own_data_volume(&new_id).await?;
                 self.ec2
                     .terminate_instances()
                     .instance_ids(&node.instance_id)
@@ -2089,13 +2224,7 @@ impl Provider for AwsProvider {
                 self.wait_state(&new_ref, "running").await?;
             }
             if state_of(&new) != InstanceState::Stopped {
-                self.ec2
-                    .stop_instances()
-                    .instance_ids(&new_id)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:StopInstances", Some(&new_id), e))?;
-                self.wait_state(&new_ref, "stopped").await?;
+                self.stop_and_wait(&new_ref).await?;
             }
             if data_volume_id(&new).as_deref() == Some(vol.as_str()) {
                 self.detach_data_volume(&vol, &new_ref).await?;
@@ -2126,12 +2255,7 @@ impl Provider for AwsProvider {
             if state_of(&old) == InstanceState::Stopping {
                 self.wait_state(node, "stopped").await?;
             }
-            self.ec2
-                .start_instances()
-                .instance_ids(&node.instance_id)
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:StartInstances", Some(&node.instance_id), e))?;
+            self.start(&node.instance_id).await?;
             outcome = Outcome::Done;
         }
         if state_of(&old) != InstanceState::Running {
@@ -2478,13 +2602,7 @@ impl Provider for AwsProvider {
         run_marked(self, node, &step, |facts| async move {
             let id = node.instance_id.as_str();
             if facts.state != InstanceState::Stopped {
-                self.ec2
-                    .stop_instances()
-                    .instance_ids(id)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ec2:StopInstances", Some(id), e))?;
-                self.wait_state(node, "stopped").await?;
+                self.stop_and_wait(node).await?;
             }
             if facts.instance_type != instance_type.as_str() {
                 self.ec2
@@ -2499,13 +2617,43 @@ impl Provider for AwsProvider {
                     .await
                     .map_err(|e| self.err("ec2:ModifyInstanceAttribute", Some(id), e))?;
             }
-            self.ec2
-                .start_instances()
-                .instance_ids(id)
-                .send()
-                .await
-                .map_err(|e| self.err("ec2:StartInstances", Some(id), e))?;
-            Ok(())
+            self.start(id).await
+        })
+        .await
+    }
+
+    async fn restore_data(&self, node: &NodeRef, reason: &str) -> Result<Outcome, ProviderError> {
+        let index = node.key.index.to_string();
+        let out = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(Self::tag_filter(tags::MANAGED, &["true"]))
+            .filters(Self::tag_filter(tags::COIN, &[node.key.coin.as_str()]))
+            .filters(Self::tag_filter(tags::ZONE, &[node.key.zone.as_str()]))
+            .filters(Self::tag_filter(tags::INDEX, &[&index]))
+            .filters(Self::tag_filter(tags::REASON, &[reason]))
+            .filters(Self::filter("status", &["completed"]))
+            .send()
+            .await
+            .map_err(|e| self.err("ec2:DescribeSnapshots", Some(&node.instance_id), e))?;
+        let snapshot = out
+            .snapshots()
+            .iter()
+            .max_by_key(|s| {
+                (
+                    millis(s.start_time()),
+                    s.snapshot_id().unwrap_or("").to_string(),
+                )
+            })
+            .and_then(|s| s.snapshot_id())
+            .map(str::to_string)
+            .ok_or_else(|| ProviderError::no_snapshot_to_restore(node, reason))?;
+        let step = PendingStep::Restore {
+            snapshot: snapshot.clone(),
+        };
+        run_marked(self, node, &step, |_| async move {
+            self.restore_act(node, &snapshot).await
         })
         .await
     }

@@ -225,6 +225,13 @@ pub enum PendingStep {
         /// token for at least a day after its instance is gone. Empty in marks without one.
         attempt: String,
     },
+    /// `restore:<snapshot>`: the node's data volume is being replaced by a new one made from
+    /// `snapshot` (a rollback with `rollout.on_failure: restore`); the instance is stopped
+    /// for the swap and started again. The old volume is kept, detached and tagged.
+    Restore {
+        /// The snapshot restored.
+        snapshot: String,
+    },
     /// A marker this version of fleet does not write (a newer fleet, or a person).
     Unknown {
         /// The tag's value.
@@ -241,6 +248,7 @@ impl PendingStep {
             PendingStep::Reconfigure { .. } => "reconfigure".into(),
             PendingStep::Replace { ami, attempt } if attempt.is_empty() => format!("replace:{ami}"),
             PendingStep::Replace { ami, attempt } => format!("replace:{ami}:{attempt}"),
+            PendingStep::Restore { snapshot } => format!("restore:{snapshot}"),
             PendingStep::Unknown { tag } => tag.clone(),
         }
     }
@@ -249,6 +257,9 @@ impl PendingStep {
         match s.split_once(':') {
             Some(("upgrade", to)) => PendingStep::Upgrade { to: to.to_string() },
             Some(("change-type", to)) => PendingStep::ChangeType { to: to.to_string() },
+            Some(("restore", snapshot)) => PendingStep::Restore {
+                snapshot: snapshot.to_string(),
+            },
             Some(("replace", rest)) => {
                 let (ami, attempt) = rest.split_once(':').unwrap_or((rest, ""));
                 PendingStep::Replace {
@@ -284,6 +295,9 @@ impl fmt::Display for PendingStep {
             PendingStep::ChangeType { to } => write!(f, "change of type towards {to}"),
             PendingStep::Reconfigure { .. } => write!(f, "reconfiguration"),
             PendingStep::Replace { ami, .. } => write!(f, "replacement by an instance of {ami}"),
+            PendingStep::Restore { snapshot } => {
+                write!(f, "restore of the data volume from {snapshot}")
+            }
             PendingStep::Unknown { tag } => write!(f, "step {tag:?}"),
         }
     }
@@ -767,6 +781,17 @@ pub enum Outcome {
     AlreadyDone,
 }
 
+impl Outcome {
+    /// Two actions of one step: done when either changed something.
+    pub fn and(self, other: Outcome) -> Outcome {
+        if self == Outcome::Done || other == Outcome::Done {
+            Outcome::Done
+        } else {
+            Outcome::AlreadyDone
+        }
+    }
+}
+
 /// What went wrong in a provider call. Each carries what an operator needs to act.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -937,6 +962,16 @@ impl ProviderError {
             reason: format!(
                 "{} volume {volume_id} of {} is {current} GB; shrinking it to {size_gb} GB would lose data (EBS cannot shrink a volume: launch a new node from a snapshot instead)",
                 disk.name(),
+                node.key
+            ),
+        }
+    }
+
+    /// `node` has no snapshot taken for `reason` to restore.
+    pub fn no_snapshot_to_restore(node: &NodeRef, reason: &str) -> ProviderError {
+        ProviderError::Refused {
+            reason: format!(
+                "{} has no completed snapshot tagged fleet:reason={reason} to restore its data from",
                 node.key
             ),
         }
@@ -1177,6 +1212,16 @@ pub trait Provider: Send + Sync {
 
     /// Snapshot the node's data volume; returns the snapshot id.
     async fn snapshot(&self, node: &NodeRef, reason: &str) -> Result<String, ProviderError>;
+
+    /// Put the node's data back as it was in its newest snapshot taken for `reason`
+    /// (`before-upgrade:<version>`): a new volume from that snapshot, in the node's zone and
+    /// of the old volume's size and type; the instance stopped, the old volume detached and
+    /// kept (tagged `fleet:restored-away`, never deleted: it holds what the failed version
+    /// wrote), the new one attached at the data device, the instance started (its boot
+    /// starts the enabled `node@` unit: roll the version back first). Marked
+    /// (`restore:<snapshot>`) and recorded (`fleet:restored`), so a repeat restores nothing
+    /// twice. Refused when the node has no such snapshot.
+    async fn restore_data(&self, node: &NodeRef, reason: &str) -> Result<Outcome, ProviderError>;
 
     /// Snapshot the data volume, terminate the instance, then remove `dns` (its records).
     /// Returns the snapshot id, or None when the node had no data volume left.

@@ -68,6 +68,9 @@ impl PendingStep {
                     && matches!(facts.state, InstanceState::Running | InstanceState::Pending)
             }
             PendingStep::Reconfigure { to, .. } => facts.tag(tags::CONFIG) == Some(to.as_str()),
+            PendingStep::Restore { snapshot } => {
+                facts.tag(tags::RESTORED) == Some(snapshot.as_str())
+            }
             // Its result is another instance: the step itself looks for it.
             PendingStep::Replace { .. } | PendingStep::Unknown { .. } => false,
         }
@@ -84,6 +87,7 @@ impl PendingStep {
                     (tags::CONFIG_KEYS, keys.as_str()),
                 ]
             }
+            PendingStep::Restore { snapshot } => vec![(tags::RESTORED, snapshot.as_str())],
             PendingStep::ChangeType { .. }
             | PendingStep::Replace { .. }
             | PendingStep::Unknown { .. } => vec![],

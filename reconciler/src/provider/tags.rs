@@ -52,6 +52,14 @@ pub const REPLACES: &str = "fleet:replaces";
 pub const TAKES_VOLUME: &str = "fleet:takes-volume";
 /// Why a snapshot was taken.
 pub const REASON: &str = "fleet:reason";
+/// On an instance: the snapshot its data volume was last restored from (a rollback with
+/// `rollout.on_failure: restore`).
+pub const RESTORED: &str = "fleet:restored";
+/// On a data volume a restore took off its instance: that instance (the volume is kept,
+/// detached, for a person to look at or delete).
+pub const RESTORED_AWAY: &str = "fleet:restored-away";
+/// On a volume made by a restore: the volume it replaces (how a repeat finds it).
+pub const RESTORES: &str = "fleet:restores";
 /// On an instance whose daemon, back in sync after fleet started a version, reported
 /// another one: `<version>@<digest or ->=<reported>` ([`image_runs`]). While it describes
 /// the coin's version and digest, the planner refuses the coin instead of restarting the

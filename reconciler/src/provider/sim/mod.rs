@@ -604,6 +604,7 @@ impl Provider for SimProvider {
                     enabled: true,
                     enabled_version: None,
                 };
+                w.daemon_started(node, version.as_str());
                 Ok(())
             })
         })
@@ -950,6 +951,17 @@ impl Provider for SimProvider {
                 w.boot(&node.instance_id, now);
                 Ok(())
             })
+        })
+        .await
+    }
+
+    async fn restore_data(&self, node: &NodeRef, reason: &str) -> Result<Outcome, ProviderError> {
+        let snapshot = self.with(|w, _| w.restore_of(node, reason))?;
+        let step = PendingStep::Restore {
+            snapshot: snapshot.clone(),
+        };
+        run_marked(self, node, &step, |_| async {
+            self.with(|w, now| w.restore_act(node, &snapshot, now))
         })
         .await
     }

@@ -110,6 +110,17 @@ pub enum SimFault {
         /// The version that does not sync.
         version: String,
     },
+    /// A release that changes the database on its first start: a data volume a daemon of
+    /// `coin` at `version` ran on holds that version's format from then on, and a daemon of
+    /// an older version exits at start on it (bitcoind's "the database was written by a newer
+    /// version"). A snapshot keeps the format its volume had. What `on_failure: restore` is
+    /// for: rolled back in place, the old version cannot read its data.
+    ChangesDatabase {
+        /// Coin.
+        coin: String,
+        /// The version that rewrites the database.
+        version: String,
+    },
     /// The node's blocks stop at `height`.
     StallAt {
         /// Node.
@@ -275,6 +286,13 @@ pub(super) struct Volume {
     /// Its size from each time on (the creation's first; a grow adds one).
     #[serde(default)]
     pub(super) sizes: Vec<(Millis, u32)>,
+    /// The version whose database format it holds, when one that changes it
+    /// ([`SimFault::ChangesDatabase`]) ran on it.
+    #[serde(default)]
+    pub(super) format: Option<String>,
+    /// Not attached: a restore took it off `fleet:restored-away`'s instance.
+    #[serde(default)]
+    pub(super) detached_from: Option<String>,
 }
 
 /// A new volume without a snapshot is this full once its node has synced (the simulator
@@ -332,6 +350,12 @@ pub(super) struct Snapshot {
     /// GB of data captured (None: saved before disks were modelled).
     #[serde(default)]
     pub(super) used_gb: Option<f64>,
+    /// The node whose volume it is of (None: saved before it was modelled).
+    #[serde(default)]
+    pub(super) node: Option<NodeKey>,
+    /// The database format of its volume then ([`Volume::format`]).
+    #[serde(default)]
+    pub(super) format: Option<String>,
 }
 
 /// A command the simulated SSM ran, in order (what tests check zone order against).
@@ -500,6 +524,18 @@ impl World {
         {
             return Err(format!(
                 "{instance_id}: connection refused (the daemon exits at start: {why})"
+            ));
+        }
+        if let Some(f) = i
+            .data_volume
+            .as_ref()
+            .and_then(|v| self.volumes.get(v))
+            .and_then(|v| v.format.as_ref())
+            && let Some(v) = &i.daemon.version
+            && fleet_repo_schema::semver::compare(v, f) == std::cmp::Ordering::Less
+        {
+            return Err(format!(
+                "{instance_id}: connection refused (the daemon exits at start: the database was written by {f}, newer than {v})"
             ));
         }
         let up_at = i.daemon.started_ms.max(i.running_at_ms) + p.start_delay_ms;
@@ -1009,6 +1045,12 @@ impl World {
                 zone: spec.slot.zone.to_string(),
                 used: Some((now, used)),
                 sizes: vec![(now, spec.data_volume_gb)],
+                format: spec
+                    .snapshot_id
+                    .as_ref()
+                    .and_then(|id| self.snapshots.get(id))
+                    .and_then(|s| s.format.clone()),
+                detached_from: None,
             },
         );
         let n = self.next_id;
@@ -1180,6 +1222,118 @@ impl World {
         Ok(())
     }
 
+    /// A daemon of `node` started at `version`: when that version changes the database
+    /// ([`SimFault::ChangesDatabase`]), its data volume holds that format from now on.
+    pub(super) fn daemon_started(&mut self, node: &NodeRef, version: &str) {
+        let changes = self.faults.iter().any(|f| {
+            matches!(f, SimFault::ChangesDatabase { coin, version: v }
+                if coin == node.key.coin.as_str() && v == version)
+        });
+        if !changes {
+            return;
+        }
+        if let Some(vol) = self
+            .instances
+            .get(&node.instance_id)
+            .and_then(|i| i.data_volume.clone())
+            && let Some(v) = self.volumes.get_mut(&vol)
+        {
+            v.format = Some(version.to_string());
+        }
+    }
+
+    /// Restore `node`'s data volume from its newest completed snapshot for `reason`: a new
+    /// volume from it; the instance stopped, the old volume detached and kept, the new one
+    /// attached, the instance booted (see [`crate::provider::Provider::restore_data`]).
+    /// Returns the snapshot's id.
+    pub(super) fn restore_of(
+        &mut self,
+        node: &NodeRef,
+        reason: &str,
+    ) -> Result<String, ProviderError> {
+        self.call("DescribeSnapshots")?;
+        self.snapshots
+            .iter()
+            .filter(|(_, s)| {
+                s.node.as_ref() == Some(&node.key)
+                    && s.info.reason == reason
+                    && s.info.state == "completed"
+            })
+            .max_by_key(|(id, s)| (s.info.started_ms, (*id).clone()))
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| ProviderError::no_snapshot_to_restore(node, reason))
+    }
+
+    /// The act of a restore from `snapshot_id` (its marker written by the caller).
+    pub(super) fn restore_act(
+        &mut self,
+        node: &NodeRef,
+        snapshot_id: &str,
+        now: Millis,
+    ) -> Result<(), ProviderError> {
+        let snap = self
+            .snapshots
+            .get(snapshot_id)
+            .cloned()
+            .ok_or_else(|| ProviderError::no_snapshot_to_restore(node, snapshot_id))?;
+        let i = self.live(node)?;
+        let old_id = i.data_volume.clone();
+        let old = old_id.as_ref().and_then(|v| self.volumes.get(v)).cloned();
+        // A repeat after a crash finds the volume it made.
+        let made = self
+            .volumes
+            .values()
+            .find(|v| {
+                v.snapshot_id.as_deref() == Some(snapshot_id)
+                    && v.detached_from.is_none()
+                    && Some(&v.id) != old_id.as_ref()
+            })
+            .map(|v| v.id.clone());
+        let new_id = match made {
+            Some(id) => id,
+            None => {
+                self.call("CreateVolume")?;
+                let id = self.new_id("vol");
+                let size = old.as_ref().map_or(snap.info.size_gb, |v| v.size_gb);
+                self.volumes.insert(
+                    id.clone(),
+                    Volume {
+                        id: id.clone(),
+                        size_gb: size,
+                        snapshot_id: Some(snapshot_id.to_string()),
+                        zone: snap.info.zone.clone(),
+                        used: snap.used_gb.map(|u| (now, u)),
+                        sizes: vec![(now, size)],
+                        format: snap.format.clone(),
+                        detached_from: None,
+                    },
+                );
+                id
+            }
+        };
+        if !self.live(node)?.stopped {
+            self.call("StopInstances")?;
+            let i = self.live_mut(node)?;
+            i.stopped = true;
+            i.daemon.stopped = true;
+        }
+        if let Some(old_id) = old_id.filter(|o| *o != new_id) {
+            self.call("DetachVolume")?;
+            self.live_mut(node)?.data_volume = None;
+            if let Some(v) = self.volumes.get_mut(&old_id) {
+                v.detached_from = Some(node.instance_id.clone());
+            }
+        }
+        if self.live(node)?.data_volume.is_none() {
+            self.call("AttachVolume")?;
+            self.live_mut(node)?.data_volume = Some(new_id);
+        }
+        self.call("StartInstances")?;
+        self.live_mut(node)?.daemon.start_height = snap.height;
+        self.boot(&node.instance_id, now);
+        Ok(())
+    }
+
     pub(super) fn snapshot_of(
         &mut self,
         node: &NodeRef,
@@ -1217,6 +1371,8 @@ impl World {
                 },
                 height,
                 used_gb: vol.used_gb_at(now, self.params(node.key.coin.as_str()).disk_gb_per_day),
+                node: Some(node.key.clone()),
+                format: vol.format.clone(),
             },
         );
         Ok(Some(id))
