@@ -419,6 +419,35 @@ impl Journal {
         out
     }
 
+    /// The coins whose rollout of `commit` failed and has not started again since, with why:
+    /// what a restarted `fleet run` holds, so a failed upgrade is not retried on its own
+    /// across a restart either (a rollback put the node back; trying again would take it
+    /// down again).
+    pub fn failed_at(&self, commit: &str) -> BTreeMap<CoinName, Failure> {
+        let mut out = BTreeMap::new();
+        for r in self.lock().iter() {
+            match r {
+                Record::RolloutStarted { coin, .. } => {
+                    if let Ok(c) = CoinName::parse(coin) {
+                        out.remove(&c);
+                    }
+                }
+                Record::GateFailed {
+                    coin,
+                    failure: Some(f),
+                    commit: Some(at),
+                    ..
+                } if at == commit => {
+                    if let Ok(c) = CoinName::parse(coin) {
+                        out.insert(c, (**f).clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Every record, oldest first.
     pub fn records(&self) -> Vec<Record> {
         self.lock().clone()
@@ -486,6 +515,47 @@ mod tests {
             target: ApprovalTarget::Version(Version::parse("28.1").unwrap()),
             commit: commit.into(),
         }
+    }
+
+    #[test]
+    fn a_failure_at_a_commit_holds_until_that_coin_starts_again() {
+        let j = Journal::in_memory();
+        let failure = Failure::Journal {
+            error: "disk full".into(),
+        };
+        let started = |coin: &str, commit: &str| Record::RolloutStarted {
+            coin: coin.into(),
+            commit: commit.into(),
+            steps: 1,
+            at_ms: 0,
+        };
+        let failed = |coin: &str, commit: &str| Record::GateFailed {
+            coin: coin.into(),
+            node: String::new(),
+            reason: "r".into(),
+            failure: Some(Box::new(failure.clone())),
+            commit: Some(commit.into()),
+            at_ms: 1,
+        };
+        for r in [
+            started("bitcoin", "c1"),
+            failed("bitcoin", "c1"),
+            started("litecoin", "c1"),
+            failed("litecoin", "c1"),
+            started("litecoin", "c1"),
+            started("dogecoin", "c0"),
+            failed("dogecoin", "c0"),
+        ] {
+            j.append(r).unwrap();
+        }
+        let held = j.failed_at("c1");
+        assert_eq!(
+            held.keys().map(|c| c.as_str()).collect::<Vec<_>>(),
+            ["bitcoin"],
+            "litecoin started again; dogecoin failed at another commit"
+        );
+        assert_eq!(held.values().next(), Some(&failure));
+        assert!(j.failed_at("c2").is_empty());
     }
 
     #[test]

@@ -502,3 +502,81 @@ fn sigterm_mid_rollout_stops_between_steps_and_a_restart_finishes_it() {
     assert_zone_by_zone(&starts(&d.state_dir, "0.21.5"), &zones, 2);
     let _ = d.terminate(Duration::from_secs(20));
 }
+
+/// A coin whose rollout failed is held at that revision, across a restart of fleet too:
+/// litecoin 0.21.5 is a bad release (the simulator's `bad-release`), its first node fails
+/// its gate and is rolled back (`on_failure: rollback`) to 0.21.4, in sync; a restarted
+/// fleet reads the failure back from the journal and does not upgrade it again.
+#[test]
+fn a_failed_rollout_stays_held_across_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let files = |v: &str| -> Vec<(String, String)> {
+        fleet_files(&[coin("litecoin", v, 3, 1, 1)])
+            .into_iter()
+            .map(|(p, t)| {
+                (
+                    p,
+                    t.replace("rollout:\n", "rollout:\n  on_failure: rollback\n"),
+                )
+            })
+            .collect()
+    };
+    let remote = Remote::new(tmp.path(), &files("0.21.4"));
+    let mut d = Daemon::start(tmp.path(), &config(&remote.url(), true), &[]);
+    d.wait_for("in sync", LONG, |s| coin_at(s, "litecoin", "0.21.4"));
+    let st = d.terminate(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()), "{}", d.log_tail());
+    // 0.21.5 never syncs, on any node.
+    let path = d.state_dir.join("sim.json");
+    let mut sim: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    sim["faults"]
+        .as_array_mut()
+        .expect("faults")
+        .push(serde_json::json!({"fault": "bad-release", "coin": "litecoin", "version": "0.21.5"}));
+    std::fs::write(&path, serde_json::to_vec(&sim).unwrap()).unwrap();
+    d.restart(tmp.path(), &[]);
+    remote.write(&files("0.21.5"));
+    let c2 = remote.commit_push("litecoin 0.21.5");
+    let rolled_back = |dir: &std::path::Path| {
+        let sim: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("sim.json")).unwrap()).unwrap();
+        sim["commands"].as_array().map_or(0, |c| {
+            c.iter()
+                .filter(|c| {
+                    c["command"]
+                        .as_str()
+                        .is_some_and(|c| c.ends_with("fleet-node rollback '0.21.4'"))
+                })
+                .count()
+        })
+    };
+    d.wait_for("the failed rollout held", LONG, |s| {
+        s["commit"] == c2.as_str() && s["coins"]["litecoin"]["state"] == "held"
+    });
+    assert_eq!(rolled_back(&d.state_dir), 1, "{}", d.log_tail());
+    let tried = starts(&d.state_dir, "0.21.5").len();
+    assert_eq!(tried, 1, "one node upgraded before its gate failed");
+    let st = d.terminate(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()), "{}", d.log_tail());
+
+    d.restart(tmp.path(), &[]);
+    let s = d.wait_for("held again after the restart", LONG, |s| {
+        s["commit"] == c2.as_str()
+            && s["coins"]["litecoin"]["state"] == "held"
+            && s["pass"]["number"].as_u64().unwrap_or(0) >= 1
+            && s["pass"]["running"] == false
+    });
+    assert!(
+        s["coins"]["litecoin"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{s}"
+    );
+    assert_eq!(
+        starts(&d.state_dir, "0.21.5").len(),
+        tried,
+        "the restarted fleet did not try the failed version again"
+    );
+    assert_eq!(rolled_back(&d.state_dir), 1);
+    let _ = d.terminate(Duration::from_secs(20));
+}

@@ -3,7 +3,8 @@
 //! preempts a running pass between steps; when the next pass comes is [`Requeue::next_wait`]'s
 //! decision, a pure function of how the pass ended (in the style of kube-runtime's
 //! `Action::requeue` and `error_policy`). A coin whose rollout failed is held until the next
-//! revision: fleet does not retry a failed gate on its own.
+//! revision: fleet does not retry a failed gate on its own, across a restart either (the
+//! journal's failures of the revision are read back when the loop first sees it).
 
 use super::metrics::ErrorKind;
 use super::report::StatusNotifier;
@@ -194,6 +195,8 @@ pub async fn reconcile_loop(
         shutdown,
     };
     let mut wait_ms: Option<u64> = None; // None: wait for the first good revision
+    // The revision whose failures were read back from the journal.
+    let mut held_read: Option<String> = None;
     loop {
         if good_rx.has_changed().is_err() {
             // The fetcher is gone (shutdown): nothing will ever change again.
@@ -222,6 +225,16 @@ pub async fn reconcile_loop(
             continue;
         };
         lp.held.retain(|_, h| h.rev == good.rev);
+        if held_read.as_deref() != Some(good.rev.as_str()) {
+            // A restart forgets nothing: the journal says which coins failed at this revision.
+            for (coin, failure) in lp.journal.failed_at(&good.rev) {
+                lp.held.entry(coin).or_insert_with(|| Held {
+                    rev: good.rev.clone(),
+                    failure,
+                });
+            }
+            held_read = Some(good.rev.clone());
+        }
         let started = std::time::Instant::now();
         lp.shared.status_mut(|s| {
             s.pass.number += 1;
