@@ -107,6 +107,8 @@ codes! {
         "coins/ holds no coin file. A fleet repository without coins is refused rather than applied: applied, it would ask to retire every node of the fleet, and the usual cause is a coins/ directory renamed or deleted by mistake (`git mv coins Coins`). Put the coin files back in coins/<coin>.yaml. To retire coins on purpose, delete their files and list them in fleet.yaml `retire:`.";
     TooManyCoins = "E114", Error, "more coin files than supported",
         "coins/ holds more than 5,000 coin files. fleet refuses the repository rather than read part of it.";
+    UnsignedCommit = "E115", Error, "commit not signed by an allowed key",
+        "The reconciler is configured with `repo.verify.allowed_signers` and the commit at the head of the branch has no good SSH signature by one of its keys: it is unsigned, signed with OpenPGP, by another key, or changed after it was signed. It is not applied; the last good revision stays in force. Sign with a listed key (`git config gpg.format ssh`, `git config user.signingkey ~/.ssh/id_ed25519.pub`, `git commit -S`), or add the signer's key to the file.";
     UnknownField = "E200", Error, "unknown field",
         "The key is not part of the fleet format at this place. It may be misspelt (see the suggestion), belong to another section, or be meant for a newer fleet. Unknown keys are errors rather than ignored, so a typo never silently disables a setting.";
     MissingField = "E201", Error, "missing required field",

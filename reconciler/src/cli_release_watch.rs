@@ -40,6 +40,10 @@ pub fn release_watch_cmd(
             cfg.state_dir.join("release-watch-cache"),
             auth,
         )?;
+        // Proposals start from a revision fleet would apply, nothing else.
+        if let Some(signers) = &cfg.allowed_signers {
+            source.require_signatures(Arc::clone(signers))?;
+        }
         let mut slack: Option<SlackParts> = None;
         let mut code = crate::cli::EXIT_OK;
         loop {

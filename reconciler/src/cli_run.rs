@@ -161,6 +161,13 @@ async fn run(cfg: RunConfig, provider: ProviderChoice) -> anyhow::Result<()> {
         cfg.cache_dir.clone(),
         auth,
     )?;
+    if let Some(signers) = &cfg.allowed_signers {
+        source.require_signatures(Arc::clone(signers))?;
+        tracing::info!(
+            keys = signers.signers.len(),
+            "only commits signed by a key of repo.verify.allowed_signers are applied"
+        );
+    }
     let webhook_secret = env_secret(&cfg.webhook_secret_env).map(Secret::new);
     let shared = Arc::new(Shared::default());
     // The webhook filters pushes on the followed branch (resolved at the first fetch when

@@ -186,6 +186,16 @@ pub struct RepoFile {
     pub token_env: Option<String>,
     /// Env var holding the SSH key's passphrase.
     pub ssh_passphrase_env: Option<String>,
+    /// Which commits may be applied.
+    pub verify: Option<VerifyFile>,
+}
+
+/// `repo.verify:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyFile {
+    /// An OpenSSH `allowed_signers` file: only commits signed by one of its keys are applied.
+    pub allowed_signers: PathBuf,
 }
 
 /// `reconcile:`.
@@ -322,6 +332,9 @@ pub struct RunConfig {
     pub token_env: String,
     /// Env var of the SSH passphrase.
     pub ssh_passphrase_env: String,
+    /// `repo.verify.allowed_signers`, read: only commits signed by one of its keys are
+    /// applied ([`crate::signers`]).
+    pub allowed_signers: Option<std::sync::Arc<crate::signers::AllowedSigners>>,
     /// Provider: never a default. `fleet run` refuses to start without one
     /// ([`RunConfig::provider`]); `fleet release-watch` needs none.
     pub provider: Option<ProviderChoice>,
@@ -648,6 +661,12 @@ impl RunConfig {
                 f.repo.ssh_passphrase_env,
                 "FLEET_GIT_SSH_PASSPHRASE",
             )?,
+            allowed_signers: match f.repo.verify {
+                None => None,
+                Some(v) => Some(std::sync::Arc::new(read_allowed_signers(
+                    &v.allowed_signers,
+                )?)),
+            },
             provider,
             listen,
             state_dir,
@@ -726,6 +745,32 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             .ok_or_else(bad)?;
     }
     Ok(total)
+}
+
+/// Read `repo.verify.allowed_signers`; a line that does not read is located.
+fn read_allowed_signers(
+    path: &std::path::Path,
+) -> Result<crate::signers::AllowedSigners, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        message: format!("{e} (repo.verify.allowed_signers)"),
+    })?;
+    crate::signers::AllowedSigners::parse(&text).map_err(|errs| {
+        let first = &errs[0];
+        let more = match errs.len() {
+            1 => String::new(),
+            n => format!(" ({} more lines do not read)", n - 1),
+        };
+        ConfigError::Parse {
+            path: path.display().to_string(),
+            line: first.line,
+            column: 1,
+            message: format!(
+                "repo.verify.allowed_signers: {}{more}; the format is ssh-keygen's ALLOWED SIGNERS: `principals [namespaces=\"git\"] ssh-ed25519 AAAA…`",
+                first.message
+            ),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -37,5 +37,6 @@ pub mod plan;
 pub mod provider;
 pub mod render;
 pub mod server;
+pub mod signers;
 pub mod source;
 pub mod store;

@@ -175,6 +175,9 @@ pub struct GitSource {
     subdir: String,
     cache: PathBuf,
     auth: GitAuth,
+    /// `repo.verify.allowed_signers`: when set, a commit without a good signature by one of
+    /// its keys loads as an invalid revision (E115), its files unread.
+    signers: std::sync::OnceLock<Arc<crate::signers::AllowedSigners>>,
 }
 
 impl GitSource {
@@ -194,6 +197,7 @@ impl GitSource {
             subdir: subdir.trim_matches('/').to_string(),
             cache,
             auth,
+            signers: std::sync::OnceLock::new(),
         }
     }
 
@@ -354,6 +358,14 @@ impl GitSource {
         let commit = repo
             .find_commit(oid)
             .map_err(|e| tree_err(e.message().to_string()))?;
+        if let Some(signers) = self.signers.get() {
+            match signers.verify_commit(&repo, oid) {
+                Ok(s) => {
+                    tracing::info!(commit = rev, signer = %s.principals, key = %s.fingerprint, "the commit's signature is good")
+                }
+                Err(refusal) => return Ok(unsigned(rev, &refusal)),
+            }
+        }
         let mut tree = commit
             .tree()
             .map_err(|e| tree_err(e.message().to_string()))?;
@@ -374,6 +386,11 @@ impl GitSource {
             root: tree,
         };
         Ok(load(&t))
+    }
+
+    /// Require every commit to be signed by a key of `signers` (see [`crate::signers`]).
+    pub fn require_signatures(&self, signers: Arc<crate::signers::AllowedSigners>) {
+        let _ = self.signers.set(signers);
     }
 
     /// Directories to watch for changes when the remote is on this machine: its git
@@ -617,6 +634,24 @@ impl Source {
         Ok(Source::Dir(Arc::new(DirSource::new(path.join(subdir)))))
     }
 
+    /// Require every commit applied to be signed by a key of `signers`: only a git
+    /// repository has commits to check.
+    pub fn require_signatures(
+        &self,
+        signers: Arc<crate::signers::AllowedSigners>,
+    ) -> Result<(), SourceError> {
+        match self {
+            Source::Git(g) => {
+                g.require_signatures(signers);
+                Ok(())
+            }
+            Source::Dir(d) => Err(SourceError::Dir {
+                path: d.path().display().to_string(),
+                message: "repo.verify needs a git repository: a plain directory has no commits whose signatures could be checked".into(),
+            }),
+        }
+    }
+
     /// What to watch on this machine, if anything.
     pub fn watch_path(&self) -> Option<PathBuf> {
         match self {
@@ -669,6 +704,28 @@ impl Source {
                 Ok((head, Some(loaded)))
             }
         }
+    }
+}
+
+/// A commit refused for its signature, as an invalid revision: reported like one (status,
+/// metrics, Slack), and the last good revision stays in force.
+fn unsigned(rev: &str, refusal: &crate::signers::Refusal) -> Loaded {
+    use fleet_repo_schema::diag::Span;
+    use fleet_repo_schema::{Code, Diagnostic};
+    Loaded {
+        desired: None,
+        diagnostics: vec![
+            Diagnostic::error(
+                Code::UnsignedCommit,
+                "(commit)",
+                Span::FILE_START,
+                format!("commit {rev} is not applied: {refusal}"),
+            )
+            .with_help(
+                "sign commits with a key listed in repo.verify.allowed_signers (`git config gpg.format ssh`, `git commit -S`), or add the signer's key to that file",
+            ),
+        ],
+        sources: Default::default(),
     }
 }
 

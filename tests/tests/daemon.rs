@@ -458,6 +458,28 @@ fn bad_configuration_is_located_and_stops_before_anything_starts() {
     ]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("listen"), "{}", out.stderr);
+    // An allowed-signers file with a line that does not read: located, nothing starts.
+    let signers = tmp.path().join("allowed_signers");
+    std::fs::write(
+        &signers,
+        "# ok\nalice@x ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMv4+0fCEavYMb51TF5NynYid7E+GzGmk+9+MBsu7tD2\nbob@x cert-authority ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMv4+0fCEavYMb51TF5NynYid7E+GzGmk+9+MBsu7tD2\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &cfg,
+        format!(
+            "provider: sim\nrepo:\n  url: .\n  verify:\n    allowed_signers: {}\n",
+            signers.display()
+        ),
+    )
+    .expect("write");
+    let out = fleet(&["run", "--config", cfg.to_str().expect("utf-8")]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("allowed_signers:3:1") && out.stderr.contains("cert-authority"),
+        "{}",
+        out.stderr
+    );
     // The example configuration is valid.
     let example = workspace_root().join("examples/reconciler.yaml");
     let text = std::fs::read_to_string(&example).expect("examples/reconciler.yaml");
