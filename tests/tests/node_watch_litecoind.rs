@@ -154,6 +154,13 @@ impl Provider for RealDaemons {
     async fn restore_data(&self, node: &NodeRef, reason: &str) -> Result<Outcome, ProviderError> {
         self.sim.restore_data(node, reason).await
     }
+    async fn finish_restore(
+        &self,
+        node: &NodeRef,
+        snapshot: &str,
+    ) -> Result<Outcome, ProviderError> {
+        self.sim.finish_restore(node, snapshot).await
+    }
     async fn retire(
         &self,
         node: &NodeRef,

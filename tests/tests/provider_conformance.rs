@@ -175,7 +175,8 @@ async fn a_rollback_sends_one_command_and_records_the_old_version(w: &dyn TestWo
 /// A restore (`on_failure: restore`) puts the node's data volume back as its newest snapshot
 /// for the reason had it: same instance, a new volume from that snapshot at the data device,
 /// recorded (`fleet:restored`) and unmarked; a repeat changes nothing; a cut-off attempt is
-/// finished by the next without a second volume; no such snapshot is a refusal.
+/// finished by `finish_restore` (the planner's step for its mark) without a second volume;
+/// no such snapshot is a refusal.
 async fn a_restore_puts_the_data_volume_back_from_its_snapshot(w: &dyn TestWorld) {
     let a = launch(w, "dogecoin", 0).await;
     let before = node(&observe(w).await, &a).clone();
@@ -203,11 +204,9 @@ async fn a_restore_puts_the_data_volume_back_from_its_snapshot(w: &dyn TestWorld
             snapshot: snap.clone()
         })
     );
+    // What the planner asks of such a node: finish the marked restore.
     assert_eq!(
-        w.provider()
-            .restore_data(&a, "before-upgrade:1.14.10")
-            .await
-            .unwrap(),
+        w.provider().finish_restore(&a, &snap).await.unwrap(),
         Outcome::Done
     );
     let after = node(&observe(w).await, &a).clone();

@@ -293,6 +293,9 @@ impl Executor {
                 Ok((None, p.set_dns(&node()?, &target).await?))
             }
             Action::UndoReplace { .. } => Ok((None, p.undo_replace(&node()?).await?)),
+            Action::FinishRestore { snapshot } => {
+                Ok((None, p.finish_restore(&node()?, snapshot).await?))
+            }
             Action::Retire { dns } => {
                 p.retire(&node()?, zone_id, dns).await?;
                 Ok((None, Outcome::Done))

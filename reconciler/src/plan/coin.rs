@@ -165,6 +165,17 @@ pub(super) fn plan_coin(
                 });
                 continue;
             }
+            // A restore of the data volume cut off (perhaps between the old volume's detach and
+            // the new one's attach): it is finished before anything else is judged.
+            if let Some(PendingStep::Restore { snapshot }) = &n.pending {
+                disruptive.push(vec![step(
+                    Action::FinishRestore {
+                        snapshot: snapshot.clone(),
+                    },
+                    format!("an earlier restore of its data volume from {snapshot} did not finish"),
+                )]);
+                continue;
+            }
             match &n.data_volume {
                 None => {
                     refusals.push(Refusal {
@@ -812,6 +823,7 @@ fn secret_refusal(coin: &Coin, observed: &Observed, waves: &[Wave]) -> Option<Re
                 Action::Launch { .. }
                     | Action::Replace { .. }
                     | Action::UndoReplace { .. }
+                    | Action::FinishRestore { .. }
                     | Action::Reconfigure { .. }
                     | Action::ChangeType { .. }
                     | Action::Start { .. }

@@ -452,6 +452,13 @@ pub enum Action {
         /// The AMI the replacement was launched from (the instance's `fleet:pending` mark).
         ami: String,
     },
+    /// Finish a restore of the node's data volume from `snapshot` that was cut off (the
+    /// instance's `restore:<snapshot>` mark: a rollback with `on_failure: restore` stopped
+    /// between stopping the instance and starting it again). Gated like a start.
+    FinishRestore {
+        /// The snapshot being restored.
+        snapshot: String,
+    },
     /// After a [`Action::Replace`], once the new instance has passed its gate (the one step
     /// run after the gate, [`Action::after_gate`]): point the slot's DNS name at it and
     /// terminate the old instance.
@@ -496,6 +503,7 @@ impl Action {
             Action::Launch { .. }
                 | Action::Replace { .. }
                 | Action::UndoReplace { .. }
+                | Action::FinishRestore { .. }
                 | Action::Upgrade { .. }
                 | Action::RollBack { .. }
                 | Action::ChangeType { .. }
@@ -515,7 +523,9 @@ impl Action {
             Action::Launch { .. } | Action::Replace { .. } => estimate::LAUNCH_MS,
             Action::Upgrade { .. } | Action::RollBack { .. } => estimate::UPGRADE_MS,
             Action::ChangeType { .. } => estimate::CHANGE_TYPE_MS,
-            Action::Start { .. } | Action::UndoReplace { .. } => estimate::START_MS,
+            Action::Start { .. } | Action::UndoReplace { .. } | Action::FinishRestore { .. } => {
+                estimate::START_MS
+            }
             Action::Retire { .. } => estimate::RETIRE_MS,
             Action::Reconfigure { restart: true, .. } => estimate::UPGRADE_MS,
             Action::Reconfigure { restart: false, .. } => 0,
@@ -542,6 +552,7 @@ impl Action {
             Action::Replace { .. } => "replace",
             Action::HandOver { .. } => "hand-over",
             Action::UndoReplace { .. } => "undo-replace",
+            Action::FinishRestore { .. } => "finish-restore",
             Action::Upgrade { .. } => "upgrade",
             Action::RollBack { .. } => "roll-back",
             Action::Reconfigure { .. } => "reconfigure",
@@ -600,6 +611,10 @@ impl fmt::Display for Action {
             Action::HandOver { name } => write!(
                 f,
                 "once the new instance is in sync: point {name} at it, then terminate the old one"
+            ),
+            Action::FinishRestore { snapshot } => write!(
+                f,
+                "finish the restore of the data volume from {snapshot}, cut off earlier: the new volume attached, the instance started on it"
             ),
             Action::UndoReplace { ami } => write!(
                 f,

@@ -1376,3 +1376,28 @@ fn an_adopted_node_gets_fleets_node_side_only_before_a_step_that_needs_it() {
         "{a:#?}"
     );
 }
+
+#[test]
+fn a_restore_cut_off_is_finished_before_anything_else() {
+    let d = desired("28.1", "");
+    let mut w = World::running(&d, "28.1");
+    // Stopped, its old volume detached, the new one not attached yet.
+    w.instances[0].pending = Some(PendingStep::Restore {
+        snapshot: "snap-0abc".into(),
+    });
+    w.instances[0].state = InstanceState::Stopped;
+    w.instances[0].data_volume = None;
+    let o = w.observed(&d);
+    let p = plan(&d, &o, 0);
+    let steps: Vec<&Step> = p.coins[0].waves.iter().flat_map(|w| &w.steps).collect();
+    assert_eq!(steps.len(), 1, "{p:#?}");
+    assert_eq!(steps[0].node.as_ref(), Some(&o.nodes[0].key));
+    assert_eq!(
+        steps[0].action,
+        Action::FinishRestore {
+            snapshot: "snap-0abc".into()
+        }
+    );
+    assert!(steps[0].action.disruptive());
+    assert!(p.coins[0].refusals.is_empty(), "{:?}", p.coins[0].refusals);
+}

@@ -2649,11 +2649,19 @@ impl Provider for AwsProvider {
             .and_then(|s| s.snapshot_id())
             .map(str::to_string)
             .ok_or_else(|| ProviderError::no_snapshot_to_restore(node, reason))?;
+        self.finish_restore(node, &snapshot).await
+    }
+
+    async fn finish_restore(
+        &self,
+        node: &NodeRef,
+        snapshot: &str,
+    ) -> Result<Outcome, ProviderError> {
         let step = PendingStep::Restore {
-            snapshot: snapshot.clone(),
+            snapshot: snapshot.to_string(),
         };
         run_marked(self, node, &step, |_| async move {
-            self.restore_act(node, &snapshot).await
+            self.restore_act(node, snapshot).await
         })
         .await
     }

@@ -1223,6 +1223,16 @@ pub trait Provider: Send + Sync {
     /// twice. Refused when the node has no such snapshot.
     async fn restore_data(&self, node: &NodeRef, reason: &str) -> Result<Outcome, ProviderError>;
 
+    /// Finish, or make, the restore of the node's data volume from `snapshot` (the act of
+    /// [`Provider::restore_data`] once its snapshot is known): what the planner asks of a
+    /// node whose `restore:<snapshot>` mark says a restore was cut off (fleet stopped between
+    /// the detach and the start). Idempotent.
+    async fn finish_restore(
+        &self,
+        node: &NodeRef,
+        snapshot: &str,
+    ) -> Result<Outcome, ProviderError>;
+
     /// Snapshot the data volume, terminate the instance, then remove `dns` (its records).
     /// Returns the snapshot id, or None when the node had no data volume left.
     async fn retire(

@@ -957,11 +957,19 @@ impl Provider for SimProvider {
 
     async fn restore_data(&self, node: &NodeRef, reason: &str) -> Result<Outcome, ProviderError> {
         let snapshot = self.with(|w, _| w.restore_of(node, reason))?;
+        self.finish_restore(node, &snapshot).await
+    }
+
+    async fn finish_restore(
+        &self,
+        node: &NodeRef,
+        snapshot: &str,
+    ) -> Result<Outcome, ProviderError> {
         let step = PendingStep::Restore {
-            snapshot: snapshot.clone(),
+            snapshot: snapshot.to_string(),
         };
         run_marked(self, node, &step, |_| async {
-            self.with(|w, now| w.restore_act(node, &snapshot, now))
+            self.with(|w, now| w.restore_act(node, snapshot, now))
         })
         .await
     }
