@@ -411,9 +411,7 @@ async fn propose(
         what: path.clone(),
         message: e.to_string(),
     };
-    let current = yaml_edit::get_scalar(&path, &file.text, "version")
-        .map_err(edit_err)?
-        .unwrap_or_else(|| c.version.to_string());
+    let current = current_version(&path, &file.text, c).map_err(edit_err)?;
     if semver::compare(&current, &version) != Ordering::Less {
         // The base moved on since the revision fleet has in force.
         return Ok(CoinOutcome::UpToDate { current });
@@ -443,12 +441,7 @@ async fn propose(
     };
     let new_text = yaml_edit::set_scalars(&path, &file.text, &edits).map_err(edit_err)?;
     validate(gh, s, &c.file, &file.text, &new_text).await?;
-    let approvers: Vec<String> = desired
-        .fleet
-        .approvers
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let approvers = approvers_of(desired);
     let supersedes = older
         .first()
         .map(|p| (p.number, p.head[prefix.len()..].to_string()));
@@ -591,17 +584,10 @@ async fn complete_draft(
     }
     let base = gh.file(&s.fleet_repo, &path, &s.base).await?;
     let current = match &base {
-        Some(f) => yaml_edit::get_scalar(&path, &f.text, "version")
-            .map_err(edit_err)?
-            .unwrap_or_else(|| c.version.to_string()),
+        Some(f) => current_version(&path, &f.text, c).map_err(edit_err)?,
         None => c.version.to_string(),
     };
-    let approvers: Vec<String> = desired
-        .fleet
-        .approvers
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let approvers = approvers_of(desired);
     let info = BumpInfo {
         coin: c,
         current: &current,
@@ -624,6 +610,26 @@ async fn complete_draft(
         url: p.url.clone(),
         digest,
     })
+}
+
+/// The approvers fleet.yaml names, for a bump's body.
+fn approvers_of(desired: &Desired) -> Vec<String> {
+    desired
+        .fleet
+        .approvers
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// The coin's version as its file on a branch says (the revision in force's when it says
+/// none).
+fn current_version(
+    path: &str,
+    text: &str,
+    c: &fleet_repo_schema::Coin,
+) -> Result<String, yaml_edit::EditError> {
+    Ok(yaml_edit::get_scalar(path, text, "version")?.unwrap_or_else(|| c.version.to_string()))
 }
 
 /// One file's change proposed as a pull request.
